@@ -1,0 +1,1 @@
+"""Hand-built PyTorch baselines (UNet family); knows nothing of nnU-Net."""

@@ -1,0 +1,128 @@
+"""The `ibsr-nnunet` command line: parse, call one function, render its result."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .errors import InputError
+from .workspace import WORKSPACE_ENV, Workspace
+
+app = typer.Typer(
+    help="IBSR18 brain-tissue segmentation (CSF, GM, WM) with nnU-Net v2 on SLURM, ranked against baselines.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
+console = Console(highlight=False)
+errors = Console(stderr=True, highlight=False)
+
+
+def refusals(command):
+    """Turn an InputError into its one sentence on stderr and exit code 1."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except InputError as err:
+            errors.print(f"[bold red]error:[/] {err}", soft_wrap=True)
+            raise typer.Exit(1) from None
+    return wrapper
+
+
+def progress_bar() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=False)
+
+
+def workspace_of(ctx: typer.Context, dataset_id: Optional[int] = None) -> Workspace:
+    ws = Workspace.open(ctx.obj["workspace"], dataset_id)
+    ws.export_env()
+    return ws
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    workspace: Optional[Path] = typer.Option(
+        None, "--workspace", envvar=WORKSPACE_ENV, help="Folder that holds everything (default ./ibsr-workspace)."),
+) -> None:
+    ctx.obj = {"workspace": workspace}
+
+
+@app.command()
+@refusals
+def phantom(
+    out: Path = typer.Argument(..., help="Folder to write the synthetic subjects into."),
+    subjects: int = typer.Option(6, "--subjects", help="How many subjects."),
+    layout: str = typer.Option("misa", "--layout", help="misa | nitrc | analyze"),
+    size: str = typer.Option("small", "--size", help="small (64×32×64) | full (256×128×256)"),
+    seed: int = typer.Option(0, "--seed", help="Same seed, same subjects."),
+) -> None:
+    """Write synthetic IBSR-like subjects in one of the source layouts."""
+    from .phantom import write_phantoms
+
+    with progress_bar() as bar:
+        task = bar.add_task(f"phantom {layout}/{size}", total=subjects)
+        images = write_phantoms(out, subjects, layout, size, seed, on_subject_done=lambda _: bar.advance(task))
+    console.print(f"wrote {len(images)} {size} phantom subjects in the {layout} layout under {out}")
+
+
+@app.command()
+@refusals
+def convert(
+    ctx: typer.Context,
+    source: Path = typer.Argument(..., help="The IBSR18 folder as you have it."),
+    dataset_id: int = typer.Option(501, "--dataset-id", help="nnU-Net dataset ID."),
+    layout: str = typer.Option("auto", "--layout", help="auto | misa | nitrc | analyze"),
+    label_map: Optional[str] = typer.Option(
+        None, "--label-map", help="Explicit coding, e.g. 128=CSF,192=GM,254=WM (default: recognise known codings)."),
+    fill: bool = typer.Option(False, "--fill", help="NITRC layouts: use *_segTRI_fill_ana instead of *_segTRI_ana."),
+    n4: bool = typer.Option(False, "--n4", help="N4 bias-field correction (SimpleITK)."),
+    denoise: bool = typer.Option(False, "--denoise", help="Curvature anisotropic diffusion (SimpleITK)."),
+    heldout_fraction: float = typer.Option(
+        0.2, "--heldout-fraction", help="Share of labelled subjects held out when the source has no Validation_Set."),
+    jobs: int = typer.Option(0, "--jobs", help="Parallel processes (0 = all available cores)."),
+    force: bool = typer.Option(False, "--force", help="Replace a different dataset already under this ID."),
+) -> None:
+    """Convert an IBSR18 tree into nnU-Net v2's raw layout, with a correct 4-class dataset.json."""
+    from .convert import ConvertOptions, convert as run_convert
+    from .labels import parse_label_map
+    from .preprocess import Preprocessing
+
+    options = ConvertOptions(
+        dataset_id=dataset_id, layout=layout, label_map=parse_label_map(label_map) if label_map else None,
+        fill=fill, preprocessing=Preprocessing(n4=n4, denoise=denoise), heldout_fraction=heldout_fraction,
+        jobs=jobs, force=force,
+    )
+    ws = workspace_of(ctx, dataset_id)
+    with progress_bar() as bar:
+        task = bar.add_task("convert", total=None)
+        result = run_convert(source, ws, options, on_start=lambda n: bar.update(task, total=n),
+                             on_case_done=lambda _: bar.advance(task))
+    manifest = result.manifest
+    if result.up_to_date:
+        console.print(f"{result.dataset} is already up to date with {source}: nothing to do.")
+        return
+    split = manifest["split"]
+    table = Table(title=f"{manifest['dataset']} ({manifest['layout']} layout)")
+    for column in ("role", "subjects", "folder"):
+        table.add_column(column)
+    table.add_row("train", ", ".join(split["train"]), "imagesTr + labelsTr")
+    table.add_row("held out", ", ".join(split["heldout"]), "imagesTs + labelsTs")
+    table.add_row("test", ", ".join(split["test"]) or "-", "imagesTs")
+    console.print(table)
+    console.print(f"held-out policy: {split['policy']}; {split['folds']} cross-validation folds")
+    console.print(f"wrote {result.dataset}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
