@@ -97,8 +97,6 @@ def convert_case(job: CaseJob) -> dict:
     """Validate, map and write one subject; returns its manifest record. Runs in a worker process."""
     image_path = job.subject.image
     image = volumes.read_volume(image_path)
-    image_array = sitk.GetArrayViewFromImage(image)
-    volumes.require_finite(image_array, image_path)
     record = {
         "id": job.subject.subject_id,
         "role": job.role,

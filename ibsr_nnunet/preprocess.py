@@ -49,4 +49,4 @@ def apply(image: sitk.Image, settings: Preprocessing) -> sitk.Image:
             work, timeStep=0.0625, conductanceParameter=settings.denoise_conductance,
             numberOfIterations=settings.denoise_iterations,
         )
-    return sitk.Mask(work, mask)
+    return sitk.Cast(sitk.Mask(work, mask), sitk.sitkFloat32)

@@ -1,7 +1,8 @@
-"""Reading and writing volumes: header checks with nibabel, voxels and geometry with SimpleITK (as nnU-Net reads them)."""
+"""Reading and writing volumes: voxels through nibabel (checked), geometry and writing through SimpleITK (as nnU-Net reads them)."""
 
 from __future__ import annotations
 
+import gzip
 import os
 from pathlib import Path
 
@@ -13,37 +14,60 @@ from .errors import InputError
 
 AFFINE_TOLERANCE = 1e-4
 
-# ITK warns on every Analyze read that the format is deprecated; the files are still read correctly.
+# ITK warns on every Analyze header read that the format is deprecated; the files are still read correctly.
 sitk.ProcessObject.SetGlobalWarningDisplay(False)
 
 
-def header_shape(path: str | os.PathLike) -> tuple[int, ...]:
-    """The shape the file's header declares (no voxels read)."""
-    try:
-        return tuple(int(n) for n in nib.load(str(path)).shape)
-    except Exception as err:  # nibabel raises many types for broken headers
-        raise InputError(f"{path}: cannot read the image header ({err}); the file is corrupt or not NIfTI/Analyze, re-download or re-export it.") from None
+def _open(path: Path) -> nib.spatialimages.SpatialImage:
+    """The file parsed by nibabel. A .gz is inflated whole first, so its CRC and length are checked:
+    ITK (and nibabel's partial reads) silently return zeros or garbage for truncated or damaged streams."""
+    if path.name.endswith(".gz"):
+        raw = gzip.decompress(path.read_bytes())
+        try:
+            return nib.Nifti1Image.from_bytes(raw)
+        except Exception:
+            return nib.Nifti2Image.from_bytes(raw)
+    return nib.load(str(path))
+
+
+def _geometry(path: Path) -> tuple[tuple, tuple, tuple]:
+    """(spacing, origin, direction) as ITK, and so nnU-Net, reads them; header only."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    dim = reader.GetDimension()
+    direction = np.array(reader.GetDirection()).reshape(dim, dim)[:3, :3]
+    return reader.GetSpacing()[:3], reader.GetOrigin()[:3], tuple(direction.ravel())
 
 
 def read_volume(path: str | os.PathLike) -> sitk.Image:
     """A 3-D image; a 4-D file with a singleton last axis is squeezed, anything else refused."""
-    shape = header_shape(path)
-    if len(shape) == 4 and shape[3] != 1 or len(shape) > 4:
-        raise InputError(
-            f"{path}: image is {len(shape)}-D with shape {shape}; only 3-D or 4-D with a singleton last axis "
-            f"(X,Y,Z,1) is supported, extract the T1 volume first."
-        )
-    if len(shape) < 3:
-        raise InputError(f"{path}: image is {len(shape)}-D with shape {shape}; a 3-D T1 volume is needed.")
+    path = Path(path)
     try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as err:
-        reason = str(err).strip().splitlines()[-1] if str(err).strip() else "unreadable"
-        raise InputError(f"{path}: cannot read the voxels ({reason}); the file is truncated or corrupt, re-download or re-export it.") from None
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"{path}: expected one 3-D scalar volume, found {image.GetDimension()}-D with "
-                         f"{image.GetNumberOfComponentsPerPixel()} components; extract the T1 volume first.")
-    return image
+        image = _open(path)
+        shape = tuple(int(n) for n in image.shape)
+        if len(shape) == 4 and shape[3] != 1 or len(shape) > 4 or len(shape) < 3:
+            raise InputError(
+                f"{path}: image is {len(shape)}-D with shape {shape}; only 3-D or 4-D with a singleton last axis "
+                f"(X,Y,Z,1) is supported, extract the T1 volume first."
+            )
+        voxels = np.asanyarray(image.dataobj).reshape(shape[:3], order="A")
+        spacing, origin, direction = _geometry(path)
+    except InputError:
+        raise
+    except Exception as err:  # zlib, gzip, nibabel and ITK each raise their own types for broken files
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise InputError(f"{path}: cannot read the volume ({reason[:200]}); the file is truncated or corrupt, "
+                         f"re-download or re-export it.") from None
+    if voxels.dtype.kind == "f" and not np.all(np.isfinite(voxels)):
+        bad = int(np.count_nonzero(~np.isfinite(voxels)))
+        raise InputError(f"{path}: volume holds {bad} NaN or infinite voxels; fix or re-export it.")
+    # nibabel's (X,Y,Z) array is Fortran-ordered, so its transpose is ITK's C-ordered (Z,Y,X) without a copy.
+    result = sitk.GetImageFromArray(voxels.T)
+    result.SetSpacing(spacing)
+    result.SetOrigin(origin)
+    result.SetDirection(direction)
+    return result
 
 
 def affine(image: sitk.Image) -> np.ndarray:
@@ -68,12 +92,6 @@ def require_same_grid(image: sitk.Image, label: sitk.Image, image_path: Path, la
             f"{label_path}: label affine differs from image {image_path.name} by {difference:.3g} "
             f"(tolerance {AFFINE_TOLERANCE}); resample the label onto the image grid or fix its header."
         )
-
-
-def require_finite(array: np.ndarray, path: Path) -> None:
-    if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
-        bad = int(np.count_nonzero(~np.isfinite(array)))
-        raise InputError(f"{path}: image holds {bad} NaN or infinite voxels; fix or re-export the image.")
 
 
 def write_volume(array: np.ndarray, reference: sitk.Image, path: Path) -> None:

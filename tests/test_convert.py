@@ -1,0 +1,285 @@
+"""The converter on real files: the shared IBSR18 volumes, phantoms in every layout, and every bad input."""
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from conftest import load, save_nifti
+from ibsr_nnunet.convert import ConvertOptions, convert, dataset_json
+from ibsr_nnunet.errors import InputError
+from ibsr_nnunet.labels import parse_label_map
+from ibsr_nnunet.phantom import make_subject
+from ibsr_nnunet.preprocess import Preprocessing
+from ibsr_nnunet.workspace import Workspace
+
+EXPECTED_DATASET_JSON = {
+    "channel_names": {"0": "T1"},
+    "labels": {"background": 0, "CSF": 1, "GM": 2, "WM": 3},
+    "numTraining": 8,
+    "file_ending": ".nii.gz",
+    "name": "IBSR18",
+    "description": "IBSR18 T1 brain MRI, tissue labels CSF/GM/WM (converted by ibsr-nnunet)",
+}
+
+
+def case_ids(folder: Path) -> list[str]:
+    return sorted(p.name.replace("_0000.nii.gz", "").replace(".nii.gz", "") for p in folder.glob("*.nii.gz"))
+
+
+@pytest.fixture(scope="module")
+def real_dataset(shared_ibsr18, tmp_path_factory):
+    ws = Workspace.open(tmp_path_factory.mktemp("ws-real"))
+    result = convert(shared_ibsr18, ws, ConvertOptions(jobs=2))
+    return ws, result
+
+
+def test_real_dataset_json_and_split(real_dataset):
+    ws, result = real_dataset
+    assert not result.up_to_date
+    assert json.loads((ws.raw_dataset / "dataset.json").read_text()) == EXPECTED_DATASET_JSON
+    split = result.manifest["split"]
+    assert split["heldout"] == ["IBSR_01", "IBSR_08"]  # the deterministic subset, pinned
+    assert split["test"] == ["IBSR_02", "IBSR_10", "IBSR_15"]
+    assert case_ids(ws.raw_dataset / "imagesTr") == case_ids(ws.raw_dataset / "labelsTr") == split["train"]
+    assert len(split["train"]) == 8
+    assert case_ids(ws.raw_dataset / "labelsTs") == split["heldout"]
+    assert case_ids(ws.raw_dataset / "imagesTs") == sorted(split["heldout"] + split["test"])
+    folds = json.loads((ws.raw_dataset / "splits_final.json").read_text())
+    assert folds == json.loads((ws.preprocessed_dataset / "splits_final.json").read_text())
+    assert len(folds) == 5
+    assert sorted(c for f in folds for c in f["val"]) == split["train"]
+    assert json.loads((ws.root / "workspace.json").read_text()) == {"dataset_id": 501}
+
+
+def test_real_labels_counts_equal_source(real_dataset, shared_manifest):
+    ws, result = real_dataset
+    split = result.manifest["split"]
+    for case in split["train"] + split["heldout"]:
+        folder = "labelsTr" if case in split["train"] else "labelsTs"
+        label = load(ws.raw_dataset / folder / f"{case}.nii.gz")
+        array = np.asarray(label.dataobj)
+        assert label.get_data_dtype() == np.uint8 and array.shape == (256, 128, 256)
+        values, counts = np.unique(array, return_counts=True)
+        assert values.tolist() == [0, 1, 2, 3]
+        assert dict(zip(values.tolist(), counts.tolist())) == shared_manifest[f"Training_Set/{case}/{case}_seg.nii.gz"]["counts"]
+
+
+def test_real_images_voxel_for_voxel_and_geometry(real_dataset, shared_ibsr18):
+    ws, result = real_dataset
+    for record in result.manifest["cases"]:
+        case = record["id"]
+        source = load(Path(record["image"]["path"]))
+        folder = "imagesTr" if record["role"] == "train" else "imagesTs"
+        written = load(ws.raw_dataset / folder / f"{case}_0000.nii.gz")
+        assert written.shape == source.shape[:3] and written.get_data_dtype() == np.int16
+        assert np.array_equal(np.asarray(written.dataobj), np.asarray(source.dataobj)[..., 0])
+        assert np.allclose(written.affine, source.affine, atol=1e-5)
+        if record["label"]:
+            label_folder = "labelsTr" if record["role"] == "train" else "labelsTs"
+            assert np.allclose(load(ws.raw_dataset / label_folder / f"{case}.nii.gz").affine, source.affine, atol=1e-5)
+
+
+def test_real_manifest_records_sources(real_dataset, shared_manifest):
+    ws, result = real_dataset
+    manifest = json.loads(ws.manifest.read_text())
+    assert manifest["layout"] == "misa" and manifest["label_map"] == "auto"
+    assert manifest["preprocessing"]["n4"] is False and manifest["versions"]["nnunetv2"]
+    by_id = {c["id"]: c for c in manifest["cases"]}
+    assert by_id["IBSR_16"]["image"]["sha256"] == shared_manifest["Training_Set/IBSR_16/IBSR_16.nii.gz"]["sha256"]
+    assert by_id["IBSR_15"]["label"] is None and by_id["IBSR_15"]["role"] == "test"
+    assert by_id["IBSR_07"]["label_scheme"]["name"] == "misa"
+    assert by_id["IBSR_16"]["spacing"] == pytest.approx([0.8370536, 1.5, 0.8370536], abs=1e-6)
+
+
+def test_rerun_is_a_fast_noop_and_force_replaces(real_dataset, shared_ibsr18):
+    ws, _ = real_dataset
+    stamp = (ws.raw_dataset / "dataset.json").stat().st_mtime_ns
+    start = time.perf_counter()
+    again = convert(shared_ibsr18, ws, ConvertOptions(jobs=2))
+    assert again.up_to_date and time.perf_counter() - start < 3
+    assert (ws.raw_dataset / "dataset.json").stat().st_mtime_ns == stamp
+    with pytest.raises(InputError, match="--force"):
+        convert(shared_ibsr18, ws, ConvertOptions(jobs=2, heldout_fraction=0.3))
+    assert (ws.raw_dataset / "dataset.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("layout", ["misa", "nitrc", "analyze"])
+def test_phantom_layouts(phantom_root, tmp_path, layout):
+    ws = Workspace.open(tmp_path / "ws")
+    result = convert(phantom_root / layout, ws, ConvertOptions(jobs=2))
+    assert result.manifest["layout"] == layout
+    records = {r["id"]: r for r in result.manifest["cases"]}
+    for case, record in records.items():
+        if record["label"] is None:
+            continue
+        expected = np.bincount(make_subject(int(case[5:]), "small", 0).labels.ravel(), minlength=4)
+        folder = "labelsTr" if record["role"] == "train" else "labelsTs"
+        written = np.asarray(load(ws.raw_dataset / folder / f"{case}.nii.gz").dataobj)
+        assert np.bincount(written.ravel(), minlength=4).tolist() == expected.tolist()
+        assert record["label_scheme"]["name"] == ("misa" if layout == "misa" else "nitrc")
+    if layout == "misa":
+        assert result.manifest["split"]["policy"] == "source Validation_Set held out"
+        assert result.manifest["split"]["heldout"] == ["IBSR_06", "IBSR_07"]
+    else:
+        assert len(result.manifest["split"]["heldout"]) == 2 and result.manifest["split"]["test"] == []
+    spacing = records["IBSR_02"]["spacing"]
+    assert spacing == pytest.approx([4.0, 6.0, 4.0])  # IBSR_02 uses the 1.0 mm in-plane group, ×4 when small
+
+
+def test_fill_variant_and_explicit_label_map(phantom_root, tmp_path):
+    ws = Workspace.open(tmp_path / "ws")
+    options = ConvertOptions(jobs=1, fill=True, label_map=parse_label_map("128=CSF,192=GM,254=WM"))
+    result = convert(phantom_root / "nitrc", ws, options)
+    record = next(r for r in result.manifest["cases"] if r["id"] == "IBSR_01")
+    expected = np.bincount(make_subject(1, "small", 0).labels_fill.ravel(), minlength=4)
+    assert [record["label_counts"][str(v)] for v in range(4)] == expected.tolist()
+    assert result.manifest["label_files"] == "segTRI_fill" and record["label_scheme"]["name"] == "explicit"
+
+
+def test_failed_force_keeps_old_dataset_and_stale_builds_are_removed(misa_copy, tmp_path):
+    ws = Workspace.open(tmp_path / "ws")
+    first = convert(misa_copy, ws, ConvertOptions(jobs=2))
+    stale = ws.nnunet_raw / ".tmp-Dataset501_IBSR18-999999999-deadbeef"
+    stale.mkdir()
+    _break("unknown labels", misa_copy)  # refused inside the build, after the stale folder is swept
+    with pytest.raises(InputError):
+        convert(misa_copy, ws, ConvertOptions(jobs=2, force=True))
+    assert json.loads(ws.manifest.read_text())["fingerprint"] == first.manifest["fingerprint"]
+    assert sorted(p.name for p in ws.nnunet_raw.iterdir()) == ["Dataset501_IBSR18"]
+
+
+def test_preprocessing_recorded(misa_copy, tmp_path):
+    ws = Workspace.open(tmp_path / "ws")
+    result = convert(misa_copy, ws, ConvertOptions(jobs=2, preprocessing=Preprocessing(n4=True, denoise=True)))
+    assert result.manifest["preprocessing"]["n4"] and result.manifest["preprocessing"]["denoise"]
+    written = load(ws.raw_dataset / "imagesTr" / "IBSR_01_0000.nii.gz")
+    image = np.asarray(written.dataobj)
+    labels = np.asarray(load(ws.raw_dataset / "labelsTr" / "IBSR_01.nii.gz").dataobj)
+    assert written.get_data_dtype() == np.float32 and np.all(image[labels == 0] == 0) and np.all(np.isfinite(image))
+    source = make_subject(1, "small", 0).image
+    assert not np.array_equal(image, source)  # preprocessing changed the voxels
+
+
+# ---- bad input: one sentence naming the file and the fix, and nothing written ----------------------------------
+
+def _rewrite_label(source: Path, case: str, transform) -> Path:
+    path = source / "Training_Set" / case / f"{case}_seg.nii.gz"
+    original = nib.load(str(path))
+    data, affine = transform(np.asarray(original.dataobj), original.affine.copy())
+    save_nifti(path, data, affine)
+    return path
+
+
+def _rewrite_image(source: Path, case: str, transform) -> Path:
+    path = source / "Training_Set" / case / f"{case}.nii.gz"
+    original = nib.load(str(path))
+    save_nifti(path, transform(np.asarray(original.dataobj)), original.affine)
+    return path
+
+
+def _break(kind: str, source: Path) -> str:
+    """Break the MISA phantom tree in one way; returns the text the refusal must name."""
+    if kind == "missing label":
+        path = source / "Training_Set/IBSR_02/IBSR_02_seg.nii.gz"
+        path.unlink()
+        return str(path)
+    if kind == "shape mismatch":
+        return str(_rewrite_label(source, "IBSR_03", lambda d, a: (d[:, :, :-1], a)))
+    if kind == "affine mismatch":
+        return str(_rewrite_label(source, "IBSR_03", lambda d, a: (d, a + np.pad(np.eye(3) * 0, ((0, 1), (0, 1))) + np.diag([0, 0, 0.01, 0]))))
+    if kind == "unknown labels":
+        return str(_rewrite_label(source, "IBSR_04", lambda d, a: (np.where(d == 3, 4, d).astype(np.int16), a)))
+    if kind == "float labels":
+        return str(_rewrite_label(source, "IBSR_04", lambda d, a: (d.astype(np.float32) * 0.5, a)))
+    if kind == "absent tissue":
+        return str(_rewrite_label(source, "IBSR_05", lambda d, a: (np.where(d == 1, 2, d).astype(np.int16), a)))
+    if kind == "nan image":
+        def with_nan(d):
+            d = d.astype(np.float32)
+            d[10, 10, 10] = np.nan
+            return d
+        return str(_rewrite_image(source, "IBSR_01", with_nan))
+    if kind == "truncated":
+        path = source / "Training_Set/IBSR_02/IBSR_02.nii.gz"
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        return str(path)
+    if kind == "5-D image":
+        return str(_rewrite_image(source, "IBSR_01", lambda d: d[..., np.newaxis]))
+    if kind == "4-D non-singleton":
+        return str(_rewrite_image(source, "IBSR_01", lambda d: np.concatenate([d, d], axis=3)))
+    if kind == "duplicate subject":
+        shutil.copytree(source / "Training_Set/IBSR_01", source / "Test_Set/IBSR_01")
+        return "IBSR_01"
+    raise AssertionError(kind)
+
+
+BAD_INPUTS = {
+    "missing label": "missing label file",
+    "shape mismatch": "shape",
+    "affine mismatch": "affine",
+    "unknown labels": "unknown label values [0, 1, 2, 4]",
+    "float labels": "non-integer",
+    "absent tissue": "CSF is absent",
+    "nan image": "NaN",
+    "truncated": "corrupt",
+    "5-D image": "5-D",
+    "4-D non-singleton": "singleton",
+    "duplicate subject": "appears twice",
+}
+
+
+def assert_nothing_written(ws: Workspace) -> None:
+    assert not ws.raw_dataset.exists()
+    assert not (ws.root / "workspace.json").exists()
+    assert not ws.nnunet_raw.exists() or not any(ws.nnunet_raw.iterdir())
+
+
+@pytest.mark.parametrize("kind", BAD_INPUTS)
+def test_bad_input_refused(kind, misa_copy, tmp_path):
+    named = _break(kind, misa_copy)
+    ws = Workspace.open(tmp_path / "ws")
+    with pytest.raises(InputError) as err:
+        convert(misa_copy, ws, ConvertOptions(jobs=2))
+    message = str(err.value)
+    assert named in message and BAD_INPUTS[kind] in message
+    assert "\n" not in message and message.rstrip().endswith(".")
+    assert_nothing_written(ws)
+
+
+@pytest.mark.parametrize("make_source, expected", [
+    (lambda tmp: tmp.joinpath("empty").mkdir() or tmp / "empty", "no IBSR18 layout found"),
+    (lambda tmp: tmp / "does-not-exist", "does not exist"),
+])
+def test_empty_or_unknown_source(tmp_path, make_source, expected):
+    source = make_source(tmp_path)
+    ws = Workspace.open(tmp_path / "ws")
+    with pytest.raises(InputError, match=expected) as err:
+        convert(source, ws)
+    assert str(source) in str(err.value)
+    assert_nothing_written(ws)
+
+
+def test_unwritable_workspace(misa_copy, tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InputError, match="cannot be written"):
+        convert(misa_copy, Workspace.open(tmp_path / "file" / "ws"))
+
+
+def test_dataset_id_holding_a_different_dataset(phantom_root, tmp_path):
+    ws = Workspace.open(tmp_path / "ws")
+    convert(phantom_root / "misa", ws, ConvertOptions(jobs=2))
+    with pytest.raises(InputError, match="already holds a different dataset.*--force"):
+        convert(phantom_root / "nitrc", ws, ConvertOptions(jobs=2))
+    replaced = convert(phantom_root / "nitrc", ws, ConvertOptions(jobs=2, force=True))
+    assert replaced.manifest["layout"] == "nitrc"
+    assert json.loads(ws.manifest.read_text())["layout"] == "nitrc"
+
+
+def test_dataset_json_counts_training_cases():
+    assert dataset_json(3)["numTraining"] == 3
