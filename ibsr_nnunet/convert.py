@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import time
 import uuid
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -15,12 +16,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable, Optional
 
-import SimpleITK as sitk
-
 from . import __version__, preprocess, volumes
 from .atomic import fsync_dir, write_json
 from .errors import InputError
-from .labels import NNUNET_LABELS, LabelScheme, apply_scheme, detect_scheme, integral_labels, require_all_tissues, value_counts
+from .labels import (NNUNET_LABELS, LabelScheme, apply_scheme, detect_scheme, integral_labels, mapped_counts,
+                     require_all_tissues, value_counts)
 from .layouts import Subject, find_subjects
 from .splits import SPLIT_SEED, cross_validation_folds, heldout_subset
 from .workspace import Workspace
@@ -70,6 +70,7 @@ class ConvertResult:
     dataset: Path
     manifest: dict
     up_to_date: bool  # nothing was written: the dataset already matched these inputs
+    seconds: dict[str, float]  # wall time of the case conversions and of nnU-Net's integrity check
 
 
 def sha256(path: Path) -> str:
@@ -100,10 +101,9 @@ def convert_case(job: CaseJob) -> dict:
     record = {
         "id": job.subject.subject_id,
         "role": job.role,
-        "shape": list(image.GetSize()),
-        "spacing": list(image.GetSpacing()),
-        "origin": list(image.GetOrigin()),
-        "direction": list(image.GetDirection()),
+        "shape": list(image.array.shape),
+        "spacing": list(image.spacing),
+        "affine": image.affine.round(6).tolist(),
         "label_scheme": None,
         "label_counts": None,
     }
@@ -111,15 +111,16 @@ def convert_case(job: CaseJob) -> dict:
         label_path = job.subject.label
         label = volumes.read_volume(label_path)
         volumes.require_same_grid(image, label, image_path, label_path)
-        source_labels = integral_labels(sitk.GetArrayViewFromImage(label), str(label_path))
-        scheme = detect_scheme(value_counts(source_labels), str(label_path), job.label_map)
-        target = apply_scheme(source_labels, scheme)
-        counts = value_counts(target)
+        source_labels = integral_labels(label.array, str(label_path))
+        source_counts = value_counts(source_labels)
+        scheme = detect_scheme(source_counts, str(label_path), job.label_map)
+        counts = mapped_counts(source_counts, scheme)
         require_all_tissues(counts, str(label_path))
-        volumes.write_volume(target, image, job.label_out)
+        # the image's header, so nnU-Net sees identical geometry in both files
+        volumes.write_volume(image.with_array(apply_scheme(source_labels, scheme)), job.label_out)
         record["label_scheme"] = {"name": scheme.name, "mapping": {str(k): v for k, v in scheme.mapping.items()}}
         record["label_counts"] = {str(k): counts.get(k, 0) for k in sorted(NNUNET_LABELS.values())}
-    sitk.WriteImage(preprocess.apply(image, job.preprocessing), str(job.image_out), True, 1)
+    volumes.write_volume(preprocess.apply(image, job.preprocessing), job.image_out)
     return record
 
 
@@ -188,8 +189,10 @@ def _remove_stale_builds(raw_root: Path, name: str) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
-def _run_jobs(jobs: list[CaseJob], processes: int, on_case_done: Callable[[str], None]) -> list[dict]:
-    """Convert every case, in parallel; the first bad case cancels the rest and raises its error."""
+def _run_jobs(jobs: list[CaseJob], processes: int, on_case_done: Callable[[str], None],
+              while_workers_run: Callable[[], object] = lambda: None) -> list[dict]:
+    """Convert every case, in parallel; the first bad case cancels the rest and raises its error.
+    `while_workers_run` is called once the workers exist (forking after it could copy a busy thread's locks)."""
     if processes <= 1:
         records = []
         for job in jobs:
@@ -198,7 +201,8 @@ def _run_jobs(jobs: list[CaseJob], processes: int, on_case_done: Callable[[str],
         return records
     # fork: workers start in milliseconds and inherit the imports; they only run SimpleITK/numpy I/O.
     with ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("fork")) as pool:
-        pending = {pool.submit(convert_case, job): job for job in jobs}
+        pending = {pool.submit(convert_case, job): job for job in jobs}  # fork pools start every worker here
+        while_workers_run()
         records = []
         while pending:
             done, _ = wait(pending, return_when=FIRST_EXCEPTION)
@@ -232,7 +236,7 @@ def convert(source: str | os.PathLike, ws: Workspace, options: ConvertOptions = 
     existing = _existing_manifest(ws)
     if ws.raw_dataset.exists():
         if existing and existing.get("fingerprint") == fingerprint:
-            return ConvertResult(ws.raw_dataset, existing, up_to_date=True)
+            return ConvertResult(ws.raw_dataset, existing, up_to_date=True, seconds={})
         if not options.force:
             raise InputError(
                 f"{ws.raw_dataset} already holds a different dataset (other sources or options); "
@@ -256,7 +260,11 @@ def convert(source: str | os.PathLike, ws: Workspace, options: ConvertOptions = 
             ))
         on_start(len(jobs))
         processes = min(options.jobs or available_cores(), len(jobs))
-        records = sorted(_run_jobs(jobs, processes, on_case_done), key=lambda r: r["id"])
+        started = time.perf_counter()
+        preload = []
+        records = _run_jobs(jobs, processes, on_case_done, lambda: preload.append(nnunet.preload_in_background()))
+        records.sort(key=lambda r: r["id"])
+        seconds = {"cases": time.perf_counter() - started}
         for record in records:
             record["image"], record["label"] = files[record["id"]]
 
@@ -279,7 +287,11 @@ def convert(source: str | os.PathLike, ws: Workspace, options: ConvertOptions = 
         write_json(build / "dataset.json", dataset_json(len(ids["train"])))
         write_json(build / "splits_final.json", folds)
         write_json(build / "ibsr_manifest.json", manifest)
+        started = time.perf_counter()
+        for thread in preload:
+            thread.join()
         nnunet.verify_dataset(build, processes)
+        seconds["integrity_check"] = time.perf_counter() - started
         _swap_into_place(build, ws.raw_dataset)
     finally:
         shutil.rmtree(build, ignore_errors=True)
@@ -287,7 +299,7 @@ def convert(source: str | os.PathLike, ws: Workspace, options: ConvertOptions = 
     # nnU-Net reads the folds from the preprocessed folder; a replaced dataset gets its new folds there too.
     write_json(ws.preprocessed_dataset / "splits_final.json", folds)
     ws.record_dataset_id()
-    return ConvertResult(ws.raw_dataset, manifest, up_to_date=False)
+    return ConvertResult(ws.raw_dataset, manifest, up_to_date=False, seconds=seconds)
 
 
 def _swap_into_place(build: Path, target: Path) -> None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import multiprocessing
 import os
+import threading
+import types
 from pathlib import Path
 
 from .errors import InputError
@@ -16,14 +19,38 @@ def configure_worker_counts(cores: int) -> None:
     os.environ.setdefault("nnUNet_def_n_proc", str(max(1, cores)))
 
 
+def _import_integrity_check() -> types.ModuleType:
+    import nnunetv2.experiment_planning.verify_dataset_integrity as integrity
+
+    return integrity
+
+
+def preload_in_background() -> threading.Thread:
+    """Import nnU-Net (~3 s of torch) on a thread, overlapping work that runs in already-started processes."""
+    thread = threading.Thread(target=_import_integrity_check, name="import-nnunetv2", daemon=True)
+    thread.start()
+    return thread
+
+
+@contextlib.contextmanager
+def _fork_pools(module: types.ModuleType):
+    """nnU-Net opens a *spawn* pool whose workers each re-import torch (~3 s apiece); fork workers inherit it."""
+    fork_only = types.SimpleNamespace(get_context=lambda method=None: multiprocessing.get_context("fork"))
+    original = module.multiprocessing
+    module.multiprocessing = fork_only
+    try:
+        yield
+    finally:
+        module.multiprocessing = original
+
+
 def verify_dataset(folder: Path, processes: int) -> None:
     """nnU-Net's own integrity check on a raw dataset folder; its failure becomes one InputError."""
-    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
-
+    integrity = _import_integrity_check()
     chatter = io.StringIO()
     try:
-        with contextlib.redirect_stdout(chatter):
-            verify_dataset_integrity(str(folder), max(1, processes))
+        with contextlib.redirect_stdout(chatter), _fork_pools(integrity):
+            integrity.verify_dataset_integrity(str(folder), max(1, processes))
     except (AssertionError, RuntimeError, FileNotFoundError, ValueError) as err:
         details = " ".join(f"{err} {chatter.getvalue()}".split())[:600]
         raise InputError(

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import SimpleITK as sitk
+
+from .volumes import Volume
 
 
 @dataclass(frozen=True)
@@ -28,11 +31,14 @@ class Preprocessing:
         return record
 
 
-def apply(image: sitk.Image, settings: Preprocessing) -> sitk.Image:
-    """The preprocessed image (float32, zero outside the brain as before), or `image` untouched."""
+def apply(volume: Volume, settings: Preprocessing) -> Volume:
+    """The preprocessed volume (float32, zero outside the brain as before), or `volume` untouched."""
     if not settings.enabled:
-        return image
-    work = sitk.Cast(image, sitk.sitkFloat32)
+        return volume
+    # nibabel's (X,Y,Z) array is Fortran-ordered: its transpose is ITK's C-ordered (Z,Y,X), no copy.
+    image = sitk.GetImageFromArray(volume.array.T.astype(np.float32))
+    image.SetSpacing(volume.spacing)
+    work = image
     mask = sitk.Cast(image != 0, sitk.sitkUInt8)
     if settings.n4:
         # Fit the bias field on a shrunken copy (minutes -> seconds), then divide it out at full resolution.
@@ -49,4 +55,5 @@ def apply(image: sitk.Image, settings: Preprocessing) -> sitk.Image:
             work, timeStep=0.0625, conductanceParameter=settings.denoise_conductance,
             numberOfIterations=settings.denoise_iterations,
         )
-    return sitk.Cast(sitk.Mask(work, mask), sitk.sitkFloat32)
+    result = sitk.GetArrayFromImage(sitk.Cast(sitk.Mask(work, mask), sitk.sitkFloat32)).T
+    return volume.with_array(result)

@@ -1,0 +1,67 @@
+"""Benchmark: `convert` on the 13 shared IBSR18 volumes against a naive single-process nibabel loop, side by side.
+
+Prints both wall times and their ratio (target <= 0.75 on 2 cores). The naive loop only loads, squeezes and
+saves each file (no validation, no label mapping, no integrity check); `convert` does all of that, in parallel.
+nnU-Net's integrity check costs a fixed ~2-3 s (importing torch), more than the whole naive loop, so the ratio
+is printed with and without the time spent waiting for it.
+Run: python bench/convert.py [--rounds 3] [--source ../shared/data/ibsr18]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from ibsr_nnunet.convert import ConvertOptions, available_cores, convert
+from ibsr_nnunet.workspace import Workspace
+
+DEFAULT_SOURCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "ibsr18"
+
+
+def naive_loop(source: Path, out: Path) -> None:
+    """What people write first: one process, nibabel load + squeeze + save, every file."""
+    out.mkdir(parents=True)
+    for path in sorted(source.rglob("*.nii.gz")):
+        image = nib.load(str(path))
+        data = np.asanyarray(image.dataobj)[..., 0]
+        nib.save(nib.Nifti1Image(data, image.affine), str(out / path.name))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    files = sorted(args.source.rglob("*.nii.gz"))
+    print(f"{len(files)} files ({sum(f.stat().st_size for f in files) / 2**20:.1f} MiB) from {args.source}; "
+          f"{available_cores()} cores")
+    ours, naive, check = [], [], []
+    for round_ in range(args.rounds):
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            start = time.perf_counter()
+            result = convert(args.source, Workspace.open(tmp / "ws"), ConvertOptions())
+            ours.append(time.perf_counter() - start)
+            check.append(result.seconds["integrity_check"])
+            start = time.perf_counter()
+            naive_loop(args.source, tmp / "naive")
+            naive.append(time.perf_counter() - start)
+        print(f"round {round_ + 1}: convert {ours[-1]:.2f} s (of which waiting for nnU-Net's integrity check "
+              f"{check[-1]:.2f} s), naive loop {naive[-1]:.2f} s")
+    ours_median, naive_median = statistics.median(ours), statistics.median(naive)
+    work_median = statistics.median(o - c for o, c in zip(ours, check))
+    print(f"median: naive loop {naive_median:.2f} s")
+    print(f"  convert, whole command:             {ours_median:.2f} s  ratio {ours_median / naive_median:.2f}")
+    print(f"  convert, without the integrity check: {work_median:.2f} s  ratio {work_median / naive_median:.2f} "
+          f"(target <= 0.75)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""One CliRunner test (or more) per command: exit codes, what is printed, what is written."""
+
+import json
+
+from typer.testing import CliRunner
+
+from ibsr_nnunet.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_commands():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("phantom", "convert"):
+        assert command in result.output
+
+
+def test_phantom_command(tmp_path):
+    result = runner.invoke(app, ["phantom", str(tmp_path / "p"), "--subjects", "2", "--layout", "nitrc"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["IBSR_01", "IBSR_02"]
+    assert "wrote 2 small phantom subjects in the nitrc layout" in result.output
+
+
+def test_phantom_bad_layout(tmp_path):
+    result = runner.invoke(app, ["phantom", str(tmp_path / "p"), "--layout", "dicom"])
+    assert result.exit_code == 1
+    assert "--layout dicom is unknown" in result.output
+    assert not (tmp_path / "p").exists()
+
+
+def test_convert_command_then_noop(phantom_root, tmp_path):
+    ws = tmp_path / "ws"
+    args = ["--workspace", str(ws), "convert", str(phantom_root / "misa"), "--jobs", "2"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "Dataset501_IBSR18" in first.output and "IBSR_06, IBSR_07" in first.output
+    dataset = ws / "nnUNet_raw" / "Dataset501_IBSR18"
+    assert json.loads((dataset / "dataset.json").read_text())["numTraining"] == 5
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0 and "already up to date" in second.output
+
+
+def test_convert_workspace_from_environment(phantom_root, tmp_path):
+    result = runner.invoke(app, ["convert", str(phantom_root / "analyze"), "--dataset-id", "777"],
+                           env={"IBSR_NNUNET_WORKSPACE": str(tmp_path / "envws")})
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "envws" / "nnUNet_raw" / "Dataset777_IBSR18" / "dataset.json").is_file()
+
+
+def test_convert_refusal_is_one_sentence_and_exit_1(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["--workspace", str(tmp_path / "ws"), "convert", str(tmp_path / "empty")])
+    assert result.exit_code == 1
+    assert "error:" in result.output and "no IBSR18 layout found" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "ws" / "nnUNet_raw").exists()
+
+
+def test_convert_bad_label_map(phantom_root, tmp_path):
+    result = runner.invoke(app, ["--workspace", str(tmp_path / "ws"), "convert", str(phantom_root / "nitrc"),
+                                 "--label-map", "128=CSF,192=GM"])
+    assert result.exit_code == 1 and "must name each of CSF, GM and WM" in result.output
