@@ -120,6 +120,39 @@ def convert(
     console.print(f"wrote {result.dataset}")
 
 
+@app.command()
+@refusals
+def demo(
+    ctx: typer.Context,
+    subjects: int = typer.Option(8, "--subjects", help="Phantom subjects to generate."),
+    jobs: int = typer.Option(0, "--jobs", help="Parallel processes (0 = all available cores)."),
+) -> None:
+    """The pipeline on embedded synthetic data: phantom -> convert (later steps arrive with their issues)."""
+    from .convert import ConvertOptions, convert as run_convert
+    from .phantom import write_phantoms
+
+    ws = workspace_of(ctx)
+    ws.ensure_writable()
+    source = ws.root / "demo-source"
+    with progress_bar() as bar:
+        task = bar.add_task("phantom", total=subjects)
+        write_phantoms(source, subjects, "misa", "small", seed=0, on_subject_done=lambda _: bar.advance(task))
+        convert_task = bar.add_task("convert", total=None)
+        result = run_convert(source, ws, ConvertOptions(jobs=jobs, force=True),
+                             on_start=lambda n: bar.update(convert_task, total=n),
+                             on_case_done=lambda _: bar.advance(convert_task))
+    split = result.manifest["split"]
+    table = Table(title="ibsr-nnunet demo")
+    table.add_column("step")
+    table.add_column("result")
+    table.add_row("phantom", f"{subjects} subjects, MISA layout: {source}")
+    table.add_row("convert", f"{result.dataset} ({len(split['train'])} train, {len(split['heldout'])} held out, "
+                             f"{len(split['test'])} test; {split['folds']} folds)")
+    for step in ("plan", "train", "ensemble", "baselines", "evaluate", "leaderboard"):
+        table.add_row(step, "[dim]not built yet[/]")
+    console.print(table)
+
+
 def main() -> None:
     app()
 

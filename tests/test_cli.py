@@ -12,7 +12,7 @@ runner = CliRunner()
 def test_help_lists_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("phantom", "convert"):
+    for command in ("phantom", "convert", "demo"):
         assert command in result.output
 
 
@@ -62,3 +62,14 @@ def test_convert_bad_label_map(phantom_root, tmp_path):
     result = runner.invoke(app, ["--workspace", str(tmp_path / "ws"), "convert", str(phantom_root / "nitrc"),
                                  "--label-map", "128=CSF,192=GM"])
     assert result.exit_code == 1 and "must name each of CSF, GM and WM" in result.output
+
+
+def test_demo_runs_phantom_and_convert(tmp_path):
+    ws = tmp_path / "demo-ws"
+    result = runner.invoke(app, ["--workspace", str(ws), "demo", "--subjects", "6"])
+    assert result.exit_code == 0, result.output
+    dataset = ws / "nnUNet_raw" / "Dataset501_IBSR18"
+    assert json.loads((dataset / "dataset.json").read_text())["numTraining"] == 3
+    assert len(list((dataset / "imagesTs").glob("*.nii.gz"))) == 3
+    again = runner.invoke(app, ["--workspace", str(ws), "demo", "--subjects", "6"])
+    assert again.exit_code == 0, again.output
