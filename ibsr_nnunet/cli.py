@@ -122,6 +122,59 @@ def convert(
 
 @app.command()
 @refusals
+def plan(
+    ctx: typer.Context,
+    configs: str = typer.Option("2d,3d_fullres", "--configs", help="Comma-separated nnU-Net configurations."),
+    jobs: int = typer.Option(0, "--jobs", help="Processes for fingerprinting and preprocessing (0 = all cores)."),
+    force: bool = typer.Option(False, "--force", help="Plan and preprocess again even when up to date."),
+) -> None:
+    """nnU-Net fingerprint, plans and preprocessing for the workspace's dataset."""
+    from . import nnunet
+    from .convert import available_cores
+
+    ws = workspace_of(ctx)
+    cores = jobs or available_cores()
+    nnunet.configure(ws, cores)
+    with console.status("nnU-Net: fingerprint, plans, preprocessing"):
+        result = nnunet.plan(ws, tuple(c.strip() for c in configs.split(",") if c.strip()), cores, force)
+    table = Table(title=f"{ws.dataset_name}: nnU-Net plans" + (" (up to date, nothing redone)" if result.up_to_date else ""))
+    for column in ("configuration", "patch size", "batch size", "spacing (mm)", "stages", "median shape"):
+        table.add_column(column)
+    for name, c in result.configurations.items():
+        table.add_row(name, "×".join(map(str, c["patch_size"])), str(c["batch_size"]),
+                      "×".join(f"{s:g}" for s in c["spacing"]), str(c["stages"]), "×".join(map(str, c["median_shape"])))
+    console.print(table)
+    for name in result.dropped:
+        console.print(f"{name}: not planned — nnU-Net drops it when the image is too small to need a low-resolution stage.")
+
+
+@app.command()
+@refusals
+def train(
+    ctx: typer.Context,
+    fold: int = typer.Option(..., "--fold", help="Cross-validation fold."),
+    config: str = typer.Option(..., "--config", help="2d | 3d_fullres"),
+    epochs: int = typer.Option(1000, "--epochs", help="Epochs (a short schedule gets its own trainer name)."),
+    iterations: int = typer.Option(250, "--iterations-per-epoch", help="Training iterations per epoch."),
+    device: str = typer.Option("auto", "--device", help="auto | cuda | cpu"),
+    save_every: int = typer.Option(1, "--save-every", help="Write a checkpoint every N epochs."),
+) -> None:
+    """Train one fold; resumes by itself, and exits 75 after saving when SIGUSR1/SIGTERM asks it to stop."""
+    from . import nnunet
+    from .convert import available_cores
+
+    ws = workspace_of(ctx)
+    nnunet.configure(ws, available_cores())
+    result = nnunet.train(ws, config, fold, epochs, iterations, device, save_every, say=console.print)
+    if result.status == "already finished":
+        console.print(f"{config} fold {fold} is already finished: {result.fold_folder}")
+        return
+    start = f"resumed from {result.resumed_from} at epoch {result.start_epoch}" if result.resumed_from else "from scratch"
+    console.print(f"{config} fold {fold} finished ({start}): {result.fold_folder}")
+
+
+@app.command()
+@refusals
 def demo(
     ctx: typer.Context,
     subjects: int = typer.Option(8, "--subjects", help="Phantom subjects to generate."),

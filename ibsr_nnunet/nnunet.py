@@ -1,16 +1,37 @@
-"""The one door to nnU-Net v2: every import of nnunetv2 in this project happens in this module."""
+"""The one door to nnU-Net v2: every import of nnunetv2 in this project happens in this module.
+
+nnunetv2 (and torch, ~3 s) are imported inside the functions, so importing this module stays cheap. The trainer
+subclasses are built here on first use; `ibsr_nnunet/ext_trainers/` only points nnU-Net's own CLI at them.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
+import re
+import signal
+import sys
+import time
 import multiprocessing
 import os
 import threading
 import types
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+from typing import Callable, Optional
 
+from .atomic import fsync_dir, write_json
 from .errors import InputError
+
+# `train` exits with this code when a signal interrupted it after a checkpoint was saved: "requeue me".
+EXIT_REQUEUE = 75  # EX_TEMPFAIL; distinct from 128+N, which a process killed by an unhandled signal reports
+FULL_EPOCHS, FULL_ITERATIONS = 1000, 250
+TRAINER_BASE = "IbsrTrainer"
+SHORT_TRAINER = re.compile(rf"^{TRAINER_BASE}_(\d+)ep_(\d+)it$")
+CONFIGURATIONS = ("2d", "3d_fullres")
+EXT_TRAINER_FOLDER = Path(__file__).parent / "ext_trainers"
 
 
 def configure_worker_counts(cores: int) -> None:
@@ -57,3 +78,276 @@ def verify_dataset(folder: Path, processes: int) -> None:
             f"{folder.name}: nnU-Net's dataset integrity check failed ({details}); nothing was written, "
             f"fix the source files it names and convert again."
         ) from None
+
+
+# ---- environment ------------------------------------------------------------------------------------------------
+
+def configure(ws, cores: int) -> None:
+    """nnU-Net's paths from the workspace, its worker counts from our cores, and where to find our trainers."""
+    ws.export_env()
+    configure_worker_counts(cores)
+    existing = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
+    if str(EXT_TRAINER_FOLDER) not in existing:
+        os.environ["nnUNet_extTrainer"] = os.pathsep.join([*existing, str(EXT_TRAINER_FOLDER)])
+
+
+# ---- plan -------------------------------------------------------------------------------------------------------
+
+@dataclass
+class PlanResult:
+    configurations: dict[str, dict]  # name -> patch size, batch size, spacing, stages, median shape
+    dropped: list[str]  # configurations nnU-Net decided not to make (3d_lowres for IBSR-sized images)
+    up_to_date: bool
+
+
+def _plan_stamp(ws) -> Path:
+    return ws.preprocessed_dataset / "ibsr_plan.json"
+
+
+def _summarise_plans(plans: dict, fingerprint: dict) -> dict[str, dict]:
+    summary = {}
+    for name, config in plans["configurations"].items():
+        if "patch_size" not in config:
+            continue
+        summary[name] = {
+            "patch_size": config["patch_size"],
+            "batch_size": config["batch_size"],
+            "spacing": [round(float(s), 4) for s in config["spacing"]],
+            "stages": config["architecture"]["arch_kwargs"]["n_stages"],
+            "median_shape": config["median_image_size_in_voxels"],
+        }
+    return summary
+
+
+def plan(ws, configurations: tuple[str, ...] = CONFIGURATIONS, jobs: int = 1, force: bool = False) -> PlanResult:
+    """nnU-Net fingerprint, plans and preprocessing (with its integrity check); skipped when already done for
+    exactly this raw dataset and these configurations."""
+    if not ws.manifest.is_file():
+        raise InputError(f"{ws.raw_dataset}: no converted dataset in this workspace; run `ibsr-nnunet convert SOURCE` first.")
+    unknown = [c for c in configurations if c not in (*CONFIGURATIONS, "3d_lowres")]
+    if unknown:
+        raise InputError(f"--configs {','.join(unknown)} unknown; use 2d, 3d_fullres (and 3d_lowres).")
+    fingerprint = json.loads(ws.manifest.read_text())["fingerprint"]
+    stamp = _plan_stamp(ws)
+    plans_file = ws.preprocessed_dataset / "nnUNetPlans.json"
+    wanted = {"raw_fingerprint": fingerprint, "configurations": sorted(configurations)}
+    if not force and stamp.is_file() and plans_file.is_file():
+        recorded = json.loads(stamp.read_text())
+        if {k: recorded.get(k) for k in wanted} == wanted:
+            plans = json.loads(plans_file.read_text())
+            summary = _summarise_plans(plans, {})
+            return PlanResult(summary, [c for c in configurations if c not in summary], up_to_date=True)
+
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprints, plan_experiments,
+                                                                       preprocess)
+
+    chatter = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(chatter):
+            extract_fingerprints([ws.dataset_id], num_processes=jobs, check_dataset_integrity=True, clean=True)
+            plan_experiments([ws.dataset_id])
+            plans = json.loads(plans_file.read_text())
+            present = [c for c in configurations if c in plans["configurations"]]
+            preprocess([ws.dataset_id], configurations=present, num_processes=[jobs] * len(present))
+    except (AssertionError, RuntimeError) as err:
+        details = " ".join(f"{err}".split())[:400]
+        raise InputError(f"{ws.raw_dataset}: nnU-Net planning failed ({details}); fix the dataset and convert again.") from None
+    summary = _summarise_plans(plans, {})
+    write_json(stamp, {**wanted, "planned": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return PlanResult(summary, [c for c in configurations if c not in summary], up_to_date=False)
+
+
+# ---- training ---------------------------------------------------------------------------------------------------
+
+def trainer_name(epochs: int = FULL_EPOCHS, iterations: int = FULL_ITERATIONS) -> str:
+    """Our trainer's name for a schedule; a short schedule says so in its name (and so in its results folder)."""
+    if (epochs, iterations) == (FULL_EPOCHS, FULL_ITERATIONS):
+        return TRAINER_BASE
+    return f"{TRAINER_BASE}_{epochs}ep_{iterations}it"
+
+
+class _Interrupt:
+    """The first SIGUSR1/SIGTERM received by the training process (workers ignore them: the main process stops them)."""
+
+    signum: Optional[int] = None
+    main_pid: int = os.getpid()
+
+    @classmethod
+    def install(cls) -> None:
+        cls.main_pid = os.getpid()
+        for signum in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(signum, cls._handle)
+
+    @classmethod
+    def _handle(cls, signum, frame) -> None:
+        if os.getpid() == cls.main_pid and cls.signum is None:
+            cls.signum = signum
+            print(f"received {signal.Signals(signum).name}: finishing this iteration, then saving a checkpoint",
+                  file=sys.stderr, flush=True)
+
+
+class TrainingInterrupted(SystemExit):
+    """Raised after the checkpoint is safe: the process exits with EXIT_REQUEUE."""
+
+
+@lru_cache(maxsize=None)
+def trainer_class(name: str):
+    """The nnUNetTrainer subclass called `name` (IbsrTrainer or IbsrTrainer_<E>ep_<I>it)."""
+    import torch
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    match = SHORT_TRAINER.match(name)
+    if name == TRAINER_BASE:
+        epochs, iterations = FULL_EPOCHS, FULL_ITERATIONS
+    elif match:
+        epochs, iterations = int(match.group(1)), int(match.group(2))
+    else:
+        raise AttributeError(name)
+
+    class Trainer(nnUNetTrainer):
+        """nnU-Net's trainer, made durable: atomic checkpoints every epoch and a clean stop on SIGUSR1/SIGTERM."""
+
+        def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
+            super().__init__(plans, configuration, fold, dataset_json, device)
+            self.num_epochs = epochs
+            self.num_iterations_per_epoch = iterations
+            self.num_val_iterations_per_epoch = max(1, round(iterations / 5))
+            self.save_every = int(os.environ.get("IBSR_SAVE_EVERY", "1"))
+
+        def save_checkpoint(self, filename: str) -> None:
+            """Write to a temporary file, fsync, keep the previous good checkpoint, then rename into place."""
+            if self.local_rank != 0:
+                return
+            target = Path(filename)
+            partial = target.with_name(f".{target.name}.partial")
+            super().save_checkpoint(str(partial))
+            with open(partial, "rb+") as handle:
+                os.fsync(handle.fileno())
+            if target.name == "checkpoint_latest.pth" and target.exists():
+                os.replace(target, target.with_name("checkpoint_previous.pth"))
+            os.replace(partial, target)
+            fsync_dir(target.parent)
+
+        def train_step(self, batch: dict) -> dict:
+            result = super().train_step(batch)
+            if _Interrupt.signum is not None:
+                # mid-epoch: store this epoch as not yet done, so the rerun repeats it (at most one epoch lost)
+                self.current_epoch -= 1
+                self._stop_for_requeue()
+            return result
+
+        def on_epoch_end(self):
+            super().on_epoch_end()  # saves checkpoint_latest every `save_every` epochs, then counts the epoch
+            if _Interrupt.signum is not None and self.current_epoch < self.num_epochs:
+                self.current_epoch -= 1
+                self._stop_for_requeue()
+
+        def on_train_end(self):
+            super().on_train_end()  # writes checkpoint_final.pth and deletes checkpoint_latest.pth
+            Path(self.output_folder, "checkpoint_previous.pth").unlink(missing_ok=True)
+
+        def _stop_for_requeue(self):
+            self.save_checkpoint(os.path.join(self.output_folder, "checkpoint_latest.pth"))
+            self.current_epoch += 1
+            for loader in (self.dataloader_train, self.dataloader_val):
+                if hasattr(loader, "_finish"):
+                    loader._finish()
+            name = signal.Signals(_Interrupt.signum).name
+            self.print_to_log_file(f"{name}: saved checkpoint_latest.pth at epoch {self.current_epoch}; "
+                                   f"exiting with {EXIT_REQUEUE} (requeue me)")
+            raise TrainingInterrupted(EXIT_REQUEUE)
+
+    Trainer.__name__ = Trainer.__qualname__ = name
+    Trainer.__module__ = "ibsr_trainers"
+    return Trainer
+
+
+@dataclass
+class TrainResult:
+    fold_folder: Path
+    status: str  # "finished", "already finished"
+    resumed_from: Optional[str]  # checkpoint file name, or None for a fresh start
+    start_epoch: int
+    notes: list[str]
+
+
+def fold_folder(ws, configuration: str, fold: int, name: str) -> Path:
+    return ws.results_dataset / f"{name}__nnUNetPlans__{configuration}" / f"fold_{fold}"
+
+
+def _readable_checkpoint(path: Path, device) -> Optional[str]:
+    """None when `path` loads, else why not."""
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=False)
+        checkpoint["current_epoch"], checkpoint["network_weights"]
+        return None
+    except Exception as err:  # torch raises RuntimeError, EOFError, pickle errors... for a damaged file
+        return " ".join(str(err).split())[:160] or type(err).__name__
+
+
+def resolve_device(device: str):
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cuda", "cpu"):
+        raise InputError(f"--device {device} is unknown; use auto, cuda or cpu.")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda asked for, but torch sees no CUDA GPU here; use --device cpu or auto.")
+    if device == "cpu":
+        torch.set_num_threads(max(1, int(os.environ.get("nnUNet_def_n_proc", "1"))))
+    return torch.device(device)
+
+
+def train(ws, configuration: str, fold: int, epochs: int = FULL_EPOCHS, iterations: int = FULL_ITERATIONS,
+          device: str = "auto", save_every: int = 1, say: Callable[[str], None] = print) -> TrainResult:
+    """Train (or resume, or skip) one fold, then write nnU-Net's validation with probabilities (--npz)."""
+    _Interrupt.install()  # first thing: a signal during start-up must not kill us before we can save
+    if epochs < 1 or iterations < 1 or save_every < 1:
+        raise InputError("--epochs, --iterations-per-epoch and --save-every must be at least 1.")
+    plans_file = ws.preprocessed_dataset / "nnUNetPlans.json"
+    if not plans_file.is_file():
+        raise InputError(f"{plans_file}: no nnU-Net plans for this workspace; run `ibsr-nnunet plan` first.")
+    plans = json.loads(plans_file.read_text())
+    if configuration not in plans["configurations"]:
+        raise InputError(f"--config {configuration} is not in {plans_file.name} "
+                         f"(has {', '.join(plans['configurations'])}); pick one of those or re-plan.")
+    splits = json.loads((ws.preprocessed_dataset / "splits_final.json").read_text())
+    if not 0 <= fold < len(splits):
+        raise InputError(f"--fold {fold} does not exist: splits_final.json has folds 0..{len(splits) - 1}.")
+    name = trainer_name(epochs, iterations)
+    folder = fold_folder(ws, configuration, fold, name)
+    if (folder / "checkpoint_final.pth").is_file() and (folder / "validation" / "summary.json").is_file():
+        return TrainResult(folder, "already finished", None, epochs, [])
+
+    os.environ["IBSR_SAVE_EVERY"] = str(save_every)
+    torch_device = resolve_device(device)
+    candidates = ["checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_previous.pth"]
+    notes, resume_from = [], None
+    for candidate in candidates:
+        path = folder / candidate
+        if not path.is_file():
+            continue
+        problem = _readable_checkpoint(path, torch_device)
+        if problem is None:
+            resume_from = candidate
+            break
+        notes.append(f"{candidate} is unreadable ({problem}); falling back to the previous checkpoint")
+    for note in notes:
+        say(note)
+
+    dataset_json = json.loads((ws.preprocessed_dataset / "dataset.json").read_text())
+    plans["continue_training"] = resume_from is not None
+    trainer = trainer_class(name)(plans=plans, configuration=configuration, fold=fold,
+                                  dataset_json=dataset_json, device=torch_device)
+    if resume_from:
+        trainer.load_checkpoint(str(folder / resume_from))
+        say(f"resuming {name} {configuration} fold {fold} from {resume_from} at epoch {trainer.current_epoch}")
+    start_epoch = trainer.current_epoch
+    if resume_from != "checkpoint_final.pth":
+        trainer.run_training()
+    # `--npz`: probabilities for nnU-Net's best-configuration search and ensembling
+    trainer.perform_actual_validation(save_probabilities=True)
+    return TrainResult(folder, "finished", resume_from, start_epoch, notes)
