@@ -1,0 +1,132 @@
+"""Real nnunetv2 on a small phantom, through the real CLI in subprocesses (nnU-Net needs a __main__ guard)."""
+
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ibsr_nnunet.convert import ConvertOptions, convert
+from ibsr_nnunet.nnunet import EXIT_REQUEUE, trainer_name
+from ibsr_nnunet.phantom import write_phantoms
+from ibsr_nnunet.workspace import Workspace
+
+pytestmark = pytest.mark.integration
+CLI = [sys.executable, "-m", "ibsr_nnunet.cli"]
+
+
+def cli(ws: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, "--workspace", str(ws), *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "COLUMNS": "200"})
+
+
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory) -> Workspace:
+    root = tmp_path_factory.mktemp("nnunet")
+    write_phantoms(root / "source", subjects=8, layout="misa", size="small", seed=0)
+    ws = Workspace.open(root / "ws")
+    convert(root / "source", ws, ConvertOptions(jobs=2))
+    result = cli(ws.root, "plan", "--jobs", "2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return ws
+
+
+def fold_dir(ws: Workspace, config: str, fold: int, epochs: int, iterations: int) -> Path:
+    return ws.results_dataset / f"{trainer_name(epochs, iterations)}__nnUNetPlans__{config}" / f"fold_{fold}"
+
+
+def checkpoint_epoch(path: Path) -> int:
+    return torch.load(path, map_location="cpu", weights_only=False)["current_epoch"]
+
+
+def interrupt_when(ws: Workspace, args: list[str], ready: Path) -> tuple[int, str]:
+    """Start `train`, send SIGUSR1 once `ready` exists, return (exit code, output)."""
+    process = subprocess.Popen([*CLI, "--workspace", str(ws.root), *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not ready.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    assert ready.exists(), "training never wrote its checkpoint"
+    process.send_signal(signal.SIGUSR1)
+    output, _ = process.communicate(timeout=120)
+    return process.returncode, output
+
+
+def test_plan_writes_both_configurations_and_is_idempotent(planned):
+    plans = json.loads((planned.preprocessed_dataset / "nnUNetPlans.json").read_text())
+    assert {"2d", "3d_fullres"} <= set(plans["configurations"])
+    assert (planned.preprocessed_dataset / "nnUNetPlans_2d").is_dir()
+    assert (planned.preprocessed_dataset / "nnUNetPlans_3d_fullres").is_dir()
+    start = time.perf_counter()
+    again = cli(planned.root, "plan", "--jobs", "2")
+    assert again.returncode == 0 and "up to date" in again.stdout
+    assert time.perf_counter() - start < 20
+    assert "2d" in again.stdout and "3d_fullres" in again.stdout
+
+
+def test_sigusr1_saves_exits_75_and_resumes_at_next_epoch(planned):
+    epochs, iterations = 4, 3
+    folder = fold_dir(planned, "2d", 0, epochs, iterations)
+    args = ["train", "--fold", "0", "--config", "2d", "--epochs", str(epochs),
+            "--iterations-per-epoch", str(iterations), "--device", "cpu"]
+    code, output = interrupt_when(planned, args, folder / "checkpoint_latest.pth")
+    assert code == EXIT_REQUEUE, output
+    saved = checkpoint_epoch(folder / "checkpoint_latest.pth")
+    assert 1 <= saved < epochs
+    assert not [line for line in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
+                if "ibsr_nnunet.cli" in line and "train" in line]  # no orphans
+
+    resumed = cli(planned.root, *args)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resuming {trainer_name(epochs, iterations)} 2d fold 0 from checkpoint_latest.pth at epoch {saved}" in resumed.stdout
+    final = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert final["current_epoch"] == epochs
+    assert len(final["logging"]["train_losses"]) == epochs  # every epoch logged once, none from scratch
+    assert final["optimizer_state"]["state"]  # momentum buffers carried through
+    # the resumed run's first epoch uses the poly learning rate of epoch `saved`, not of epoch 0
+    logs = sorted(folder.glob("training_log_*.txt"))
+    assert len(logs) == 2
+    second = logs[-1].read_text()
+    expected_lr = 1e-2 * (1 - saved / epochs) ** 0.9
+    assert re.findall(r": Epoch (\d+)\s*$", second, re.MULTILINE) == [str(e) for e in range(saved, epochs)]
+    lr_line = next(line for line in second.splitlines() if "Current learning rate" in line)
+    assert math.isclose(float(lr_line.split(":")[-1]), expected_lr, rel_tol=1e-3)
+    assert (folder / "validation" / "summary.json").is_file()
+    assert list((folder / "validation").glob("*.npz"))  # probabilities, as --npz
+
+    start = time.perf_counter()
+    done = cli(planned.root, *args)
+    assert done.returncode == 0 and "already finished" in done.stdout
+    assert time.perf_counter() - start < 15
+
+
+def test_truncated_checkpoint_falls_back_to_previous(planned):
+    epochs, iterations = 4, 3
+    folder = fold_dir(planned, "2d", 1, epochs, iterations)
+    args = ["train", "--fold", "1", "--config", "2d", "--epochs", str(epochs),
+            "--iterations-per-epoch", str(iterations), "--device", "cpu"]
+    code, output = interrupt_when(planned, args, folder / "checkpoint_previous.pth")
+    assert code == EXIT_REQUEUE, output
+    previous_epoch = checkpoint_epoch(folder / "checkpoint_previous.pth")
+    latest = folder / "checkpoint_latest.pth"
+    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
+
+    resumed = cli(planned.root, *args)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "checkpoint_latest.pth is unreadable" in resumed.stdout
+    assert f"from checkpoint_previous.pth at epoch {previous_epoch}" in resumed.stdout
+    assert checkpoint_epoch(folder / "checkpoint_final.pth") == epochs
+    assert not (folder / "checkpoint_previous.pth").exists()
+
+
+def test_train_refuses_missing_plans(tmp_path):
+    result = cli(tmp_path / "empty-ws", "train", "--fold", "0", "--config", "2d", "--device", "cpu")
+    assert result.returncode == 1
+    assert "run `ibsr-nnunet plan` first" in result.stderr
