@@ -42,6 +42,13 @@ def fold_dir(ws: Workspace, config: str, fold: int, epochs: int, iterations: int
     return ws.results_dataset / f"{trainer_name(epochs, iterations)}__nnUNetPlans__{config}" / f"fold_{fold}"
 
 
+def tiny_fold(ws: Workspace, fold: int, epochs: int, iterations: int) -> tuple[Path, list[str]]:
+    """(fold folder, `train` arguments) for a tiny 2d CPU schedule."""
+    args = ["train", "--fold", str(fold), "--config", "2d", "--epochs", str(epochs),
+            "--iterations-per-epoch", str(iterations), "--device", "cpu"]
+    return fold_dir(ws, "2d", fold, epochs, iterations), args
+
+
 def checkpoint_epoch(path: Path) -> int:
     return torch.load(path, map_location="cpu", weights_only=False)["current_epoch"]
 
@@ -73,9 +80,7 @@ def test_plan_writes_both_configurations_and_is_idempotent(planned):
 
 def test_sigusr1_saves_exits_75_and_resumes_at_next_epoch(planned):
     epochs, iterations = 4, 3
-    folder = fold_dir(planned, "2d", 0, epochs, iterations)
-    args = ["train", "--fold", "0", "--config", "2d", "--epochs", str(epochs),
-            "--iterations-per-epoch", str(iterations), "--device", "cpu"]
+    folder, args = tiny_fold(planned, 0, epochs, iterations)
     code, output = interrupt_when(planned, args, folder / "checkpoint_latest.pth")
     assert code == EXIT_REQUEUE, output
     saved = checkpoint_epoch(folder / "checkpoint_latest.pth")
@@ -109,9 +114,7 @@ def test_sigusr1_saves_exits_75_and_resumes_at_next_epoch(planned):
 
 def test_truncated_checkpoint_falls_back_to_previous(planned):
     epochs, iterations = 4, 3
-    folder = fold_dir(planned, "2d", 1, epochs, iterations)
-    args = ["train", "--fold", "1", "--config", "2d", "--epochs", str(epochs),
-            "--iterations-per-epoch", str(iterations), "--device", "cpu"]
+    folder, args = tiny_fold(planned, 1, epochs, iterations)
     code, output = interrupt_when(planned, args, folder / "checkpoint_previous.pth")
     assert code == EXIT_REQUEUE, output
     previous_epoch = checkpoint_epoch(folder / "checkpoint_previous.pth")
