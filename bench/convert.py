@@ -10,7 +10,6 @@ Run: python bench/convert.py [--rounds 3] [--source ../shared/data/ibsr18]
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import tempfile
 import time

@@ -104,7 +104,7 @@ def _plan_stamp(ws) -> Path:
     return ws.preprocessed_dataset / "ibsr_plan.json"
 
 
-def _summarise_plans(plans: dict, fingerprint: dict) -> dict[str, dict]:
+def _summarise_plans(plans: dict) -> dict[str, dict]:
     summary = {}
     for name, config in plans["configurations"].items():
         if "patch_size" not in config:
@@ -135,7 +135,7 @@ def plan(ws, configurations: tuple[str, ...] = CONFIGURATIONS, jobs: int = 1, fo
         recorded = json.loads(stamp.read_text())
         if {k: recorded.get(k) for k in wanted} == wanted:
             plans = json.loads(plans_file.read_text())
-            summary = _summarise_plans(plans, {})
+            summary = _summarise_plans(plans)
             return PlanResult(summary, [c for c in configurations if c not in summary], up_to_date=True)
 
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprints, plan_experiments,
@@ -152,7 +152,7 @@ def plan(ws, configurations: tuple[str, ...] = CONFIGURATIONS, jobs: int = 1, fo
     except (AssertionError, RuntimeError) as err:
         details = " ".join(f"{err}".split())[:400]
         raise InputError(f"{ws.raw_dataset}: nnU-Net planning failed ({details}); fix the dataset and convert again.") from None
-    summary = _summarise_plans(plans, {})
+    summary = _summarise_plans(plans)
     write_json(stamp, {**wanted, "planned": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return PlanResult(summary, [c for c in configurations if c not in summary], up_to_date=False)
 

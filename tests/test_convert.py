@@ -1,7 +1,6 @@
 """The converter on real files: the shared IBSR18 volumes, phantoms in every layout, and every bad input."""
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -192,7 +191,7 @@ def _break(kind: str, source: Path) -> str:
     if kind == "shape mismatch":
         return str(_rewrite_label(source, "IBSR_03", lambda d, a: (d[:, :, :-1], a)))
     if kind == "affine mismatch":
-        return str(_rewrite_label(source, "IBSR_03", lambda d, a: (d, a + np.pad(np.eye(3) * 0, ((0, 1), (0, 1))) + np.diag([0, 0, 0.01, 0]))))
+        return str(_rewrite_label(source, "IBSR_03", lambda d, a: (d, a + np.diag([0, 0, 0.01, 0]))))
     if kind == "unknown labels":
         return str(_rewrite_label(source, "IBSR_04", lambda d, a: (np.where(d == 3, 4, d).astype(np.int16), a)))
     if kind == "float labels":
