@@ -206,9 +206,9 @@ def demo(
     console.print(table)
 
 
+# Command groups in their own modules register themselves on `app` (import them after `app` exists).
+from . import cli_baseline, cli_slurm  # noqa: E402,F401
+
+
 def main() -> None:
     app()
-
-
-if __name__ == "__main__":
-    main()

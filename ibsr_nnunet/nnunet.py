@@ -24,9 +24,9 @@ from typing import Callable, Optional
 
 from .atomic import fsync_dir, write_json
 from .errors import InputError
+from .exitcodes import EXIT_REQUEUE
 
 # `train` exits with this code when a signal interrupted it after a checkpoint was saved: "requeue me".
-EXIT_REQUEUE = 75  # EX_TEMPFAIL; distinct from 128+N, which a process killed by an unhandled signal reports
 FULL_EPOCHS, FULL_ITERATIONS = 1000, 250
 TRAINER_BASE = "IbsrTrainer"
 SHORT_TRAINER = re.compile(rf"^{TRAINER_BASE}_(\d+)ep_(\d+)it$")

@@ -19,7 +19,7 @@ from ibsr_nnunet.phantom import write_phantoms
 from ibsr_nnunet.workspace import Workspace
 
 pytestmark = pytest.mark.integration
-CLI = [sys.executable, "-m", "ibsr_nnunet.cli"]
+CLI = [sys.executable, "-m", "ibsr_nnunet"]
 
 
 def cli(ws: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -86,7 +86,7 @@ def test_sigusr1_saves_exits_75_and_resumes_at_next_epoch(planned):
     saved = checkpoint_epoch(folder / "checkpoint_latest.pth")
     assert 1 <= saved < epochs
     assert not [line for line in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
-                if "ibsr_nnunet.cli" in line and "train" in line]  # no orphans
+                if "-m ibsr_nnunet" in line and "train" in line]  # no orphans
 
     resumed = cli(planned.root, *args)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
