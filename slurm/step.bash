@@ -1,0 +1,42 @@
+# -- shared by the training scripts (slurm/step.bash) ------------------------------------------------------------
+# run_step CMD...: run CMD in the background so that a trapped USR1/TERM is handled at once (a foreground child
+# would delay the trap), forward the signal to it, wait until it is gone, then act on its exit code:
+#   0 -> go on;  75 ("saved, requeue me") or any failure after a signal -> `scontrol requeue` this job, whose
+#   next run resumes from the last checkpoint;  anything else -> a real error: the job fails once, no requeue.
+log() {
+  printf '[ibsr-nnunet %s] job %s%s restart %s: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "${SLURM_JOB_ID:-none}" \
+    "${SLURM_ARRAY_JOB_ID:+ (${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID:-})}" "${SLURM_RESTART_COUNT:-0}" "$*"
+}
+child=""
+signalled=""
+forward() {
+  signalled=$1
+  log "received SIG$1; forwarding it to ${child:-no running step}"
+  if [ -n "$child" ]; then kill -s "$1" "$child" 2>/dev/null || true; fi
+}
+trap 'forward USR1' USR1
+trap 'forward TERM' TERM
+requeue() {
+  log "step ended with exit code $1 after SIG${signalled:-NONE}: requeueing; the next run resumes from its checkpoint"
+  if [ -n "${SLURM_JOB_ID:-}" ] && scontrol requeue "$SLURM_JOB_ID"; then exit 0; fi
+  log "scontrol requeue failed: leaving the job to fail with exit code $1"
+  exit "$1"
+}
+run_step() {
+  local status last
+  if [ -n "$signalled" ]; then requeue "$EXIT_REQUEUE"; fi
+  "$@" &
+  child=$!
+  while :; do
+    wait "$child"; status=$?
+    kill -0 "$child" 2>/dev/null || break  # wait was only interrupted by the trap: keep waiting
+  done
+  wait "$child" 2>/dev/null; last=$?  # the child's real exit code, even if the trap interrupted the last wait
+  if [ "$last" -ne 127 ]; then status=$last; fi
+  child=""
+  if [ "$status" -eq 0 ]; then return 0; fi
+  if [ "$status" -eq "$EXIT_REQUEUE" ] || [ -n "$signalled" ]; then requeue "$status"; fi
+  log "step failed with exit code $status: not requeued (fix the cause, then run \`ibsr-nnunet submit\` again)"
+  exit "$status"
+}
+# -- end of slurm/step.bash --------------------------------------------------------------------------------------

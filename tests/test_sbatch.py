@@ -1,0 +1,197 @@
+"""sbatch rendering: golden files pin every generated script; hostile workspace paths never execute anything.
+
+Regenerate the golden files after a deliberate template change with IBSR_UPDATE_GOLDEN=1 and read the diff.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ibsr_nnunet import sbatch
+from ibsr_nnunet.errors import InputError
+from ibsr_nnunet.exitcodes import EXIT_REQUEUE
+
+GOLDEN = Path(__file__).parent / "golden"
+WS = Path("/scratch/ibsr/ws")
+CLI = ["/opt/venv/bin/python", "-m", "ibsr_nnunet"]
+GPU = sbatch.resources_from(partition="gpu", account="proj42", time="24:00:00", gpus_per_job=1, cpus_per_task=8,
+                            mem="32G", signal_grace=600, extra_sbatch=["--qos=long", "#SBATCH --constraint=a100"])
+CPU = sbatch.Resources(gpus_per_job=0, cpus_per_task=1, signal_grace=300)
+
+CASES = {
+    "nnunet-fold-3d_fullres-gpu.sbatch": lambda: sbatch.render_fold_array(WS, CLI, GPU, "3d_fullres", 1000, 250, "auto"),
+    "nnunet-fold-2d-cpu.sbatch": lambda: sbatch.render_fold_array(WS, CLI, CPU, "2d", 3, 2, "cpu"),
+    "baseline-unet2d__dice_ce-gpu.sbatch": lambda: sbatch.render_baseline(WS, CLI, GPU, "unet2d", "dice_ce", 50, 100, "cuda"),
+    "final-gpu.sbatch": lambda: sbatch.render_final(WS, CLI, GPU, "IbsrTrainer", "auto"),
+    "final-cpu.sbatch": lambda: sbatch.render_final(WS, CLI, CPU, "IbsrTrainer_3ep_2it", "cpu"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_rendered_script_matches_golden_file(name):
+    text = CASES[name]()
+    golden = GOLDEN / name
+    if os.environ.get("IBSR_UPDATE_GOLDEN") == "1":
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(text)
+    assert golden.is_file(), f"missing {golden}: run with IBSR_UPDATE_GOLDEN=1 once"
+    assert text == golden.read_text()
+    assert text == CASES[name](), "rendering must be deterministic"
+    assert not sbatch.PLACEHOLDER.search(text), "a placeholder was left unfilled"
+    subprocess.run(["bash", "-n"], input=text, text=True, check=True)
+
+
+def test_training_scripts_carry_the_requeue_contract():
+    for text in (CASES["nnunet-fold-3d_fullres-gpu.sbatch"](), CASES["baseline-unet2d__dice_ce-gpu.sbatch"]()):
+        head = [line for line in text.splitlines() if line.startswith("#SBATCH")]
+        for option in ("--requeue", "--open-mode=append", "--signal=B:USR1@600", "--gres=gpu:1", "--partition=gpu",
+                       "--account=proj42", "--time=24:00:00", "--cpus-per-task=8", "--mem=32G", "--qos=long",
+                       "--constraint=a100"):
+            assert f"#SBATCH {option}" in head, option
+        assert "scontrol requeue" in text and "trap 'forward USR1' USR1" in text and f"EXIT_REQUEUE={EXIT_REQUEUE}" in text
+    cpu = CASES["nnunet-fold-2d-cpu.sbatch"]()
+    assert "gres" not in cpu and "--gpus" not in cpu and "#SBATCH --signal=B:USR1@300" in cpu
+    final = CASES["final-gpu.sbatch"]()
+    assert "--requeue" not in final and "--signal" not in final and "ensemble --trainer IbsrTrainer" in final
+    gpus = sbatch.render_fold_array(WS, CLI, sbatch.Resources(gpus_per_job=2, gpu_option="gpus"), "2d", 1, 1, "cuda")
+    assert "#SBATCH --gpus=2" in gpus and "gres" not in gpus
+
+
+def test_resources_reject_what_would_break_a_script(tmp_path):
+    for bad in ({"partition": "gpu\n#SBATCH --x"}, {"account": "a b"}, {"time": "$(id)"}, {"mem": "1G;"},
+                {"extra_sbatch": ["qos=long"]}, {"extra_sbatch": ["--qos=a\n--x"]}, {"signal_grace": 0},
+                {"gpus_per_job": -1}):
+        with pytest.raises(InputError):
+            sbatch.resources_from(**bad)
+    with pytest.raises(InputError):
+        sbatch.render_fold_array(WS, CLI, CPU, "2d; rm -rf /", 1, 1, "cpu")
+
+
+def test_config_file_then_options(tmp_path):
+    config = tmp_path / "slurm.toml"
+    config.write_text('[slurm]\npartition = "a100"\naccount = "lab"\ngpus_per_job = 2\nsignal_grace = 900\n'
+                      'extra_sbatch = ["--qos=long"]\n')
+    resources = sbatch.resources_from(config, partition="h100", account=None, extra_sbatch=None)
+    assert (resources.partition, resources.account, resources.gpus_per_job, resources.signal_grace) == ("h100", "lab", 2, 900)
+    assert resources.extra_sbatch == ("--qos=long",)
+    config.write_text('partiton = "typo"\n')
+    with pytest.raises(InputError, match="partiton"):
+        sbatch.resources_from(config)
+
+
+def test_sbatch_argv_is_a_list_with_paths_as_single_arguments():
+    argv = sbatch.sbatch_argv(Path("/w s/x.sbatch"), sbatch.slurm_filename_pattern(Path("/w s/100%/f_%j.out")),
+                              Path("/w s"), array=[0, 3], dependency=["12", "13_1"])
+    assert argv == ["sbatch", "--parsable", "--output=/w s/100%%/f_%%j.out", "--chdir=/w s", "--array=0,3",
+                    "--dependency=afterok:12:13_1", "--kill-on-invalid-dep=yes", "/w s/x.sbatch"]
+
+
+HOSTILE = ["ws with space", "it's \"quoted\"", "$(touch CANARY)", "`touch CANARY`", "new\nline; touch CANARY",
+           "${IFS}$((1+1))*?[a]", "-n"]
+
+
+def fake_cli(folder: Path, record: Path, exit_code: int = 0) -> list[str]:
+    """A stand-in for `python -m ibsr_nnunet` (its own path hostile too) that records its argv, one per line."""
+    script = folder / "fake ibsr-nnunet $(touch CANARY)"
+    script.write_text("#!/bin/bash\nfor a in \"$@\"; do printf '%s\\0' \"$a\"; done >> " + shlex.quote(str(record))
+                      + f"\nprintf '\\n\\0' >> {shlex.quote(str(record))}\nexit {exit_code}\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return [str(script)]
+
+
+def calls(record: Path) -> list[list[str]]:
+    parts = record.read_text().split("\0")
+    out, current = [], []
+    for part in parts:
+        if part == "\n":
+            out.append(current)
+            current = []
+        elif part:
+            current.append(part)
+    return out
+
+
+@pytest.mark.parametrize("hostile", HOSTILE)
+def test_hostile_workspace_paths_are_data_never_code(tmp_path, hostile):
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    ws = tmp_path / hostile / "ws"
+    record = tmp_path / "argv"
+    cli = fake_cli(tmp_path, record)
+    env = {"PATH": os.environ["PATH"], "SLURM_ARRAY_TASK_ID": "1", "HOME": str(tmp_path)}
+    scripts = {
+        "fold": sbatch.render_fold_array(ws, cli, CPU, "2d", 3, 2, "cpu"),
+        "baseline": sbatch.render_baseline(ws, cli, CPU, "unet2d", "dice_ce", 3, 2, "cpu"),
+        "final": sbatch.render_final(ws, cli, CPU, "IbsrTrainer_3ep_2it", "cpu"),
+    }
+    for kind, text in scripts.items():
+        subprocess.run(["bash", "-n"], input=text, text=True, check=True)
+        script = tmp_path / f"{kind}.sbatch"
+        script.write_text(text)
+        result = subprocess.run(["bash", str(script)], cwd=workdir, env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+    assert not list(tmp_path.rglob("CANARY")) and not list(workdir.iterdir()), "a path was executed as code"
+    seen = calls(record)
+    assert [c[c.index("--workspace") + 1] for c in seen] == [str(ws)] * len(seen)
+    assert seen[0][2:] == ["train", "--fold", "1", "--config", "2d", "--epochs", "3", "--iterations-per-epoch", "2",
+                           "--device", "cpu"]
+    assert [c[2:4] for c in seen[1:]] == [["baseline", "train"], ["baseline", "predict"], ["ensemble", "--trainer"],
+                                          ["leaderboard"]]
+
+
+def run_fold_script(tmp_path: Path, exit_code: int) -> subprocess.CompletedProcess:
+    """The fold script with a fake train and a fake scontrol that logs what it was asked."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f"#!/bin/bash\necho \"$*\" >> {shlex.quote(str(tmp_path / 'scontrol.log'))}\n")
+    scontrol.chmod(0o755)
+    text = sbatch.render_fold_array(tmp_path / "ws", fake_cli(tmp_path, tmp_path / "argv", exit_code), CPU, "2d", 3, 2, "cpu")
+    (tmp_path / "fold.sbatch").write_text(text)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_ARRAY_TASK_ID": "0", "SLURM_JOB_ID": "42"}
+    return subprocess.run(["bash", str(tmp_path / "fold.sbatch")], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_exit_75_requeues_the_job_and_a_real_error_fails_once(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    requeued = run_fold_script(tmp_path / "a", EXIT_REQUEUE)
+    assert requeued.returncode == 0, requeued.stdout + requeued.stderr
+    assert (tmp_path / "a" / "scontrol.log").read_text() == "requeue 42\n"
+    failed = run_fold_script(tmp_path / "b", 1)
+    assert failed.returncode == 1 and "not requeued" in failed.stdout
+    assert not (tmp_path / "b" / "scontrol.log").exists()
+
+
+def test_usr1_is_forwarded_to_the_running_step_and_its_75_requeues(tmp_path):
+    """The trap fires while `train` runs in the background; the real exit code (75) is read after the trap."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f"#!/bin/bash\necho \"$*\" >> {shlex.quote(str(tmp_path / 'scontrol.log'))}\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    trainer = tmp_path / "train.sh"
+    trainer.write_text(f"#!/bin/bash\ntrap 'echo got-usr1 >> {shlex.quote(str(tmp_path / 'trainer.log'))}; sleep 0.3; "
+                       f"exit {EXIT_REQUEUE}' USR1\ntouch {shlex.quote(str(tmp_path / 'started'))}\n"
+                       "for i in $(seq 300); do sleep 0.1; done\nexit 0\n")
+    trainer.chmod(0o755)
+    text = sbatch.render_fold_array(tmp_path / "ws", [str(trainer)], CPU, "2d", 3, 2, "cpu")
+    (tmp_path / "fold.sbatch").write_text(text)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_ARRAY_TASK_ID": "0", "SLURM_JOB_ID": "7"}
+    process = subprocess.Popen(["bash", str(tmp_path / "fold.sbatch")], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    import time
+    deadline = time.time() + 30
+    while not (tmp_path / "started").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(__import__("signal").SIGUSR1)
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert (tmp_path / "trainer.log").read_text() == "got-usr1\n"
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 7\n"
+    assert "received SIGUSR1" in output and f"exit code {EXIT_REQUEUE} after SIGUSR1" in output
