@@ -245,7 +245,7 @@ def submit(ws, plan: SubmitPlan, cli: Optional[Sequence[str]] = None, run: Runne
             text = render.render_fold_array(ws.root, cli, plan.resources, config, plan.epochs, plan.iterations,
                                             plan.device)
             script = scripts / f"nnunet-{config}-{stamp}.sbatch"
-            argv = render.sbatch_argv(script, render.slurm_filename_pattern(logs / f"nnunet-{config}_%A_%a.out"),
+            argv = render.sbatch_argv(script, render.log_pattern(logs, f"nnunet-{config}_%A_%a.out"),
                                       ws.slurm, array=todo)
             submitted.append(Submission("fold", config, script, argv, text, folds=todo))
 
@@ -260,7 +260,7 @@ def submit(ws, plan: SubmitPlan, cli: Optional[Sequence[str]] = None, run: Runne
         text = render.render_baseline(ws.root, cli, plan.resources, model, loss, plan.epochs, plan.iterations,
                                       plan.device)
         script = scripts / f"baseline-{name}-{stamp}.sbatch"
-        argv = render.sbatch_argv(script, render.slurm_filename_pattern(logs / f"baseline-{name}_%j.out"), ws.slurm)
+        argv = render.sbatch_argv(script, render.log_pattern(logs, f"baseline-{name}_%j.out"), ws.slurm)
         submitted.append(Submission("baseline", name, script, argv, text))
 
     # the final job waits (afterok) for everything of this campaign still queued or running
@@ -287,7 +287,7 @@ def submit(ws, plan: SubmitPlan, cli: Optional[Sequence[str]] = None, run: Runne
         for sub in submitted:
             if sub.kind == "final":
                 deps = [f"<{s.kind}:{s.name}>" for s in submitted if s.kind != "final"] + still_active
-                sub.argv = render.sbatch_argv(sub.script, render.slurm_filename_pattern(logs / "final_%j.out"),
+                sub.argv = render.sbatch_argv(sub.script, render.log_pattern(logs, "final_%j.out"),
                                               ws.slurm, dependency=deps)
         return SubmitResult(submitted, skipped, dry_run=True)
 
@@ -298,7 +298,7 @@ def submit(ws, plan: SubmitPlan, cli: Optional[Sequence[str]] = None, run: Runne
     for sub in submitted:
         if sub.kind == "final":
             deps = [s.job_id for s in submitted if s.kind != "final" and s.job_id] + still_active
-            sub.argv = render.sbatch_argv(sub.script, render.slurm_filename_pattern(logs / "final_%j.out"),
+            sub.argv = render.sbatch_argv(sub.script, render.log_pattern(logs, "final_%j.out"),
                                           ws.slurm, dependency=deps)
         write_text(sub.script, sub.text)
         sub.job_id = _sbatch(run, sub.argv)

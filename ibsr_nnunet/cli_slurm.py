@@ -60,10 +60,10 @@ def submit(
         resources=resources, dry_run=dry_run)
     result = campaign.submit(ws, plan, say=console.print)
     if dry_run:
-        for sub in result.submitted:
-            console.rule(f"{sub.kind} {sub.name}: {sub.script}")
-            console.print(sub.text, markup=False, highlight=False, end="")
-            console.print(shlex.join(sub.argv), markup=False, highlight=False, soft_wrap=True)
+        for sub in result.submitted:  # verbatim (no rich wrapping): what would be written and run
+            typer.echo(f"# ===== {sub.kind} {sub.name}: {sub.script} =====")
+            typer.echo(sub.text, nl=False)
+            typer.echo(f"# ===== sbatch command line =====\n{shlex.join(sub.argv)}")
     for line in result.skipped:
         console.print(f"not submitted: {line}", markup=False)
     if dry_run:

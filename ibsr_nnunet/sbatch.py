@@ -194,9 +194,9 @@ def render_final(workspace: Path, cli: Sequence[str], resources: Resources, trai
     })
 
 
-def slurm_filename_pattern(path: Path) -> str:
-    """A path for sbatch --output with SLURM's own '%' escaped (its %A, %a, %j stay ours to add)."""
-    return str(path).replace("%", "%%")
+def log_pattern(folder: Path, name: str) -> str:
+    """sbatch --output for `name` (which may use SLURM's %A, %a, %j) in `folder`, whose own '%' are escaped."""
+    return str(folder).replace("%", "%%") + "/" + name
 
 
 def sbatch_argv(script: Path, log: str, chdir: Path, array: Optional[Sequence[int]] = None,

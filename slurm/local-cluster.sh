@@ -16,6 +16,7 @@
 # its jobs, GraceTime 10 s), cred_expire=5 so a requeued job runs again within ~10 s (default would be 120 s),
 # KillWait=5, MinJobAge=3600 (finished jobs stay visible to squeue/scontrol for an hour), no accounting database.
 set -euo pipefail
+export PATH="$PATH:/usr/sbin:/sbin"  # the daemons live in /usr/sbin, not always on a non-login PATH
 
 BASE=${IBSR_SLURM_BASE:-/tmp/ibsr-slurm-local}
 ETC=$BASE/etc

@@ -86,9 +86,9 @@ def test_config_file_then_options(tmp_path):
 
 
 def test_sbatch_argv_is_a_list_with_paths_as_single_arguments():
-    argv = sbatch.sbatch_argv(Path("/w s/x.sbatch"), sbatch.slurm_filename_pattern(Path("/w s/100%/f_%j.out")),
+    argv = sbatch.sbatch_argv(Path("/w s/x.sbatch"), sbatch.log_pattern(Path("/w s/100%"), "f_%j.out"),
                               Path("/w s"), array=[0, 3], dependency=["12", "13_1"])
-    assert argv == ["sbatch", "--parsable", "--output=/w s/100%%/f_%%j.out", "--chdir=/w s", "--array=0,3",
+    assert argv == ["sbatch", "--parsable", "--output=/w s/100%%/f_%j.out", "--chdir=/w s", "--array=0,3",
                     "--dependency=afterok:12:13_1", "--kill-on-invalid-dep=yes", "/w s/x.sbatch"]
 
 
