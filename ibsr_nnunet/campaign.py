@@ -10,6 +10,7 @@ missing (planning is minutes of CPU, it needs no GPU, and the configurations nnU
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import shlex
@@ -270,8 +271,9 @@ def submit(ws, plan: SubmitPlan, cli: Optional[Sequence[str]] = None, run: Runne
     final_done = _final_completed(jobs, states) and ws.leaderboard.is_file()
     cancel: list[str] = []
     if final is not None and waiting_on:
-        cancel.append(final)  # it would run before the new jobs finish: replace it
-        final = None
+        if states[final].state == "PENDING":
+            cancel.append(final)  # it would not wait for the new jobs: replace it by one that does
+        final = None  # a running one finishes; the new one runs after the new jobs and rewrites the results
     if final is not None:
         skipped.append(f"final job {final} is {states[final].state}: kept")
     elif final_done and not waiting_on:
@@ -337,12 +339,33 @@ def _final_completed(jobs: list[dict], states: dict[str, JobState]) -> bool:
 
 
 def _baseline_done(ws, jobs: list[dict], states: dict[str, JobState], name: str) -> bool:
-    """A baseline is done when its last job COMPLETED (the baseline command owns its files, not us)."""
+    """A baseline is done when its last job COMPLETED, or its training finished and its predictions exist."""
     records = [r for r in jobs if r["kind"] == "baseline" and r["name"] == name]
-    if not records:
-        return False
-    state = states.get(records[-1]["job_id"])
-    return state is not None and state.state == "COMPLETED"
+    state = states.get(records[-1]["job_id"]) if records else None
+    return (state is not None and state.state == "COMPLETED") or baseline_progress(ws, name).finished
+
+
+def baseline_progress(ws, name: str) -> Progress:
+    """From the baseline's own run.json and log.csv (baselines/train.py writes them at every save)."""
+    progress = Progress()
+    folder = ws.baselines / name
+    try:
+        run = json.loads((folder / "run.json").read_text())
+    except (OSError, ValueError):
+        return progress
+    progress.epochs_done = int(run.get("epochs_done") or 0)
+    progress.validation_dice = run.get("best_val_dice")
+    predictions = ws.predictions / name
+    progress.finished = bool(run.get("finished")) and predictions.is_dir() and any(predictions.glob("*.nii.gz"))
+    try:
+        with open(folder / "log.csv", newline="") as handle:
+            last = list(csv.DictReader(handle))[-1:]
+        if last:
+            progress.val_loss = float(last[0]["val_loss"]) if last[0].get("val_loss") else None
+            progress.pseudo_dice = float(last[0]["val_dice"]) if last[0].get("val_dice") else None
+    except (OSError, ValueError, KeyError):
+        pass
+    return progress
 
 
 # ---- status -----------------------------------------------------------------------------------------------------
@@ -432,11 +455,16 @@ def status(ws, run: Runner = subprocess.run) -> tuple[list[StatusRow], bool]:
                                   state.reason if state else "", state.restarts if state else None,
                                   progress.epochs_done, record["epochs"], progress.pseudo_dice, progress.val_loss,
                                   progress.validation_dice, finished))
-        else:
-            finished = state is not None and state.state == "COMPLETED"
-            if kind == "final":
-                finished = finished or (state is None and ws.leaderboard.is_file())
+        elif kind == "baseline":
+            progress = baseline_progress(ws, name)
+            finished = progress.finished or (state is not None and state.state == "COMPLETED")
             rows.append(StatusRow(kind, name, None, key, state.state if state else "unknown",
                                   state.reason if state else "", state.restarts if state else None,
-                                  None, record["epochs"] if kind == "baseline" else None, None, None, None, finished))
+                                  progress.epochs_done, record["epochs"], progress.pseudo_dice, progress.val_loss,
+                                  progress.validation_dice, finished))
+        else:
+            finished = (state is not None and state.state == "COMPLETED") or (state is None and ws.leaderboard.is_file())
+            rows.append(StatusRow(kind, name, None, key, state.state if state else "unknown",
+                                  state.reason if state else "", state.restarts if state else None,
+                                  None, None, None, None, None, finished))
     return rows, answered
