@@ -1,0 +1,200 @@
+"""The campaign on a real single-node SLURM cluster (slurm/local-cluster.sh; sbatch is not mocked), CPU only.
+
+One phantom workspace is planned once and copied: a broken copy must fail once and stay failed, with the final
+job never running; the other runs 2d + 3d_fullres × 2 folds, a baseline and the final job to leaderboard.csv,
+while one fold gets USR1 (`scancel --batch --signal=USR1`) and another `scontrol requeue` mid-training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ibsr_nnunet.convert import ConvertOptions, convert
+from ibsr_nnunet.nnunet import trainer_name
+from ibsr_nnunet.phantom import write_phantoms
+from ibsr_nnunet.workspace import Workspace
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER = REPO / "slurm" / "local-cluster.sh"
+CLI = [sys.executable, "-m", "ibsr_nnunet"]
+TINY = ["--epochs", "4", "--iterations-per-epoch", "2", "--device", "cpu", "--gpus-per-job", "0",
+        "--cpus-per-task", "1", "--signal-grace", "300"]
+TRAINER = trainer_name(4, 2)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    """A running local cluster: started here unless one already runs, stopped at the end if started here."""
+    path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+    missing = [tool for tool in ("slurmctld", "slurmd", "munged", "sbatch", "scontrol") if not shutil.which(tool, path=path)]
+    if missing:
+        pytest.skip(f"SLURM is not installed ({', '.join(missing)} missing): "
+                    f"apt-get install slurmctld slurmd slurm-client munge")
+    base = os.environ.get("IBSR_SLURM_BASE", "/tmp/ibsr-slurm-local")
+    conf = f"{base}/etc/slurm.conf"
+    already = subprocess.run([str(CLUSTER), "status"], capture_output=True, text=True).stdout
+    started = "slurmctld: running" not in already
+    result = subprocess.run([str(CLUSTER), "start"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    previous = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = conf
+    yield conf
+    if started:
+        subprocess.run([str(CLUSTER), "stop"], capture_output=True, text=True, timeout=120)
+    if previous is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = previous
+
+
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("slurm-planned")
+    write_phantoms(root / "source", subjects=8, layout="misa", size="small", seed=0)
+    ws = Workspace.open(root / "ws")
+    convert(root / "source", ws, ConvertOptions(jobs=2))
+    result = cli(ws.root, "plan", "--configs", "2d,3d_fullres", "--jobs", "2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return ws.root
+
+
+def cli(ws: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, "--workspace", str(ws), *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "COLUMNS": "250"})
+
+
+def copy_workspace(planned: Path, target: Path) -> Workspace:
+    shutil.copytree(planned, target, symlinks=True)
+    return Workspace.open(target)
+
+
+def status(ws: Workspace) -> dict:
+    result = cli(ws.root, "status", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout)
+
+
+def rows(ws: Workspace) -> dict[tuple[str, str, int | None], dict]:
+    return {(r["kind"], r["name"], r["fold"]): r for r in status(ws)["jobs"]}
+
+
+def job_state(job: str) -> dict[str, str]:
+    line = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True).stdout
+    return dict(re.findall(r"(\w+)=(\S*)", line))
+
+
+def wait_for(predicate, timeout: float, what: str, poll: float = 0.25):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def fold_dir(ws: Workspace, config: str, fold: int) -> Path:
+    return ws.results_dataset / f"{TRAINER}__nnUNetPlans__{config}" / f"fold_{fold}"
+
+
+def resumed_at(ws: Workspace, config: str, fold: int, job_log: Path) -> int:
+    """The epoch the rerun resumed at, from the job log's `resuming ...` line (checked against the training logs)."""
+    text = " ".join(job_log.read_text().split())
+    found = re.findall(rf"resuming {TRAINER} {config} fold {fold} from checkpoint_\w+\.pth at epoch (\d+)", text)
+    assert found, f"no 'resuming' line in {job_log}:\n{job_log.read_text()[-3000:]}"
+    logs = sorted(fold_dir(ws, config, fold).glob("training_log_*.txt"))
+    assert len(logs) >= 2
+    first_epoch = re.search(r": Epoch (\d+)\s*$", logs[-1].read_text(), re.MULTILINE)
+    assert first_epoch and int(first_epoch.group(1)) == int(found[-1])
+    return int(found[-1])
+
+
+def test_broken_dataset_fails_once_and_the_final_job_never_runs(cluster, planned, tmp_path):
+    ws = copy_workspace(planned, tmp_path / "broken")
+    for case in (ws.preprocessed_dataset / "nnUNetPlans_2d").iterdir():  # preprocessed data gone: a real error
+        case.unlink() if case.is_file() else shutil.rmtree(case)
+    submitted = cli(ws.root, "submit", "--configs", "2d", "--folds", "0", *TINY)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    jobs = json.loads((ws.slurm / "jobs.json").read_text())["jobs"]
+    fold_job = f"{jobs[0]['job_id']}_0"
+    final_job = jobs[-1]["job_id"]
+    assert jobs[-1]["kind"] == "final"
+    wait_for(lambda: job_state(fold_job).get("JobState") == "FAILED", 180, f"{fold_job} to fail")
+    time.sleep(10)  # a requeue loop would show by now (a requeued job restarts within ~10 s here)
+    state = job_state(fold_job)
+    assert state["JobState"] == "FAILED" and state["Restarts"] == "0", state
+    final = job_state(final_job)
+    assert final["JobState"] == "CANCELLED" and final["Reason"] == "DependencyNeverSatisfied", final
+    assert not list(ws.slurm.glob("logs/final_*.out")), "the final job ran"
+    table = rows(ws)
+    assert table[("fold", "2d", 0)]["state"] == "FAILED" and not table[("fold", "2d", 0)]["finished"]
+    assert table[("final", "final", None)]["state"] == "CANCELLED"
+    log = next(ws.slurm.glob("logs/nnunet-2d_*_0.out")).read_text()
+    assert "not requeued" in log and "requeueing" not in log
+
+
+def test_campaign_survives_usr1_and_requeue_and_ends_with_a_leaderboard(cluster, planned, tmp_path):
+    ws = copy_workspace(planned, tmp_path / "campaign")
+    args = ["submit", "--configs", "2d,3d_fullres", "--folds", "0,1", "--baselines", "unet2d__dice_ce", *TINY]
+    dry = cli(ws.root, *args, "--dry-run")
+    assert dry.returncode == 0 and "nothing was" in dry.stdout, dry.stdout + dry.stderr
+    assert not (ws.slurm / "jobs.json").exists()
+    submitted = cli(ws.root, *args)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    jobs = json.loads((ws.slurm / "jobs.json").read_text())["jobs"]
+    assert [(j["kind"], j["name"]) for j in jobs] == [("fold", "2d"), ("fold", "3d_fullres"),
+                                                      ("baseline", "unet2d__dice_ce"), ("final", "final")]
+    ids = {j["name"]: j["job_id"] for j in jobs}
+
+    again = cli(ws.root, *args)  # queued or running: nothing is submitted twice
+    assert again.returncode == 0 and "nothing to submit" in again.stdout, again.stdout + again.stderr
+    assert len(json.loads((ws.slurm / "jobs.json").read_text())["jobs"]) == 4
+
+    # USR1 to 2d fold 0 (what --signal=B:USR1@grace delivers before the time limit), once a checkpoint exists
+    usr1_job = f"{ids['2d']}_0"
+    wait_for(lambda: (fold_dir(ws, "2d", 0) / "checkpoint_latest.pth").is_file(), 300, "2d fold 0's first checkpoint", 0.1)
+    assert job_state(usr1_job)["JobState"] == "RUNNING"
+    subprocess.run(["scancel", "--batch", "--signal=USR1", usr1_job], check=True)
+
+    # `scontrol requeue` (SIGTERM to every process of the job, as preemption does) to 3d_fullres fold 1
+    requeue_job = f"{ids['3d_fullres']}_1"
+    wait_for(lambda: (fold_dir(ws, "3d_fullres", 1) / "checkpoint_latest.pth").is_file(), 420,
+             "3d_fullres fold 1's first checkpoint", 0.1)
+    assert job_state(requeue_job)["JobState"] == "RUNNING"
+    subprocess.run(["scontrol", "requeue", requeue_job], check=True)
+
+    final = ids["final"]
+    wait_for(lambda: job_state(final).get("JobState") in ("COMPLETED", "FAILED", "CANCELLED"), 900, "the final job", 2)
+    table = rows(ws)
+    assert job_state(final)["JobState"] == "COMPLETED", (table, (ws.slurm / "logs" / f"final_{final}.out").read_text()
+                                                         if (ws.slurm / "logs" / f"final_{final}.out").exists() else "")
+    assert ws.leaderboard.is_file() and ws.leaderboard.read_text().strip()
+
+    for config in ("2d", "3d_fullres"):
+        for fold in (0, 1):
+            row = table[("fold", config, fold)]
+            assert row["state"] == "COMPLETED" and row["finished"] and row["epochs_done"] == row["epochs_total"] == 4, row
+    assert table[("fold", "2d", 0)]["restarts"] >= 1 and table[("fold", "3d_fullres", 1)]["restarts"] >= 1
+    assert table[("baseline", "unet2d__dice_ce", None)]["state"] == "COMPLETED"
+    assert table[("final", "final", None)]["finished"]
+
+    logs = ws.slurm / "logs"
+    assert resumed_at(ws, "2d", 0, logs / f"nnunet-2d_{ids['2d']}_0.out") >= 1
+    assert resumed_at(ws, "3d_fullres", 1, logs / f"nnunet-3d_fullres_{ids['3d_fullres']}_1.out") >= 1
+    usr1_log = (logs / f"nnunet-2d_{ids['2d']}_0.out").read_text()
+    assert "received SIGUSR1" in usr1_log and "exit code 75 after SIGUSR1" in usr1_log
+
+    rendered = cli(ws.root, "status")
+    assert rendered.returncode == 0 and "COMPLETED" in rendered.stdout
+    done = cli(ws.root, *args)  # everything finished: nothing again
+    assert done.returncode == 0 and "nothing to submit" in done.stdout, done.stdout
