@@ -1,0 +1,139 @@
+"""Sliding-window inference with Gaussian weighting, and NIfTI label maps on each input's exact grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ibsr_nnunet.atomic import atomic_path
+from ibsr_nnunet.errors import InputError
+from ibsr_nnunet.volumes import write_volume
+
+from .data import load_case
+from .models import UNet, build_model
+from .train import _autocast, options_from, resolve_device
+
+
+def gaussian_weights(window: tuple[int, ...], sigma_scale: float = 0.125) -> torch.Tensor:
+    """Importance map peaking at the window's centre (σ = window/8, as nnU-Net), floored so no weight is 0."""
+    axes = []
+    for n in window:
+        x = torch.arange(n, dtype=torch.float32) - (n - 1) / 2
+        axes.append(torch.exp(-0.5 * (x / (n * sigma_scale)) ** 2))
+    weights = axes[0]
+    for axis in axes[1:]:
+        weights = weights.unsqueeze(-1) * axis
+    weights = weights / weights.max()
+    return weights.clamp_min(1e-3)
+
+
+def window_starts(extent: int, window: int, overlap: float) -> list[int]:
+    """Start offsets covering 0..extent with windows of `window` overlapping by about `overlap` (extent >= window)."""
+    if extent <= window:
+        return [0]
+    step = max(1, int(window * (1 - overlap)))
+    count = int(np.ceil((extent - window) / step)) + 1
+    return [int(round(i * (extent - window) / (count - 1))) for i in range(count)]
+
+
+@torch.no_grad()
+def predict_array(model: UNet, image: np.ndarray, window: tuple[int, ...], overlap: float = 0.5,
+                  batch_size: int = 8, device: torch.device = torch.device("cpu"), amp: bool = True) -> np.ndarray:
+    """uint8 labels for a z-scored (S, H, W) image.
+
+    2D models (len(window) == 2) run slice by slice along axis 0, with windows inside each slice; 3D models use 3D
+    windows. overlap: fraction shared by neighbouring windows; each window's softmax is weighted by a Gaussian.
+    batch_size: windows (2D: slices) per forward pass.
+    """
+    if len(window) != model.dims:
+        raise ValueError(f"a {model.dims}D model needs a {model.dims}-number window, got {window}")
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    model.eval()
+    spatial = image.shape[-model.dims:]
+    # pad up to the window where the image is smaller, crop back at the end
+    padded_shape = tuple(max(n, w) for n, w in zip(spatial, window))
+    volume = torch.zeros(image.shape[:3 - model.dims] + padded_shape)
+    volume[tuple(slice(0, n) for n in image.shape)] = torch.from_numpy(image)
+    weights = gaussian_weights(window)
+    starts = [window_starts(n, w, overlap) for n, w in zip(padded_shape, window)]
+    grid = [(a, b) for a in starts[0] for b in starts[1]] if model.dims == 2 else \
+        [(a, b, c) for a in starts[0] for b in starts[1] for c in starts[2]]
+    probs = torch.zeros((model.head.out_channels,) + tuple(volume.shape))
+    norm = torch.zeros(padded_shape)
+    for corner in grid:
+        norm[tuple(slice(s, s + w) for s, w in zip(corner, window))] += weights
+    if model.dims == 2:
+        for corner in grid:
+            region = tuple(slice(s, s + w) for s, w in zip(corner, window))
+            for first in range(0, volume.shape[0], batch_size):
+                chunk = volume[(slice(first, first + batch_size), *region)].unsqueeze(1)
+                out = _forward(model, chunk, device, amp)  # (n, C, h, w)
+                probs[(slice(None), slice(first, first + batch_size), *region)] += out.transpose(0, 1) * weights
+    else:
+        for first in range(0, len(grid), batch_size):
+            corners = grid[first:first + batch_size]
+            regions = [tuple(slice(s, s + w) for s, w in zip(c, window)) for c in corners]
+            out = _forward(model, torch.stack([volume[r] for r in regions]).unsqueeze(1), device, amp)
+            for region, p in zip(regions, out):
+                probs[(slice(None), *region)] += p * weights
+    labels = probs.argmax(0)  # the Gaussian normaliser is the same for every class, so argmax ignores it
+    return labels[tuple(slice(0, n) for n in image.shape)].numpy().astype(np.uint8)
+
+
+def _forward(model: UNet, batch: torch.Tensor, device: torch.device, amp: bool) -> torch.Tensor:
+    batch = batch.to(device)
+    if model.dims == 2:
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    with _autocast(device, amp):
+        logits = model(batch)
+    return torch.softmax(logits.float(), 1).cpu()
+
+
+def load_model(run: Path, device: torch.device) -> tuple[UNet, dict]:
+    """The best weights of the run in `run` and its saved options."""
+    best = run / "best.pt"
+    if not best.is_file():
+        raise InputError(f"no trained model at {best}; run `ibsr-nnunet baseline train` with this model and loss first.")
+    saved = torch.load(best, map_location="cpu", weights_only=False)
+    options = options_from(saved["options"])
+    model = build_model(options.model, options.width, options.depth, options.dropout)
+    model.load_state_dict(saved["model"])
+    model = model.to(device)
+    if model.dims == 2:
+        model = model.to(memory_format=torch.channels_last)
+    return model, saved["options"]
+
+
+def predict_files(run: Path, images: list[tuple[str, Path]], out_dir: Path, device: str = "auto",
+                  overlap: float = 0.5, batch_size: int = 8, threads: int = 0,
+                  on_case: Callable[[str, bool], None] | None = None) -> list[Path]:
+    """Predict each (case id, image file) into out_dir/<case>.nii.gz with the run's best weights, atomically.
+
+    A prediction newer than the weights is kept (re-runs redo only what is missing or stale). on_case(case, skipped)
+    is called after each case.
+    """
+    torch_device = resolve_device(device)
+    if threads:
+        torch.set_num_threads(threads)
+    model, saved = load_model(Path(run), torch_device)
+    window = (saved["patch_size"],) * model.dims
+    amp = saved.get("amp", True)
+    weights_time = (Path(run) / "best.pt").stat().st_mtime
+    written = []
+    for case_id, image_path in images:
+        target = Path(out_dir) / f"{case_id}.nii.gz"
+        skip = target.is_file() and target.stat().st_mtime >= weights_time
+        if not skip:
+            case = load_case(case_id, image_path)
+            labels = predict_array(model, case.image, window, overlap, batch_size, torch_device, amp)
+            prediction = case.volume.with_array(np.ascontiguousarray(np.moveaxis(labels, 0, case.axis)))
+            with atomic_path(target) as tmp:
+                write_volume(prediction, tmp)
+        written.append(target)
+        if on_case:
+            on_case(case_id, skip)
+    return written

@@ -1,0 +1,396 @@
+"""Resumable baseline training: budgets, plateau or cosine schedules, early stopping, atomic checkpoints, signals."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ibsr_nnunet.atomic import atomic_path, write_json, write_text
+from ibsr_nnunet.errors import InputError
+from ibsr_nnunet.workspace import Workspace
+
+from .data import Augment, Case, PatchSampler, load_case
+from .losses import LOSSES, build_loss
+from .models import MODELS, build_model
+
+OPTIMIZERS = ("adam", "sgd", "adadelta")
+SCHEDULES = ("plateau", "cosine")
+LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds")
+# options that define what is learnt: a run folder refuses to resume under different ones
+IDENTITY = ("model", "loss", "width", "depth", "dropout", "patch_size", "batch_size", "optimizer", "schedule", "seed")
+
+
+@dataclass
+class TrainOptions:
+    """Everything one baseline run depends on.
+
+    model / loss: names from baselines.models.MODELS and baselines.losses.LOSSES.
+    width, depth, dropout: network size (see baselines.models.UNet). patch_size: patch edge in voxels (2D: size×size
+    slices; 3D: size³). batch_size: patches per iteration. optimizer: adam | sgd (momentum 0.99, Nesterov) | adadelta.
+    lr: initial learning rate. schedule: "plateau" (ReduceLROnPlateau on validation loss, factor 0.5 after
+    plateau_patience epochs) or "cosine" (linear warm-up over warmup_iterations, then cosine decay to 0 over the
+    budget, by epochs or minutes, whichever runs out first). epochs / minutes: budget (at least one; minutes counts
+    wall time summed across resumes). iterations_per_epoch: training iterations between validations.
+    patience: stop after this many epochs without a better validation loss. val_cases: training subjects kept for
+    internal validation (0 = 20 %, at least one). val_batches: fixed validation batches per epoch.
+    csf_fraction: share of patches centred on CSF. augment: flips, rotation, scale, shear and intensity jitter.
+    device: auto | cuda | cpu. amp: mixed precision (fp16 on CUDA, bf16 autocast on CPU). threads: CPU threads
+    (0 = torch's default). seed: data order, augmentation, initialisation and validation split.
+    """
+
+    model: str = "unet2d"
+    loss: str = "dice_ce"
+    width: int = 32
+    depth: int = 5
+    dropout: float = 0.4
+    patch_size: int = 128
+    batch_size: int = 8
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    schedule: str = "plateau"
+    warmup_iterations: int = 0
+    plateau_patience: int = 3
+    epochs: int | None = 100
+    minutes: float | None = None
+    iterations_per_epoch: int = 250
+    patience: int = 10
+    val_cases: int = 0
+    val_batches: int = 8
+    csf_fraction: float = 0.33
+    augment: bool = True
+    device: str = "auto"
+    amp: bool = True
+    threads: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.model not in MODELS:
+            raise InputError(f"unknown model {self.model!r}; pass --model with one of {', '.join(MODELS)}.")
+        if self.loss not in LOSSES:
+            raise InputError(f"unknown loss {self.loss!r}; pass --loss with one of {', '.join(LOSSES)}.")
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError(f"unknown optimizer {self.optimizer!r}; pass --optimizer with one of "
+                             f"{', '.join(OPTIMIZERS)}.")
+        if self.schedule not in SCHEDULES:
+            raise InputError(f"unknown schedule {self.schedule!r}; pass one of {', '.join(SCHEDULES)}.")
+        if self.device not in ("auto", "cuda", "cpu"):
+            raise InputError(f"unknown device {self.device!r}; pass --device auto, cuda or cpu.")
+        if self.epochs is None and self.minutes is None:
+            raise InputError("training has no budget; pass --epochs N and/or --minutes M.")
+        positive = {"width": self.width, "patch_size": self.patch_size, "batch_size": self.batch_size,
+                    "iterations_per_epoch": self.iterations_per_epoch, "patience": self.patience,
+                    "val_batches": self.val_batches, "lr": self.lr, "epochs": self.epochs or 1,
+                    "minutes": self.minutes or 1}
+        for name, value in positive.items():
+            if value <= 0:
+                raise InputError(f"{name} must be positive, got {value}; pass a value above 0.")
+        if self.depth < 2 or not 0 <= self.dropout < 1 or not 0 <= self.csf_fraction <= 0.9:
+            raise InputError(f"depth must be >= 2, dropout in [0, 1) and csf_fraction in [0, 0.9]; got depth "
+                             f"{self.depth}, dropout {self.dropout}, csf_fraction {self.csf_fraction}.")
+
+    @property
+    def dims(self) -> int:
+        return 3 if self.model == "unet3d" else 2
+
+    @property
+    def patch(self) -> tuple[int, ...]:
+        return (self.patch_size,) * self.dims
+
+
+def device_defaults(device: str) -> dict:
+    """Defaults tuned for time-to-accuracy on the device: a compact 2D net, bf16 and a time-aware cosine schedule
+    on CPU (see bench/baseline_cpu.py); the classic U-Net setting elsewhere."""
+    if resolve_device(device).type == "cpu":
+        return {"width": 16, "dropout": 0.1, "patch_size": 128, "batch_size": 8, "lr": 3e-3, "schedule": "cosine",
+                "warmup_iterations": 50, "iterations_per_epoch": 75, "val_batches": 4,
+                "augment": False}
+    return {}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but torch sees no CUDA GPU; pass --device cpu or auto.")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass
+class TrainResult:
+    """What one call did: status is "finished", "already finished" or "interrupted" (checkpoint written)."""
+
+    status: str
+    run_dir: Path
+    start_epoch: int
+    epochs_done: int
+    best_val_loss: float
+    best_val_dice: float
+    train_seconds: float
+    log: list[dict] = field(default_factory=list)
+
+
+class StopSignals:
+    """While active, SIGUSR1 and SIGTERM only set `requested`; the loop saves and stops at the next iteration."""
+
+    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def run_dir(ws: Workspace, model: str, loss: str) -> Path:
+    return ws.baselines / f"{model}__{loss}"
+
+
+def workspace_cases(ws: Workspace, role: str) -> list[tuple[str, Path, Path | None]]:
+    """(case id, image, label or None) of the workspace's `role` ("train", "heldout" or "test") cases."""
+    if not ws.manifest.is_file():
+        raise InputError(f"no converted dataset at {ws.raw_dataset}; run `ibsr-nnunet convert SOURCE` first.")
+    ids = json.loads(ws.manifest.read_text())["split"][role]
+    folder = "Tr" if role == "train" else "Ts"
+    return [(case, ws.raw_dataset / f"images{folder}" / f"{case}_0000.nii.gz",
+             ws.raw_dataset / f"labels{folder}" / f"{case}.nii.gz" if role != "test" else None) for case in ids]
+
+
+def split_validation(case_ids: list[str], count: int, seed: int) -> tuple[list[str], list[str]]:
+    """(training ids, internal validation ids): `count` ids (0 = 20 %, at least 1) drawn with `seed`."""
+    if len(case_ids) < 2:
+        raise InputError(f"training needs at least 2 labelled training subjects (one for internal validation), "
+                         f"found {len(case_ids)}; convert a dataset with more subjects.")
+    count = count or max(1, round(0.2 * len(case_ids)))
+    if count >= len(case_ids):
+        raise InputError(f"val_cases {count} leaves no training subject out of {len(case_ids)}; pass a smaller value.")
+    chosen = set(np.random.default_rng(seed).choice(sorted(case_ids), count, replace=False).tolist())
+    return [c for c in case_ids if c not in chosen], [c for c in case_ids if c in chosen]
+
+
+def _autocast(device: torch.device, enabled: bool):
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype, enabled=enabled)
+
+
+def _optimizer(options: TrainOptions, params) -> torch.optim.Optimizer:
+    if options.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=options.lr, momentum=0.99, nesterov=True, weight_decay=3e-5)
+    if options.optimizer == "adadelta":
+        return torch.optim.Adadelta(params, lr=options.lr)
+    return torch.optim.Adam(params, lr=options.lr)
+
+
+def _cosine_lr(options: TrainOptions, iteration: int, seconds: float) -> float:
+    """Warm-up, then cosine decay over whichever budget (epochs or minutes) is nearer its end."""
+    if iteration < options.warmup_iterations:
+        return options.lr * (iteration + 1) / options.warmup_iterations
+    progress = []
+    if options.epochs:
+        progress.append(iteration / (options.epochs * options.iterations_per_epoch))
+    if options.minutes:
+        progress.append(seconds / (options.minutes * 60))
+    return options.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, max(progress))))
+
+
+def dice_per_class(prediction: torch.Tensor, target: torch.Tensor, classes=(1, 2, 3)) -> list[float]:
+    """Hard Dice of each class over all voxels; 1.0 when a class is absent from both."""
+    scores = []
+    for c in classes:
+        p, t = prediction == c, target == c
+        denominator = int(p.sum() + t.sum())
+        scores.append(1.0 if denominator == 0 else 2 * int((p & t).sum()) / denominator)
+    return scores
+
+
+def _write_log(folder: Path, log: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=LOG_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(log)
+    write_text(folder / "log.csv", buffer.getvalue())
+
+
+def _check_same_run(folder: Path, saved: dict, options: TrainOptions) -> None:
+    changed = [k for k in IDENTITY if saved.get(k) != getattr(options, k)]
+    if changed:
+        was = ", ".join(f"{k}={saved.get(k)!r}" for k in changed)
+        raise InputError(f"{folder} holds a run with {was}, which this call changes; pass the same options to resume "
+                         f"it, or delete that folder to start again.")
+
+
+def train(folder: Path, train_files: list[tuple[str, Path, Path]], options: TrainOptions,
+          on_epoch: Callable[[dict], None] | None = None, on_iteration: Callable[[], None] | None = None,
+          on_start: Callable[[int, int | None], None] | None = None) -> TrainResult:
+    """Train (or resume) the run in `folder` on labelled (id, image, label) files; an internal validation split
+    is taken from these files only. on_start(start_epoch, total_epochs), on_iteration() and on_epoch(log row)
+    report progress."""
+    began = time.perf_counter()
+    folder = Path(folder)
+    checkpoint_path = folder / "checkpoint.pt"
+    state = torch.load(checkpoint_path, map_location="cpu", weights_only=False) if checkpoint_path.is_file() else None
+    if state is not None:
+        _check_same_run(folder, state["options"], options)
+        if state["finished"]:
+            return TrainResult("already finished", folder, state["epoch"], state["epoch"], state["best_val_loss"],
+                               state["best_val_dice"], state["train_seconds"], state["log"])
+    device = resolve_device(options.device)
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    torch.manual_seed(options.seed)
+    train_ids, val_ids = split_validation([c[0] for c in train_files], options.val_cases, options.seed)
+    cases = {cid: load_case(cid, image, label) for cid, image, label in train_files}
+    sampler = PatchSampler([cases[c] for c in train_ids], options.patch, options.csf_fraction,
+                           augment=Augment() if options.augment else None, seed=options.seed)
+    # validation: the same un-augmented patches every epoch, so its losses are comparable across epochs
+    val_sampler = PatchSampler([cases[c] for c in val_ids], options.patch, options.csf_fraction, seed=options.seed + 1)
+    val_data = [val_sampler.batch(options.batch_size) for _ in range(options.val_batches)]
+
+    model = build_model(options.model, options.width, options.depth, options.dropout).to(device)
+    if options.dims == 2:
+        model = model.to(memory_format=torch.channels_last)  # faster convolutions with oneDNN and cuDNN
+    optimizer = _optimizer(options, model.parameters())
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=options.plateau_patience)
+    amp = options.amp
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
+    loss_fn = build_loss(options.loss).to(device)
+    epoch, best_val_loss, best_val_dice, bad_epochs, seconds_before, log = 0, math.inf, 0.0, 0, 0.0, []
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        plateau.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        sampler.rng.bit_generator.state = state["rng"]["sampler"]
+        torch.set_rng_state(state["rng"]["torch"])
+        if device.type == "cuda" and state["rng"]["cuda"] is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+        epoch, best_val_loss, best_val_dice = state["epoch"], state["best_val_loss"], state["best_val_dice"]
+        bad_epochs, seconds_before, log = state["bad_epochs"], state["train_seconds"], state["log"]
+    start_epoch = epoch
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def elapsed() -> float:
+        return seconds_before + time.perf_counter() - began
+
+    def out_of_time() -> bool:
+        return options.minutes is not None and elapsed() >= options.minutes * 60
+
+    def save(finished: bool) -> None:
+        checkpoint = {
+            "options": asdict(options), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": plateau.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+            "best_val_loss": best_val_loss, "best_val_dice": best_val_dice, "bad_epochs": bad_epochs,
+            "train_seconds": elapsed(), "log": log, "finished": finished, "val_ids": val_ids,
+            "rng": {"sampler": sampler.rng.bit_generator.state, "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+        }
+        with atomic_path(checkpoint_path) as tmp:
+            torch.save(checkpoint, tmp)
+        _write_log(folder, log)
+        write_json(folder / "run.json", {
+            "model": options.model, "loss": options.loss, "options": asdict(options), "train_cases": train_ids,
+            "val_cases": val_ids, "epochs_done": epoch, "best_val_loss": best_val_loss if log else None,
+            "best_val_dice": best_val_dice if log else None, "train_seconds": round(elapsed(), 2),
+            "finished": finished,
+        })
+
+    if on_start:
+        on_start(start_epoch, options.epochs)
+    finished = options.epochs is not None and epoch >= options.epochs or out_of_time()
+    with StopSignals() as stop:
+        while not finished:
+            model.train()
+            losses = []
+            for _ in range(options.iterations_per_epoch):
+                if options.schedule == "cosine":
+                    for group in optimizer.param_groups:
+                        group["lr"] = _cosine_lr(options, epoch * options.iterations_per_epoch + len(losses), elapsed())
+                image, label = sampler.batch(options.batch_size)
+                image, label = image.to(device), label.to(device)
+                if options.dims == 2:
+                    image = image.contiguous(memory_format=torch.channels_last)
+                with _autocast(device, amp):
+                    loss = loss_fn(model(image), label)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                losses.append(loss.item())
+                if on_iteration:
+                    on_iteration()
+                if stop.requested or out_of_time():
+                    break
+            if stop.requested:  # the partial epoch is redone on resume; its updates stay in the weights
+                save(finished=False)
+                return TrainResult("interrupted", folder, start_epoch, epoch, best_val_loss, best_val_dice,
+                                   elapsed(), log)
+            val_loss, val_dice = _validate(model, loss_fn, val_data, device, amp, options.dims)
+            lr = optimizer.param_groups[0]["lr"]
+            if options.schedule == "plateau":
+                plateau.step(val_loss)
+            epoch += 1
+            if val_loss < best_val_loss:
+                best_val_loss, best_val_dice, bad_epochs = val_loss, val_dice, 0
+                _save_best(folder, model, options, epoch)
+            else:
+                bad_epochs += 1
+            row = {"epoch": epoch, "train_loss": round(float(np.mean(losses)), 5), "val_loss": round(val_loss, 5),
+                   "val_dice": round(val_dice, 5), "lr": f"{lr:.3g}", "seconds": round(elapsed(), 1)}
+            log.append(row)
+            finished = (options.epochs is not None and epoch >= options.epochs or out_of_time()
+                        or bad_epochs >= options.patience)
+            save(finished)
+            if on_epoch:
+                on_epoch(row)
+    return TrainResult("finished", folder, start_epoch, epoch, best_val_loss, best_val_dice, elapsed(), log)
+
+
+@torch.no_grad()
+def _validate(model, loss_fn, batches, device, amp: bool, dims: int) -> tuple[float, float]:
+    """(mean loss, mean foreground Dice) over the fixed validation batches."""
+    model.eval()
+    losses, predictions, targets = [], [], []
+    for image, label in batches:
+        image, label = image.to(device), label.to(device)
+        if dims == 2:
+            image = image.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, amp):
+            logits = model(image)
+        losses.append(float(loss_fn(logits.float(), label)))
+        predictions.append(logits.argmax(1).cpu())
+        targets.append(label.cpu())
+    return float(np.mean(losses)), float(np.mean(dice_per_class(torch.cat(predictions), torch.cat(targets))))
+
+
+def _save_best(folder: Path, model, options: TrainOptions, epoch: int) -> None:
+    """best.pt: the weights with the lowest validation loss so far, and what inference needs to rebuild the net."""
+    with atomic_path(folder / "best.pt") as tmp:
+        torch.save({"options": asdict(options), "epoch": epoch,
+                    "model": {k: v.cpu() for k, v in model.state_dict().items()}}, tmp)
+
+
+def options_from(saved: dict) -> TrainOptions:
+    """TrainOptions from a saved dict, ignoring keys this version no longer knows."""
+    known = {f.name for f in fields(TrainOptions)}
+    return TrainOptions(**{k: v for k, v in saved.items() if k in known})

@@ -1,0 +1,105 @@
+"""CPU time-to-accuracy bench: unet2d + dice_ce with the CPU defaults on the real IBSR18 Training_Set.
+
+Trains for --minutes (12) on 8 of the 10 labelled subjects (the trainer keeps one of those 8 for its internal
+validation), holding out 2 subjects chosen by seed 0, then predicts those 2 with the same sliding-window inference
+the CLI uses and prints per-class Dice, training iterations per second and inference seconds per volume.
+
+    python bench/baseline_cpu.py [--minutes 12] [--out DIR] [--set width=24 --set lr=0.002 ...]
+
+Measured (results below are filled in from real runs):
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from baselines.data import slicing_axis
+from baselines.infer import predict_files
+from baselines.train import TrainOptions, device_defaults, dice_per_class, split_validation, train
+from ibsr_nnunet.volumes import read_volume
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+TRAINING_SET = SHARED / "data" / "ibsr18" / "Training_Set"
+CLASSES = ("CSF", "GM", "WM")
+
+
+def subjects() -> list[tuple[str, Path, Path]]:
+    found = [(d.name, d / f"{d.name}.nii.gz", d / f"{d.name}_seg.nii.gz") for d in sorted(TRAINING_SET.glob("IBSR_*"))]
+    if len(found) != 10:
+        raise SystemExit(f"expected the 10 labelled subjects under {TRAINING_SET}, found {len(found)}")
+    return found
+
+
+def parse_value(field: dataclasses.Field, text: str):
+    kind = {"int": int, "float": float, "bool": lambda s: s.lower() in ("1", "true", "yes")}
+    for name, convert in kind.items():
+        if name in str(field.type):
+            return convert(text)
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=12.0, help="training budget in wall-clock minutes")
+    parser.add_argument("--out", type=Path, default=None, help="folder for the run and predictions (default: temp)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one TrainOptions field, e.g. width=24 (repeatable)")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    overrides = {}
+    known = {f.name: f for f in dataclasses.fields(TrainOptions)}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in known:
+            raise SystemExit(f"--set {item}: TrainOptions has no field {key!r}")
+        overrides[key] = parse_value(known[key], value)
+    options = TrainOptions(**{**device_defaults("cpu"), "model": "unet2d", "loss": "dice_ce", "epochs": None,
+                              "minutes": args.minutes, "device": "cpu", "threads": 2, "seed": 0, **overrides})
+    everything = subjects()
+    train_ids, test_ids = split_validation([s[0] for s in everything], 2, seed=0)
+    out = args.out or Path(tempfile.mkdtemp(prefix="baseline_cpu_"))
+    iterations = 0
+
+    def count() -> None:
+        nonlocal iterations
+        iterations += 1
+
+    def report(row: dict) -> None:
+        print(f"epoch {row['epoch']}: train {row['train_loss']:.4f} val {row['val_loss']:.4f} "
+              f"dice {row['val_dice']:.4f} lr {row['lr']} at {row['seconds']:.0f}s", flush=True)
+
+    print(f"options: {json.dumps(dataclasses.asdict(options))}\ntrain {train_ids}, held out {test_ids}, out {out}",
+          flush=True)
+    started = time.perf_counter()
+    result = train(out / "run", [s for s in everything if s[0] in train_ids], options, on_epoch=report,
+                   on_iteration=count)
+    train_wall = time.perf_counter() - started
+    if result.status == "interrupted":
+        raise SystemExit(f"interrupted after saving {out / 'run'}; run again with --out {out} to resume")
+    started = time.perf_counter()
+    held_out = [s for s in everything if s[0] in test_ids]
+    predict_files(out / "run", [(s[0], s[1]) for s in held_out], out / "predictions", device="cpu", threads=2)
+    per_volume = (time.perf_counter() - started) / len(held_out)
+    scores = []
+    for case_id, _, label_path in held_out:
+        prediction = torch.from_numpy(read_volume(out / "predictions" / f"{case_id}.nii.gz").array.astype(np.int64))
+        label = torch.from_numpy(np.asarray(read_volume(label_path).array).astype(np.int64))
+        scores.append(dice_per_class(prediction, label))
+        print(f"{case_id}: " + ", ".join(f"{c} {d:.4f}" for c, d in zip(CLASSES, scores[-1])))
+    mean = np.mean(scores, axis=0)
+    print(" ".join(f"{c} {d:.4f}" for c, d in zip(CLASSES, mean)) + f" | mean {mean.mean():.4f}")
+    print(f"{iterations} iterations in {train_wall:.0f}s ({iterations / train_wall:.2f} it/s including data loading "
+          f"and validation), {result.epochs_done} epochs, best val loss {result.best_val_loss:.4f}; "
+          f"inference {per_volume:.1f} s/volume; slicing axis {slicing_axis(read_volume(held_out[0][1]).spacing)}")
+
+
+if __name__ == "__main__":
+    main()
