@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import threading
 import types
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -218,6 +219,7 @@ def trainer_class(name: str):
             """Write to a temporary file, fsync, keep the previous good checkpoint, then rename into place."""
             if self.local_rank != 0:
                 return
+            started = time.perf_counter()
             target = Path(filename)
             partial = target.with_name(f".{target.name}.partial")
             super().save_checkpoint(str(partial))
@@ -227,6 +229,8 @@ def trainer_class(name: str):
                 os.replace(target, target.with_name("checkpoint_previous.pth"))
             os.replace(partial, target)
             fsync_dir(target.parent)
+            # the price of durability, in the log where bench/resume.py and users can see it
+            self.print_to_log_file(f"{target.name} written in {time.perf_counter() - started:.3f} s")
 
         def train_step(self, batch: dict) -> dict:
             result = super().train_step(batch)
@@ -351,3 +355,111 @@ def train(ws, configuration: str, fold: int, epochs: int = FULL_EPOCHS, iteratio
     # `--npz`: probabilities for nnU-Net's best-configuration search and ensembling
     trainer.perform_actual_validation(save_probabilities=True)
     return TrainResult(folder, "finished", resume_from, start_epoch, notes)
+
+
+# ---- best configuration, prediction, ensembling, postprocessing ---------------------------------------------------
+
+def model_folder(ws, configuration: str, name: str) -> Path:
+    return ws.results_dataset / f"{name}__nnUNetPlans__{configuration}"
+
+
+@contextlib.contextmanager
+def _quiet_fork_pools(log: Path):
+    """nnU-Net's evaluation/ensembling/postprocessing: fork pools, and its chatter into `log` instead of our screen."""
+    import nnunetv2.ensembling.ensemble as ensemble
+    import nnunetv2.evaluation.evaluate_predictions as evaluate
+    import nnunetv2.postprocessing.remove_connected_components as postprocessing
+
+    with open(log, "a") as sink, contextlib.redirect_stdout(sink), contextlib.ExitStack() as stack:
+        for module in (ensemble, evaluate, postprocessing):
+            stack.enter_context(_fork_pools(module))
+        yield
+
+
+def find_best_configuration(ws, name: str, configurations: tuple[str, ...], folds: tuple[int, ...], jobs: int,
+                            log: Path) -> dict:
+    """nnU-Net's own search over `configurations` (and their ensemble) on the cross-validation of `folds`.
+
+    Also determines each candidate's postprocessing (nnU-Net does it for the winner only), so every model we
+    predict with gets its own. Returns {"results": {candidate: Dice}, "winner": candidate, "post_pp": Dice,
+    "sources": {candidate: cross-validation folder holding postprocessing.pkl}}.
+    """
+    from nnunetv2.evaluation.find_best_configuration import find_best_configuration as search
+    from nnunetv2.postprocessing.remove_connected_components import determine_postprocessing
+
+    models = [{"plans": "nnUNetPlans", "configuration": c, "trainer": name} for c in configurations]
+    folds_tag = "_".join(map(str, folds))
+    sources = {c: model_folder(ws, c, name) / f"crossval_results_folds_{folds_tag}" for c in configurations}
+    with _quiet_fork_pools(log):
+        info = search(ws.dataset_id, models, allow_ensembling=len(models) > 1, num_processes=max(1, jobs),
+                      overwrite=True, folds=folds)
+        if len(configurations) > 1:
+            ensembles = ws.results_dataset / "ensembles"
+            [sources["ensemble"]] = [p for p in ensembles.iterdir() if p.name.endswith(f"___{folds_tag}")
+                                     and all(f"{name}__nnUNetPlans__{c}" in p.name for c in configurations)]
+        for source in sources.values():
+            if not (source / "postprocessing.pkl").is_file():
+                determine_postprocessing(str(source), str(ws.preprocessed_dataset / "gt_segmentations"),
+                                         plans_file_or_dict=str(source / "plans.json"),
+                                         dataset_json_file_or_dict=str(source / "dataset.json"),
+                                         num_processes=max(1, jobs), keep_postprocessed_files=False)
+    chosen = info["best_model_or_ensemble"]
+    winners = [m["configuration"] for m in chosen["selected_model_or_models"]]
+    results = {}
+    for key, dice in info["all_results"].items():
+        results["ensemble" if key.startswith("ensemble___") else key.rsplit("__", 1)[-1]] = dice
+    return {"results": results, "winner": "ensemble" if len(winners) > 1 else winners[0],
+            "post_pp": chosen["result_on_crossval_post_pp"], "sources": sources}
+
+
+def predict(ws, configuration: str, name: str, folds: tuple[int, ...], images: Path, out: Path, device: str,
+            log: Path) -> None:
+    """Predict every image in `images` with the folds of one configuration, keeping probabilities for ensembling."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    torch_device = resolve_device(device)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as sink, contextlib.redirect_stdout(sink), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit deprecation inside nnU-Net's network import
+        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+                                    device=torch_device, verbose=False, allow_tqdm=False)
+        predictor.initialize_from_trained_model_folder(str(model_folder(ws, configuration, name)), use_folds=folds,
+                                                       checkpoint_name="checkpoint_final.pth")
+        # sequential: no spawn pool re-importing torch per worker, no orphans when a job is killed
+        predictor.predict_from_files_sequential(str(images), str(out), save_probabilities=True, overwrite=True)
+
+
+def ensemble_folders(folders: list[Path], out: Path, plans_json: Path, jobs: int, log: Path) -> None:
+    """nnU-Net's softmax averaging of prediction folders that hold probabilities."""
+    from nnunetv2.ensembling.ensemble import ensemble_folders as average
+
+    with _quiet_fork_pools(log):
+        average([str(f) for f in folders], str(out), save_merged_probabilities=False, num_processes=max(1, jobs),
+                dataset_json_file_or_dict=str(plans_json.parent / "dataset.json"),
+                plans_json_file_or_dict=str(plans_json))
+
+
+def apply_postprocessing(postprocessing_pkl: Path, folder: Path, out: Path, plans_json: Path, jobs: int,
+                         log: Path) -> None:
+    """Apply nnU-Net's chosen per-class connected-component postprocessing to a folder of predictions."""
+    from batchgenerators.utilities.file_and_folder_operations import load_pickle
+    from nnunetv2.postprocessing.remove_connected_components import apply_postprocessing_to_folder
+
+    functions, arguments = load_pickle(str(postprocessing_pkl))
+    with _quiet_fork_pools(log):
+        apply_postprocessing_to_folder(str(folder), str(out), functions, arguments,
+                                       plans_file_or_dict=str(plans_json),
+                                       dataset_json_file_or_dict=str(plans_json.parent / "dataset.json"),
+                                       num_processes=max(1, jobs))
+
+
+def postprocessing_summary(postprocessing_pkl: Path) -> list[str]:
+    """The postprocessing steps in words, e.g. 'keep the largest component of label 3'."""
+    from batchgenerators.utilities.file_and_folder_operations import load_pickle
+
+    functions, arguments = load_pickle(str(postprocessing_pkl))
+    steps = []
+    for function, kwargs in zip(functions, arguments):
+        target = kwargs.get("labels_or_regions")
+        steps.append(f"{getattr(function, '__name__', function)}({target})")
+    return steps

@@ -1,0 +1,172 @@
+"""The `ensemble` step: nnU-Net's best configuration, and each nnU-Net model's predictions for the held-out and test cases."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from . import nnunet
+from .atomic import write_json
+from .errors import InputError
+
+MODEL_NAMES = {"2d": "nnunet_2d", "3d_fullres": "nnunet_3d_fullres", "ensemble": "nnunet_ensemble"}
+FOLDS = 5
+MODEL_FOLDER = re.compile(r"^(?P<trainer>.+)__nnUNetPlans__(?P<configuration>2d|3d_fullres)$")
+
+
+def finished_folds(model: Path) -> set[int]:
+    """Folds whose training ended and whose validation (with probabilities) was written."""
+    done = set()
+    for fold in model.glob("fold_*"):
+        validation = fold / "validation"
+        if ((fold / "checkpoint_final.pth").is_file() and (validation / "summary.json").is_file()
+                and any(validation.glob("*.npz"))):
+            done.add(int(fold.name.removeprefix("fold_")))
+    return done
+
+
+def trained_models(ws) -> dict[str, dict[str, set[int]]]:
+    """trainer name -> configuration -> finished folds, for everything under the workspace's nnU-Net results."""
+    found: dict[str, dict[str, set[int]]] = {}
+    if ws.results_dataset.is_dir():
+        for folder in sorted(ws.results_dataset.iterdir()):
+            match = MODEL_FOLDER.match(folder.name)
+            if match and (folds := finished_folds(folder)):
+                found.setdefault(match["trainer"], {})[match["configuration"]] = folds
+    return found
+
+
+@dataclass
+class Selection:
+    trainer: str
+    configurations: tuple[str, ...]
+    folds: tuple[int, ...]
+    warnings: list[str] = field(default_factory=list)
+
+
+def select(ws, trainer: Optional[str] = None) -> Selection:
+    """Which trainer, configurations and folds to search over: the folds finished in every configuration."""
+    models = trained_models(ws)
+    if not models:
+        raise InputError(f"no finished nnU-Net fold under {ws.results_dataset}; "
+                         f"run `ibsr-nnunet train --fold 0 --config 2d` (and 3d_fullres) first.")
+    if trainer is None:  # the trainer with the most finished folds; a full schedule wins ties
+        trainer = max(models, key=lambda t: (sum(map(len, models[t].values())), t == nnunet.TRAINER_BASE))
+    elif trainer not in models:
+        raise InputError(f"--trainer {trainer} has no finished fold under {ws.results_dataset} "
+                         f"(finished: {', '.join(sorted(models))}); pick one of those.")
+    per_config = models[trainer]
+    configurations = tuple(c for c in nnunet.CONFIGURATIONS if c in per_config)
+    folds = tuple(sorted(set.intersection(*(per_config[c] for c in configurations))))
+    warnings = []
+    if len(configurations) > 1 and not folds:
+        raise InputError(f"{trainer}: 2d has folds {sorted(per_config['2d'])} and 3d_fullres has folds "
+                         f"{sorted(per_config['3d_fullres'])} finished, none in common; train a common fold.")
+    missing = [c for c in nnunet.CONFIGURATIONS if c not in per_config]
+    if missing:
+        warnings.append(f"{', '.join(missing)} has no finished fold of {trainer}: no 2d+3d_fullres ensemble, "
+                        f"only {configurations[0]} is searched and predicted.")
+    for c in configurations:
+        if per_config[c] != set(folds):
+            warnings.append(f"{c} folds {sorted(per_config[c] - set(folds))} are not finished in every "
+                            f"configuration and are left out, so both are compared on the same cases.")
+    if len(folds) < FOLDS:
+        warnings.append(f"only folds {', '.join(map(str, folds))} of {FOLDS} are finished: the best-configuration "
+                        f"search sees {len(folds)}/{FOLDS} of the cross-validation and the models average "
+                        f"{len(folds)} fold(s); train the rest for the real thing.")
+    return Selection(trainer, configurations, folds, warnings)
+
+
+@dataclass
+class EnsembleResult:
+    selection: Selection
+    results: dict[str, float]  # model name -> cross-validation foreground-mean Dice (before postprocessing)
+    winner: str  # model name
+    reason: str
+    predictions: dict[str, Path]  # model name -> folder of <case>.nii.gz
+    record: Path
+    seconds: float
+
+
+def _swap_in(built: Path, final: Path) -> None:
+    """Replace `final` by `built` with renames only, so readers see the old or the new folder, never a mix."""
+    old = final.with_name(f".old-{final.name}-{os.getpid()}")
+    if final.exists():
+        final.rename(old)
+    built.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def run(ws, trainer: Optional[str] = None, jobs: int = 1, device: str = "auto",
+        say: Callable[[str], None] = print) -> EnsembleResult:
+    """Search the best configuration, predict imagesTs with 2d, 3d_fullres and their ensemble, postprocess, record."""
+    started = time.perf_counter()
+    images = ws.raw_dataset / "imagesTs"
+    if not images.is_dir() or not any(images.glob("*_0000.nii.gz")):
+        raise InputError(f"{images} holds no held-out or test images; run `ibsr-nnunet convert` first.")
+    selection = select(ws, trainer)
+    for warning in selection.warnings:
+        say(f"warning: {warning}")
+
+    ws.predictions.mkdir(parents=True, exist_ok=True)
+    log = ws.results_dataset / "ibsr_ensemble.log"
+    scratch = ws.predictions / f".tmp-ensemble-{os.getpid()}-{secrets.token_hex(4)}"
+    scratch.mkdir()
+    try:
+        say(f"best-configuration search over {', '.join(selection.configurations)} "
+            f"({selection.trainer}, folds {', '.join(map(str, selection.folds))})")
+        search = nnunet.find_best_configuration(ws, selection.trainer, selection.configurations, selection.folds,
+                                                jobs, log)
+        raw: dict[str, Path] = {}
+        plans_json = nnunet.model_folder(ws, selection.configurations[0], selection.trainer) / "plans.json"
+        for configuration in selection.configurations:
+            say(f"predicting {images.name} with {configuration}")
+            raw[configuration] = scratch / f"raw-{configuration}"
+            nnunet.predict(ws, configuration, selection.trainer, selection.folds, images, raw[configuration],
+                           device, log)
+        if len(selection.configurations) > 1:
+            say("ensembling " + " + ".join(selection.configurations))
+            raw["ensemble"] = scratch / "raw-ensemble"
+            nnunet.ensemble_folders([raw[c] for c in selection.configurations], raw["ensemble"], plans_json, jobs, log)
+
+        predictions = {}
+        for key, folder in raw.items():
+            model = MODEL_NAMES[key]
+            pkl = search["sources"][key] / "postprocessing.pkl"
+            built = scratch / model
+            nnunet.apply_postprocessing(pkl, folder, built, plans_json, jobs, log)
+            for extra in built.iterdir():  # nnU-Net's json copies: the folder holds our labels only
+                if not extra.name.endswith(".nii.gz"):
+                    extra.unlink()
+            write_json(built / "model.json", {
+                "model": model, "trainer": selection.trainer,
+                "configurations": list(selection.configurations) if key == "ensemble" else [key],
+                "folds": list(selection.folds), "postprocessing": nnunet.postprocessing_summary(pkl),
+                "crossval_dice": search["results"][key],
+            })
+            predictions[model] = ws.predictions / model
+        for model, final in predictions.items():
+            _swap_in(scratch / model, final)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    results = {MODEL_NAMES[k]: v for k, v in search["results"].items()}
+    winner = MODEL_NAMES[search["winner"]]
+    ranked = ", ".join(f"{m} {d:.4f}" for m, d in sorted(results.items(), key=lambda kv: -kv[1]))
+    reason = (f"{winner} has the highest cross-validation foreground-mean Dice on folds "
+              f"{', '.join(map(str, selection.folds))} ({ranked}; nnU-Net keeps the simpler model on a tie); "
+              f"{search['post_pp']:.4f} after its postprocessing")
+    record = ws.root / "best_configuration.json"
+    write_json(record, {
+        "winner": winner, "reason": reason, "crossval_dice": results, "crossval_dice_post_pp": search["post_pp"],
+        "trainer": selection.trainer, "configurations": list(selection.configurations),
+        "folds": list(selection.folds), "warnings": selection.warnings,
+        "predictions": {m: str(p) for m, p in predictions.items()},
+    })
+    return EnsembleResult(selection, results, winner, reason, predictions, record, time.perf_counter() - started)

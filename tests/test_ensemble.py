@@ -1,0 +1,149 @@
+"""`ensemble` on real nnunetv2: 2d and 3d_fullres folds 0 and 1 (one through nnU-Net's own CLI), three prediction sets."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from ibsr_nnunet.convert import ConvertOptions, convert
+from ibsr_nnunet.ensemble import select
+from ibsr_nnunet.errors import InputError
+from ibsr_nnunet.nnunet import EXT_TRAINER_FOLDER, trainer_name
+from ibsr_nnunet.phantom import write_phantoms
+from ibsr_nnunet.workspace import Workspace
+
+from test_nnunet import cli
+
+EPOCHS, ITERATIONS = 2, 3
+TRAINER = trainer_name(EPOCHS, ITERATIONS)
+MODELS = ("nnunet_2d", "nnunet_3d_fullres", "nnunet_ensemble")
+
+
+@pytest.fixture(scope="module")
+def ensembled(tmp_path_factory) -> tuple[Workspace, subprocess.CompletedProcess]:
+    root = tmp_path_factory.mktemp("ensemble")
+    write_phantoms(root / "source", subjects=8, layout="misa", size="small", seed=1)
+    ws = Workspace.open(root / "ws")
+    convert(root / "source", ws, ConvertOptions(jobs=2))
+    assert cli(ws.root, "plan", "--jobs", "2").returncode == 0
+    for config in ("2d", "3d_fullres"):
+        done = cli(ws.root, "train", "--fold", "0", "--config", config, "--epochs", str(EPOCHS),
+                   "--iterations-per-epoch", str(ITERATIONS), "--device", "cpu")
+        assert done.returncode == 0, done.stdout + done.stderr
+    done = cli(ws.root, "train", "--fold", "1", "--config", "2d", "--epochs", str(EPOCHS),
+               "--iterations-per-epoch", str(ITERATIONS), "--device", "cpu")
+    assert done.returncode == 0, done.stdout + done.stderr
+    # our trainer subclass, found by nnU-Net's own CLI through nnUNet_extTrainer
+    nnunet_cli = subprocess.run(
+        ["nnUNetv2_train", str(ws.dataset_id), "3d_fullres", "1", "-tr", TRAINER, "--npz", "-device", "cpu"],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, **ws.nnunet_env(), "nnUNet_extTrainer": str(EXT_TRAINER_FOLDER),
+             "nnUNet_n_proc_DA": "2", "nnUNet_def_n_proc": "2"})
+    assert nnunet_cli.returncode == 0, nnunet_cli.stdout[-2000:] + nnunet_cli.stderr[-2000:]
+    result = cli(ws.root, "ensemble", "--device", "cpu", "--jobs", "2")
+    return ws, result
+
+
+def test_nnunet_cli_trained_our_trainer(ensembled):
+    ws, _ = ensembled
+    fold = ws.results_dataset / f"{TRAINER}__nnUNetPlans__3d_fullres" / "fold_1"
+    log = next(fold.glob("training_log_*.txt")).read_text()
+    assert "checkpoint_latest.pth written in" in log  # our atomic save ran inside nnU-Net's own CLI
+    assert re.findall(r": Epoch (\d+)\s*$", log, re.MULTILINE) == [str(e) for e in range(EPOCHS)]
+
+
+def test_ensemble_writes_three_prediction_sets_with_input_geometry(ensembled):
+    ws, result = ensembled
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "only folds 0, 1 of 5 are finished" in result.stdout
+    images = sorted((ws.raw_dataset / "imagesTs").glob("*_0000.nii.gz"))
+    cases = sorted(p.name.replace("_0000.nii.gz", "") for p in images)
+    assert cases == ["IBSR_06", "IBSR_07", "IBSR_08"]  # 2 held out + 1 test
+    for model in MODELS:
+        folder = ws.predictions / model
+        assert sorted(p.name for p in folder.iterdir()) == sorted([f"{c}.nii.gz" for c in cases] + ["model.json"])
+        for image in images:
+            reference = nib.load(image)
+            prediction = nib.load(folder / image.name.replace("_0000", ""))
+            labels = np.asarray(prediction.dataobj)
+            assert labels.shape == reference.shape
+            np.testing.assert_allclose(prediction.affine, reference.affine, atol=1e-5)
+            assert prediction.get_data_dtype() == np.uint8
+            assert set(np.unique(labels)) <= {0, 1, 2, 3}
+            assert (labels > 0).sum() > 0.02 * labels.size  # it segmented something, not an empty map
+    assert not [p for p in ws.predictions.iterdir() if p.name.startswith(".")]  # no scratch left
+
+
+def test_postprocessing_is_applied(ensembled):
+    ws, _ = ensembled
+    for model in MODELS:
+        info = json.loads((ws.predictions / model / "model.json").read_text())
+        assert info["folds"] == [0, 1] and info["trainer"] == TRAINER
+        kept = [int(step.split("(")[1].rstrip(")")) for step in info["postprocessing"]
+                if step.startswith("remove_all_but_largest_component_from_segmentation(") and "," not in step]
+        for path in (ws.predictions / model).glob("*.nii.gz"):
+            labels = np.asarray(nib.load(path).dataobj)
+            for label in kept:  # nnU-Net's chosen step leaves exactly one component of that label
+                _, components = ndimage.label(labels == label, structure=np.ones((3, 3, 3)))
+                assert components <= 1, (model, path.name, label)
+
+
+def test_winner_and_reason_are_recorded(ensembled):
+    ws, result = ensembled
+    record = json.loads((ws.root / "best_configuration.json").read_text())
+    assert set(record["crossval_dice"]) == set(MODELS)
+    best = max(record["crossval_dice"].values())
+    assert record["winner"] == next(m for m in MODELS if record["crossval_dice"][m] == best)
+    assert record["reason"].startswith(f"{record['winner']} has the highest cross-validation")
+    assert record["folds"] == [0, 1] and record["configurations"] == ["2d", "3d_fullres"]
+    assert f"winner: {record['winner']}" in result.stdout
+    info = json.loads((ws.results_dataset / "inference_information.json").read_text())  # nnU-Net's own record
+    assert tuple(info["folds"]) == (0, 1)
+
+
+def test_ensemble_refuses_without_trained_folds(tmp_path, phantom_root):
+    ws = Workspace.open(tmp_path / "ws")
+    convert(phantom_root / "misa", ws, ConvertOptions(jobs=1))
+    result = cli(ws.root, "ensemble", "--device", "cpu")
+    assert result.returncode == 1
+    assert "no finished nnU-Net fold" in result.stderr and "ibsr-nnunet train" in result.stderr
+
+
+def fake_fold(ws: Workspace, trainer: str, config: str, fold: int) -> None:
+    folder = ws.results_dataset / f"{trainer}__nnUNetPlans__{config}" / f"fold_{fold}"
+    (folder / "validation").mkdir(parents=True)
+    for name in ("checkpoint_final.pth", "validation/summary.json", "validation/IBSR_01.npz"):
+        (folder / name).write_bytes(b"")
+
+
+def test_select_uses_common_folds_and_says_why(tmp_path):
+    ws = Workspace.open(tmp_path)
+    for fold in (0, 1, 2):
+        fake_fold(ws, "IbsrTrainer", "2d", fold)
+    for fold in (0, 1):
+        fake_fold(ws, "IbsrTrainer", "3d_fullres", fold)
+    fake_fold(ws, "IbsrTrainer_2ep_3it", "2d", 4)
+    unfinished = ws.results_dataset / "IbsrTrainer__nnUNetPlans__3d_fullres" / "fold_3"
+    unfinished.mkdir()
+    (unfinished / "checkpoint_latest.pth").write_bytes(b"")
+    selection = select(ws)
+    assert (selection.trainer, selection.configurations, selection.folds) == ("IbsrTrainer", ("2d", "3d_fullres"), (0, 1))
+    assert any("2d folds [2] are not finished in every configuration" in w for w in selection.warnings)
+    assert any("only folds 0, 1 of 5" in w for w in selection.warnings)
+
+    short = select(ws, "IbsrTrainer_2ep_3it")
+    assert short.configurations == ("2d",) and short.folds == (4,)
+    assert any("3d_fullres has no finished fold" in w for w in short.warnings)
+    with pytest.raises(InputError, match="--trainer nope has no finished fold"):
+        select(ws, "nope")
+    shutil.rmtree(ws.results_dataset / "IbsrTrainer__nnUNetPlans__2d")
+    fake_fold(ws, "IbsrTrainer", "2d", 4)
+    with pytest.raises(InputError, match="none in common"):
+        select(ws, "IbsrTrainer")
