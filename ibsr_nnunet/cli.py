@@ -175,35 +175,158 @@ def train(
 
 @app.command()
 @refusals
-def demo(
+def ensemble(
     ctx: typer.Context,
-    subjects: int = typer.Option(8, "--subjects", help="Phantom subjects to generate."),
-    jobs: int = typer.Option(0, "--jobs", help="Parallel processes (0 = all available cores)."),
+    trainer: Optional[str] = typer.Option(
+        None, "--trainer", help="nnU-Net trainer whose folds to use (default: the one with the most finished folds)."),
+    device: str = typer.Option("auto", "--device", help="auto | cuda | cpu"),
+    jobs: int = typer.Option(0, "--jobs", help="Processes for evaluation and ensembling (0 = all available cores)."),
 ) -> None:
-    """The pipeline on embedded synthetic data: phantom -> convert (later steps arrive with their issues)."""
-    from .convert import ConvertOptions, convert as run_convert
-    from .phantom import write_phantoms
+    """Best configuration over 2d and 3d_fullres, then held-out and test predictions of 2d, 3d_fullres and their ensemble."""
+    from . import ensemble as ensembling, nnunet
+    from .convert import available_cores
 
     ws = workspace_of(ctx)
-    ws.ensure_writable()
-    source = ws.root / "demo-source"
-    with progress_bar() as bar:
-        task = bar.add_task("phantom", total=subjects)
-        write_phantoms(source, subjects, "misa", "small", seed=0, on_subject_done=lambda _: bar.advance(task))
-        convert_task = bar.add_task("convert", total=None)
-        result = run_convert(source, ws, ConvertOptions(jobs=jobs, force=True),
-                             on_start=lambda n: bar.update(convert_task, total=n),
-                             on_case_done=lambda _: bar.advance(convert_task))
-    split = result.manifest["split"]
-    table = Table(title="ibsr-nnunet demo")
-    table.add_column("step")
-    table.add_column("result")
-    table.add_row("phantom", f"{subjects} subjects, MISA layout: {source}")
-    table.add_row("convert", f"{result.dataset} ({len(split['train'])} train, {len(split['heldout'])} held out, "
-                             f"{len(split['test'])} test; {split['folds']} folds)")
-    for step in ("plan", "train", "ensemble", "baselines", "evaluate", "leaderboard"):
-        table.add_row(step, "[dim]not built yet[/]")
+    cores = jobs or available_cores()
+    nnunet.configure(ws, cores)
+    with console.status("nnU-Net: best configuration, predictions, ensemble, postprocessing"):
+        result = ensembling.run(ws, trainer, cores, device, say=console.print)
+    table = Table(title=f"{ws.dataset_name}: {result.selection.trainer}, folds "
+                        f"{', '.join(map(str, result.selection.folds))}")
+    for column in ("model", "cross-validation Dice", "predictions"):
+        table.add_column(column)
+    for model, folder in result.predictions.items():
+        mark = " [bold green](best)[/]" if model == result.winner else ""
+        table.add_row(model + mark, f"{result.results[model]:.4f}", f"{len(list(folder.glob('*.nii.gz')))} cases in {folder.relative_to(ws.root)}")
     console.print(table)
+    console.print(f"winner: {result.reason}")
+    console.print(f"recorded in {result.record} ({result.seconds:.0f} s)")
+
+
+@app.command()
+@refusals
+def evaluate(
+    ctx: typer.Context,
+    predictions: Path = typer.Option(..., "--predictions", help="Folder of <case>.nii.gz predictions."),
+    name: str = typer.Option(..., "--name", help="Model name for the leaderboard, e.g. unet2d__dice_ce."),
+    jobs: int = typer.Option(0, "--jobs", help="Parallel processes (0 = all available cores)."),
+) -> None:
+    """Score predictions on every held-out case: Dice, HD, HD95 and AVD per tissue class."""
+    from .convert import available_cores
+    from .evaluate import evaluate as run_evaluate
+
+    ws = workspace_of(ctx)
+    with progress_bar() as bar:
+        task = bar.add_task(f"evaluate {name}", total=None)
+        result = run_evaluate(ws, predictions, name, jobs or available_cores(),
+                              on_case_done=lambda _: bar.advance(task))
+    summary = result.table.groupby("class", sort=False)[["dice", "hd", "hd95", "avd"]].agg(["mean", "std"])
+    table = Table(title=f"{name}: {result.table['case'].nunique()} held-out cases")
+    for column in ("class", "Dice", "HD (mm)", "HD95 (mm)", "AVD"):
+        table.add_column(column, justify="right")
+    for tissue, row in summary.iterrows():
+        table.add_row(tissue, *(f"{row[(m, 'mean')]:.3f} ± {row[(m, 'std')]:.3f}" for m in ("dice", "hd", "hd95", "avd")))
+    console.print(table)
+    console.print(f"wrote {result.csv} and {result.summary.name} ({result.seconds:.1f} s)")
+
+
+@app.command()
+@refusals
+def leaderboard(
+    ctx: typer.Context,
+    jobs: int = typer.Option(0, "--jobs", help="Parallel processes for evaluation (0 = all available cores)."),
+    figures: bool = typer.Option(True, "--figures/--no-figures", help="Draw the PNG figures."),
+) -> None:
+    """Evaluate every prediction set not yet scored, rank all models in leaderboard.csv, draw the figures."""
+    from .convert import available_cores
+    from .evaluate import references
+    from .leaderboard import build, prediction_sets
+    from .metrics import CLASSES
+
+    ws = workspace_of(ctx)
+    with console.status("evaluating") as status:
+        result = build(ws, jobs or available_cores(), on_model=lambda m: status.update(f"evaluating {m}"))
+    board = result.board
+    table = Table(title=f"leaderboard — {result.split}")
+    for column in ("rank", "model", "mean Dice", *(f"{c} Dice" for c in CLASSES.values()),
+                   "HD95 mm (CSF/GM/WM)", "AVD (CSF/GM/WM)", "train"):
+        table.add_column(column, justify="right" if column != "model" else "left")
+    for _, row in board.iterrows():
+        table.add_row(
+            str(row["rank"]), row["model"], f"{row['mean_dice']:.4f}",
+            *(f"{row[f'{c}_dice_mean']:.3f}±{row[f'{c}_dice_std']:.3f}" for c in CLASSES.values()),
+            "/".join(f"{row[f'{c}_hd95_mean']:.1f}" for c in CLASSES.values()),
+            "/".join(f"{row[f'{c}_avd_mean']:.3f}" for c in CLASSES.values()),
+            "-" if row["train_seconds"] != row["train_seconds"] else f"{row['train_seconds'] / 60:.1f} min")
+    console.print(table)
+    console.print(f"wrote {result.csv}" + (f" (evaluated now: {', '.join(result.evaluated_now)})" if result.evaluated_now else ""))
+    if figures:
+        from . import figures as draw
+
+        order = board["model"].tolist()
+        drawn = [draw.dice_boxplots(result.per_case, order, ws.figures / "dice_boxplot.png")]
+        case, reference = next(iter(references(ws).items()))
+        sets = prediction_sets(ws)
+        drawn.append(draw.overlays(ws.raw_dataset / "imagesTs" / f"{case}_0000.nii.gz", reference,
+                                   {m: sets[m] / f"{case}.nii.gz" for m in order if m in sets},
+                                   ws.figures / f"overlay_{case}.png"))
+        drawn.append(draw.curves(ws, order, ws.figures / "training_curves.png"))
+        console.print("figures: " + ", ".join(str(p) for p in drawn if p))
+
+
+@app.command()
+@refusals
+def demo(
+    ctx: typer.Context,
+    source: Optional[Path] = typer.Option(
+        None, "--source", help="A real IBSR18 tree instead of the embedded phantom (longer budgets)."),
+    device: str = typer.Option("auto", "--device", help="auto | cuda | cpu"),
+    jobs: int = typer.Option(0, "--jobs", help="Parallel processes (0 = all available cores)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="nnU-Net epochs per fold (phantom 3, real 20)."),
+    iterations: Optional[int] = typer.Option(
+        None, "--iterations-per-epoch", help="nnU-Net iterations per epoch (phantom 5, real 50)."),
+    baseline_minutes: Optional[float] = typer.Option(
+        None, "--baseline-minutes", help="Training budget of each baseline (phantom: 3 short epochs, real: 12 min)."),
+) -> None:
+    """The whole pipeline: convert, plan, train 2d + 3d_fullres (2 folds), ensemble, baselines, leaderboard."""
+    import dataclasses
+
+    import pandas as pd
+
+    from . import demo as pipeline
+    from .convert import available_cores
+
+    budget = pipeline.REAL if source else pipeline.SYNTHETIC
+    overrides = {k: v for k, v in {"epochs": epochs, "iterations": iterations,
+                                   "baseline_minutes": baseline_minutes}.items() if v is not None}
+    if baseline_minutes is not None:
+        overrides["baseline_epochs"] = None
+    budget = dataclasses.replace(budget, **overrides)
+    ws = workspace_of(ctx)
+    with progress_bar() as bar:
+        task = bar.add_task("demo", total=None)
+
+        def on_step(step, index, total):
+            bar.update(task, total=total, completed=index, description=f"demo: {step.name}")
+
+        result = pipeline.run(ws, source, budget, device, jobs or available_cores(), on_step)
+        bar.update(task, completed=len(result.steps), description="demo: done")
+    table = Table(title=f"ibsr-nnunet demo: {result.seconds / 60:.1f} min in {ws.root}")
+    for column in ("step", "command", "seconds"):
+        table.add_column(column, justify="right" if column == "seconds" else "left")
+    for step in result.steps:
+        table.add_row(step.name, "ibsr-nnunet " + " ".join(step.args), f"{step.seconds:.0f}")
+    console.print(table)
+    board = pd.read_csv(ws.leaderboard)
+    ranking = Table(title="leaderboard (held-out cases)")
+    for column in ("rank", "model", "mean Dice", "CSF", "GM", "WM"):
+        ranking.add_column(column, justify="left" if column == "model" else "right")
+    for _, row in board.iterrows():
+        ranking.add_row(str(row["rank"]), row["model"], f"{row['mean_dice']:.3f}",
+                        *(f"{row[f'{c}_dice_mean']:.3f}" for c in ("CSF", "GM", "WM")))
+    console.print(ranking)
+    console.print(f"leaderboard: {ws.leaderboard}\nfigures: {ws.figures}\npredictions: {ws.predictions}\n"
+                  f"nnU-Net results: {ws.results_dataset}\nbaselines: {ws.baselines}\nstep logs: {ws.root / 'demo-logs'}")
 
 
 # Command groups in their own modules register themselves on `app` (import them after `app` exists).

@@ -1,0 +1,106 @@
+"""The whole pipeline in one go, each step through the real command line: the demo a newcomer runs first."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from .errors import InputError
+
+BASELINES = ("unet2d", "resunet2d", "denseunet2d", "unet3d")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long each model trains: tiny on the phantom (CPU, minutes), longer on a real IBSR18 tree."""
+
+    epochs: int
+    iterations: int
+    folds: tuple[int, ...] = (0, 1)
+    configurations: tuple[str, ...] = ("2d", "3d_fullres")
+    baseline_epochs: Optional[int] = None
+    baseline_minutes: Optional[float] = None
+    baseline_iterations: Optional[int] = None
+    baseline_loss: str = "dice_ce"
+    baseline_models: tuple[str, ...] = BASELINES
+
+
+SYNTHETIC = Budget(epochs=3, iterations=5, baseline_epochs=3, baseline_iterations=8)
+REAL = Budget(epochs=20, iterations=50, baseline_minutes=12.0)
+
+
+@dataclass
+class Step:
+    name: str
+    args: list[str]
+    seconds: float = 0.0
+    log: Optional[Path] = None
+
+
+@dataclass
+class DemoResult:
+    steps: list[Step] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def steps(source: Path, budget: Budget, device: str, jobs: int) -> list[Step]:
+    """Every command of the pipeline, in order, exactly as a user would type them."""
+    plan = [Step("convert", ["convert", str(source), "--jobs", str(jobs)]),
+            Step("plan", ["plan", "--configs", ",".join(budget.configurations), "--jobs", str(jobs)])]
+    for configuration in budget.configurations:
+        for fold in budget.folds:
+            plan.append(Step(f"train {configuration} fold {fold}", [
+                "train", "--fold", str(fold), "--config", configuration, "--epochs", str(budget.epochs),
+                "--iterations-per-epoch", str(budget.iterations), "--device", device]))
+    plan.append(Step("ensemble", ["ensemble", "--device", device, "--jobs", str(jobs)]))
+    for model in budget.baseline_models:
+        limits = []
+        if budget.baseline_epochs:
+            limits += ["--epochs", str(budget.baseline_epochs)]
+        if budget.baseline_minutes:
+            limits += ["--minutes", str(budget.baseline_minutes)]
+        if budget.baseline_iterations:
+            limits += ["--iterations-per-epoch", str(budget.baseline_iterations)]
+        plan.append(Step(f"baseline {model}", ["baseline", "train", "--model", model, "--loss", budget.baseline_loss,
+                                               "--device", device, *limits]))
+        plan.append(Step(f"predict {model}", ["baseline", "predict", "--model", model, "--loss",
+                                              budget.baseline_loss, "--device", device]))
+    plan.append(Step("leaderboard", ["leaderboard", "--jobs", str(jobs)]))
+    return plan
+
+
+def run(ws, source: Optional[Path], budget: Budget, device: str = "auto", jobs: int = 1,
+        on_step: Callable[[Step, int, int], None] = lambda step, i, n: None) -> DemoResult:
+    """Write the phantom (unless a real `source` is given), then run every step; stop at the first failure."""
+    from .phantom import write_phantoms
+
+    started = time.perf_counter()
+    ws.ensure_writable()
+    if source is None:
+        source = ws.root / "demo-source"
+        if not source.is_dir():  # re-running the demo reuses it, so convert and the trained folds stay up to date
+            write_phantoms(source, 8, "misa", "small", seed=0)
+    logs = ws.root / "demo-logs"
+    logs.mkdir(exist_ok=True)
+    result = DemoResult()
+    plan = steps(source, budget, device, jobs)
+    for index, step in enumerate(plan):
+        on_step(step, index, len(plan))
+        step.log = logs / f"{index:02d}-{step.name.replace(' ', '-')}.log"
+        begin = time.perf_counter()
+        with open(step.log, "w") as log:
+            done = subprocess.run([sys.executable, "-m", "ibsr_nnunet", "--workspace", str(ws.root), *step.args],
+                                  stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "160"})
+        step.seconds = time.perf_counter() - begin
+        result.steps.append(step)
+        if done.returncode != 0:
+            tail = " ".join(step.log.read_text(errors="replace").strip().splitlines()[-1:])[:300]
+            raise InputError(f"demo step `ibsr-nnunet {' '.join(step.args)}` failed with exit code "
+                             f"{done.returncode} ({tail}); its whole output is in {step.log}.")
+    result.seconds = time.perf_counter() - started
+    return result
