@@ -127,15 +127,25 @@ def main() -> None:
                 subprocess.run(["scancel", "--batch", "--signal=USR1", fold_job], check=True)
             else:
                 subprocess.run(["scontrol", "requeue", fold_job], check=True)
-            wait_for(lambda: job(fold_job).get("JobState") == "RUNNING" and int(job(fold_job).get("Restarts", 0)) > restarts,
-                     120, f"round {round_}: running again")
-            running_again = time.time() - signal_time
+            # left its run: the job is requeued (PENDING, waiting cred_expire); then a new run starts
+            wait_for(lambda: job(fold_job).get("JobState") not in ("RUNNING", None), 120, f"round {round_}: requeued", 0.02)
+            requeued = time.time() - signal_time
+
+            def running_again() -> bool:
+                state = job(fold_job)
+                start = state.get("StartTime", "")
+                started = time.mktime(time.strptime(start, "%Y-%m-%dT%H:%M:%S")) if start[:2] == "20" else 0
+                return (state.get("JobState") == "RUNNING" and int(state.get("Restarts", 0)) > restarts
+                        and started >= int(signal_time))
+            wait_for(running_again, 120, f"round {round_}: running again", 0.02)
+            running = time.time() - signal_time
             wait_for(lambda: len(resumes(log)) > round_, 120, f"round {round_}: resumed", 0.1)
             resumed = time.time() - signal_time
             epoch = resumes(log)[-1]
-            results.append({"round": round_, "path": kind, "signal_to_running_s": round(running_again, 2),
-                            "signal_to_training_resumed_s": round(resumed, 2), "epochs_done_at_signal": done_at_signal,
-                            "resumed_at_epoch": epoch, "whole_epochs_lost": max(0, done_at_signal - epoch)})
+            results.append({"round": round_, "path": kind, "signal_to_requeued_s": round(requeued, 2),
+                            "signal_to_running_s": round(running, 2), "signal_to_training_resumed_s": round(resumed, 2),
+                            "epochs_done_at_signal": done_at_signal, "resumed_at_epoch": epoch,
+                            "whole_epochs_lost": max(0, done_at_signal - epoch)})
             print(json.dumps(results[-1]), flush=True)
 
         print()
@@ -143,10 +153,12 @@ def main() -> None:
             mine = [r for r in results if r["path"] == kind]
             if not mine:
                 continue
+            left = [r["signal_to_requeued_s"] for r in mine]
             runs = [r["signal_to_running_s"] for r in mine]
             resumed = [r["signal_to_training_resumed_s"] for r in mine]
             lost = [r["whole_epochs_lost"] for r in mine]
-            print(f"{kind:8s} n={len(mine)}  signal->RUNNING median {statistics.median(runs):.1f} s "
+            print(f"{kind:8s} n={len(mine)}  signal->requeued median {statistics.median(left):.1f} s  "
+                  f"signal->RUNNING median {statistics.median(runs):.1f} s "
                   f"(max {max(runs):.1f})  signal->training resumed median {statistics.median(resumed):.1f} s "
                   f"(max {max(resumed):.1f})  whole epochs lost max {max(lost)}")
     finally:

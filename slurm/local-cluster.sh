@@ -13,7 +13,8 @@
 #   IBSR_SLURM_GPUS   fake GPUs offered as GRES gpu (character devices made with mknod; default 2)
 #   IBSR_SLURM_CLEAN=1  start from an empty state folder (job IDs restart at 1)
 # The cluster: partition `debug` (default), partition `urgent` (higher priority, preempts `debug` by requeueing
-# its jobs, GraceTime 10 s), cred_expire=5 so a requeued job runs again within ~10 s (default would be 120 s),
+# its jobs, GraceTime 10 s), cred_expire=5 and a scheduling pass every second, so a requeued job runs again
+# ~6 s after it left (SLURM's defaults: 120 s, then up to 30 s more),
 # KillWait=5, MinJobAge=3600 (finished jobs stay visible to squeue/scontrol for an hour), no accounting database.
 set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin"  # the daemons live in /usr/sbin, not always on a non-login PATH
@@ -61,7 +62,8 @@ write_config() {
   : > "$ETC/gres.conf.new"
   echo "AutoDetect=off" >> "$ETC/gres.conf.new"
   for (( i = 0; i < gpus; i++ )); do
-    [ -c "$BASE/dev/nvidia$i" ] || mknod "$BASE/dev/nvidia$i" c 1 3
+    # a character device is what SLURM wants (1,3 = /dev/null's numbers); without CAP_MKNOD link /dev/null itself
+    [ -c "$BASE/dev/nvidia$i" ] || mknod "$BASE/dev/nvidia$i" c 1 3 2>/dev/null || ln -sfn /dev/null "$BASE/dev/nvidia$i"
     echo "NodeName=$host Name=gpu File=$BASE/dev/nvidia$i" >> "$ETC/gres.conf.new"
   done
   [ "$gpus" -gt 0 ] && gres_line="Gres=gpu:$gpus"
@@ -94,6 +96,8 @@ ReturnToService=2
 MinJobAge=3600
 KillWait=5
 SchedulerType=sched/backfill
+# a requeued job becomes eligible after cred_expire, and is started by the next scheduling pass: make them frequent
+SchedulerParameters=bf_interval=1,sched_interval=1
 GresTypes=gpu
 PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
@@ -124,7 +128,11 @@ start() {
   alive "$RUN/munged.pid" munged || munged --force --key-file="$MUNGE/munge.key" --socket="$SOCKET" \
       --pid-file="$RUN/munged.pid" --log-file="$LOG/munged.log" --seed-file="$MUNGE/munge.seed"
   for i in $(seq 50); do [ -S "$SOCKET" ] && break; sleep 0.1; done
-  alive "$RUN/slurmctld.pid" slurmctld || slurmctld -f "$CONF" -i
+  if alive "$RUN/slurmctld.pid" slurmctld; then
+    SLURM_CONF=$CONF scontrol reconfigure || true  # already running: take up a changed slurm.conf
+  else
+    slurmctld -f "$CONF" -i
+  fi
   alive "$RUN/slurmd.pid" slurmd || slurmd -f "$CONF"
   local host state=""
   host=$(hostname -s)

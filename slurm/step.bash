@@ -1,8 +1,10 @@
 # -- shared by the training scripts (slurm/step.bash) ------------------------------------------------------------
 # run_step CMD...: run CMD in the background so that a trapped USR1/TERM is handled at once (a foreground child
 # would delay the trap), forward the signal to it, wait until it is gone, then act on its exit code:
-#   0 -> go on;  75 ("saved, requeue me") or any failure after a signal -> `scontrol requeue` this job, whose
-#   next run resumes from the last checkpoint;  anything else -> a real error: the job fails once, no requeue.
+#   0 -> go on;  75 ("saved, requeue me") or any failure after USR1 -> `scontrol requeue` this job, whose next
+#   run resumes from the last checkpoint;  after SIGTERM -> exit: SLURM is cancelling (scancel), requeueing
+#   (scontrol requeue, preemption) or ending the job, and it alone decides which (requeueing here would undo a
+#   scancel);  anything else -> a real error: the job fails once, no requeue.
 log() {
   printf '[ibsr-nnunet %s] job %s%s restart %s: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "${SLURM_JOB_ID:-none}" \
     "${SLURM_ARRAY_JOB_ID:+ (${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID:-})}" "${SLURM_RESTART_COUNT:-0}" "$*"
@@ -10,7 +12,7 @@ log() {
 child=""
 signalled=""
 forward() {
-  signalled=$1
+  if [ "$signalled" != TERM ]; then signalled=$1; fi  # TERM, once seen, wins: the job is ending
   log "received SIG$1; forwarding it to ${child:-no running step}"
   if [ -n "$child" ]; then kill -s "$1" "$child" 2>/dev/null || true; fi
 }
@@ -24,7 +26,8 @@ requeue() {
 }
 run_step() {
   local status last
-  if [ -n "$signalled" ]; then requeue "$EXIT_REQUEUE"; fi
+  if [ "$signalled" = TERM ]; then exit "$EXIT_REQUEUE"; fi
+  if [ "$signalled" = USR1 ]; then requeue "$EXIT_REQUEUE"; fi
   "$@" &
   child=$!
   while :; do
@@ -35,6 +38,10 @@ run_step() {
   if [ "$last" -ne 127 ]; then status=$last; fi
   child=""
   if [ "$status" -eq 0 ]; then return 0; fi
+  if [ "$signalled" = TERM ]; then
+    log "step ended with exit code $status after SIGTERM: left to SLURM (cancel, requeue or preemption)"
+    exit "$status"
+  fi
   if [ "$status" -eq "$EXIT_REQUEUE" ] || [ -n "$signalled" ]; then requeue "$status"; fi
   log "step failed with exit code $status: not requeued (fix the cause, then run \`ibsr-nnunet submit\` again)"
   exit "$status"

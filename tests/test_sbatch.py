@@ -170,15 +170,21 @@ def test_exit_75_requeues_the_job_and_a_real_error_fails_once(tmp_path):
     assert not (tmp_path / "b" / "scontrol.log").exists()
 
 
-def test_usr1_is_forwarded_to_the_running_step_and_its_75_requeues(tmp_path):
-    """The trap fires while `train` runs in the background; the real exit code (75) is read after the trap."""
+@pytest.mark.parametrize("signame", ["USR1", "TERM"])
+def test_usr1_requeues_after_the_step_saves_and_term_leaves_it_to_slurm(tmp_path, signame):
+    """The trap fires while `train` runs in the background and forwards the signal; the real exit code (75) is read
+    after the trap. USR1 (the time-limit warning) -> `scontrol requeue`; TERM (scancel, scontrol requeue,
+    preemption) -> no requeue of our own, which would undo a scancel."""
+    import signal
+    import time
+
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "scontrol").write_text(f"#!/bin/bash\necho \"$*\" >> {shlex.quote(str(tmp_path / 'scontrol.log'))}\n")
     (bin_dir / "scontrol").chmod(0o755)
     trainer = tmp_path / "train.sh"
-    trainer.write_text(f"#!/bin/bash\ntrap 'echo got-usr1 >> {shlex.quote(str(tmp_path / 'trainer.log'))}; sleep 0.3; "
-                       f"exit {EXIT_REQUEUE}' USR1\ntouch {shlex.quote(str(tmp_path / 'started'))}\n"
+    trainer.write_text(f"#!/bin/bash\ntrap 'echo got-{signame} >> {shlex.quote(str(tmp_path / 'trainer.log'))}; sleep 0.3; "
+                       f"exit {EXIT_REQUEUE}' {signame}\ntouch {shlex.quote(str(tmp_path / 'started'))}\n"
                        "for i in $(seq 300); do sleep 0.1; done\nexit 0\n")
     trainer.chmod(0o755)
     text = sbatch.render_fold_array(tmp_path / "ws", [str(trainer)], CPU, "2d", 3, 2, "cpu")
@@ -186,16 +192,21 @@ def test_usr1_is_forwarded_to_the_running_step_and_its_75_requeues(tmp_path):
     env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_ARRAY_TASK_ID": "0", "SLURM_JOB_ID": "7"}
     process = subprocess.Popen(["bash", str(tmp_path / "fold.sbatch")], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
-    import time
     deadline = time.time() + 30
     while not (tmp_path / "started").exists() and time.time() < deadline:
         time.sleep(0.05)
-    process.send_signal(__import__("signal").SIGUSR1)
+    process.send_signal(getattr(signal, f"SIG{signame}"))
     output, _ = process.communicate(timeout=30)
-    assert process.returncode == 0, output
-    assert (tmp_path / "trainer.log").read_text() == "got-usr1\n"
-    assert (tmp_path / "scontrol.log").read_text() == "requeue 7\n"
-    assert "received SIGUSR1" in output and f"exit code {EXIT_REQUEUE} after SIGUSR1" in output
+    assert (tmp_path / "trainer.log").read_text() == f"got-{signame}\n"
+    assert f"received SIG{signame}" in output
+    if signame == "USR1":
+        assert process.returncode == 0, output
+        assert (tmp_path / "scontrol.log").read_text() == "requeue 7\n"
+        assert f"exit code {EXIT_REQUEUE} after SIGUSR1: requeueing" in output
+    else:
+        assert process.returncode == EXIT_REQUEUE, output
+        assert not (tmp_path / "scontrol.log").exists(), "a TERM (e.g. scancel) must not requeue the job"
+        assert "left to SLURM" in output
 
 
 # ---- campaign logic with a stand-in for SLURM's commands (the real cluster is in test_slurm_cluster.py) ----------
