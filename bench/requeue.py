@@ -13,9 +13,20 @@ until training resumed (the rerun's `resuming ... at epoch N` line: Python + tor
 epochs lost = epochs completed when the signal came minus the epoch the rerun resumed at (the epoch in progress is
 always redone: that part is < 1 epoch).
 
-Measured 2026-11-28 on the 2-core CPU machine (SLURM 22.05.8, cred_expire=5, KillWait=5), 2d phantom fold,
-4 iterations per epoch (~3 s per epoch), 6 rounds:
-  MEASURED_RESULTS
+Measured 2026-11-28 on the 2-core CPU machine, shared with other test runs (SLURM 22.05.8, cred_expire=5,
+KillWait=5, bf_interval=1, sched_interval=1), 2d phantom fold, 4 iterations per epoch, 6 rounds, 3 min 5 s in all:
+  path      signal->requeued   signal->RUNNING again      signal->training resumed   whole epochs lost
+  usr1      3.7 s (2.2-4.0)    9.8 s (8.1, 9.8, 10.1)     16.3 s (13.7-20.2)         0 (of 3 rounds)
+  requeue   0.0 s              10.4 s (9.5, 10.4, 10.6)   16.8 s (15.5-19.7)         0 (of 3 rounds)
+  - usr1: 2-4 s for `train` to finish its iteration, save and exit 75, then ~6 s: the requeued job waits
+    cred_expire (5 s, SLURM's minimum) and the next scheduling pass.
+  - requeue: SLURM requeues at once, but the job counts as running until its processes end (the trainer saves on
+    SIGTERM, ~4 s), then the same ~6 s.
+  - training resumed: + ~6-10 s of Python, torch and nnU-Net start-up in the new run (loaded machine).
+  - every rerun resumed at the epoch in progress at the signal (epoch done at signal = resume epoch): no whole
+    epoch lost; the partial epoch in progress is redone (< 1 epoch).
+  Before `SchedulerParameters=bf_interval=1,sched_interval=1` a requeued job waited for the 30 s backfill tick:
+  22 s from signal to RUNNING.
 Targets: ≤ 10 s from signal to running again (the cluster's cred_expire=5; SLURM's default 120 s would dominate),
 ≤ 1 epoch lost.
 """
