@@ -94,6 +94,14 @@ class EnsembleResult:
     seconds: float
 
 
+def model_record(model: str, trainer: str, configurations: tuple[str, ...], folds: tuple[int, ...],
+                 postprocessing_pkl: Path, crossval_dice: float) -> dict:
+    """What `segment` needs to predict like this model did: its folds, configurations and postprocessing."""
+    return {"model": model, "trainer": trainer, "configurations": list(configurations), "folds": list(folds),
+            "postprocessing": nnunet.postprocessing_summary(postprocessing_pkl),
+            "postprocessing_file": str(postprocessing_pkl), "crossval_dice": crossval_dice}
+
+
 def _swap_in(built: Path, final: Path) -> None:
     """Replace `final` by `built` with renames only, so readers see the old or the new folder, never a mix."""
     old = final.with_name(f".old-{final.name}-{os.getpid()}")
@@ -128,8 +136,9 @@ def run(ws, trainer: Optional[str] = None, jobs: int = 1, device: str = "auto",
         for configuration in selection.configurations:
             say(f"predicting {images.name} with {configuration}")
             raw[configuration] = scratch / f"raw-{configuration}"
-            nnunet.predict(ws, configuration, selection.trainer, selection.folds, images, raw[configuration],
-                           device, log)
+            nnunet.predict(ws, configuration, selection.trainer, selection.folds,
+                           sorted(images.glob("*_0000.nii.gz")), raw[configuration], device, log,
+                           probabilities=len(selection.configurations) > 1)
         if len(selection.configurations) > 1:
             say("ensembling " + " + ".join(selection.configurations))
             raw["ensemble"] = scratch / "raw-ensemble"
@@ -144,12 +153,10 @@ def run(ws, trainer: Optional[str] = None, jobs: int = 1, device: str = "auto",
             for extra in built.iterdir():  # nnU-Net's json copies: the folder holds our labels only
                 if not extra.name.endswith(".nii.gz"):
                     extra.unlink()
-            write_json(built / "model.json", {
-                "model": model, "trainer": selection.trainer,
-                "configurations": list(selection.configurations) if key == "ensemble" else [key],
-                "folds": list(selection.folds), "postprocessing": nnunet.postprocessing_summary(pkl),
-                "crossval_dice": search["results"][key],
-            })
+            configurations = selection.configurations if key == "ensemble" else (key,)
+            write_json(built / "model.json",
+                       model_record(model, selection.trainer, configurations, selection.folds, pkl,
+                                    search["results"][key]))
             predictions[model] = ws.predictions / model
         for model, final in predictions.items():
             _swap_in(scratch / model, final)

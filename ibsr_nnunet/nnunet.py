@@ -412,9 +412,13 @@ def find_best_configuration(ws, name: str, configurations: tuple[str, ...], fold
             "post_pp": chosen["result_on_crossval_post_pp"], "sources": sources}
 
 
-def predict(ws, configuration: str, name: str, folds: tuple[int, ...], images: Path, out: Path, device: str,
-            log: Path) -> None:
-    """Predict every image in `images` with the folds of one configuration, keeping probabilities for ensembling."""
+def predict(ws, configuration: str, name: str, folds: tuple[int, ...], images: list[Path], out: Path, device: str,
+            log: Path, on_image: Optional[Callable[[Path, float], None]] = None, probabilities: bool = True) -> None:
+    """Predict each image (any file name) into out/<name without _0000 and extension>, with probabilities
+    (.npz, what ensembling needs) unless `probabilities` is False.
+
+    One predictor for all images: the folds' weights are loaded once. `on_image(image, seconds)` after each.
+    """
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     torch_device = resolve_device(device)
@@ -425,8 +429,14 @@ def predict(ws, configuration: str, name: str, folds: tuple[int, ...], images: P
                                     device=torch_device, verbose=False, allow_tqdm=False)
         predictor.initialize_from_trained_model_folder(str(model_folder(ws, configuration, name)), use_folds=folds,
                                                        checkpoint_name="checkpoint_final.pth")
-        # sequential: no spawn pool re-importing torch per worker, no orphans when a job is killed
-        predictor.predict_from_files_sequential(str(images), str(out), save_probabilities=True, overwrite=True)
+        for image in images:
+            started = time.perf_counter()
+            case = re.sub(r"(_0000)?\.nii(\.gz)?$", "", image.name)
+            # sequential: no spawn pool re-importing torch per worker, no orphans when a job is killed
+            predictor.predict_from_files_sequential([[str(image)]], [str(out / case)],
+                                                    save_probabilities=probabilities, overwrite=True)
+            if on_image:
+                on_image(image, time.perf_counter() - started)
 
 
 def ensemble_folders(folders: list[Path], out: Path, plans_json: Path, jobs: int, log: Path) -> None:

@@ -147,3 +147,22 @@ def test_select_uses_common_folds_and_says_why(tmp_path):
     fake_fold(ws, "IbsrTrainer", "2d", 4)
     with pytest.raises(InputError, match="none in common"):
         select(ws, "IbsrTrainer")
+
+
+def test_segment_with_the_nnunet_ensemble_on_a_phantom_and_a_real_scan(ensembled, shared_ibsr18, tmp_path):
+    from test_segment import check_outputs
+
+    ws, _ = ensembled
+    phantom = ws.raw_dataset / "imagesTs" / "IBSR_08_0000.nii.gz"
+    real = shared_ibsr18 / "Test_Set" / "IBSR_10" / "IBSR_10.nii.gz"
+    out = tmp_path / "out"
+    result = cli(ws.root, "segment", str(phantom), str(real), "--output", str(out), "--model", "nnunet_ensemble",
+                 "--device", "cpu")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "model: nnunet_ensemble" in result.stdout
+    table = check_outputs({"IBSR_08_0000_tissue.nii.gz": phantom, "IBSR_10_tissue.nii.gz": real}, out,
+                          model="nnunet_ensemble")
+    assert "spacing (0.938, 1.5, 0.938) mm is far from training's" in table.loc[str(real), "warnings"]
+    # the same model on the same image as `ensemble` predicted it: the same labels
+    ours = np.asarray(nib.load(out / "IBSR_08_0000_tissue.nii.gz").dataobj)
+    np.testing.assert_array_equal(ours, np.asarray(nib.load(ws.predictions / "nnunet_ensemble" / "IBSR_08.nii.gz").dataobj))

@@ -1,0 +1,108 @@
+"""Seconds per full-size IBSR scan of `ibsr-nnunet segment` on CPU, and its overhead over nnU-Net's own CLI.
+
+On a workspace converted from the shared real IBSR18 data: trains nnU-Net 2d fold 0 and a unet2d baseline with a
+token schedule (speed of inference does not depend on how long they trained), then segments one real Test_Set
+scan (256×128×256) with each through `ibsr-nnunet segment`, and, in the same run, predicts the same scan with the
+same nnU-Net model through `nnUNetv2_predict` + `nnUNetv2_apply_postprocessing` (the same folds, tiling, mirroring
+and postprocessing; the input renamed to `_0000`, which segment spares the user). Both sides are whole commands in
+fresh processes, alternated, best of --repeats. Overhead ratio = ours / nnU-Net's (target <= 1.05).
+
+    python bench/segment.py [--repeats 2]
+
+Measured: see bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ibsr18"
+SCAN = SHARED / "Test_Set" / "IBSR_02" / "IBSR_02.nii.gz"
+
+
+def ibsr(ws: Path, *args: str) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "ibsr_nnunet", "--workspace", str(ws), *args],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"ibsr-nnunet {' '.join(args)} failed: {done.stdout[-2000:]} {done.stderr[-2000:]}")
+    return done
+
+
+def timed(command: list[str], env: dict | None = None) -> float:
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(command)} failed: {done.stdout[-2000:]} {done.stderr[-2000:]}")
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+
+    from ibsr_nnunet import nnunet
+    from ibsr_nnunet.atomic import write_json
+    from ibsr_nnunet.ensemble import model_record
+    from ibsr_nnunet.workspace import Workspace
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        ws = Workspace.open(root / "ws")
+        print("preparing: convert, plan 2d, train 2d fold 0 and unet2d with token schedules ...", flush=True)
+        ibsr(ws.root, "convert", str(SHARED))
+        ibsr(ws.root, "plan", "--configs", "2d")
+        ibsr(ws.root, "train", "--fold", "0", "--config", "2d", "--epochs", "1", "--iterations-per-epoch", "2",
+             "--device", "cpu")
+        ibsr(ws.root, "baseline", "train", "--model", "unet2d", "--loss", "dice_ce", "--epochs", "1",
+             "--iterations-per-epoch", "5", "--device", "cpu")
+        # the nnU-Net model record `ensemble` would write, without predicting all of imagesTs
+        trainer = nnunet.trainer_name(1, 2)
+        ws.export_env()
+        nnunet.configure(ws, 2)
+        search = nnunet.find_best_configuration(ws, trainer, ("2d",), (0,), 2, root / "search.log")
+        pkl = search["sources"]["2d"] / "postprocessing.pkl"
+        write_json(ws.predictions / "nnunet_2d" / "model.json",
+                   model_record("nnunet_2d", trainer, ("2d",), (0,), pkl, search["results"]["2d"]))
+
+        staged = root / "nnunet-in"
+        staged.mkdir()
+        shutil.copy(SCAN, staged / "IBSR_02_0000.nii.gz")
+        env = {**os.environ, **ws.nnunet_env(), "nnUNet_extTrainer": str(nnunet.EXT_TRAINER_FOLDER)}
+        plans = nnunet.model_folder(ws, "2d", trainer) / "plans.json"
+        theirs_cmds = [
+            ["nnUNetv2_predict", "-i", str(staged), "-o", str(root / "nnunet-out"), "-d", str(ws.dataset_id), "-c", "2d",
+             "-tr", trainer, "-f", "0", "-device", "cpu", "--disable_progress_bar", "-npp", "1", "-nps", "1"],
+            ["nnUNetv2_apply_postprocessing", "-i", str(root / "nnunet-out"), "-o", str(root / "nnunet-pp"),
+             "-pp_pkl_file", str(pkl), "-np", "1", "-plans_json", str(plans)],
+        ]
+        ours_cmd = lambda model: [sys.executable, "-m", "ibsr_nnunet", "--workspace", str(ws.root), "segment",  # noqa: E731
+                                  str(SCAN), "--output", str(root / f"out-{model}"), "--model", model,
+                                  "--device", "cpu", "--jobs", "1"]
+        ours, theirs, baseline = [], [], []
+        for _ in range(args.repeats):
+            for folder in ("nnunet-out", "nnunet-pp"):
+                shutil.rmtree(root / folder, ignore_errors=True)
+            theirs.append(sum(timed(c, env) for c in theirs_cmds))
+            ours.append(timed(ours_cmd("nnunet_2d")))
+            baseline.append(timed(ours_cmd("unet2d__dice_ce")))
+        volumes = json.dumps(open(root / "out-nnunet_2d" / "volumes.csv").read().splitlines()[1].split(",")[4:7])
+
+    print(f"full-size scan {SCAN.name} (256×128×256), CPU, {os.cpu_count()} cores; best of {args.repeats}")
+    print(f"  ibsr-nnunet segment, nnunet_2d (1 fold):        {min(ours):7.1f} s   (all: {[round(t, 1) for t in ours]})")
+    print(f"  nnUNetv2_predict + apply_postprocessing:         {min(theirs):7.1f} s   (all: {[round(t, 1) for t in theirs]})")
+    print(f"  overhead ratio ours / nnU-Net's:                 {min(ours) / min(theirs):7.3f}   (target <= 1.05)")
+    print(f"  ibsr-nnunet segment, unet2d__dice_ce baseline:   {min(baseline):7.1f} s   (all: {[round(t, 1) for t in baseline]})")
+    print(f"  nnunet_2d volumes CSF/GM/WM mL (token training): {volumes}")
+
+
+if __name__ == "__main__":
+    main()
