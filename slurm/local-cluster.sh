@@ -32,8 +32,8 @@ die() { echo "local-cluster: $*" >&2; exit 1; }
 alive() {  # alive PIDFILE NAME: the pid in PIDFILE is a running NAME
   local pid
   [ -s "$1" ] || return 1
-  pid=$(cat "$1")
-  [ -r "/proc/$pid/comm" ] && [ "$(cat "/proc/$pid/comm")" = "$2" ]
+  pid=$(cat "$1" 2>/dev/null) || return 1  # the daemon may remove its pid file as it exits
+  [ -n "$pid" ] && [ -r "/proc/$pid/comm" ] && [ "$(cat "/proc/$pid/comm")" = "$2" ]
 }
 
 stop_daemon() {  # stop_daemon PIDFILE NAME: TERM, then KILL after 15 s
