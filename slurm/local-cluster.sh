@@ -39,7 +39,7 @@ alive() {  # alive PIDFILE NAME: the pid in PIDFILE is a running NAME
 stop_daemon() {  # stop_daemon PIDFILE NAME: TERM, then KILL after 15 s
   local pid i
   alive "$1" "$2" || { rm -f "$1"; return 0; }
-  pid=$(cat "$1")
+  pid=$(cat "$1" 2>/dev/null) || return 0
   kill -TERM "$pid" 2>/dev/null || true
   for i in $(seq 150); do
     alive "$1" "$2" || { rm -f "$1"; return 0; }
