@@ -14,6 +14,7 @@ from ibsr_nnunet.volumes import write_volume
 
 from .data import load_case
 from .models import UNet, build_model
+from .threads import ThreadTuner
 from .train import _autocast, options_from, resolve_device
 
 
@@ -31,7 +32,7 @@ def gaussian_weights(window: tuple[int, ...], sigma_scale: float = 0.125) -> tor
 
 
 def window_starts(extent: int, window: int, overlap: float) -> list[int]:
-    """Start offsets covering 0..extent with windows of `window` overlapping by about `overlap` (extent >= window)."""
+    """Start offsets covering 0..extent with windows of `window` overlapping by at least `overlap`."""
     if extent <= window:
         return [0]
     step = max(1, int(window * (1 - overlap)))
@@ -41,47 +42,59 @@ def window_starts(extent: int, window: int, overlap: float) -> list[int]:
 
 @torch.no_grad()
 def predict_array(model: UNet, image: np.ndarray, window: tuple[int, ...], overlap: float = 0.5,
-                  batch_size: int = 8, device: torch.device = torch.device("cpu"), amp: bool = True) -> np.ndarray:
+                  batch_size: int = 8, device: torch.device = torch.device("cpu"), amp: bool = True,
+                  tuner: ThreadTuner | None = None) -> np.ndarray:
     """uint8 labels for a z-scored (S, H, W) image.
 
     2D models (len(window) == 2) run slice by slice along axis 0, with windows inside each slice; 3D models use 3D
     windows. overlap: fraction shared by neighbouring windows; each window's softmax is weighted by a Gaussian.
-    batch_size: windows (2D: slices) per forward pass.
+    batch_size: windows (2D: slices) per forward pass. Only the bounding box of the nonzero (brain) voxels is
+    segmented, the rest is background; a window larger than that box shrinks to it. tuner: runs each forward pass
+    (picks CPU threads), or None.
     """
     if len(window) != model.dims:
         raise ValueError(f"a {model.dims}D model needs a {model.dims}-number window, got {window}")
     if not 0 <= overlap < 1:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
     model.eval()
+    brain = np.nonzero(image)
+    if not len(brain[0]):  # z-scored images are 0 outside the brain: nothing to segment
+        return np.zeros(image.shape, np.uint8)
+    # only the brain's bounding box is segmented (2.4x fewer voxels on IBSR); outside it is background
+    box = tuple(slice(int(a.min()), int(a.max()) + 1) for a in brain)
+    labels = np.zeros(image.shape, np.uint8)
+    forward = tuner or (lambda work: work())
+    labels[box] = _predict_box(model, image[box], window, overlap, batch_size,
+                               lambda batch: forward(lambda: _forward(model, batch, device, amp)))
+    return labels
+
+
+def _predict_box(model: UNet, image: np.ndarray, window: tuple[int, ...], overlap: float, batch_size: int,
+                 forward: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
     spatial = image.shape[-model.dims:]
-    # pad up to the window where the image is smaller, crop back at the end
-    padded_shape = tuple(max(n, w) for n, w in zip(spatial, window))
-    volume = torch.zeros(image.shape[:3 - model.dims] + padded_shape)
-    volume[tuple(slice(0, n) for n in image.shape)] = torch.from_numpy(image)
+    # a window larger than the image shrinks to it: the networks take any size, so one window then covers it all
+    window = tuple(min(w, n) for w, n in zip(window, spatial))
+    volume = torch.from_numpy(np.ascontiguousarray(image))
     weights = gaussian_weights(window)
-    starts = [window_starts(n, w, overlap) for n, w in zip(padded_shape, window)]
+    starts = [window_starts(n, w, overlap) for n, w in zip(spatial, window)]
     grid = [(a, b) for a in starts[0] for b in starts[1]] if model.dims == 2 else \
         [(a, b, c) for a in starts[0] for b in starts[1] for c in starts[2]]
     probs = torch.zeros((model.head.out_channels,) + tuple(volume.shape))
-    norm = torch.zeros(padded_shape)
-    for corner in grid:
-        norm[tuple(slice(s, s + w) for s, w in zip(corner, window))] += weights
     if model.dims == 2:
         for corner in grid:
             region = tuple(slice(s, s + w) for s, w in zip(corner, window))
             for first in range(0, volume.shape[0], batch_size):
                 chunk = volume[(slice(first, first + batch_size), *region)].unsqueeze(1)
-                out = _forward(model, chunk, device, amp)  # (n, C, h, w)
+                out = forward(chunk)  # (n, C, h, w) probabilities
                 probs[(slice(None), slice(first, first + batch_size), *region)] += out.transpose(0, 1) * weights
     else:
         for first in range(0, len(grid), batch_size):
-            corners = grid[first:first + batch_size]
-            regions = [tuple(slice(s, s + w) for s, w in zip(c, window)) for c in corners]
-            out = _forward(model, torch.stack([volume[r] for r in regions]).unsqueeze(1), device, amp)
+            regions = [tuple(slice(s, s + w) for s, w in zip(c, window)) for c in grid[first:first + batch_size]]
+            out = forward(torch.stack([volume[r] for r in regions]).unsqueeze(1))
             for region, p in zip(regions, out):
                 probs[(slice(None), *region)] += p * weights
-    labels = probs.argmax(0)  # the Gaussian normaliser is the same for every class, so argmax ignores it
-    return labels[tuple(slice(0, n) for n in image.shape)].numpy().astype(np.uint8)
+    # dividing by the summed weights would scale every class alike, so the argmax needs no normalisation
+    return probs.argmax(0).numpy().astype(np.uint8)
 
 
 def _forward(model: UNet, batch: torch.Tensor, device: torch.device, amp: bool) -> torch.Tensor:
@@ -97,7 +110,8 @@ def load_model(run: Path, device: torch.device) -> tuple[UNet, dict]:
     """The best weights of the run in `run` and its saved options."""
     best = run / "best.pt"
     if not best.is_file():
-        raise InputError(f"no trained model at {best}; run `ibsr-nnunet baseline train` with this model and loss first.")
+        raise InputError(f"no trained model at {best}; run `ibsr-nnunet baseline train` with this model and loss "
+                         f"first.")
     saved = torch.load(best, map_location="cpu", weights_only=False)
     options = options_from(saved["options"])
     model = build_model(options.model, options.width, options.depth, options.dropout)
@@ -117,10 +131,10 @@ def predict_files(run: Path, images: list[tuple[str, Path]], out_dir: Path, devi
     is called after each case.
     """
     torch_device = resolve_device(device)
-    if threads:
-        torch.set_num_threads(threads)
+    tuner = ThreadTuner((threads or torch.get_num_threads(),) if threads or torch_device.type != "cpu" else None,
+                        every=20)
     model, saved = load_model(Path(run), torch_device)
-    window = (saved["patch_size"],) * model.dims
+    window = (saved.get("infer_window") or saved["patch_size"],) * model.dims
     amp = saved.get("amp", True)
     weights_time = (Path(run) / "best.pt").stat().st_mtime
     written = []
@@ -129,7 +143,7 @@ def predict_files(run: Path, images: list[tuple[str, Path]], out_dir: Path, devi
         skip = target.is_file() and target.stat().st_mtime >= weights_time
         if not skip:
             case = load_case(case_id, image_path)
-            labels = predict_array(model, case.image, window, overlap, batch_size, torch_device, amp)
+            labels = predict_array(model, case.image, window, overlap, batch_size, torch_device, amp, tuner)
             prediction = case.volume.with_array(np.ascontiguousarray(np.moveaxis(labels, 0, case.axis)))
             with atomic_path(target) as tmp:
                 write_volume(prediction, tmp)

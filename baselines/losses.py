@@ -149,5 +149,6 @@ def build_loss(name: str, **kwargs) -> nn.Module:
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
-        raise ValueError(f"loss {name!r} takes no argument {', '.join(unknown)}; it accepts {', '.join(sorted(accepted))}")
+        raise ValueError(f"loss {name!r} takes no argument {', '.join(unknown)}; "
+                         f"it accepts {', '.join(sorted(accepted))}")
     return cls(**kwargs)

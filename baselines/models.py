@@ -49,7 +49,7 @@ class ResBlock(nn.Module):
 
 
 class DenseBlock(nn.Module):
-    """Dense block: `layers` BN→ReLU→conv layers each seeing all earlier maps, then a 1×1 transition to out_channels."""
+    """Dense block: `layers` BN→ReLU→conv layers, each seeing all earlier maps, then a 1×1 transition."""
 
     def __init__(self, dims: int, in_channels: int, out_channels: int, layers: int = 3):
         super().__init__()
@@ -99,12 +99,14 @@ class UNet(nn.Module):
         self.dims, self.depth = dims, depth
         channels = [width * 2 ** level for level in range(depth)]
         self.encoders = nn.ModuleList(
-            make(dims, in_channels if level == 0 else channels[level - 1], channels[level]) for level in range(depth - 1))
+            make(dims, in_channels if level == 0 else channels[level - 1], channels[level])
+            for level in range(depth - 1))
         self.pool = nn.MaxPool2d(2) if dims == 2 else nn.MaxPool3d(2)
         self.drop_in = drop(dropout)
         self.bottleneck = make(dims, channels[-2], channels[-1])
         self.drop_out = drop(dropout)
-        self.ups = nn.ModuleList(up_conv(channels[level + 1], channels[level], 2, stride=2) for level in range(depth - 1))
+        self.ups = nn.ModuleList(up_conv(channels[level + 1], channels[level], 2, stride=2)
+                                 for level in range(depth - 1))
         self.decoders = nn.ModuleList(make(dims, 2 * channels[level], channels[level]) for level in range(depth - 1))
         self.head = conv(channels[0], num_classes, 1)
 

@@ -20,9 +20,10 @@ from ibsr_nnunet.atomic import atomic_path, write_json, write_text
 from ibsr_nnunet.errors import InputError
 from ibsr_nnunet.workspace import Workspace
 
-from .data import Augment, Case, PatchSampler, load_case
+from .data import Augment, PatchSampler, load_case
 from .losses import LOSSES, build_loss
 from .models import MODELS, build_model
+from .threads import ThreadTuner
 
 OPTIMIZERS = ("adam", "sgd", "adadelta")
 SCHEDULES = ("plateau", "cosine")
@@ -46,7 +47,9 @@ class TrainOptions:
     internal validation (0 = 20 %, at least one). val_batches: fixed validation batches per epoch.
     csf_fraction: share of patches centred on CSF. augment: flips, rotation, scale, shear and intensity jitter.
     device: auto | cuda | cpu. amp: mixed precision (fp16 on CUDA, bf16 autocast on CPU). threads: CPU threads
-    (0 = torch's default). seed: data order, augmentation, initialisation and validation split.
+    (0 = pick 1 or torch's count while training, whichever is faster now: see baselines.threads).
+    infer_window: sliding-window edge at inference (0 = patch_size). seed: data order, augmentation,
+    initialisation and validation split.
     """
 
     model: str = "unet2d"
@@ -72,6 +75,7 @@ class TrainOptions:
     device: str = "auto"
     amp: bool = True
     threads: int = 0
+    infer_window: int = 0
     seed: int = 0
 
     def __post_init__(self):
@@ -95,6 +99,9 @@ class TrainOptions:
         for name, value in positive.items():
             if value <= 0:
                 raise InputError(f"{name} must be positive, got {value}; pass a value above 0.")
+        if self.infer_window < 0 or self.warmup_iterations < 0 or self.val_cases < 0:
+            raise InputError(f"infer_window, warmup_iterations and val_cases must be >= 0; got {self.infer_window}, "
+                             f"{self.warmup_iterations}, {self.val_cases}.")
         if self.depth < 2 or not 0 <= self.dropout < 1 or not 0 <= self.csf_fraction <= 0.9:
             raise InputError(f"depth must be >= 2, dropout in [0, 1) and csf_fraction in [0, 0.9]; got depth "
                              f"{self.depth}, dropout {self.dropout}, csf_fraction {self.csf_fraction}.")
@@ -108,14 +115,18 @@ class TrainOptions:
         return (self.patch_size,) * self.dims
 
 
-def device_defaults(device: str) -> dict:
-    """Defaults tuned for time-to-accuracy on the device: a compact 2D net, bf16 and a time-aware cosine schedule
-    on CPU (see bench/baseline_cpu.py); the classic U-Net setting elsewhere."""
+def device_defaults(device: str, optimizer: str = "adam") -> dict:
+    """Defaults tuned for time-to-accuracy on the device: a compact 2D net, bf16, augmentation and a time-aware
+    cosine schedule on CPU (see bench/baseline_cpu.py); the classic U-Net setting elsewhere. SGD and Adadelta get
+    their usual learning rates (0.01 and 1.0) instead of Adam's."""
+    defaults = {}
     if resolve_device(device).type == "cpu":
-        return {"width": 16, "dropout": 0.1, "patch_size": 128, "batch_size": 8, "lr": 3e-3, "schedule": "cosine",
-                "warmup_iterations": 50, "iterations_per_epoch": 75, "val_batches": 4,
-                "augment": False}
-    return {}
+        defaults = {"width": 16, "dropout": 0.1, "patch_size": 128, "batch_size": 8, "lr": 3e-3, "schedule": "cosine",
+                    "warmup_iterations": 100, "iterations_per_epoch": 200, "val_batches": 4, "augment": True,
+                    "infer_window": 256}
+    if optimizer in ("sgd", "adadelta"):
+        defaults["lr"] = {"sgd": 1e-2, "adadelta": 1.0}[optimizer]
+    return defaults
 
 
 def resolve_device(device: str) -> torch.device:
@@ -256,8 +267,8 @@ def train(folder: Path, train_files: list[tuple[str, Path, Path]], options: Trai
             return TrainResult("already finished", folder, state["epoch"], state["epoch"], state["best_val_loss"],
                                state["best_val_dice"], state["train_seconds"], state["log"])
     device = resolve_device(options.device)
-    if options.threads:
-        torch.set_num_threads(options.threads)
+    fixed = options.threads or device.type != "cpu"
+    tuner = ThreadTuner((options.threads or torch.get_num_threads(),) if fixed else None)
     torch.manual_seed(options.seed)
     train_ids, val_ids = split_validation([c[0] for c in train_files], options.val_cases, options.seed)
     cases = {cid: load_case(cid, image, label) for cid, image, label in train_files}
@@ -315,9 +326,25 @@ def train(folder: Path, train_files: list[tuple[str, Path, Path]], options: Trai
             "finished": finished,
         })
 
+    def step() -> float:
+        """One training iteration; its loss."""
+        image, label = sampler.batch(options.batch_size)
+        image, label = image.to(device), label.to(device)
+        if options.dims == 2:
+            image = image.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, amp):
+            loss = loss_fn(model(image), label)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return loss.item()
+
     if on_start:
         on_start(start_epoch, options.epochs)
     finished = options.epochs is not None and epoch >= options.epochs or out_of_time()
+    if finished:  # resumed with a budget already spent: record that the run is complete
+        save(finished=True)
     with StopSignals() as stop:
         while not finished:
             model.train()
@@ -326,17 +353,7 @@ def train(folder: Path, train_files: list[tuple[str, Path, Path]], options: Trai
                 if options.schedule == "cosine":
                     for group in optimizer.param_groups:
                         group["lr"] = _cosine_lr(options, epoch * options.iterations_per_epoch + len(losses), elapsed())
-                image, label = sampler.batch(options.batch_size)
-                image, label = image.to(device), label.to(device)
-                if options.dims == 2:
-                    image = image.contiguous(memory_format=torch.channels_last)
-                with _autocast(device, amp):
-                    loss = loss_fn(model(image), label)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                losses.append(loss.item())
+                losses.append(tuner(step))
                 if on_iteration:
                     on_iteration()
                 if stop.requested or out_of_time():

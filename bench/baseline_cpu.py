@@ -62,7 +62,7 @@ def main() -> None:
             raise SystemExit(f"--set {item}: TrainOptions has no field {key!r}")
         overrides[key] = parse_value(known[key], value)
     options = TrainOptions(**{**device_defaults("cpu"), "model": "unet2d", "loss": "dice_ce", "epochs": None,
-                              "minutes": args.minutes, "device": "cpu", "threads": 2, "seed": 0, **overrides})
+                              "minutes": args.minutes, "device": "cpu", "threads": 0, "seed": 0, **overrides})
     everything = subjects()
     train_ids, test_ids = split_validation([s[0] for s in everything], 2, seed=0)
     out = args.out or Path(tempfile.mkdtemp(prefix="baseline_cpu_"))
@@ -86,7 +86,7 @@ def main() -> None:
         raise SystemExit(f"interrupted after saving {out / 'run'}; run again with --out {out} to resume")
     started = time.perf_counter()
     held_out = [s for s in everything if s[0] in test_ids]
-    predict_files(out / "run", [(s[0], s[1]) for s in held_out], out / "predictions", device="cpu", threads=2)
+    predict_files(out / "run", [(s[0], s[1]) for s in held_out], out / "predictions", device="cpu")
     per_volume = (time.perf_counter() - started) / len(held_out)
     scores = []
     for case_id, _, label_path in held_out:

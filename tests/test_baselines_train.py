@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -18,6 +17,7 @@ from typer.testing import CliRunner
 from baselines.data import Augment, PatchSampler, crop, load_case, slicing_axis, zscore
 from baselines.infer import gaussian_weights, predict_array, predict_files, window_starts
 from baselines.models import MODELS, build_model
+from baselines.threads import ThreadTuner
 from baselines.train import TrainOptions, run_dir, split_validation, train, workspace_cases
 from ibsr_nnunet.cli import app
 from ibsr_nnunet.convert import ConvertOptions, convert
@@ -120,6 +120,28 @@ def test_validation_split_comes_from_the_given_ids_only():
         split_validation(["IBSR_01"], 0, 0)
 
 
+def test_thread_tuner_keeps_the_faster_count_and_retries():
+    before = torch.get_num_threads()
+    slow = {1: 0.0, 2: 0.02}  # pretend two threads are slower, as on busy shared cores
+    used = []
+
+    def work():
+        used.append(torch.get_num_threads())
+        time.sleep(slow[used[-1]])
+        return used[-1]
+    try:
+        tuner = ThreadTuner((2, 1), every=4)
+        assert [tuner(work) for _ in range(6)] == [1, 2, 1, 1, 1, 2]  # trial 1, 2; then 1; trial again at call 4
+        assert tuner.best == 1
+        slow.update({1: 0.02, 2: 0.0})
+        assert [tuner(work) for _ in range(4)] == [1, 1, 1, 2]  # calls 6, 7 keep 1; the trial at 8, 9 finds 2
+        assert tuner.best == 2 and tuner(work) == 2
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="thread counts must be >= 1"):
+        ThreadTuner((0,))
+
+
 # training
 
 @pytest.mark.parametrize("model", MODELS)
@@ -169,7 +191,7 @@ def test_bad_options_are_refused(changes, message):
 
 def test_sigusr1_saves_exits_75_and_the_next_call_resumes(baseline_ws):
     args = [*CLI, "--workspace", str(baseline_ws.root), "baseline", "train", "--model", "unet2d", "--loss", "ce",
-            "--epochs", "6", "--iterations-per-epoch", "25", *TINY]
+            "--epochs", "4", "--iterations-per-epoch", "15", *TINY]
     checkpoint = run_dir(baseline_ws, "unet2d", "ce") / "checkpoint.pt"
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "COLUMNS": "200"})
@@ -181,16 +203,16 @@ def test_sigusr1_saves_exits_75_and_the_next_call_resumes(baseline_ws):
     output, _ = process.communicate(timeout=60)
     assert process.returncode == EXIT_REQUEUE, output
     saved = torch.load(checkpoint, weights_only=False)
-    assert 1 <= saved["epoch"] < 6 and not saved["finished"]
+    assert 1 <= saved["epoch"] < 4 and not saved["finished"]
     first_seconds = saved["train_seconds"]
 
     again = subprocess.run(args, capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"resuming {checkpoint.parent} at epoch {saved['epoch']}" in again.stdout
     run = json.loads((checkpoint.parent / "run.json").read_text())
-    assert run["finished"] and run["epochs_done"] == 6 and run["train_seconds"] > first_seconds
+    assert run["finished"] and run["epochs_done"] == 4 and run["train_seconds"] > first_seconds
     with open(checkpoint.parent / "log.csv") as handle:
-        assert [int(r["epoch"]) for r in csv.DictReader(handle)] == [1, 2, 3, 4, 5, 6]
+        assert [int(r["epoch"]) for r in csv.DictReader(handle)] == [1, 2, 3, 4]
 
     done = subprocess.run(args, capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
     assert done.returncode == 0 and "already finished" in done.stdout
@@ -214,6 +236,10 @@ def test_predict_array_handles_images_smaller_and_larger_than_the_window(model):
     image = np.random.default_rng(0).standard_normal((5, 37, 9)).astype(np.float32)
     labels = predict_array(net, image, window, overlap=0.5, batch_size=3)
     assert labels.shape == (5, 37, 9) and labels.dtype == np.uint8 and labels.max() <= 3
+    image[:, :4], image[:, 30:] = 0, 0  # background around the brain is never labelled
+    labels = predict_array(net, image, window)
+    assert not labels[:, :4].any() and not labels[:, 30:].any()
+    assert not predict_array(net, np.zeros((4, 8, 8), np.float32), window).any()
 
 
 @pytest.mark.parametrize("model", MODELS)
