@@ -23,20 +23,13 @@ from typing import Callable, Optional, Sequence
 from . import sbatch as render
 from .atomic import write_json, write_text
 from .errors import InputError
+from .nnunet import CONFIGURATIONS, FULL_EPOCHS, FULL_ITERATIONS, trainer_name  # nnunetv2 itself loads lazily
 
-CONFIGURATIONS = ("2d", "3d_fullres")
-FULL_EPOCHS, FULL_ITERATIONS = 1000, 250
 # states in which a job still holds (or waits for) its place: submitting again must not duplicate it
 ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED", "CONFIGURING",
                  "COMPLETING", "RESIZING", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD", "STOPPED"}
 Runner = Callable[..., subprocess.CompletedProcess]
 
-
-def trainer_name(epochs: int, iterations: int) -> str:
-    """Same rule as ibsr_nnunet.nnunet.trainer_name (kept importable without nnunetv2 or torch)."""
-    from .nnunet import trainer_name as name  # nnunet.py imports nnunetv2 lazily: cheap
-
-    return name(epochs, iterations)
 
 
 def fold_folder(ws, configuration: str, fold: int, trainer: str) -> Path:

@@ -366,10 +366,10 @@ def demo(
         result = pipeline.run(ws, source, budget, device, jobs or available_cores(), on_step)
         bar.update(task, completed=len(result.steps), description="demo: done")
     table = Table(title=f"ibsr-nnunet demo: {result.seconds / 60:.1f} min in {ws.root}")
-    for column in ("step", "command", "seconds"):
+    for column in ("step", "seconds", "log (the command and its output)"):
         table.add_column(column, justify="right" if column == "seconds" else "left")
     for step in result.steps:
-        table.add_row(step.name, "ibsr-nnunet " + " ".join(step.args), f"{step.seconds:.0f}")
+        table.add_row(step.name, f"{step.seconds:.0f}", str(step.log.relative_to(ws.root)))
     console.print(table)
     board = pd.read_csv(ws.leaderboard)
     ranking = Table(title="leaderboard (held-out cases)")

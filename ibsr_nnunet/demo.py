@@ -28,9 +28,12 @@ class Budget:
     baseline_iterations: Optional[int] = None
     baseline_loss: str = "dice_ce"
     baseline_models: tuple[str, ...] = BASELINES
+    baseline_options: tuple[str, ...] = ()  # e.g. a narrower network and smaller patches for the phantom
 
 
-SYNTHETIC = Budget(epochs=3, iterations=5, baseline_epochs=3, baseline_iterations=8)
+# phantom volumes are 64×32×64: 32-voxel patches and narrow networks keep every baseline to seconds on 2 cores
+SYNTHETIC = Budget(epochs=3, iterations=5, baseline_epochs=3, baseline_iterations=8,
+                   baseline_options=("--width", "8", "--patch-size", "32", "--batch-size", "4"))
 REAL = Budget(epochs=20, iterations=50, baseline_minutes=12.0)
 
 
@@ -67,7 +70,7 @@ def steps(source: Path, budget: Budget, device: str, jobs: int) -> list[Step]:
         if budget.baseline_iterations:
             limits += ["--iterations-per-epoch", str(budget.baseline_iterations)]
         plan.append(Step(f"baseline {model}", ["baseline", "train", "--model", model, "--loss", budget.baseline_loss,
-                                               "--device", device, *limits]))
+                                               "--device", device, *limits, *budget.baseline_options]))
         plan.append(Step(f"predict {model}", ["baseline", "predict", "--model", model, "--loss",
                                               budget.baseline_loss, "--device", device]))
     plan.append(Step("leaderboard", ["leaderboard", "--jobs", str(jobs)]))
@@ -94,6 +97,8 @@ def run(ws, source: Optional[Path], budget: Budget, device: str = "auto", jobs: 
         step.log = logs / f"{index:02d}-{step.name.replace(' ', '-')}.log"
         begin = time.perf_counter()
         with open(step.log, "w") as log:
+            log.write(f"$ ibsr-nnunet {' '.join(step.args)}\n")
+            log.flush()
             done = subprocess.run([sys.executable, "-m", "ibsr_nnunet", "--workspace", str(ws.root), *step.args],
                                   stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "160"})
         step.seconds = time.perf_counter() - begin
