@@ -71,17 +71,11 @@ def job(job_id: str) -> dict[str, str]:
 
 
 def completed_epochs(folder: Path) -> int:
-    """Epochs finished so far, over every training log of the fold (an epoch counts once its 'Epoch time' is logged)."""
-    done = -1
-    for log in sorted(folder.glob("training_log_*.txt")):
-        current = None
-        for line in log.read_text(errors="replace").splitlines():
-            text = line.split(": ", 1)[-1].strip()
-            if m := re.fullmatch(r"Epoch (\d+)", text):
-                current = int(m.group(1))
-            elif text.startswith("Epoch time") and current is not None:
-                done = max(done, current)
-    return done + 1
+    """Epochs finished so far, over every training log of the fold (an epoch counts once its losses are logged)."""
+    from ibsr_nnunet.history import nnunet_fold_curve
+
+    done = nnunet_fold_curve(folder).dropna(subset=["train_loss"])
+    return int(done["epoch"].max()) + 1 if len(done) else 0
 
 
 def resumes(log: Path) -> list[int]:

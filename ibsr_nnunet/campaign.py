@@ -373,30 +373,18 @@ class Progress:
     resumed_at: list[int] = field(default_factory=list)
 
 
-NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|nan")
-
-
 def fold_progress(folder: Path, epochs: int) -> Progress:
     """Read progress from nnU-Net's own files (training logs, validation summary): no torch needed."""
+    from .history import nnunet_fold_curve
+
     progress = Progress(finished=fold_finished(folder))
-    completed = -1
-    for log in sorted(folder.glob("training_log_*.txt")):
-        current = None
-        for line in log.read_text(errors="replace").splitlines():
-            text = line.split(": ", 1)[-1].strip()
-            if m := re.fullmatch(r"Epoch (\d+)", text):
-                current = int(m.group(1))
-            elif text.startswith("Epoch time") and current is not None:
-                completed = max(completed, current)
-            elif text.startswith("Pseudo dice"):
-                values = [float(v) for v in NUMBER.findall(re.sub(r"np\.float\d+", "", text))]
-                if values:
-                    progress.pseudo_dice = sum(values) / len(values)
-            elif text.startswith("val_loss"):
-                values = NUMBER.findall(text[len("val_loss"):])
-                if values:
-                    progress.val_loss = float(values[0])
-    progress.epochs_done = epochs if progress.finished else completed + 1
+    curve = nnunet_fold_curve(folder)
+    completed = curve.dropna(subset=["train_loss"])  # an epoch's losses are logged when it ends
+    progress.epochs_done = epochs if progress.finished else (int(completed["epoch"].max()) + 1 if len(completed) else 0)
+    for column, attribute in (("pseudo_dice", "pseudo_dice"), ("val_loss", "val_loss")):
+        values = curve[column].dropna()
+        if len(values):
+            setattr(progress, attribute, float(values.iloc[-1]))
     summary = folder / "validation" / "summary.json"
     if summary.is_file():
         try:
