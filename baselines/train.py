@@ -116,13 +116,14 @@ class TrainOptions:
 
 
 def device_defaults(device: str, optimizer: str = "adam") -> dict:
-    """Defaults tuned for time-to-accuracy on the device: a compact 2D net, bf16, augmentation and a time-aware
-    cosine schedule on CPU (see bench/baseline_cpu.py); the classic U-Net setting elsewhere. SGD and Adadelta get
-    their usual learning rates (0.01 and 1.0) instead of Adam's."""
+    """Defaults tuned for time-to-accuracy on the device: on CPU a compact 2D net (width 16, ~1.9 M parameters),
+    bf16, a time-aware warm-up + cosine schedule, whole-plane inference windows and no augmentation (a 12-minute
+    budget sees each slice only a few times: augmented, mean Dice 0.916; plain, 0.941 — bench/baseline_cpu.py);
+    the classic U-Net setting elsewhere. SGD and Adadelta get their usual learning rates (0.01 and 1.0)."""
     defaults = {}
     if resolve_device(device).type == "cpu":
         defaults = {"width": 16, "dropout": 0.1, "patch_size": 128, "batch_size": 8, "lr": 3e-3, "schedule": "cosine",
-                    "warmup_iterations": 100, "iterations_per_epoch": 200, "val_batches": 4, "augment": True,
+                    "warmup_iterations": 100, "iterations_per_epoch": 200, "val_batches": 4, "augment": False,
                     "infer_window": 256}
     if optimizer in ("sgd", "adadelta"):
         defaults["lr"] = {"sgd": 1e-2, "adadelta": 1.0}[optimizer]
