@@ -115,16 +115,20 @@ class TrainOptions:
         return (self.patch_size,) * self.dims
 
 
-def device_defaults(device: str, optimizer: str = "adam") -> dict:
+def device_defaults(device: str, optimizer: str = "adam", model: str = "unet2d") -> dict:
     """Defaults tuned for time-to-accuracy on the device: on CPU a compact 2D net (width 16, ~1.9 M parameters),
     bf16, a time-aware warm-up + cosine schedule, whole-plane inference windows and no augmentation (a 12-minute
     budget sees each slice only a few times: augmented, mean Dice 0.916; plain, 0.941 — bench/baseline_cpu.py);
-    the classic U-Net setting elsewhere. SGD and Adadelta get their usual learning rates (0.01 and 1.0)."""
+    the classic U-Net setting elsewhere. unet3d gets 3D-sized patches (64³ on CPU, 96³ on GPU, batch 2) and
+    patch-sized inference windows. SGD and Adadelta get their usual learning rates (0.01 and 1.0)."""
+    cpu = resolve_device(device).type == "cpu"
     defaults = {}
-    if resolve_device(device).type == "cpu":
+    if cpu:
         defaults = {"width": 16, "dropout": 0.1, "patch_size": 128, "batch_size": 8, "lr": 3e-3, "schedule": "cosine",
                     "warmup_iterations": 100, "iterations_per_epoch": 200, "val_batches": 4, "augment": False,
                     "infer_window": 256}
+    if model == "unet3d":
+        defaults.update(patch_size=64 if cpu else 96, batch_size=2, infer_window=0)
     if optimizer in ("sgd", "adadelta"):
         defaults["lr"] = {"sgd": 1e-2, "adadelta": 1.0}[optimizer]
     return defaults

@@ -44,6 +44,10 @@ def train_command(
     dropout: Optional[float] = typer.Option(None, "--dropout", help="Dropout around the bottleneck."),
     patch_size: Optional[int] = typer.Option(
         None, "--patch-size", help="Patch edge in voxels (2D: size², 3D: size³)."),
+    schedule: Optional[str] = typer.Option(
+        None, "--schedule", help="plateau (ReduceLROnPlateau on validation loss; GPU default) | cosine (CPU default)."),
+    augment: Optional[bool] = typer.Option(
+        None, "--augment/--no-augment", help="Flips, rotation, scale, shear, intensity jitter (CPU default: off)."),
     patience: int = typer.Option(
         10, "--patience", help="Stop after this many epochs without a better validation loss."),
     device: str = typer.Option("auto", "--device", help="auto | cuda | cpu"),
@@ -57,9 +61,9 @@ def train_command(
     _check_names(model, loss)
     ws = workspace_of(ctx)
     given = {"iterations_per_epoch": iterations, "batch_size": batch_size, "lr": lr, "width": width,
-             "dropout": dropout, "patch_size": patch_size}
+             "dropout": dropout, "patch_size": patch_size, "schedule": schedule, "augment": augment}
     options = TrainOptions(**{
-        **device_defaults(device, optimizer),
+        **device_defaults(device, optimizer, model),
         **{k: v for k, v in given.items() if v is not None},
         "model": model, "loss": loss, "minutes": minutes, "epochs": epochs if epochs or minutes else 100,
         "optimizer": optimizer, "depth": depth, "patience": patience, "device": device, "seed": seed,

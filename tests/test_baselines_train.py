@@ -18,7 +18,7 @@ from baselines.data import Augment, PatchSampler, crop, load_case, slicing_axis,
 from baselines.infer import gaussian_weights, predict_array, predict_files, window_starts
 from baselines.models import MODELS, build_model
 from baselines.threads import ThreadTuner
-from baselines.train import TrainOptions, run_dir, split_validation, train, workspace_cases
+from baselines.train import TrainOptions, device_defaults, run_dir, split_validation, train, workspace_cases
 from ibsr_nnunet.cli import app
 from ibsr_nnunet.convert import ConvertOptions, convert
 from ibsr_nnunet.errors import InputError
@@ -109,6 +109,13 @@ def test_augmentation_keeps_labels_and_changes_the_patch():
     assert not torch.equal(out_label, label)
     unchanged = Augment(flip=0.0, rotate=0.0, scale=0.0, shear=0.0, intensity=0.0)(image.clone(), label.clone(), rng)
     assert torch.allclose(unchanged[0], image) and torch.equal(unchanged[1], label)
+
+
+def test_device_defaults():
+    cpu = device_defaults("cpu")
+    assert cpu["width"] == 16 and cpu["schedule"] == "cosine" and cpu["augment"] is False and cpu["lr"] == 3e-3
+    assert device_defaults("cpu", "adadelta")["lr"] == 1.0 and device_defaults("cpu", "sgd")["lr"] == 0.01
+    assert device_defaults("cpu", model="unet3d")["patch_size"] == 64
 
 
 def test_validation_split_comes_from_the_given_ids_only():
@@ -263,10 +270,13 @@ def test_cli_trains_predicts_and_refuses(baseline_ws):
     before = runner.invoke(app, [*ws, "baseline", "predict", "--model", "denseunet2d", "--loss", "focal"])
     assert before.exit_code == 1 and "no trained model" in before.output and "baseline train" in before.output
     trained = runner.invoke(app, [*ws, "baseline", "train", "--model", "resunet2d", "--loss", "focal_tversky",
-                                  "--epochs", "2", "--iterations-per-epoch", "3", "--optimizer", "sgd", "--lr", "0.01",
-                                  *TINY])
+                                  "--epochs", "2", "--iterations-per-epoch", "3", "--optimizer", "sgd",
+                                  "--schedule", "plateau", "--augment", *TINY])
     assert trained.exit_code == 0, trained.output
     assert "finished after 2 epochs (from scratch)" in trained.output
+    options = json.loads((run_dir(baseline_ws, "resunet2d", "focal_tversky") / "run.json").read_text())["options"]
+    assert options["optimizer"] == "sgd" and options["lr"] == 0.01 and options["schedule"] == "plateau"
+    assert options["augment"] is True and options["width"] == 4 and options["batch_size"] == 2
     predicted = runner.invoke(app, [*ws, "baseline", "predict", "--model", "resunet2d", "--loss", "focal_tversky",
                                     "--device", "cpu"])
     assert predicted.exit_code == 0, predicted.output
@@ -281,6 +291,7 @@ def test_cli_trains_predicts_and_refuses(baseline_ws):
     (["train", "--model", "vnet"], "unknown model 'vnet'"),
     (["train", "--loss", "hinge"], "unknown loss 'hinge'"),
     (["predict", "--device", "tpu"], "unknown device 'tpu'"),
+    (["train", "--schedule", "step", *TINY], "unknown schedule 'step'"),
 ])
 def test_cli_refuses_bad_names(baseline_ws, args, message):
     result = CliRunner().invoke(app, ["--workspace", str(baseline_ws.root), "baseline", *args])
