@@ -340,7 +340,7 @@ def demo(
     iterations: Optional[int] = typer.Option(
         None, "--iterations-per-epoch", help="nnU-Net iterations per epoch (phantom 5, real 50)."),
     baseline_minutes: Optional[float] = typer.Option(
-        None, "--baseline-minutes", help="Training budget of each baseline (phantom: 3 short epochs, real: 12 min)."),
+        None, "--baseline-minutes", help="Training budget of each baseline (phantom: 8 short epochs, real: 12 min)."),
 ) -> None:
     """The whole pipeline: convert, plan, train 2d + 3d_fullres (2 folds), ensemble, baselines, leaderboard."""
     import dataclasses
