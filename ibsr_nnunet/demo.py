@@ -83,6 +83,9 @@ def run(ws, source: Optional[Path], budget: Budget, device: str = "auto", jobs: 
     from .phantom import write_phantoms
 
     started = time.perf_counter()
+    if source is not None and not Path(source).is_dir():
+        raise InputError(f"--source {source} is not a folder; pass the IBSR18 tree (e.g. the folder holding "
+                         f"Training_Set), or leave --source out for the embedded phantom.")
     ws.ensure_writable()
     if source is None:
         source = ws.root / "demo-source"

@@ -64,12 +64,8 @@ def test_convert_bad_label_map(phantom_root, tmp_path):
     assert result.exit_code == 1 and "must name each of CSF, GM and WM" in result.output
 
 
-def test_demo_runs_phantom_and_convert(tmp_path):
-    ws = tmp_path / "demo-ws"
-    result = runner.invoke(app, ["--workspace", str(ws), "demo", "--subjects", "6"])
-    assert result.exit_code == 0, result.output
-    dataset = ws / "nnUNet_raw" / "Dataset501_IBSR18"
-    assert json.loads((dataset / "dataset.json").read_text())["numTraining"] == 3
-    assert len(list((dataset / "imagesTs").glob("*.nii.gz"))) == 3
-    again = runner.invoke(app, ["--workspace", str(ws), "demo", "--subjects", "6"])
-    assert again.exit_code == 0, again.output
+def test_demo_refuses_a_missing_source(tmp_path):
+    result = runner.invoke(app, ["--workspace", str(tmp_path / "ws"), "demo", "--source", str(tmp_path / "nope")])
+    assert result.exit_code == 1
+    assert "is not a folder" in result.output and "IBSR18" in result.output
+    assert not (tmp_path / "ws" / "demo-logs").exists()
