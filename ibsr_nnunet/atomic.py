@@ -18,6 +18,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600: results must stay readable by the user's group
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as handle:
@@ -26,6 +27,12 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         fsync_dir(target.parent)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def fsync_dir(folder: str | os.PathLike) -> None:

@@ -336,9 +336,9 @@ def demo(
         None, "--source", help="A real IBSR18 tree instead of the embedded phantom (longer budgets)."),
     device: str = typer.Option("auto", "--device", help="auto | cuda | cpu"),
     jobs: int = typer.Option(0, "--jobs", help="Parallel processes (0 = all available cores)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="nnU-Net epochs per fold (phantom 3, real 20)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="nnU-Net epochs per fold (phantom 5, real 20)."),
     iterations: Optional[int] = typer.Option(
-        None, "--iterations-per-epoch", help="nnU-Net iterations per epoch (phantom 5, real 50)."),
+        None, "--iterations-per-epoch", help="nnU-Net iterations per epoch (phantom 12, real 50)."),
     baseline_minutes: Optional[float] = typer.Option(
         None, "--baseline-minutes", help="Training budget of each baseline (phantom: 8 short epochs, real: 12 min)."),
 ) -> None:

@@ -32,7 +32,7 @@ class Budget:
 
 
 # phantom volumes are 64×32×64: 32-voxel patches and narrow networks keep every baseline to seconds on 2 cores
-SYNTHETIC = Budget(epochs=3, iterations=5, baseline_epochs=8, baseline_iterations=20,
+SYNTHETIC = Budget(epochs=5, iterations=12, baseline_epochs=8, baseline_iterations=20,
                    baseline_options=("--width", "8", "--patch-size", "32", "--batch-size", "4"))
 REAL = Budget(epochs=20, iterations=50, baseline_minutes=12.0)
 

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from ibsr_nnunet.atomic import write_json
+from ibsr_nnunet.atomic import write_json, write_text
 from ibsr_nnunet.errors import InputError
 from ibsr_nnunet.workspace import Workspace
 
@@ -45,3 +45,14 @@ def test_atomic_write_leaves_no_temp(tmp_path):
     write_json(tmp_path / "x.json", {"a": 2})
     assert (tmp_path / "x.json").read_text().strip().endswith("}")
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_atomic_writes_honour_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "leaderboard.csv", "x\n")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "leaderboard.csv").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "leaderboard.csv").read_text() == "x\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["leaderboard.csv"]
