@@ -13,7 +13,10 @@ until training resumed (the rerun's `resuming ... at epoch N` line: Python + tor
 epochs lost = epochs completed when the signal came minus the epoch the rerun resumed at (the epoch in progress is
 always redone: that part is < 1 epoch).
 
-Measured 2026-11-28 on the 2-core CPU machine, shared with other test runs (SLURM 22.05.8, cred_expire=5,
+Measured 2026-11-28 on the quiet 2-core CPU machine, same settings, 6 rounds:
+  usr1      1.4 s              6.6 s (6.6, 7.6, 6.6)      10.4 s (10.2-11.2)         0 (of 3 rounds)
+  requeue   0.0 s              7.6 s (7.6, 7.7, 7.5)      11.3 s (11.3-11.3)         0 (of 3 rounds)
+Measured earlier the same day on the 2-core CPU machine, shared with other test runs (SLURM 22.05.8, cred_expire=5,
 KillWait=5, bf_interval=1, sched_interval=1), 2d phantom fold, 4 iterations per epoch, 6 rounds, 3 min 5 s in all:
   path      signal->requeued   signal->RUNNING again      signal->training resumed   whole epochs lost
   usr1      3.7 s (2.2-4.0)    9.8 s (8.1, 9.8, 10.1)     16.3 s (13.7-20.2)         0 (of 3 rounds)
