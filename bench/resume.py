@@ -97,6 +97,8 @@ def main() -> None:
                     sys.exit(f"train did not resume: {''.join(lines)}")
                 time.sleep(0.02)
             start_epoch = int(resumed[0][1])
+            # the epoch ended before the signal was acted on (it ran faster than the median): nothing was lost
+            progress = max(progress, float(start_epoch))
             nnunet_default = progress - NNUNET_SAVE_EVERY * int(progress // NNUNET_SAVE_EVERY)
             rows.append((target, fraction, progress, start_epoch, progress - start_epoch, nnunet_default))
         if process.wait(timeout=600) != 0:
