@@ -8,6 +8,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ibsr_nnunet import devices
 from ibsr_nnunet.atomic import atomic_path
 from ibsr_nnunet.errors import InputError
 from ibsr_nnunet.volumes import write_volume
@@ -15,7 +16,7 @@ from ibsr_nnunet.volumes import write_volume
 from .data import load_case
 from .models import UNet, build_model
 from .threads import ThreadTuner
-from .train import _autocast, options_from, resolve_device
+from .train import _autocast, options_from
 
 
 def gaussian_weights(window: tuple[int, ...], sigma_scale: float = 0.125) -> torch.Tensor:
@@ -130,7 +131,7 @@ def predict_files(run: Path, images: list[tuple[str, Path]], out_dir: Path, devi
     A prediction newer than the weights is kept (re-runs redo only what is missing or stale). on_case(case, skipped)
     is called after each case.
     """
-    torch_device = resolve_device(device)
+    torch_device = devices.torch_device(device)
     tuner = ThreadTuner((threads or torch.get_num_threads(),) if threads or torch_device.type != "cpu" else None,
                         every=20)
     model, saved = load_model(Path(run), torch_device)

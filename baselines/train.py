@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ibsr_nnunet.atomic import atomic_path, write_json, write_text
+from ibsr_nnunet.devices import DEVICES, torch_device
 from ibsr_nnunet.errors import InputError
 from ibsr_nnunet.workspace import Workspace
 
@@ -88,7 +89,7 @@ class TrainOptions:
                              f"{', '.join(OPTIMIZERS)}.")
         if self.schedule not in SCHEDULES:
             raise InputError(f"unknown schedule {self.schedule!r}; pass one of {', '.join(SCHEDULES)}.")
-        if self.device not in ("auto", "cuda", "cpu"):
+        if self.device not in DEVICES:
             raise InputError(f"unknown device {self.device!r}; pass --device auto, cuda or cpu.")
         if self.epochs is None and self.minutes is None:
             raise InputError("training has no budget; pass --epochs N and/or --minutes M.")
@@ -121,7 +122,7 @@ def device_defaults(device: str, optimizer: str = "adam", model: str = "unet2d")
     budget sees each slice only a few times: augmented, mean Dice 0.916; plain, 0.941 — bench/baseline_cpu.py);
     the classic U-Net setting elsewhere. unet3d gets 3D-sized patches (64³ on CPU, 96³ on GPU, batch 2) and
     patch-sized inference windows. SGD and Adadelta get their usual learning rates (0.01 and 1.0)."""
-    cpu = resolve_device(device).type == "cpu"
+    cpu = torch_device(device).type == "cpu"
     defaults = {}
     if cpu:
         defaults = {"width": 16, "dropout": 0.1, "patch_size": 128, "batch_size": 8, "lr": 3e-3, "schedule": "cosine",
@@ -132,14 +133,6 @@ def device_defaults(device: str, optimizer: str = "adam", model: str = "unet2d")
     if optimizer in ("sgd", "adadelta"):
         defaults["lr"] = {"sgd": 1e-2, "adadelta": 1.0}[optimizer]
     return defaults
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for but torch sees no CUDA GPU; pass --device cpu or auto.")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 @dataclass
@@ -271,7 +264,7 @@ def train(folder: Path, train_files: list[tuple[str, Path, Path]], options: Trai
         if state["finished"]:
             return TrainResult("already finished", folder, state["epoch"], state["epoch"], state["best_val_loss"],
                                state["best_val_dice"], state["train_seconds"], state["log"])
-    device = resolve_device(options.device)
+    device = torch_device(options.device)
     fixed = options.threads or device.type != "cpu"
     tuner = ThreadTuner((options.threads or torch.get_num_threads(),) if fixed else None)
     torch.manual_seed(options.seed)

@@ -52,7 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ibsr_nnunet.convert import ConvertOptions, convert  # noqa: E402
-from ibsr_nnunet.nnunet import trainer_name  # noqa: E402
+from ibsr_nnunet.nnunet import fold_folder, trainer_name  # noqa: E402
 from ibsr_nnunet.phantom import write_phantoms  # noqa: E402
 from ibsr_nnunet.workspace import Workspace  # noqa: E402
 
@@ -118,7 +118,7 @@ def main() -> None:
         job_ids = [r["job_id"] for r in records]
         fold_job = f"{records[0]['job_id']}_0"
         log = ws.slurm / "logs" / f"nnunet-2d_{records[0]['job_id']}_0.out"
-        folder = ws.results_dataset / f"{trainer_name(EPOCHS, ITERATIONS)}__nnUNetPlans__2d" / "fold_0"
+        folder = fold_folder(ws, "2d", 0, trainer_name(EPOCHS, ITERATIONS))
 
         results = []
         for round_ in range(options.rounds):

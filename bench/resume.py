@@ -25,18 +25,15 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+): (.*)$")
 RESUMED = re.compile(r"from checkpoint_\w+\.pth at epoch (\d+)")
 NNUNET_SAVE_EVERY = 50  # nnUNetTrainer.__init__: self.save_every = 50
 
 
 def log_lines(fold: Path) -> list[tuple[datetime, str]]:
-    lines = []
-    for log in sorted(fold.glob("training_log_*.txt")):
-        for line in log.read_text().splitlines():
-            if match := STAMP.match(line):
-                lines.append((datetime.fromisoformat(match[1]), match[2].strip()))
-    return sorted(lines)
+    """Every stamped line of every run's training log of the fold, oldest first."""
+    from ibsr_nnunet.history import stamped_lines
+
+    return sorted(line for log in fold.glob("training_log_*.txt") for line in stamped_lines(log))
 
 
 def epoch_starts(fold: Path) -> list[tuple[datetime, int]]:
@@ -55,7 +52,8 @@ def main() -> None:
     # (epoch, fraction of that epoch done) at which to interrupt
     points = [(1, 0.3), (3, 0.6), (5, 0.9)]
 
-    from ibsr_nnunet.nnunet import trainer_name
+    from ibsr_nnunet.nnunet import fold_folder, trainer_name
+    from ibsr_nnunet.workspace import Workspace
 
     with tempfile.TemporaryDirectory() as tmp:
         ws = Path(tmp) / "ws"
@@ -63,7 +61,7 @@ def main() -> None:
         subprocess.run(cli(ws, "convert", str(Path(tmp) / "src")), check=True, capture_output=True)
         subprocess.run(cli(ws, "plan", "--configs", "2d"), check=True, capture_output=True)
         name = trainer_name(args.epochs, args.iterations)
-        fold = ws / "nnUNet_results" / "Dataset501_IBSR18" / f"{name}__nnUNetPlans__2d" / "fold_0"
+        fold = fold_folder(Workspace.open(ws), "2d", 0, name)
         train = cli(ws, "train", "--fold", "0", "--config", "2d", "--epochs", str(args.epochs),
                     "--iterations-per-epoch", str(args.iterations), "--device", "cpu")
 

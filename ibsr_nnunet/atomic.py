@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -27,6 +29,21 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         fsync_dir(target.parent)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def swap_in(build: Path, target: Path) -> None:
+    """Replace folder `target` by the finished `build` with renames only: readers see the old or the new, never a mix.
+
+    An old `target` is moved aside first and deleted after.
+    """
+    old = None
+    if target.exists():
+        old = target.with_name(f".old-{target.name}-{uuid.uuid4().hex[:8]}")
+        os.rename(target, old)
+    os.rename(build, target)
+    fsync_dir(target.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _umask() -> int:

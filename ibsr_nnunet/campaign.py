@@ -23,21 +23,14 @@ from typing import Callable, Optional, Sequence
 from . import sbatch as render
 from .atomic import write_json, write_text
 from .errors import InputError
-from .nnunet import CONFIGURATIONS, FULL_EPOCHS, FULL_ITERATIONS, trainer_name  # nnunetv2 itself loads lazily
+from .nnunet import (  # nnunetv2 itself loads lazily
+    CONFIGURATIONS, FULL_EPOCHS, FULL_ITERATIONS, fold_finished, fold_folder, trainer_name,
+)
 
 # states in which a job still holds (or waits for) its place: submitting again must not duplicate it
 ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED", "CONFIGURING",
                  "COMPLETING", "RESIZING", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD", "STOPPED"}
 Runner = Callable[..., subprocess.CompletedProcess]
-
-
-
-def fold_folder(ws, configuration: str, fold: int, trainer: str) -> Path:
-    return ws.results_dataset / f"{trainer}__nnUNetPlans__{configuration}" / f"fold_{fold}"
-
-
-def fold_finished(folder: Path) -> bool:
-    return (folder / "checkpoint_final.pth").is_file() and (folder / "validation" / "summary.json").is_file()
 
 
 # ---- job records ------------------------------------------------------------------------------------------------

@@ -110,14 +110,14 @@ def predict_command(
 ) -> None:
     """Predict every held-out and test case with a trained baseline into <workspace>/predictions/<model>__<loss>/."""
     from baselines.infer import predict_files
-    from baselines.train import resolve_device, run_dir, workspace_cases
+    from baselines.train import run_dir, workspace_cases
+
+    from .devices import torch_device
 
     _check_names(model, loss)
-    if device not in ("auto", "cuda", "cpu"):
-        raise InputError(f"unknown device {device!r}; pass --device auto, cuda or cpu.")
+    torch_device(device)
     if not 0 <= overlap < 1:
         raise InputError(f"--overlap {overlap} is outside [0, 1); pass e.g. 0.5.")
-    resolve_device(device)
     ws = workspace_of(ctx)
     cases = [(case, image) for role in ("heldout", "test") for case, image, _ in workspace_cases(ws, role)]
     out = ws.predictions / f"{model}__{loss}"

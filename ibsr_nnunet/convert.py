@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from . import __version__, preprocess, volumes
-from .atomic import fsync_dir, write_json
+from .atomic import swap_in, write_json
 from .errors import InputError
 from .labels import (NNUNET_LABELS, LabelScheme, apply_scheme, detect_scheme, integral_labels, mapped_counts,
                      require_all_tissues, value_counts)
@@ -292,7 +292,7 @@ def convert(source: str | os.PathLike, ws: Workspace, options: ConvertOptions = 
             thread.join()
         nnunet.verify_dataset(build, processes)
         seconds["integrity_check"] = time.perf_counter() - started
-        _swap_into_place(build, ws.raw_dataset)
+        swap_in(build, ws.raw_dataset)
     finally:
         shutil.rmtree(build, ignore_errors=True)
 
@@ -300,15 +300,3 @@ def convert(source: str | os.PathLike, ws: Workspace, options: ConvertOptions = 
     write_json(ws.preprocessed_dataset / "splits_final.json", folds)
     ws.record_dataset_id()
     return ConvertResult(ws.raw_dataset, manifest, up_to_date=False, seconds=seconds)
-
-
-def _swap_into_place(build: Path, target: Path) -> None:
-    """Rename the finished build onto `target`; an old dataset is moved aside first and deleted after."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".old-{target.name}-{uuid.uuid4().hex[:8]}")
-        os.rename(target, old)
-    os.rename(build, target)
-    fsync_dir(target.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from . import nnunet
-from .atomic import write_json
+from .atomic import swap_in, write_json
 from .errors import InputError
 
 MODEL_NAMES = {"2d": "nnunet_2d", "3d_fullres": "nnunet_3d_fullres", "ensemble": "nnunet_ensemble"}
@@ -22,13 +22,8 @@ MODEL_FOLDER = re.compile(r"^(?P<trainer>.+)__nnUNetPlans__(?P<configuration>2d|
 
 def finished_folds(model: Path) -> set[int]:
     """Folds whose training ended and whose validation (with probabilities) was written."""
-    done = set()
-    for fold in model.glob("fold_*"):
-        validation = fold / "validation"
-        if ((fold / "checkpoint_final.pth").is_file() and (validation / "summary.json").is_file()
-                and any(validation.glob("*.npz"))):
-            done.add(int(fold.name.removeprefix("fold_")))
-    return done
+    return {int(fold.name.removeprefix("fold_")) for fold in model.glob("fold_*")
+            if nnunet.fold_finished(fold) and any((fold / "validation").glob("*.npz"))}
 
 
 def trained_models(ws) -> dict[str, dict[str, set[int]]]:
@@ -102,15 +97,6 @@ def model_record(model: str, trainer: str, configurations: tuple[str, ...], fold
             "postprocessing_file": str(postprocessing_pkl), "crossval_dice": crossval_dice}
 
 
-def _swap_in(built: Path, final: Path) -> None:
-    """Replace `final` by `built` with renames only, so readers see the old or the new folder, never a mix."""
-    old = final.with_name(f".old-{final.name}-{os.getpid()}")
-    if final.exists():
-        final.rename(old)
-    built.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def run(ws, trainer: Optional[str] = None, jobs: int = 1, device: str = "auto",
         say: Callable[[str], None] = print) -> EnsembleResult:
     """Search the best configuration, predict imagesTs with 2d, 3d_fullres and their ensemble, postprocess, record."""
@@ -159,7 +145,7 @@ def run(ws, trainer: Optional[str] = None, jobs: int = 1, device: str = "auto",
                                     search["results"][key]))
             predictions[model] = ws.predictions / model
         for model, final in predictions.items():
-            _swap_in(scratch / model, final)
+            swap_in(scratch / model, final)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

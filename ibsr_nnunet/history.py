@@ -9,11 +9,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from .nnunet import fold_folder  # nnunetv2 itself loads lazily
+
 STAMPED = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+): (.*?)\s*$")
 NNUNET_PREFIX = "nnunet_"
 
 
-def _stamped_lines(log: Path) -> list[tuple[datetime, str]]:
+def stamped_lines(log: Path) -> list[tuple[datetime, str]]:
+    """(time, text) of each line nnU-Net stamped in one training log."""
     return [(datetime.fromisoformat(m[1]), m[2]) for line in log.read_text(errors="replace").splitlines()
             if (m := STAMPED.match(line))]
 
@@ -24,7 +27,7 @@ def nnunet_folds(ws, model: str) -> list[Path]:
     if not info_file.is_file():
         return []
     info = json.loads(info_file.read_text())
-    return [ws.results_dataset / f"{info['trainer']}__nnUNetPlans__{config}" / f"fold_{fold}"
+    return [fold_folder(ws, config, fold, info["trainer"])
             for config in info["configurations"] for fold in info["folds"]]
 
 
@@ -32,7 +35,7 @@ def nnunet_fold_seconds(fold: Path) -> float:
     """Wall time of one fold's training: each run's first to last log line, summed over resumed runs."""
     total = 0.0
     for log in fold.glob("training_log_*.txt"):
-        lines = _stamped_lines(log)
+        lines = stamped_lines(log)
         if lines:
             total += (lines[-1][0] - lines[0][0]).total_seconds()
     return total
@@ -43,7 +46,7 @@ def nnunet_fold_curve(fold: Path) -> pd.DataFrame:
     epochs: dict[int, dict] = {}
     for log in sorted(fold.glob("training_log_*.txt")):  # names carry the start time: oldest run first
         epoch = None
-        for _, text in _stamped_lines(log):
+        for _, text in stamped_lines(log):
             if m := re.fullmatch(r"Epoch (\d+)", text):
                 epoch = int(m[1])
             elif epoch is not None and (m := re.fullmatch(r"(train_loss|val_loss) (-?[\d.]+(?:e-?\d+)?)", text)):

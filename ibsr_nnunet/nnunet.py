@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .atomic import fsync_dir, write_json
+from .devices import torch_device
 from .errors import InputError
 from .exitcodes import EXIT_REQUEUE
 
@@ -275,8 +276,18 @@ class TrainResult:
     notes: list[str]
 
 
+def model_folder(ws, configuration: str, name: str) -> Path:
+    """nnU-Net's results folder of one trainer and configuration (its plans are always nnUNetPlans here)."""
+    return ws.results_dataset / f"{name}__nnUNetPlans__{configuration}"
+
+
 def fold_folder(ws, configuration: str, fold: int, name: str) -> Path:
-    return ws.results_dataset / f"{name}__nnUNetPlans__{configuration}" / f"fold_{fold}"
+    return model_folder(ws, configuration, name) / f"fold_{fold}"
+
+
+def fold_finished(folder: Path) -> bool:
+    """Training ended (final checkpoint) and nnU-Net's validation was written (summary)."""
+    return (folder / "checkpoint_final.pth").is_file() and (folder / "validation" / "summary.json").is_file()
 
 
 def _readable_checkpoint(path: Path, device) -> Optional[str]:
@@ -292,17 +303,13 @@ def _readable_checkpoint(path: Path, device) -> Optional[str]:
 
 
 def resolve_device(device: str):
+    """The torch device, with torch's CPU threads set to nnU-Net's process count when it is the CPU."""
     import torch
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cuda", "cpu"):
-        raise InputError(f"--device {device} is unknown; use auto, cuda or cpu.")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda asked for, but torch sees no CUDA GPU here; use --device cpu or auto.")
-    if device == "cpu":
+    resolved = torch_device(device)
+    if resolved.type == "cpu":
         torch.set_num_threads(max(1, int(os.environ.get("nnUNet_def_n_proc", "1"))))
-    return torch.device(device)
+    return resolved
 
 
 def train(ws, configuration: str, fold: int, epochs: int = FULL_EPOCHS, iterations: int = FULL_ITERATIONS,
@@ -323,7 +330,7 @@ def train(ws, configuration: str, fold: int, epochs: int = FULL_EPOCHS, iteratio
         raise InputError(f"--fold {fold} does not exist: splits_final.json has folds 0..{len(splits) - 1}.")
     name = trainer_name(epochs, iterations)
     folder = fold_folder(ws, configuration, fold, name)
-    if (folder / "checkpoint_final.pth").is_file() and (folder / "validation" / "summary.json").is_file():
+    if fold_finished(folder):
         return TrainResult(folder, "already finished", None, epochs, [])
 
     os.environ["IBSR_SAVE_EVERY"] = str(save_every)
@@ -358,10 +365,6 @@ def train(ws, configuration: str, fold: int, epochs: int = FULL_EPOCHS, iteratio
 
 
 # ---- best configuration, prediction, ensembling, postprocessing ---------------------------------------------------
-
-def model_folder(ws, configuration: str, name: str) -> Path:
-    return ws.results_dataset / f"{name}__nnUNetPlans__{configuration}"
-
 
 @contextlib.contextmanager
 def _quiet_fork_pools(log: Path):
