@@ -10,8 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ibsr_nnunet.errors import InputError
-from ibsr_nnunet.volumes import Volume, read_volume, require_same_grid
+from ibsr_nnunet.core.errors import InputError
+from ibsr_nnunet.data.volumes import Volume, read_volume, require_same_grid
 
 CSF = 1
 

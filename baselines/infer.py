@@ -8,10 +8,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ibsr_nnunet import devices
-from ibsr_nnunet.atomic import atomic_path
-from ibsr_nnunet.errors import InputError
-from ibsr_nnunet.volumes import write_volume
+from ibsr_nnunet.core import devices
+from ibsr_nnunet.core.atomic import atomic_path
+from ibsr_nnunet.core.errors import InputError
+from ibsr_nnunet.data.volumes import write_volume
 
 from .data import load_case
 from .models import UNet, build_model

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LOSSES = ("ce", "dice", "dice_ce", "focal", "tversky", "focal_tversky")
+from .registry import LOSSES
 
 
 def _class_sums(logits: torch.Tensor, target: torch.Tensor, include_background: bool):

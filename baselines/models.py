@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MODELS = ("unet2d", "resunet2d", "denseunet2d", "unet3d")
+from .registry import MODELS
+
 
 
 def _layers(dims: int) -> tuple[type[nn.Module], type[nn.Module], type[nn.Module], type[nn.Module]]:

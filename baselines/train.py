@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
-import signal
-import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -16,18 +13,18 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ibsr_nnunet.atomic import atomic_path, write_json, write_text
-from ibsr_nnunet.devices import DEVICES, torch_device
-from ibsr_nnunet.errors import InputError
-from ibsr_nnunet.workspace import Workspace
+from ibsr_nnunet.core.atomic import atomic_path, write_json, write_text
+from ibsr_nnunet.core.devices import DEVICES, torch_device
+from ibsr_nnunet.core.errors import InputError
+from ibsr_nnunet.core.signals import StopSignals
+from ibsr_nnunet.core.workspace import Workspace
 
 from .data import Augment, PatchSampler, load_case
-from .losses import LOSSES, build_loss
-from .models import MODELS, build_model
+from .losses import build_loss
+from .models import build_model
+from .registry import LOSSES, MODELS, OPTIMIZERS, SCHEDULES
 from .threads import ThreadTuner
 
-OPTIMIZERS = ("adam", "sgd", "adadelta")
-SCHEDULES = ("plateau", "cosine")
 LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds")
 # options that define what is learnt: a run folder refuses to resume under different ones
 IDENTITY = ("model", "loss", "width", "depth", "dropout", "patch_size", "batch_size", "optimizer", "schedule", "seed")
@@ -149,41 +146,8 @@ class TrainResult:
     log: list[dict] = field(default_factory=list)
 
 
-class StopSignals:
-    """While active, SIGUSR1 and SIGTERM only set `requested`; the loop saves and stops at the next iteration."""
-
-    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
-
-    def __init__(self):
-        self.requested = False
-        self._previous = {}
-
-    def __enter__(self) -> "StopSignals":
-        if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
-            for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.requested = True
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 def run_dir(ws: Workspace, model: str, loss: str) -> Path:
     return ws.baselines / f"{model}__{loss}"
-
-
-def workspace_cases(ws: Workspace, role: str) -> list[tuple[str, Path, Path | None]]:
-    """(case id, image, label or None) of the workspace's `role` ("train", "heldout" or "test") cases."""
-    if not ws.manifest.is_file():
-        raise InputError(f"no converted dataset at {ws.raw_dataset}; run `ibsr-nnunet convert SOURCE` first.")
-    ids = json.loads(ws.manifest.read_text())["split"][role]
-    folder = "Tr" if role == "train" else "Ts"
-    return [(case, ws.raw_dataset / f"images{folder}" / f"{case}_0000.nii.gz",
-             ws.raw_dataset / f"labels{folder}" / f"{case}.nii.gz" if role != "test" else None) for case in ids]
 
 
 def split_validation(case_ids: list[str], count: int, seed: int) -> tuple[list[str], list[str]]:

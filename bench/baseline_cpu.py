@@ -34,7 +34,7 @@ import torch
 from baselines.data import slicing_axis
 from baselines.infer import predict_files
 from baselines.train import TrainOptions, device_defaults, dice_per_class, split_validation, train
-from ibsr_nnunet.volumes import read_volume
+from ibsr_nnunet.data.volumes import read_volume
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 TRAINING_SET = SHARED / "data" / "ibsr18" / "Training_Set"

@@ -18,8 +18,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ibsr_nnunet.convert import ConvertOptions, available_cores, convert
-from ibsr_nnunet.workspace import Workspace
+from ibsr_nnunet.core.environment import available_cores
+from ibsr_nnunet.data.convert import ConvertOptions, convert
+from ibsr_nnunet.core.workspace import Workspace
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "ibsr18"
 

@@ -22,7 +22,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from ibsr_nnunet.metrics import CLASSES, case_metrics
+from ibsr_nnunet.core.vocabulary import TISSUES
+from ibsr_nnunet.evaluation.metrics import case_metrics
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ibsr18"
 
@@ -34,7 +35,7 @@ def perturb(reference: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     wm = reference == 3
     prediction[wm & ~ndimage.binary_erosion(wm)] = 2
     prediction = np.roll(prediction, rng.choice([-1, 1]), axis=int(rng.integers(3)))
-    for label in CLASSES:
+    for label in TISSUES:
         # A few stray voxels of each class anywhere in the volume, to give the Hausdorff distance something to find.
         strays = tuple(rng.integers(0, n, size=5) for n in prediction.shape)
         prediction[strays] = label
@@ -55,7 +56,7 @@ def simpleitk(reference: np.ndarray, prediction: np.ndarray,
     overlap = sitk.LabelOverlapMeasuresImageFilter()
     overlap.Execute(*images)
     result = {}
-    for label in CLASSES:
+    for label in TISSUES:
         hausdorff = sitk.HausdorffDistanceImageFilter()
         hausdorff.Execute(images[0] == label, images[1] == label)
         result[label] = (overlap.GetDiceCoefficient(label), hausdorff.GetHausdorffDistance())
@@ -85,7 +86,7 @@ def main() -> None:
             start = time.perf_counter()
             theirs = simpleitk(reference, prediction, spacing)
             sitk_time += time.perf_counter() - start
-            for label in CLASSES:
+            for label in TISSUES:
                 dice_diff = max(dice_diff, abs(mine[label][0] - theirs[label][0]))
                 hd_diff = max(hd_diff, abs(mine[label][1] - theirs[label][1]))
         our_times.append(our_time)
@@ -94,7 +95,7 @@ def main() -> None:
     ours_median, sitk_median = statistics.median(our_times), statistics.median(sitk_times)
     print(f"median: ours {ours_median:.2f} s, SimpleITK {sitk_median:.2f} s, "
           f"SimpleITK/ours {sitk_median / ours_median:.1f}x")
-    print(f"largest difference over {len(cases) * len(CLASSES)} case-classes: "
+    print(f"largest difference over {len(cases) * len(TISSUES)} case-classes: "
           f"Dice {dice_diff:.1e}, HD {hd_diff:.1e} mm")
 
 

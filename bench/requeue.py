@@ -51,10 +51,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ibsr_nnunet.convert import ConvertOptions, convert  # noqa: E402
-from ibsr_nnunet.nnunet import fold_folder, trainer_name  # noqa: E402
-from ibsr_nnunet.phantom import write_phantoms  # noqa: E402
-from ibsr_nnunet.workspace import Workspace  # noqa: E402
+from ibsr_nnunet.data.convert import ConvertOptions, convert  # noqa: E402
+from ibsr_nnunet.nnunet.paths import fold_folder, trainer_name  # noqa: E402
+from ibsr_nnunet.data.phantom import write_phantoms  # noqa: E402
+from ibsr_nnunet.core.workspace import Workspace  # noqa: E402
 
 CLUSTER = REPO / "slurm" / "local-cluster.sh"
 EPOCHS, ITERATIONS = 500, 4
@@ -75,7 +75,7 @@ def job(job_id: str) -> dict[str, str]:
 
 def completed_epochs(folder: Path) -> int:
     """Epochs finished so far, over every training log of the fold (an epoch counts once its losses are logged)."""
-    from ibsr_nnunet.history import nnunet_fold_curve
+    from ibsr_nnunet.evaluation.history import nnunet_fold_curve
 
     done = nnunet_fold_curve(folder).dropna(subset=["train_loss"])
     return int(done["epoch"].max()) + 1 if len(done) else 0

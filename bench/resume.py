@@ -31,7 +31,7 @@ NNUNET_SAVE_EVERY = 50  # nnUNetTrainer.__init__: self.save_every = 50
 
 def log_lines(fold: Path) -> list[tuple[datetime, str]]:
     """Every stamped line of every run's training log of the fold, oldest first."""
-    from ibsr_nnunet.history import stamped_lines
+    from ibsr_nnunet.evaluation.history import stamped_lines
 
     return sorted(line for log in fold.glob("training_log_*.txt") for line in stamped_lines(log))
 
@@ -52,8 +52,8 @@ def main() -> None:
     # (epoch, fraction of that epoch done) at which to interrupt
     points = [(1, 0.3), (3, 0.6), (5, 0.9)]
 
-    from ibsr_nnunet.nnunet import fold_folder, trainer_name
-    from ibsr_nnunet.workspace import Workspace
+    from ibsr_nnunet.nnunet.paths import fold_folder, trainer_name
+    from ibsr_nnunet.core.workspace import Workspace
 
     with tempfile.TemporaryDirectory() as tmp:
         ws = Path(tmp) / "ws"

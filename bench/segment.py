@@ -50,10 +50,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
 
-    from ibsr_nnunet import nnunet
-    from ibsr_nnunet.atomic import write_json
-    from ibsr_nnunet.ensemble import model_record
-    from ibsr_nnunet.workspace import Workspace
+    from ibsr_nnunet.nnunet.environment import EXT_TRAINER_FOLDER, configure
+    from ibsr_nnunet.nnunet.paths import model_folder, trainer_name
+    from ibsr_nnunet.nnunet.predict import find_best_configuration
+    from ibsr_nnunet.core.atomic import write_json
+    from ibsr_nnunet.nnunet.ensemble import model_record
+    from ibsr_nnunet.core.workspace import Workspace
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -66,19 +68,20 @@ def main() -> None:
         ibsr(ws.root, "baseline", "train", "--model", "unet2d", "--loss", "dice_ce", "--epochs", "1",
              "--iterations-per-epoch", "5", "--device", "cpu")
         # the nnU-Net model record `ensemble` would write, without predicting all of imagesTs
-        trainer = nnunet.trainer_name(1, 2)
+        trainer = trainer_name(1, 2)
         ws.export_env()
-        nnunet.configure(ws, 2)
-        search = nnunet.find_best_configuration(ws, trainer, ("2d",), (0,), 2, root / "search.log")
+        configure(ws, 2)
+        search = find_best_configuration(ws, trainer, ("2d",), folds=(0,), jobs=2, log=root / "search.log")
         pkl = search["sources"]["2d"] / "postprocessing.pkl"
         write_json(ws.predictions / "nnunet_2d" / "model.json",
-                   model_record("nnunet_2d", trainer, ("2d",), (0,), pkl, search["results"]["2d"]))
+                   model_record("nnunet_2d", trainer, configurations=("2d",), folds=(0,), postprocessing_pkl=pkl,
+                                crossval_dice=search["results"]["2d"]))
 
         staged = root / "nnunet-in"
         staged.mkdir()
         shutil.copy(SCAN, staged / "IBSR_02_0000.nii.gz")
-        env = {**os.environ, **ws.nnunet_env(), "nnUNet_extTrainer": str(nnunet.EXT_TRAINER_FOLDER)}
-        plans = nnunet.model_folder(ws, "2d", trainer) / "plans.json"
+        env = {**os.environ, **ws.nnunet_env(), "nnUNet_extTrainer": str(EXT_TRAINER_FOLDER)}
+        plans = model_folder(ws, "2d", trainer) / "plans.json"
         theirs_cmds = [
             ["nnUNetv2_predict", "-i", str(staged), "-o", str(root / "nnunet-out"), "-d", str(ws.dataset_id), "-c", "2d",
              "-tr", trainer, "-f", "0", "-device", "cpu", "--disable_progress_bar", "-npp", "1", "-nps", "1"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -10,9 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from .errors import InputError
+from baselines.registry import MODELS as BASELINES
 
-BASELINES = ("unet2d", "resunet2d", "denseunet2d", "unet3d")
+from .core.errors import InputError
+from .core.workspace import Workspace
+
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ class DemoResult:
     seconds: float = 0.0
 
 
-def steps(source: Path, budget: Budget, device: str, jobs: int) -> list[Step]:
+def steps(source: Path, budget: Budget, *, device: str, jobs: int) -> list[Step]:
     """Every command of the pipeline, in order, exactly as a user would type them."""
     plan = [Step("convert", ["convert", str(source), "--jobs", str(jobs)]),
             Step("plan", ["plan", "--configs", ",".join(budget.configurations), "--jobs", str(jobs)])]
@@ -77,10 +80,20 @@ def steps(source: Path, budget: Budget, device: str, jobs: int) -> list[Step]:
     return plan
 
 
-def run(ws, source: Optional[Path], budget: Budget, device: str = "auto", jobs: int = 1,
+def budget_for(source: Optional[Path], *, epochs: Optional[int] = None, iterations: Optional[int] = None,
+               baseline_minutes: Optional[float] = None) -> Budget:
+    """The phantom's or a real tree's budget, with the user's overrides (a minutes budget replaces the epochs one)."""
+    overrides = {k: v for k, v in {"epochs": epochs, "iterations": iterations,
+                                   "baseline_minutes": baseline_minutes}.items() if v is not None}
+    if baseline_minutes is not None:
+        overrides["baseline_epochs"] = None
+    return dataclasses.replace(REAL if source else SYNTHETIC, **overrides)
+
+
+def run(ws: Workspace, source: Optional[Path], budget: Budget, *, device: str = "auto", jobs: int = 1,
         on_step: Callable[[Step, int, int], None] = lambda step, i, n: None) -> DemoResult:
     """Write the phantom (unless a real `source` is given), then run every step; stop at the first failure."""
-    from .phantom import write_phantoms
+    from .data.phantom import write_phantoms
 
     started = time.perf_counter()
     if source is not None and not Path(source).is_dir():
@@ -90,11 +103,11 @@ def run(ws, source: Optional[Path], budget: Budget, device: str = "auto", jobs: 
     if source is None:
         source = ws.root / "demo-source"
         if not source.is_dir():  # re-running the demo reuses it, so convert and the trained folds stay up to date
-            write_phantoms(source, 8, "misa", "small", seed=0)
+            write_phantoms(source, 8, layout="misa", size="small", seed=0)
     logs = ws.root / "demo-logs"
     logs.mkdir(exist_ok=True)
     result = DemoResult()
-    plan = steps(source, budget, device, jobs)
+    plan = steps(source, budget, device=device, jobs=jobs)
     for index, step in enumerate(plan):
         on_step(step, index, len(plan))
         step.log = logs / f"{index:02d}-{step.name.replace(' ', '-')}.log"

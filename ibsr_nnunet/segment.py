@@ -15,14 +15,13 @@ from typing import Callable, Optional
 import numpy as np
 import pandas as pd
 
-from .atomic import atomic_path
-from .errors import InputError
-from .metrics import CLASSES
-from .preprocess import Preprocessing, apply
-from .volumes import Volume, read_volume, write_volume
+from .core.atomic import atomic_path
+from .core.errors import InputError
+from .core.vocabulary import NNUNET_PREFIX, TISSUES
+from .data.preprocess import Preprocessing, apply
+from .data.volumes import Volume, read_volume, write_volume
 
 SUFFIXES = (".nii.gz", ".nii", ".hdr", ".img")
-NNUNET_PREFIX = "nnunet_"
 VOLUME_COLUMNS = ["scan", "input", "output", "model", "CSF_ml", "GM_ml", "WM_ml", "total_ml", "GM_fraction",
                   "WM_fraction", "BPF", "seconds", "warnings", "error"]
 # warning thresholds: far enough from training that a user should look before publishing the numbers
@@ -139,7 +138,7 @@ def tissue_volumes(labels: np.ndarray, spacing: tuple[float, ...]) -> dict[str, 
     """mL per tissue from voxel counts × voxel volume, the total, GM and WM fractions of it, and BPF."""
     voxel_ml = float(np.prod(spacing[:3])) / 1000.0
     counts = np.bincount(labels.ravel(), minlength=4)
-    ml = {f"{name}_ml": float(counts[label]) * voxel_ml for label, name in CLASSES.items()}
+    ml = {f"{name}_ml": float(counts[label]) * voxel_ml for label, name in TISSUES.items()}
     total = sum(ml.values())
     parenchyma = ml["GM_ml"] + ml["WM_ml"]
     return {**ml, "total_ml": total,
@@ -173,7 +172,8 @@ class SegmentResult:
 
 def _predict_nnunet(ws, model: Model, staged: dict[str, Path], scratch: Path, device: str, jobs: int,
                     on_scan: Callable[[str, float], None]) -> Path:
-    from . import nnunet
+    from .nnunet.paths import model_folder
+    from .nnunet.predict import apply_postprocessing, ensemble_folders, predict
 
     info = model.info
     log = scratch / "nnunet.log"
@@ -181,16 +181,17 @@ def _predict_nnunet(ws, model: Model, staged: dict[str, Path], scratch: Path, de
     for configuration in info["configurations"]:
         raw[configuration] = scratch / f"raw-{configuration}"
         by_image = {path: scan for scan, path in staged.items()}
-        nnunet.predict(ws, configuration, info["trainer"], tuple(info["folds"]), list(staged.values()),
-                       raw[configuration], device, log, on_image=lambda image, s: on_scan(by_image[image], s),
-                       probabilities=len(info["configurations"]) > 1)  # only ensembling needs them
-    plans_json = nnunet.model_folder(ws, info["configurations"][0], info["trainer"]) / "plans.json"
+        predict(ws, configuration, info["trainer"], folds=tuple(info["folds"]), images=list(staged.values()),
+                out=raw[configuration], device=device, log=log, on_image=lambda image, s: on_scan(by_image[image], s),
+                probabilities=len(info["configurations"]) > 1)  # only ensembling needs them
+    plans_json = model_folder(ws, info["configurations"][0], info["trainer"]) / "plans.json"
     folder = raw[info["configurations"][0]]
     if len(raw) > 1:
         folder = scratch / "raw-ensemble"
-        nnunet.ensemble_folders(list(raw.values()), folder, plans_json, jobs, log)
+        ensemble_folders(list(raw.values()), folder, plans_json=plans_json, jobs=jobs, log=log)
     labels = scratch / "labels"
-    nnunet.apply_postprocessing(Path(info["postprocessing_file"]), folder, labels, plans_json, jobs, log)
+    apply_postprocessing(Path(info["postprocessing_file"]), folder, labels, plans_json=plans_json, jobs=jobs,
+                         log=log)
     return labels
 
 

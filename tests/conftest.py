@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ibsr_nnunet.phantom import write_phantoms
+from ibsr_nnunet.data.phantom import write_phantoms
 
 SHARED_IBSR18 = Path(__file__).resolve().parents[2] / "shared" / "data" / "ibsr18"
 

@@ -18,13 +18,13 @@ from baselines.data import Augment, PatchSampler, crop, load_case, slicing_axis,
 from baselines.infer import gaussian_weights, predict_array, predict_files, window_starts
 from baselines.models import MODELS, build_model
 from baselines.threads import ThreadTuner
-from baselines.train import TrainOptions, device_defaults, run_dir, split_validation, train, workspace_cases
+from baselines.train import TrainOptions, device_defaults, run_dir, split_validation, train
 from ibsr_nnunet.cli import app
-from ibsr_nnunet.convert import ConvertOptions, convert
-from ibsr_nnunet.errors import InputError
-from ibsr_nnunet.exitcodes import EXIT_REQUEUE
-from ibsr_nnunet.phantom import write_phantoms
-from ibsr_nnunet.workspace import Workspace
+from ibsr_nnunet.data.convert import ConvertOptions, convert
+from ibsr_nnunet.core.errors import InputError
+from ibsr_nnunet.core.exitcodes import EXIT_REQUEUE
+from ibsr_nnunet.data.phantom import write_phantoms
+from ibsr_nnunet.core.workspace import Workspace
 
 CLI = [sys.executable, "-m", "ibsr_nnunet"]
 TINY = ["--width", "4", "--patch-size", "32", "--batch-size", "2", "--device", "cpu"]
@@ -51,7 +51,7 @@ def tiny_options(**changes) -> TrainOptions:
 @pytest.fixture(scope="module")
 def trained(baseline_ws) -> dict:
     """One short run of every model with dice_ce: {model: TrainResult}."""
-    files = workspace_cases(baseline_ws, "train")
+    files = baseline_ws.cases("train")
     return {m: train(run_dir(baseline_ws, m, "dice_ce"), files, tiny_options(model=m)) for m in MODELS}
 
 
@@ -80,14 +80,14 @@ def test_crop_pads_with_zeros_outside_the_array():
 
 
 def test_case_puts_the_slicing_axis_first(baseline_ws):
-    case_id, image, label = workspace_cases(baseline_ws, "train")[0]
+    case_id, image, label = baseline_ws.cases("train")[0]
     case = load_case(case_id, image, label)
     assert case.axis == 1 and case.image.shape == case.label.shape == (32, 64, 64)
     assert set(np.unique(case.label)) <= {0, 1, 2, 3} and case.label.dtype == np.uint8
 
 
 def test_sampler_is_deterministic_and_over_represents_csf(baseline_ws):
-    cases = [load_case(c, i, l) for c, i, l in workspace_cases(baseline_ws, "train")[:2]]
+    cases = [load_case(c, i, l) for c, i, l in baseline_ws.cases("train")[:2]]
     first, second = (PatchSampler(cases, (16, 16), augment=Augment(), seed=3).batch(6) for _ in range(2))
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
     assert first[0].shape == (6, 1, 16, 16) and first[1].shape == (6, 16, 16)
@@ -170,7 +170,7 @@ def test_each_model_trains_and_its_loss_falls(trained, baseline_ws, model):
 
 
 def test_finished_run_returns_at_once_and_a_changed_run_is_refused(trained, baseline_ws):
-    files = workspace_cases(baseline_ws, "train")
+    files = baseline_ws.cases("train")
     again = train(run_dir(baseline_ws, "unet2d", "dice_ce"), files, tiny_options())
     assert again.status == "already finished" and again.epochs_done == 3
     with pytest.raises(InputError, match="width=8"):
@@ -178,7 +178,7 @@ def test_finished_run_returns_at_once_and_a_changed_run_is_refused(trained, base
 
 
 def test_optimizers_and_plateau_schedule_run(baseline_ws, tmp_path):
-    files = workspace_cases(baseline_ws, "train")
+    files = baseline_ws.cases("train")
     for optimizer, lr in (("sgd", 1e-2), ("adadelta", 1.0)):
         result = train(tmp_path / optimizer, files, tiny_options(optimizer=optimizer, lr=lr, epochs=2,
                                                                  iterations_per_epoch=3, plateau_patience=0))
@@ -251,7 +251,7 @@ def test_predict_array_handles_images_smaller_and_larger_than_the_window(model):
 
 @pytest.mark.parametrize("model", MODELS)
 def test_predictions_keep_the_input_geometry(trained, baseline_ws, model, tmp_path):
-    cases = [(c, i) for role in ("heldout", "test") for c, i, _ in workspace_cases(baseline_ws, role)]
+    cases = [(c, i) for role in ("heldout", "test") for c, i, _ in baseline_ws.cases(role)]
     written = predict_files(run_dir(baseline_ws, model, "dice_ce"), cases, tmp_path, device="cpu")
     assert [p.name for p in written] == [f"{c}.nii.gz" for c, _ in cases]
     for (case, image), path in zip(cases, written):
@@ -287,15 +287,16 @@ def test_cli_trains_predicts_and_refuses(baseline_ws):
     assert again.exit_code == 0 and "3 already up to date" in again.output
 
 
-@pytest.mark.parametrize("args,message", [
-    (["train", "--model", "vnet"], "unknown model 'vnet'"),
-    (["train", "--loss", "hinge"], "unknown loss 'hinge'"),
-    (["predict", "--device", "tpu"], "unknown device 'tpu'"),
-    (["train", "--schedule", "step", *TINY], "unknown schedule 'step'"),
+@pytest.mark.parametrize("args,valid", [
+    (["train", "--model", "vnet"], "'unet2d', 'resunet2d', 'denseunet2d', 'unet3d'"),
+    (["train", "--loss", "hinge"], "'ce', 'dice', 'dice_ce', 'focal', 'tversky', 'focal_tversky'"),
+    (["predict", "--device", "tpu"], "'auto', 'cuda', 'cpu'"),
+    (["train", "--schedule", "step", *TINY], "'plateau', 'cosine'"),
 ])
-def test_cli_refuses_bad_names(baseline_ws, args, message):
+def test_cli_refuses_bad_names_listing_the_valid_ones(baseline_ws, args, valid):
     result = CliRunner().invoke(app, ["--workspace", str(baseline_ws.root), "baseline", *args])
-    assert result.exit_code == 1 and message in result.output
+    said = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 2 and f"'{args[2]}' is not one of {valid}" in said, result.output
 
 
 def test_cli_refuses_a_workspace_without_a_dataset(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ibsr_nnunet.cli import app
-from ibsr_nnunet.demo import BASELINES
+from baselines.registry import MODELS as BASELINES
 
 pytestmark = pytest.mark.integration
 MODELS = {"nnunet_2d", "nnunet_3d_fullres", "nnunet_ensemble", *(f"{m}__dice_ce" for m in BASELINES)}

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from ibsr_nnunet.convert import ConvertOptions, convert
-from ibsr_nnunet.ensemble import select
-from ibsr_nnunet.errors import InputError
-from ibsr_nnunet.nnunet import EXT_TRAINER_FOLDER, trainer_name
-from ibsr_nnunet.phantom import write_phantoms
-from ibsr_nnunet.workspace import Workspace
+from ibsr_nnunet.data.convert import ConvertOptions, convert
+from ibsr_nnunet.nnunet.ensemble import select
+from ibsr_nnunet.core.errors import InputError
+from ibsr_nnunet.nnunet.environment import EXT_TRAINER_FOLDER
+from ibsr_nnunet.nnunet.paths import trainer_name
+from ibsr_nnunet.data.phantom import write_phantoms
+from ibsr_nnunet.core.workspace import Workspace
 
 from test_nnunet import cli
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from ibsr_nnunet.errors import InputError
-from ibsr_nnunet.labels import (KNOWN_SCHEMES, apply_scheme, detect_scheme, integral_labels, parse_label_map,
+from ibsr_nnunet.core.errors import InputError
+from ibsr_nnunet.data.labels import (KNOWN_SCHEMES, apply_scheme, detect_scheme, integral_labels, parse_label_map,
                                 require_all_tissues, value_counts)
 
 

@@ -12,11 +12,11 @@ import pytest
 from typer.testing import CliRunner
 
 from ibsr_nnunet.cli import app
-from ibsr_nnunet.convert import ConvertOptions, convert
-from ibsr_nnunet.errors import InputError
-from ibsr_nnunet.evaluate import evaluate
-from ibsr_nnunet.leaderboard import build
-from ibsr_nnunet.workspace import Workspace
+from ibsr_nnunet.data.convert import ConvertOptions, convert
+from ibsr_nnunet.core.errors import InputError
+from ibsr_nnunet.evaluation.evaluate import evaluate
+from ibsr_nnunet.evaluation.leaderboard import build
+from ibsr_nnunet.core.workspace import Workspace
 
 HELDOUT = ["IBSR_06", "IBSR_07"]
 

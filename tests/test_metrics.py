@@ -9,8 +9,9 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from ibsr_nnunet.errors import InputError
-from ibsr_nnunet.metrics import CLASSES, avd, case_metrics, dice, hausdorff
+from ibsr_nnunet.core.errors import InputError
+from ibsr_nnunet.core.vocabulary import TISSUES
+from ibsr_nnunet.evaluation.metrics import avd, case_metrics, dice, hausdorff
 
 SPACING = (0.5, 1.0, 2.0)
 
@@ -129,7 +130,7 @@ def test_case_metrics_rows():
     prediction[cube(corner=(4, 2, 2))] = 3
     prediction[cube(corner=(0, 0, 0), size=1)] = 2  # and no CSF in the prediction
     rows = case_metrics(reference, prediction, SPACING)
-    assert [(r["label"], r["class"]) for r in rows] == list(CLASSES.items())
+    assert [(r["label"], r["class"]) for r in rows] == list(TISSUES.items())
     assert rows == [
         {"class": "CSF", "label": 1, "dice": 0.0, "hd": math.inf, "hd95": math.inf, "avd": 1.0,
          "ref_voxels": 8, "pred_voxels": 0},

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ibsr_nnunet.convert import ConvertOptions, convert
-from ibsr_nnunet.nnunet import EXIT_REQUEUE, trainer_name
-from ibsr_nnunet.phantom import write_phantoms
-from ibsr_nnunet.workspace import Workspace
+from ibsr_nnunet.data.convert import ConvertOptions, convert
+from ibsr_nnunet.core.exitcodes import EXIT_REQUEUE
+from ibsr_nnunet.nnunet.paths import trainer_name
+from ibsr_nnunet.data.phantom import write_phantoms
+from ibsr_nnunet.core.workspace import Workspace
 
 pytestmark = pytest.mark.integration
 CLI = [sys.executable, "-m", "ibsr_nnunet"]

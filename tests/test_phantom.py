@@ -2,7 +2,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ibsr_nnunet.phantom import FULL_SHAPE, SMALL_SHAPE, make_subject, misa_split, write_phantoms
+from ibsr_nnunet.data.phantom import FULL_SHAPE, SMALL_SHAPE, make_subject, misa_split, write_phantoms
 
 
 def test_deterministic_per_seed():

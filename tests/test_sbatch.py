@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from ibsr_nnunet import sbatch
-from ibsr_nnunet.errors import InputError
-from ibsr_nnunet.exitcodes import EXIT_REQUEUE
+from ibsr_nnunet.campaign import sbatch
+from ibsr_nnunet.core.errors import InputError
+from ibsr_nnunet.core.exitcodes import EXIT_REQUEUE
 
 GOLDEN = Path(__file__).parent / "golden"
 WS = Path("/scratch/ibsr/ws")
@@ -26,11 +26,11 @@ GPU = sbatch.resources_from(partition="gpu", account="proj42", time="24:00:00", 
 CPU = sbatch.Resources(gpus_per_job=0, cpus_per_task=1, signal_grace=300)
 
 CASES = {
-    "nnunet-fold-3d_fullres-gpu.sbatch": lambda: sbatch.render_fold_array(WS, CLI, GPU, "3d_fullres", 1000, 250, "auto"),
-    "nnunet-fold-2d-cpu.sbatch": lambda: sbatch.render_fold_array(WS, CLI, CPU, "2d", 3, 2, "cpu"),
-    "baseline-unet2d__dice_ce-gpu.sbatch": lambda: sbatch.render_baseline(WS, CLI, GPU, "unet2d", "dice_ce", 50, 100, "cuda"),
-    "final-gpu.sbatch": lambda: sbatch.render_final(WS, CLI, GPU, "IbsrTrainer", "auto"),
-    "final-cpu.sbatch": lambda: sbatch.render_final(WS, CLI, CPU, "IbsrTrainer_3ep_2it", "cpu"),
+    "nnunet-fold-3d_fullres-gpu.sbatch": lambda: sbatch.render_fold_array(WS, CLI, GPU, configuration="3d_fullres", epochs=1000, iterations=250, device="auto"),
+    "nnunet-fold-2d-cpu.sbatch": lambda: sbatch.render_fold_array(WS, CLI, CPU, configuration="2d", epochs=3, iterations=2, device="cpu"),
+    "baseline-unet2d__dice_ce-gpu.sbatch": lambda: sbatch.render_baseline(WS, CLI, GPU, model="unet2d", loss="dice_ce", epochs=50, iterations=100, device="cuda"),
+    "final-gpu.sbatch": lambda: sbatch.render_final(WS, CLI, GPU, trainer="IbsrTrainer", device="auto"),
+    "final-cpu.sbatch": lambda: sbatch.render_final(WS, CLI, CPU, trainer="IbsrTrainer_3ep_2it", device="cpu"),
 }
 
 
@@ -60,7 +60,7 @@ def test_training_scripts_carry_the_requeue_contract():
     assert "gres" not in cpu and "--gpus" not in cpu and "#SBATCH --signal=B:USR1@300" in cpu
     final = CASES["final-gpu.sbatch"]()
     assert "--requeue" not in final and "--signal" not in final and "ensemble --trainer IbsrTrainer" in final
-    gpus = sbatch.render_fold_array(WS, CLI, sbatch.Resources(gpus_per_job=2, gpu_option="gpus"), "2d", 1, 1, "cuda")
+    gpus = sbatch.render_fold_array(WS, CLI, sbatch.Resources(gpus_per_job=2, gpu_option="gpus"), configuration="2d", epochs=1, iterations=1, device="cuda")
     assert "#SBATCH --gpus=2" in gpus and "gres" not in gpus
 
 
@@ -71,7 +71,7 @@ def test_resources_reject_what_would_break_a_script(tmp_path):
         with pytest.raises(InputError):
             sbatch.resources_from(**bad)
     with pytest.raises(InputError):
-        sbatch.render_fold_array(WS, CLI, CPU, "2d; rm -rf /", 1, 1, "cpu")
+        sbatch.render_fold_array(WS, CLI, CPU, configuration="2d; rm -rf /", epochs=1, iterations=1, device="cpu")
 
 
 def test_config_file_then_options(tmp_path):
@@ -127,9 +127,9 @@ def test_hostile_workspace_paths_are_data_never_code(tmp_path, hostile):
     cli = fake_cli(tmp_path, record)
     env = {"PATH": os.environ["PATH"], "SLURM_ARRAY_TASK_ID": "1", "HOME": str(tmp_path)}
     scripts = {
-        "fold": sbatch.render_fold_array(ws, cli, CPU, "2d", 3, 2, "cpu"),
-        "baseline": sbatch.render_baseline(ws, cli, CPU, "unet2d", "dice_ce", 3, 2, "cpu"),
-        "final": sbatch.render_final(ws, cli, CPU, "IbsrTrainer_3ep_2it", "cpu"),
+        "fold": sbatch.render_fold_array(ws, cli, CPU, configuration="2d", epochs=3, iterations=2, device="cpu"),
+        "baseline": sbatch.render_baseline(ws, cli, CPU, model="unet2d", loss="dice_ce", epochs=3, iterations=2, device="cpu"),
+        "final": sbatch.render_final(ws, cli, CPU, trainer="IbsrTrainer_3ep_2it", device="cpu"),
     }
     for kind, text in scripts.items():
         subprocess.run(["bash", "-n"], input=text, text=True, check=True)
@@ -153,7 +153,8 @@ def run_fold_script(tmp_path: Path, exit_code: int) -> subprocess.CompletedProce
     scontrol = bin_dir / "scontrol"
     scontrol.write_text(f"#!/bin/bash\necho \"$*\" >> {shlex.quote(str(tmp_path / 'scontrol.log'))}\n")
     scontrol.chmod(0o755)
-    text = sbatch.render_fold_array(tmp_path / "ws", fake_cli(tmp_path, tmp_path / "argv", exit_code), CPU, "2d", 3, 2, "cpu")
+    text = sbatch.render_fold_array(tmp_path / "ws", fake_cli(tmp_path, tmp_path / "argv", exit_code), CPU,
+                                    configuration="2d", epochs=3, iterations=2, device="cpu")
     (tmp_path / "fold.sbatch").write_text(text)
     env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_ARRAY_TASK_ID": "0", "SLURM_JOB_ID": "42"}
     return subprocess.run(["bash", str(tmp_path / "fold.sbatch")], env=env, capture_output=True, text=True, timeout=60)
@@ -187,7 +188,7 @@ def test_usr1_requeues_after_the_step_saves_and_term_leaves_it_to_slurm(tmp_path
                        f"exit {EXIT_REQUEUE}' {signame}\ntouch {shlex.quote(str(tmp_path / 'started'))}\n"
                        "for i in $(seq 300); do sleep 0.1; done\nexit 0\n")
     trainer.chmod(0o755)
-    text = sbatch.render_fold_array(tmp_path / "ws", [str(trainer)], CPU, "2d", 3, 2, "cpu")
+    text = sbatch.render_fold_array(tmp_path / "ws", [str(trainer)], CPU, configuration="2d", epochs=3, iterations=2, device="cpu")
     (tmp_path / "fold.sbatch").write_text(text)
     env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_ARRAY_TASK_ID": "0", "SLURM_JOB_ID": "7"}
     process = subprocess.Popen(["bash", str(tmp_path / "fold.sbatch")], env=env, stdout=subprocess.PIPE,
@@ -211,8 +212,9 @@ def test_usr1_requeues_after_the_step_saves_and_term_leaves_it_to_slurm(tmp_path
 
 # ---- campaign logic with a stand-in for SLURM's commands (the real cluster is in test_slurm_cluster.py) ----------
 
-from ibsr_nnunet import campaign  # noqa: E402
-from ibsr_nnunet.workspace import Workspace  # noqa: E402
+from ibsr_nnunet.campaign import slurm, submit  # noqa: E402
+from ibsr_nnunet.nnunet.paths import fold_folder, trainer_name  # noqa: E402
+from ibsr_nnunet.core.workspace import Workspace  # noqa: E402
 
 SHOW_JOB = """\
 JobId=12 ArrayJobId=12 ArrayTaskId=2-4%2 JobName=ibsr-nnunet-2d JobState=PENDING Reason=Resources Dependency=(null) Requeue=1 Restarts=0 ExitCode=0:0 Command=/a b/x.sbatch
@@ -223,7 +225,7 @@ JobId=15 JobName=ibsr-final JobState=CANCELLED Reason=DependencyNeverSatisfied R
 
 
 def test_scontrol_show_job_is_parsed_per_array_task():
-    states = campaign.parse_show_job(SHOW_JOB)
+    states = slurm.parse_show_job(SHOW_JOB)
     assert {k: (s.state, s.restarts) for k, s in states.items() if "_" in k} == {
         "12_0": ("RUNNING", 2), "12_1": ("FAILED", 0), "12_2": ("PENDING", 0), "12_3": ("PENDING", 0),
         "12_4": ("PENDING", 0)}
@@ -268,25 +270,25 @@ def planned_workspace(tmp_path: Path) -> Workspace:
 def test_submit_again_skips_queued_running_and_finished_and_replaces_a_pending_final(tmp_path):
     ws = planned_workspace(tmp_path)
     slurm = FakeSlurm()
-    plan = campaign.SubmitPlan(configs=("2d", "3d_fullres"), folds=(0, 1), baselines=("unet2d__dice_ce",), epochs=3,
+    plan = submit.SubmitPlan(configs=("2d", "3d_fullres"), folds=(0, 1), baselines=("unet2d__dice_ce",), epochs=3,
                                iterations=2, device="cpu", resources=sbatch.Resources(gpus_per_job=0))
-    first = campaign.submit(ws, plan, cli=CLI, run=slurm, say=lambda _: None)
+    first = submit.submit(ws, plan, cli=CLI, run=slurm, say=lambda _: None)
     assert [(s.kind, s.name, s.job_id) for s in first.submitted] == [
         ("fold", "2d", "101"), ("fold", "3d_fullres", "102"), ("baseline", "unet2d__dice_ce", "103"), ("final", "final", "104")]
     final_argv = first.submitted[-1].argv
     assert "--dependency=afterok:101:102:103" in final_argv and "--kill-on-invalid-dep=yes" in final_argv
     assert all(s.script.is_file() for s in first.submitted)
 
-    again = campaign.submit(ws, plan, cli=CLI, run=slurm, say=lambda _: None)
+    again = submit.submit(ws, plan, cli=CLI, run=slurm, say=lambda _: None)
     assert again.submitted == [] and len(again.skipped) == 6
 
     # 2d fold 0 finished, 2d fold 1 failed, 3d_fullres still running, baseline done: only 2d fold 1 again
-    folder = campaign.fold_folder(ws, "2d", 0, campaign.trainer_name(3, 2))
+    folder = fold_folder(ws, "2d", 0, trainer_name(3, 2))
     (folder / "validation").mkdir(parents=True)
     (folder / "checkpoint_final.pth").write_bytes(b"x")
     (folder / "validation" / "summary.json").write_text("{}")
     slurm.states.update({"101_0": "COMPLETED", "101_1": "FAILED", "102_0": "RUNNING", "103": "COMPLETED"})
-    third = campaign.submit(ws, plan, cli=CLI, run=slurm, say=lambda _: None)
+    third = submit.submit(ws, plan, cli=CLI, run=slurm, say=lambda _: None)
     assert [(s.kind, s.name, s.folds) for s in third.submitted] == [("fold", "2d", [1]), ("final", "final", [])]
     assert "--array=1" in third.submitted[0].argv
     assert ["scancel", "104"] in slurm.calls  # the old final waited for the failed task: replaced
@@ -298,9 +300,9 @@ def test_submit_again_skips_queued_running_and_finished_and_replaces_a_pending_f
 def test_submit_refuses_without_plans_and_dry_run_writes_nothing(tmp_path):
     ws = Workspace.open(tmp_path / "empty")
     with pytest.raises(InputError, match="plan --configs 2d,3d_fullres"):
-        campaign.submit(ws, campaign.SubmitPlan(), cli=CLI, run=FakeSlurm())
+        submit.submit(ws, submit.SubmitPlan(), cli=CLI, run=FakeSlurm())
     ws = planned_workspace(tmp_path)
     slurm = FakeSlurm()
-    result = campaign.submit(ws, campaign.SubmitPlan(folds=(0,), dry_run=True), cli=CLI, run=slurm)
+    result = submit.submit(ws, submit.SubmitPlan(folds=(0,), dry_run=True), cli=CLI, run=slurm)
     assert [s.kind for s in result.submitted] == ["fold", "fold", "final"]
     assert not [c for c in slurm.calls if c[0] == "sbatch"] and not ws.slurm.exists()

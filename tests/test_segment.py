@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from ibsr_nnunet.cli import app
-from ibsr_nnunet.convert import ConvertOptions, convert
+from ibsr_nnunet.data.convert import ConvertOptions, convert
 from ibsr_nnunet.segment import collect_inputs, output_names, tissue_volumes
-from ibsr_nnunet.workspace import Workspace
+from ibsr_nnunet.core.workspace import Workspace
 
 MODEL = "unet2d__dice_ce"
 

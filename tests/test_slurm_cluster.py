@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from ibsr_nnunet.convert import ConvertOptions, convert
-from ibsr_nnunet.nnunet import trainer_name
-from ibsr_nnunet.phantom import write_phantoms
-from ibsr_nnunet.workspace import Workspace
+from ibsr_nnunet.data.convert import ConvertOptions, convert
+from ibsr_nnunet.nnunet.paths import trainer_name
+from ibsr_nnunet.data.phantom import write_phantoms
+from ibsr_nnunet.core.workspace import Workspace
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]

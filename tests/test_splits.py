@@ -1,7 +1,7 @@
 import pytest
 
-from ibsr_nnunet.errors import InputError
-from ibsr_nnunet.splits import cross_validation_folds, heldout_subset
+from ibsr_nnunet.core.errors import InputError
+from ibsr_nnunet.data.splits import cross_validation_folds, heldout_subset
 
 IDS = [f"IBSR_{i:02d}" for i in (1, 3, 4, 5, 6, 7, 8, 9, 16, 18)]
 

@@ -2,9 +2,9 @@ import os
 
 import pytest
 
-from ibsr_nnunet.atomic import write_json, write_text
-from ibsr_nnunet.errors import InputError
-from ibsr_nnunet.workspace import Workspace
+from ibsr_nnunet.core.atomic import write_json, write_text
+from ibsr_nnunet.core.errors import InputError
+from ibsr_nnunet.core.workspace import Workspace
 
 
 def test_paths_and_env(tmp_path, monkeypatch):

@@ -1,0 +1,254 @@
+"""`submit`: the nnU-Net fold arrays, the baselines and the final job (ensemble + leaderboard) after all of them.
+
+Planning is not submitted as a job: `submit` refuses with the exact `ibsr-nnunet plan` command when the plans are
+missing (planning is minutes of CPU, it needs no GPU, and the configurations nnU-Net keeps decide what to submit).
+Running it again skips what is finished, queued or running.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from ..core.atomic import write_text
+from ..core.errors import InputError
+from ..core.vocabulary import BASELINE_SEPARATOR, CONFIGURATIONS, N_FOLDS
+from ..core.workspace import Workspace
+from ..nnunet.paths import FULL_EPOCHS, FULL_ITERATIONS, fold_finished, fold_folder, plans_file, trainer_name
+from . import sbatch as render
+from .jobs import jobs_file, load_jobs, save_jobs
+from .progress import baseline_progress
+from .slurm import JobState, Runner, query_states, sbatch, scancel
+
+@dataclass
+class SubmitPlan:
+    configs: tuple[str, ...] = CONFIGURATIONS
+    folds: tuple[int, ...] = tuple(range(N_FOLDS))
+    baselines: tuple[str, ...] = ()  # "model__loss"
+    epochs: int = FULL_EPOCHS
+    iterations: int = FULL_ITERATIONS
+    device: str = "auto"
+    resources: render.Resources = field(default_factory=render.Resources)
+    dry_run: bool = False
+
+
+@dataclass
+class Submission:
+    kind: str  # "fold" | "baseline" | "final"
+    name: str  # configuration, baseline name, or "final"
+    script: Path
+    argv: list[str]
+    text: str
+    folds: list[int] = field(default_factory=list)
+    job_id: Optional[str] = None
+
+
+@dataclass
+class SubmitResult:
+    submitted: list[Submission]
+    skipped: list[str]  # one sentence per thing not submitted, and why
+    dry_run: bool
+
+
+def parse_baselines(text: str) -> tuple[str, ...]:
+    names = tuple(b.strip() for b in text.split(",") if b.strip())
+    for name in names:
+        if not render.SAFE_NAME.fullmatch(name) or BASELINE_SEPARATOR not in name:
+            raise InputError(f"--baselines {name!r}: write each as MODEL__LOSS, e.g. unet2d__dice_ce.")
+    return names
+
+
+def _check_planned(ws: Workspace, plan: SubmitPlan) -> None:
+    configs = ",".join(plan.configs)
+    plans_json = plans_file(ws)
+    if not plans_json.is_file():
+        raise InputError(f"{plans_json} does not exist: plan first with `ibsr-nnunet --workspace "
+                         f"{shlex.quote(str(ws.root))} plan --configs {configs}`, then submit again.")
+    planned = json.loads(plans_json.read_text())["configurations"]
+    missing = [c for c in plan.configs if c not in planned]
+    if missing:
+        raise InputError(f"--configs {','.join(missing)} not in {plans_json.name} (has {', '.join(planned)}); "
+                         f"run `ibsr-nnunet plan --configs {configs}` or drop them from --configs.")
+    splits_file = ws.preprocessed_dataset / "splits_final.json"
+    n_folds = len(json.loads(splits_file.read_text())) if splits_file.is_file() else N_FOLDS
+    wrong = [f for f in plan.folds if not 0 <= f < n_folds]
+    if wrong:
+        raise InputError(f"--folds {','.join(map(str, wrong))} do not exist: the dataset has folds 0..{n_folds - 1}.")
+
+
+@dataclass
+class _Campaign:
+    """What one submit works from: the workspace, the plan, the recorded jobs and SLURM's view of them."""
+
+    ws: Workspace
+    plan: SubmitPlan
+    cli: list[str]
+    jobs: list[dict]
+    states: dict[str, JobState]
+    stamp: str = field(default_factory=lambda: time.strftime("%Y%m%d-%H%M%S"))
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def trainer(self) -> str:
+        return trainer_name(self.plan.epochs, self.plan.iterations)
+
+    @property
+    def scripts(self) -> Path:
+        return self.ws.slurm / "scripts"
+
+    @property
+    def logs(self) -> Path:
+        return self.ws.slurm / "logs"
+
+    def active_job(self, kind: str, name: str, fold: Optional[int] = None) -> Optional[str]:
+        """The newest recorded job of this kind and name (and array task) still queued or running."""
+        for record in reversed(self.jobs):
+            if record["kind"] != kind or record["name"] != name:
+                continue
+            if fold is not None and fold not in record.get("folds", []):
+                continue
+            key = f"{record['job_id']}_{fold}" if fold is not None else record["job_id"]
+            state = self.states.get(key)
+            if state is not None and state.active:
+                return key
+        return None
+
+    def still_active(self) -> list[str]:
+        """Training jobs of earlier submits still queued or running: the final job waits for them too."""
+        return sorted({key for r in self.jobs if r["kind"] in ("fold", "baseline")
+                       for key in _active_keys(self.states, r)})
+
+
+def _fold_arrays(c: _Campaign) -> list[Submission]:
+    """One array per configuration, with the folds that are neither finished nor queued/running."""
+    submissions = []
+    for config in c.plan.configs:
+        todo = []
+        for fold in c.plan.folds:
+            if fold_finished(fold_folder(c.ws, config, fold, c.trainer)):
+                c.skipped.append(f"{config} fold {fold}: already finished ({c.trainer})")
+            elif (key := c.active_job("fold", config, fold)) is not None:
+                c.skipped.append(f"{config} fold {fold}: job {key} is {c.states[key].state}")
+            else:
+                todo.append(fold)
+        if todo:
+            text = render.render_fold_array(c.ws.root, c.cli, c.plan.resources, configuration=config,
+                                            epochs=c.plan.epochs, iterations=c.plan.iterations, device=c.plan.device)
+            script = c.scripts / f"nnunet-{config}-{c.stamp}.sbatch"
+            argv = render.sbatch_argv(script, render.log_pattern(c.logs, f"nnunet-{config}_%A_%a.out"),
+                                      c.ws.slurm, array=todo)
+            submissions.append(Submission("fold", config, script, argv, text, folds=todo))
+    return submissions
+
+
+def _baseline_jobs(c: _Campaign) -> list[Submission]:
+    """One job per baseline that is neither finished nor queued/running: train, then predict."""
+    submissions = []
+    for name in c.plan.baselines:
+        if (key := c.active_job("baseline", name)) is not None:
+            c.skipped.append(f"baseline {name}: job {key} is {c.states[key].state}")
+            continue
+        if _baseline_done(c, name):
+            c.skipped.append(f"baseline {name}: already finished")
+            continue
+        model, loss = name.split(BASELINE_SEPARATOR, 1)
+        text = render.render_baseline(c.ws.root, c.cli, c.plan.resources, model=model, loss=loss,
+                                      epochs=c.plan.epochs, iterations=c.plan.iterations, device=c.plan.device)
+        script = c.scripts / f"baseline-{name}-{c.stamp}.sbatch"
+        argv = render.sbatch_argv(script, render.log_pattern(c.logs, f"baseline-{name}_%j.out"), c.ws.slurm)
+        submissions.append(Submission("baseline", name, script, argv, text))
+    return submissions
+
+
+def _final_job(c: _Campaign, training: list[Submission]) -> tuple[Optional[Submission], list[str]]:
+    """The final job (ensemble + leaderboard) to submit, if any, and pending final jobs it replaces."""
+    final = c.active_job("final", "final")
+    cancel: list[str] = []
+    if final is not None and training:
+        if c.states[final].state == "PENDING":
+            cancel.append(final)  # it would not wait for the new jobs: replace it by one that does
+        final = None  # a running one finishes; the new one runs after the new jobs and rewrites the results
+    if final is not None:
+        c.skipped.append(f"final job {final} is {c.states[final].state}: kept")
+    elif _final_completed(c) and c.ws.leaderboard.is_file() and not training:
+        c.skipped.append("final job already completed and nothing new was submitted")
+    elif c.plan.configs:
+        text = render.render_final(c.ws.root, c.cli, c.plan.resources, trainer=c.trainer, device=c.plan.device)
+        return Submission("final", "final", c.scripts / f"final-{c.stamp}.sbatch", [], text), cancel
+    else:
+        c.skipped.append("final job: not submitted without nnU-Net configurations (--configs)")
+    return None, cancel
+
+
+def _final_argv(c: _Campaign, final: Submission, dependencies: list[str]) -> list[str]:
+    return render.sbatch_argv(final.script, render.log_pattern(c.logs, "final_%j.out"), c.ws.slurm,
+                              dependency=dependencies + c.still_active())
+
+
+def _record(c: _Campaign, sub: Submission) -> None:
+    c.jobs.append({"kind": sub.kind, "name": sub.name, "job_id": sub.job_id, "folds": sub.folds,
+                   "trainer": c.trainer, "epochs": c.plan.epochs, "iterations": c.plan.iterations,
+                   "script": str(sub.script), "argv": sub.argv, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    save_jobs(c.ws, c.jobs)  # after every sbatch: a crash later never loses a job ID
+
+
+def submit(ws: Workspace, plan: SubmitPlan, *, cli: Optional[Sequence[str]] = None, run: Runner = subprocess.run,
+           say: Callable[[str], None] = print) -> SubmitResult:
+    """Submit what is neither finished nor already queued/running, then the final job after all of it."""
+    if not plan.configs and not plan.baselines:
+        raise InputError("nothing to submit: give --configs and/or --baselines.")
+    if plan.configs:
+        _check_planned(ws, plan)
+    states = query_states(run)
+    if states is None and not plan.dry_run:
+        raise InputError("SLURM does not answer (`scontrol show job` failed): is this a cluster login node with "
+                         "SLURM_CONF set? For a local test cluster run `slurm/local-cluster.sh start`.")
+    c = _Campaign(ws, plan, list(cli or render.default_cli()), load_jobs(ws), states or {})
+    training = _fold_arrays(c) + _baseline_jobs(c)
+    final, cancel = _final_job(c, training)
+    submitted = training + ([final] if final else [])
+
+    if plan.dry_run:
+        if final:
+            final.argv = _final_argv(c, final, [f"<{s.kind}:{s.name}>" for s in training])
+        return SubmitResult(submitted, c.skipped, dry_run=True)
+
+    for job_id in cancel:
+        scancel(run, job_id)
+        say(f"cancelled the pending final job {job_id}: a new one waits for the new jobs too")
+    c.logs.mkdir(parents=True, exist_ok=True)
+    for sub in submitted:
+        if sub is final:
+            sub.argv = _final_argv(c, sub, [s.job_id for s in training if s.job_id])
+        write_text(sub.script, sub.text)
+        sub.job_id = sbatch(run, sub.argv)
+        _record(c, sub)
+        say(f"submitted {sub.kind} {sub.name}" + (f" folds {','.join(map(str, sub.folds))}" if sub.folds else "")
+            + f": job {sub.job_id}")
+    return SubmitResult(submitted, c.skipped, dry_run=False)
+
+
+def _active_keys(states: dict[str, JobState], record: dict) -> list[str]:
+    """The record's jobs still queued or running: array tasks as 'ID_TASK' (a dependency names just those)."""
+    keys = [f"{record['job_id']}_{f}" for f in record["folds"]] if record.get("folds") else [record["job_id"]]
+    return [k for k in keys if (s := states.get(k)) is not None and s.active]
+
+
+def _final_completed(c: _Campaign) -> bool:
+    finals = [r for r in c.jobs if r["kind"] == "final"]
+    if not finals:
+        return False
+    state = c.states.get(finals[-1]["job_id"])
+    return state is None or state.state == "COMPLETED"  # purged from memory: judged by leaderboard.csv
+
+
+def _baseline_done(c: _Campaign, name: str) -> bool:
+    """A baseline is done when its last job COMPLETED, or its training finished and its predictions exist."""
+    records = [r for r in c.jobs if r["kind"] == "baseline" and r["name"] == name]
+    state = c.states.get(records[-1]["job_id"]) if records else None
+    return (state is not None and state.state == "COMPLETED") or baseline_progress(c.ws, name).finished

@@ -1,0 +1,126 @@
+"""`baseline train|predict`: the hand-built PyTorch baselines (plain PyTorch in baselines/, no nnU-Net)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from ..core.errors import InputError
+from ..core.exitcodes import EXIT_REQUEUE
+from .common import (BaselineModel, Device, DeviceOption, Loss, Optimizer, Schedule, console, progress_bar, refusals,
+                     stage_app, workspace_of)
+
+app = stage_app("Hand-built PyTorch baselines: train, then predict the held-out and test cases.")
+ModelOption = Annotated[BaselineModel, typer.Option("--model", help="Baseline network.")]
+LossOption = Annotated[Loss, typer.Option("--loss", help="Training loss.")]
+
+
+@app.command("train")
+@refusals
+def train_command(
+    ctx: typer.Context,
+    model: ModelOption = BaselineModel.unet2d,
+    loss: LossOption = Loss.dice_ce,
+    minutes: Optional[float] = typer.Option(None, "--minutes", help="Wall-time budget, summed across resumes."),
+    epochs: Optional[int] = typer.Option(
+        None, "--epochs", help="Epoch budget (default 100 when --minutes is not given)."),
+    iterations: Optional[int] = typer.Option(None, "--iterations-per-epoch", help="Training iterations per epoch."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Patches per iteration."),
+    optimizer: Optimizer = typer.Option(Optimizer.adam, "--optimizer", help="Optimiser."),
+    lr: Optional[float] = typer.Option(
+        None, "--lr", help="Initial learning rate (default: adam 0.003 on CPU, 0.001 on GPU; sgd 0.01; adadelta 1.0)."),
+    width: Optional[int] = typer.Option(None, "--width", help="Channels of the first level (doubled per level)."),
+    depth: int = typer.Option(5, "--depth", help="Resolution levels (5 = four downsamplings and a bottleneck)."),
+    dropout: Optional[float] = typer.Option(None, "--dropout", help="Dropout around the bottleneck."),
+    patch_size: Optional[int] = typer.Option(
+        None, "--patch-size", help="Patch edge in voxels (2D: size², 3D: size³)."),
+    schedule: Optional[Schedule] = typer.Option(
+        None, "--schedule", help="plateau (ReduceLROnPlateau on validation loss; GPU default) or cosine (CPU default)."),
+    augment: Optional[bool] = typer.Option(
+        None, "--augment/--no-augment", help="Flips, rotation, scale, shear, intensity jitter (CPU default: off)."),
+    patience: int = typer.Option(
+        10, "--patience", help="Stop after this many epochs without a better validation loss."),
+    device: DeviceOption = Device.auto,
+    seed: int = typer.Option(0, "--seed", help="Same seed, same split, patches and initialisation."),
+) -> None:
+    """Train one baseline; resumes by itself, and exits 75 after saving when SIGUSR1/SIGTERM asks it to stop.
+
+    Options left out take the defaults tuned for the device (see baselines.train.device_defaults)."""
+    from baselines.train import TrainOptions, device_defaults, run_dir, train
+
+    model, loss, optimizer, device = model.value, loss.value, optimizer.value, device.value
+    ws = workspace_of(ctx)
+    given = {"iterations_per_epoch": iterations, "batch_size": batch_size, "lr": lr, "width": width,
+             "dropout": dropout, "patch_size": patch_size, "schedule": schedule and schedule.value, "augment": augment}
+    options = TrainOptions(**{
+        **device_defaults(device, optimizer, model),
+        **{k: v for k, v in given.items() if v is not None},
+        "model": model, "loss": loss, "minutes": minutes, "epochs": epochs if epochs or minutes else 100,
+        "optimizer": optimizer, "depth": depth, "patience": patience, "device": device, "seed": seed,
+    })
+    files = ws.cases("train")
+    folder = run_dir(ws, model, loss)
+    with progress_bar() as bar:
+        task = bar.add_task(f"{model} + {loss}", total=None)
+
+        def start(first_epoch: int, total: Optional[int]) -> None:
+            if total:
+                bar.update(task, total=total * options.iterations_per_epoch,
+                           completed=first_epoch * options.iterations_per_epoch)
+            if first_epoch:
+                bar.console.print(f"resuming {folder} at epoch {first_epoch}")
+
+        def epoch_done(row: dict) -> None:
+            bar.console.print(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, "
+                              f"val loss {row['val_loss']:.4f}, val Dice {row['val_dice']:.4f}, lr {row['lr']}")
+
+        result = train(folder, files, options, on_epoch=epoch_done, on_iteration=lambda: bar.advance(task),
+                       on_start=start)
+    if result.status == "already finished":
+        console.print(f"{model} + {loss} is already finished ({result.epochs_done} epochs): {folder}")
+        return
+    if result.status == "interrupted":
+        console.print(f"interrupted: checkpoint saved at epoch {result.epochs_done} in {folder}; run the same "
+                      f"command again to resume.")
+        raise typer.Exit(EXIT_REQUEUE)
+    console.print(f"{model} + {loss} finished after {result.epochs_done} epochs "
+                  f"({'resumed at epoch ' + str(result.start_epoch) if result.start_epoch else 'from scratch'}): "
+                  f"best validation loss {result.best_val_loss:.4f}, Dice {result.best_val_dice:.4f}, "
+                  f"{result.train_seconds:.0f} s in all; {folder}")
+
+
+@app.command("predict")
+@refusals
+def predict_command(
+    ctx: typer.Context,
+    model: ModelOption = BaselineModel.unet2d,
+    loss: LossOption = Loss.dice_ce,
+    device: DeviceOption = Device.auto,
+    overlap: float = typer.Option(0.5, "--overlap", help="Fraction shared by neighbouring sliding windows."),
+) -> None:
+    """Predict every held-out and test case with a trained baseline into <workspace>/predictions/<model>__<loss>/."""
+    from baselines.infer import predict_files
+    from baselines.train import run_dir
+
+    from ..core.devices import torch_device
+
+    model, loss, device = model.value, loss.value, device.value
+    torch_device(device)
+    if not 0 <= overlap < 1:
+        raise InputError(f"--overlap {overlap} is outside [0, 1); pass e.g. 0.5.")
+    ws = workspace_of(ctx)
+    cases = [(case.id, case.image) for role in ("heldout", "test") for case in ws.cases(role)]
+    out = ws.predictions / f"{model}__{loss}"
+    kept = []
+    with progress_bar() as bar:
+        task = bar.add_task(f"predict {model} + {loss}", total=len(cases))
+
+        def case_done(case: str, skipped: bool) -> None:
+            if skipped:
+                kept.append(case)
+            bar.advance(task)
+
+        predict_files(run_dir(ws, model, loss), cases, out, device=device, overlap=overlap, on_case=case_done)
+    note = f" ({len(kept)} already up to date)" if kept else ""
+    console.print(f"wrote {len(cases)} predictions{note} to {out}")

@@ -1,0 +1,105 @@
+"""`submit` and `status`: the SLURM campaign (rendering in campaign/sbatch.py, SLURM calls in campaign/slurm.py)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import asdict
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from ..nnunet.paths import FULL_EPOCHS, FULL_ITERATIONS
+from .common import (Device, DeviceOption, baselines_list, configs_or_none, console, folds_list, number, refusals,
+                     stage_app, workspace_of)
+
+app = stage_app("The SLURM campaign: submit every job, follow their state.")
+
+
+@app.command()
+@refusals
+def submit(
+    ctx: typer.Context,
+    configs: str = typer.Option("2d,3d_fullres", "--configs", help="nnU-Net configurations: one array job each ('' for none)."),
+    folds: str = typer.Option("0,1,2,3,4", "--folds", help="Folds: the array indices of every configuration."),
+    baselines: str = typer.Option("", "--baselines", help="Baseline jobs as MODEL__LOSS, comma-separated, e.g. unet2d__dice_ce."),
+    epochs: int = typer.Option(FULL_EPOCHS, "--epochs", min=1, help="Epochs of every training job."),
+    iterations: int = typer.Option(FULL_ITERATIONS, "--iterations-per-epoch", min=1, help="Iterations per epoch of every training job."),
+    device: DeviceOption = Device.auto,
+    partition: Optional[str] = typer.Option(None, "--partition", help="SLURM partition."),
+    account: Optional[str] = typer.Option(None, "--account", help="SLURM account."),
+    time_limit: Optional[str] = typer.Option(None, "--time", help="Time limit of each job run, e.g. 24:00:00 (a requeued run gets it again)."),
+    gpus_per_job: Optional[int] = typer.Option(None, "--gpus-per-job", help="GPUs per job (default 1; 0 = CPU-only cluster, no GPU request)."),
+    cpus_per_task: Optional[int] = typer.Option(None, "--cpus-per-task", help="CPUs per job (default 8)."),
+    mem: Optional[str] = typer.Option(None, "--mem", help="Memory per job, e.g. 32G (default: the partition's)."),
+    signal_grace: Optional[int] = typer.Option(None, "--signal-grace", help="Seconds before the time limit that USR1 asks a job to save and requeue (default 600)."),
+    extra_sbatch: Optional[List[str]] = typer.Option(None, "--extra-sbatch", help="Another #SBATCH option, e.g. --qos=long (repeatable)."),
+    config_file: Optional[Path] = typer.Option(None, "--config-file", help="TOML with these resource settings (partition, account, time, gpus_per_job, gpu_option, cpus_per_task, mem, signal_grace, extra_sbatch); options win."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the scripts and sbatch command lines; submit nothing."),
+) -> None:
+    """Submit the campaign: nnU-Net fold arrays, baselines, then ensemble + leaderboard once all succeeded."""
+    from ..campaign.jobs import jobs_file
+    from ..campaign.sbatch import resources_from
+    from ..campaign.submit import SubmitPlan, parse_baselines, submit as run_submit
+
+    ws = workspace_of(ctx)
+    resources = resources_from(config_file, partition=partition, account=account, time=time_limit,
+                               gpus_per_job=gpus_per_job, cpus_per_task=cpus_per_task, mem=mem,
+                               signal_grace=signal_grace, extra_sbatch=extra_sbatch)
+    plan = SubmitPlan(
+        configs=configs_or_none(configs), folds=tuple(int(f) for f in folds_list(folds)),
+        baselines=parse_baselines(",".join(baselines_list(baselines))), epochs=epochs, iterations=iterations,
+        device=device.value, resources=resources, dry_run=dry_run)
+    result = run_submit(ws, plan, say=console.print)
+    if dry_run:
+        for sub in result.submitted:  # verbatim (no rich wrapping): what would be written and run
+            typer.echo(f"# ===== {sub.kind} {sub.name}: {sub.script} =====")
+            typer.echo(sub.text, nl=False)
+            typer.echo(f"# ===== sbatch command line =====\n{shlex.join(sub.argv)}")
+    for line in result.skipped:
+        console.print(f"not submitted: {line}", markup=False)
+    if dry_run:
+        console.print(f"dry run: {len(result.submitted)} job(s) would be submitted; nothing was.")
+    elif result.submitted:
+        console.print(f"recorded in {jobs_file(ws)}; follow with `ibsr-nnunet status`", markup=False)
+    else:
+        console.print("nothing to submit: every job is finished, queued or running.")
+
+
+@app.command()
+@refusals
+def status(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
+) -> None:
+    """Every fold, baseline and the final job: SLURM state, restarts, epochs, last pseudo-Dice, finished."""
+    from ..campaign.jobs import jobs_file
+    from ..campaign.status import status as run_status
+
+    ws = workspace_of(ctx)
+    rows, answered = run_status(ws)
+    if as_json:
+        print(json.dumps({"workspace": str(ws.root), "slurm_answered": answered, "jobs": [asdict(r) for r in rows]},
+                         indent=2))
+        return
+    if not rows:
+        console.print(f"no campaign recorded in {jobs_file(ws)}: run `ibsr-nnunet submit` first.", markup=False)
+        return
+    table = Table(title=f"{ws.dataset_name}: SLURM campaign")
+    for column in ("job", "fold", "SLURM job", "state", "restarts", "epoch", "pseudo-Dice", "val loss", "finished"):
+        table.add_column(column)
+    for r in rows:
+        state = r.state + (f" ({r.reason})" if r.reason and r.reason != "None" else "")
+        epoch = f"{r.epochs_done}/{r.epochs_total}" if r.epochs_done is not None else "-"
+        finished = "yes" if r.finished else "no"
+        if r.validation_dice is not None:
+            finished += f" (val Dice {r.validation_dice:.4f})"
+        name = {"fold": f"nnU-Net {r.name}", "baseline": f"baseline {r.name}", "final": "ensemble + leaderboard"}[r.kind]
+        table.add_row(name, "-" if r.fold is None else str(r.fold), r.job_id or "-", state,
+                      "-" if r.restarts is None else str(r.restarts), epoch, number(r.pseudo_dice),
+                      number(r.val_loss), finished)
+    console.print(table)
+    if not answered:
+        console.print("SLURM did not answer (scontrol show job failed): states are unknown; progress is from the files.")

@@ -1,0 +1,115 @@
+"""What every stage's commands share (a leaf: it imports no other command module): the consoles, the refusal
+wrapper, progress bars, the workspace, the choices built from each registry, and comma-separated list options."""
+
+from __future__ import annotations
+
+import functools
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Callable, Iterable, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from baselines.registry import LOSSES, MODELS, OPTIMIZERS, SCHEDULES
+
+from ..core.devices import DEVICES
+from ..core.environment import available_cores
+from ..core.errors import InputError
+from ..core.vocabulary import BASELINE_SEPARATOR, CONFIGURATIONS, N_FOLDS, PHANTOM_SIZES
+from ..core.workspace import WORKSPACE_ENV, Workspace
+from ..data.layouts import LAYOUTS
+from ..nnunet.plan import PLANNABLE
+
+console = Console(highlight=False)
+errors = Console(stderr=True, highlight=False)
+
+
+def choice(name: str, values: Iterable[str]) -> type[Enum]:
+    """A str Enum of a registry's values: Typer lists them in --help and refuses anything else."""
+    return Enum(name, {value: value for value in values}, type=str)
+
+
+Device = choice("Device", DEVICES)
+Configuration = choice("Configuration", CONFIGURATIONS)
+Layout = choice("Layout", LAYOUTS)
+SourceLayout = choice("SourceLayout", ("auto", *LAYOUTS))
+PhantomSize = choice("PhantomSize", PHANTOM_SIZES)
+BaselineModel = choice("BaselineModel", MODELS)
+Loss = choice("Loss", LOSSES)
+Optimizer = choice("Optimizer", OPTIMIZERS)
+Schedule = choice("Schedule", SCHEDULES)
+
+
+def comma_list(valid: Callable[[str], bool], option: str, known: str, allow_empty: bool = False):
+    """A callback that splits `a,b,c`, refuses an item `valid` rejects (listing what is `known`), and returns a tuple."""
+    def parse(text: str) -> tuple[str, ...]:
+        items = tuple(item.strip() for item in (text or "").split(",") if item.strip())
+        if not items and not allow_empty:
+            raise typer.BadParameter(f"give at least one of {known}.", param_hint=option)
+        for item in items:
+            if not valid(item):
+                raise typer.BadParameter(f"{item!r} is not one of {known}.", param_hint=option)
+        return items
+    return parse
+
+
+def _is_baseline(name: str) -> bool:
+    model, _, loss = name.partition(BASELINE_SEPARATOR)
+    return model in MODELS and loss in LOSSES
+
+
+configs_list = comma_list(lambda c: c in PLANNABLE, "--configs", ", ".join(PLANNABLE))
+configs_or_none = comma_list(lambda c: c in PLANNABLE, "--configs", ", ".join(PLANNABLE), allow_empty=True)
+folds_list = comma_list(lambda f: f.isdigit() and int(f) < N_FOLDS, "--folds",
+                        ", ".join(map(str, range(N_FOLDS))))
+baselines_list = comma_list(_is_baseline, "--baselines",
+                            f"MODEL__LOSS with MODEL in {', '.join(MODELS)} and LOSS in {', '.join(LOSSES)}",
+                            allow_empty=True)
+
+# options that several commands share, spelled once
+DeviceOption = Annotated[Device, typer.Option("--device", help="Where to compute: auto (cuda when torch sees a GPU), cuda or cpu.")]
+JobsOption = Annotated[int, typer.Option("--jobs", min=0, help="Parallel processes (0 = all available cores).")]
+
+
+def cores(jobs: int) -> int:
+    """--jobs N, or every core this process may use when it is 0."""
+    return jobs or available_cores()
+
+
+def refusals(command):
+    """Turn an InputError into its one sentence on stderr and exit code 1."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except InputError as err:
+            errors.print(f"[bold red]error:[/] {err}", soft_wrap=True)
+            raise typer.Exit(1) from None
+    return wrapper
+
+
+def progress_bar() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=False)
+
+
+def workspace_of(ctx: typer.Context, dataset_id: Optional[int] = None) -> Workspace:
+    """The workspace named by the root --workspace option, with nnU-Net's path variables exported for this process."""
+    ws = Workspace.open(ctx.obj["workspace"], dataset_id)
+    ws.export_env()
+    return ws
+
+
+def stage_app(help_text: str) -> typer.Typer:
+    """One stage's Typer app; the root app takes its commands."""
+    return typer.Typer(help=help_text, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+def number(value: Optional[float], digits: int = 4) -> str:
+    return "-" if value is None or value != value else f"{value:.{digits}f}"
+
+
+WorkspaceOption = Annotated[Optional[Path], typer.Option(
+    "--workspace", envvar=WORKSPACE_ENV, help="Folder that holds everything (default ./ibsr-workspace).")]

@@ -1,0 +1,73 @@
+"""`evaluate` and `leaderboard`: score prediction sets on the held-out cases and rank every model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..core.vocabulary import TISSUES
+from .common import JobsOption, console, cores, progress_bar, refusals, stage_app, workspace_of
+
+app = stage_app("Scoring: evaluate prediction sets, rank the models.")
+
+
+@app.command()
+@refusals
+def evaluate(
+    ctx: typer.Context,
+    predictions: Annotated[Path, typer.Option("--predictions", help="Folder of <case>.nii.gz predictions.")],
+    name: Annotated[str, typer.Option("--name", help="Model name for the leaderboard, e.g. unet2d__dice_ce.")],
+    jobs: JobsOption = 0,
+) -> None:
+    """Score predictions on every held-out case: Dice, HD, HD95 and AVD per tissue class."""
+    from ..evaluation.evaluate import evaluate as run_evaluate
+
+    ws = workspace_of(ctx)
+    with progress_bar() as bar:
+        task = bar.add_task(f"evaluate {name}", total=None)
+        result = run_evaluate(ws, predictions, name, jobs=cores(jobs), on_case_done=lambda _: bar.advance(task))
+    table = Table(title=f"{name}: {result.table['case'].nunique()} held-out cases (mean ± standard deviation)")
+    for column in ("class", "Dice", "HD (mm)", "HD95 (mm)", "AVD"):
+        table.add_column(column, justify="right")
+    for tissue, row in result.per_class.iterrows():
+        table.add_row(tissue, *(f"{row[(m, 'mean')]:.3f} ± {row[(m, 'std')]:.3f}" for m in ("dice", "hd", "hd95", "avd")))
+    console.print(table)
+    console.print(f"wrote {result.csv} and {result.summary.name} ({result.seconds:.1f} s)")
+
+
+@app.command()
+@refusals
+def leaderboard(
+    ctx: typer.Context,
+    jobs: JobsOption = 0,
+    figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Draw the PNG figures.")] = True,
+) -> None:
+    """Evaluate every prediction set not yet scored, rank all models in leaderboard.csv, draw the figures."""
+    from ..evaluation.leaderboard import build
+
+    ws = workspace_of(ctx)
+    with console.status("evaluating") as status:
+        result = build(ws, jobs=cores(jobs), on_model=lambda m: status.update(f"evaluating {m}"))
+    tissues = list(TISSUES.values())
+    table = Table(title=f"leaderboard — {result.split}")
+    for column in ("rank", "model", "mean Dice", *(f"{t} Dice" for t in tissues),
+                   "HD95 mm (CSF/GM/WM)", "AVD (CSF/GM/WM)", "train"):
+        table.add_column(column, justify="right" if column != "model" else "left")
+    for _, row in result.board.iterrows():
+        table.add_row(
+            str(row["rank"]), row["model"], f"{row['mean_dice']:.4f}",
+            *(f"{row[f'{t}_dice_mean']:.3f}±{row[f'{t}_dice_std']:.3f}" for t in tissues),
+            "/".join(f"{row[f'{t}_hd95_mean']:.1f}" for t in tissues),
+            "/".join(f"{row[f'{t}_avd_mean']:.3f}" for t in tissues),
+            "-" if row["train_seconds"] != row["train_seconds"] else f"{row['train_seconds'] / 60:.1f} min")
+    console.print(table)
+    now = f" (evaluated now: {', '.join(result.evaluated_now)})" if result.evaluated_now else ""
+    console.print(f"wrote {result.csv}{now}")
+    if figures:
+        from ..evaluation.figures import leaderboard_figures
+
+        drawn = leaderboard_figures(ws, result.board, result.per_case)
+        console.print("figures: " + ", ".join(map(str, drawn)))

@@ -1,0 +1,99 @@
+"""`plan`, `train` and `ensemble`: nnU-Net's pipeline on the workspace's dataset."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from ..nnunet.paths import FULL_EPOCHS, FULL_ITERATIONS
+from .common import (Configuration, Device, DeviceOption, JobsOption, configs_list, console, cores, refusals,
+                     stage_app, workspace_of)
+
+app = stage_app("nnU-Net: plan, train folds, ensemble.")
+
+
+@app.command()
+@refusals
+def plan(
+    ctx: typer.Context,
+    configs: Annotated[str, typer.Option("--configs", help="Comma-separated nnU-Net configurations.")] = "2d,3d_fullres",
+    jobs: JobsOption = 0,
+    force: Annotated[bool, typer.Option("--force", help="Plan and preprocess again even when up to date.")] = False,
+) -> None:
+    """nnU-Net fingerprint, plans and preprocessing for the workspace's dataset."""
+    from ..nnunet.environment import configure
+    from ..nnunet.plan import plan as run_plan
+
+    chosen = configs_list(configs)
+    ws = workspace_of(ctx)
+    configure(ws, cores(jobs))
+    with console.status("nnU-Net: fingerprint, plans, preprocessing"):
+        result = run_plan(ws, chosen, jobs=cores(jobs), force=force)
+    title = f"{ws.dataset_name}: nnU-Net plans" + (" (up to date, nothing redone)" if result.up_to_date else "")
+    table = Table(title=title)
+    for column in ("configuration", "patch size", "batch size", "spacing (mm)", "stages", "median shape"):
+        table.add_column(column)
+    for name, c in result.configurations.items():
+        table.add_row(name, "×".join(map(str, c["patch_size"])), str(c["batch_size"]),
+                      "×".join(f"{s:g}" for s in c["spacing"]), str(c["stages"]), "×".join(map(str, c["median_shape"])))
+    console.print(table)
+    for name in result.dropped:
+        console.print(f"{name}: not planned — nnU-Net drops it when the image is too small to need a low-resolution stage.")
+
+
+@app.command()
+@refusals
+def train(
+    ctx: typer.Context,
+    fold: Annotated[int, typer.Option("--fold", min=0, help="Cross-validation fold.")],
+    config: Annotated[Configuration, typer.Option("--config", help="nnU-Net configuration.")],
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Epochs (a short schedule gets its own trainer name).")] = FULL_EPOCHS,
+    iterations: Annotated[int, typer.Option("--iterations-per-epoch", min=1, help="Training iterations per epoch.")] = FULL_ITERATIONS,
+    device: DeviceOption = Device.auto,
+    save_every: Annotated[int, typer.Option("--save-every", min=1, help="Write a checkpoint every N epochs.")] = 1,
+) -> None:
+    """Train one fold; resumes by itself, and exits 75 after saving when SIGUSR1/SIGTERM asks it to stop."""
+    from ..nnunet.environment import configure
+    from ..nnunet.train import train as run_train
+
+    ws = workspace_of(ctx)
+    configure(ws, cores(0))
+    result = run_train(ws, config.value, fold, epochs=epochs, iterations=iterations, device=device.value,
+                       save_every=save_every, say=console.print)
+    if result.status == "already finished":
+        console.print(f"{config.value} fold {fold} is already finished: {result.fold_folder}")
+        return
+    start = f"resumed from {result.resumed_from} at epoch {result.start_epoch}" if result.resumed_from else "from scratch"
+    console.print(f"{config.value} fold {fold} finished ({start}): {result.fold_folder}")
+
+
+@app.command()
+@refusals
+def ensemble(
+    ctx: typer.Context,
+    trainer: Annotated[Optional[str], typer.Option(
+        "--trainer", help="nnU-Net trainer whose folds to use (default: the one with the most finished folds).")] = None,
+    device: DeviceOption = Device.auto,
+    jobs: JobsOption = 0,
+) -> None:
+    """Best configuration over 2d and 3d_fullres, then held-out and test predictions of 2d, 3d_fullres and their ensemble."""
+    from ..nnunet.ensemble import run
+    from ..nnunet.environment import configure
+
+    ws = workspace_of(ctx)
+    configure(ws, cores(jobs))
+    with console.status("nnU-Net: best configuration, predictions, ensemble, postprocessing"):
+        result = run(ws, trainer, jobs=cores(jobs), device=device.value, say=console.print)
+    table = Table(title=f"{ws.dataset_name}: {result.selection.trainer}, folds "
+                        f"{', '.join(map(str, result.selection.folds))}")
+    for column in ("model", "cross-validation Dice", "predictions"):
+        table.add_column(column)
+    for model, folder in result.predictions.items():
+        mark = " [bold green](best)[/]" if model == result.winner else ""
+        cases = len(list(folder.glob("*.nii.gz")))
+        table.add_row(model + mark, f"{result.results[model]:.4f}", f"{cases} cases in {folder.relative_to(ws.root)}")
+    console.print(table)
+    console.print(f"winner: {result.reason}")
+    console.print(f"recorded in {result.record} ({result.seconds:.0f} s)")

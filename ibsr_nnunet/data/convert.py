@@ -1,0 +1,301 @@
+"""Convert an IBSR18 source tree into nnU-Net v2's raw layout — atomically, and refusing anything that would train a wrong problem."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import time
+import uuid
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Callable, Optional
+
+from .. import __version__
+from . import preprocess, volumes
+from ..core.atomic import swap_in, write_json
+from ..core.errors import InputError
+from ..core.environment import available_cores
+from ..core.vocabulary import NNUNET_LABELS
+from ..nnunet import integrity
+from .labels import (LabelScheme, apply_scheme, detect_scheme, integral_labels, mapped_counts,
+                     require_all_tissues, value_counts)
+from .layouts import Subject, find_subjects
+from .splits import SPLIT_SEED, cross_validation_folds, heldout_subset
+from ..core.workspace import Workspace
+
+ROLE_FOLDERS = {"train": ("imagesTr", "labelsTr"), "heldout": ("imagesTs", "labelsTs"), "test": ("imagesTs", None)}
+RECORDED_PACKAGES = ("ibsr-nnunet", "nnunetv2", "torch", "SimpleITK", "nibabel", "numpy")
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """How to convert: which dataset ID, layout, label coding and preprocessing; how many processes."""
+
+    dataset_id: int = 501
+    layout: str = "auto"
+    label_map: Optional[LabelScheme] = None
+    fill: bool = False
+    preprocessing: preprocess.Preprocessing = field(default_factory=preprocess.Preprocessing)
+    heldout_fraction: float = 0.2
+    jobs: int = 0  # 0: all available cores
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if self.jobs < 0:
+            raise InputError(f"--jobs {self.jobs} is negative; pass a positive number of processes (0 = all cores).")
+        if not 0 < self.heldout_fraction < 1:
+            raise InputError(f"held-out fraction {self.heldout_fraction} must lie between 0 and 1.")
+
+
+@dataclass(frozen=True)
+class CaseJob:
+    """One subject to convert, with the files to write in the dataset being built."""
+
+    subject: Subject
+    role: str
+    image_out: Path
+    label_out: Optional[Path]
+    label_map: Optional[LabelScheme]
+    preprocessing: preprocess.Preprocessing
+
+
+@dataclass
+class ConvertResult:
+    dataset: Path
+    manifest: dict
+    up_to_date: bool  # nothing was written: the dataset already matched these inputs
+    seconds: dict[str, float]  # wall time of the case conversions and of nnU-Net's integrity check
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _source_files(path: Path) -> list[Path]:
+    """The files that hold one volume: Analyze keeps its header beside the voxels."""
+    if path.suffix == ".img":
+        return [path.with_suffix(".hdr"), path]
+    return [path]
+
+
+def _file_record(path: Optional[Path]) -> Optional[dict]:
+    if path is None:
+        return None
+    return {"path": str(path.absolute()), "sha256": "".join(sha256(p) for p in _source_files(path) if p.exists())}
+
+
+def convert_case(job: CaseJob) -> dict:
+    """Validate, map and write one subject; returns its manifest record. Runs in a worker process."""
+    image_path = job.subject.image
+    image = volumes.read_volume(image_path)
+    record = {
+        "id": job.subject.subject_id,
+        "role": job.role,
+        "shape": list(image.array.shape),
+        "spacing": list(image.spacing),
+        "affine": image.affine.round(6).tolist(),
+        "label_scheme": None,
+        "label_counts": None,
+    }
+    if job.label_out is not None:
+        label_path = job.subject.label
+        label = volumes.read_volume(label_path)
+        volumes.require_same_grid(image, label, image_path, label_path)
+        source_labels = integral_labels(label.array, str(label_path))
+        source_counts = value_counts(source_labels)
+        scheme = detect_scheme(source_counts, str(label_path), job.label_map)
+        counts = mapped_counts(source_counts, scheme)
+        require_all_tissues(counts, str(label_path))
+        # the image's header, so nnU-Net sees identical geometry in both files
+        volumes.write_volume(image.with_array(apply_scheme(source_labels, scheme)), job.label_out)
+        record["label_scheme"] = {"name": scheme.name, "mapping": {str(k): v for k, v in scheme.mapping.items()}}
+        record["label_counts"] = {str(k): counts.get(k, 0) for k in sorted(NNUNET_LABELS.values())}
+    volumes.write_volume(preprocess.apply(image, job.preprocessing), job.image_out)
+    return record
+
+
+def assign_roles(subjects: list[Subject], heldout_fraction: float) -> tuple[dict[str, str], str]:
+    """Subject ID -> train/heldout/test, and the held-out policy in words."""
+    roles = {s.subject_id: s.split for s in subjects}
+    if any(role == "heldout" for role in roles.values()):
+        return roles, "source Validation_Set held out"
+    train_ids = [sid for sid, role in roles.items() if role == "train"]
+    for sid in heldout_subset(train_ids, heldout_fraction):
+        roles[sid] = "heldout"
+    return roles, f"deterministic held-out subset of the labelled subjects ({heldout_fraction:.0%}, seed {SPLIT_SEED})"
+
+
+def _fingerprint(layout: str, subjects: list[Subject], roles: dict[str, str], options: ConvertOptions,
+                 files: dict[str, tuple[Optional[dict], Optional[dict]]]) -> str:
+    identity = {
+        "version": __version__,
+        "layout": layout,
+        "fill": options.fill,
+        "label_map": options.label_map.mapping if options.label_map else None,
+        "preprocessing": options.preprocessing.as_record(),
+        "cases": [
+            [s.subject_id, roles[s.subject_id], files[s.subject_id][0]["sha256"],
+             files[s.subject_id][1]["sha256"] if files[s.subject_id][1] else None]
+            for s in subjects
+        ],
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def dataset_json(num_training: int) -> dict:
+    """nnU-Net's dataset.json for IBSR18: one T1 channel, background + three tissues, no regions."""
+    return {
+        "channel_names": {"0": "T1"},
+        "labels": dict(NNUNET_LABELS),
+        "numTraining": num_training,
+        "file_ending": ".nii.gz",
+        "name": "IBSR18",
+        "description": "IBSR18 T1 brain MRI, tissue labels CSF/GM/WM (converted by ibsr-nnunet)",
+    }
+
+
+def _package_versions() -> dict[str, Optional[str]]:
+    versions = {}
+    for name in RECORDED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _existing_manifest(ws: Workspace) -> Optional[dict]:
+    try:
+        return json.loads(ws.manifest.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _remove_stale_builds(raw_root: Path, name: str) -> None:
+    """Drop temporary folders a crashed conversion of this dataset left behind."""
+    for stale in raw_root.glob(f".tmp-{name}-*"):
+        pid = stale.name.split("-")[-2]
+        if not (pid.isdigit() and Path(f"/proc/{pid}").exists()):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _run_jobs(jobs: list[CaseJob], processes: int, on_case_done: Callable[[str], None],
+              while_workers_run: Callable[[], object] = lambda: None) -> list[dict]:
+    """Convert every case, in parallel; the first bad case cancels the rest and raises its error.
+    `while_workers_run` is called once the workers exist (forking after it could copy a busy thread's locks)."""
+    if processes <= 1:
+        records = []
+        for job in jobs:
+            records.append(convert_case(job))
+            on_case_done(job.subject.subject_id)
+        return records
+    # fork: workers start in milliseconds and inherit the imports; they only run SimpleITK/numpy I/O.
+    with ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("fork")) as pool:
+        pending = {pool.submit(convert_case, job): job for job in jobs}  # fork pools start every worker here
+        while_workers_run()
+        records = []
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_EXCEPTION)
+            for future in done:
+                job = pending.pop(future)
+                error = future.exception()
+                if error is not None:
+                    for other in pending:
+                        other.cancel()
+                    raise error
+                records.append(future.result())
+                on_case_done(job.subject.subject_id)
+    return records
+
+
+def convert(source: str | os.PathLike, ws: Workspace, options: ConvertOptions = ConvertOptions(),
+            on_start: Callable[[int], None] = lambda n: None,
+            on_case_done: Callable[[str], None] = lambda case: None) -> ConvertResult:
+    """Write `ws`'s Dataset<ID>_IBSR18 from `source`; a no-op when it already holds exactly these inputs."""
+
+    source = Path(source).absolute()
+    ws = Workspace(ws.root, options.dataset_id)
+    ws.ensure_writable()
+    layout, subjects = find_subjects(source, options.layout, options.fill)
+    roles, policy = assign_roles(subjects, options.heldout_fraction)
+    files = {s.subject_id: (_file_record(s.image), _file_record(s.label if roles[s.subject_id] != "test" else None))
+             for s in subjects}
+    fingerprint = _fingerprint(layout, subjects, roles, options, files)
+
+    existing = _existing_manifest(ws)
+    if ws.raw_dataset.exists():
+        if existing and existing.get("fingerprint") == fingerprint:
+            return ConvertResult(ws.raw_dataset, existing, up_to_date=True, seconds={})
+        if not options.force:
+            raise InputError(
+                f"{ws.raw_dataset} already holds a different dataset (other sources or options); "
+                f"pass --force to replace it, or --dataset-id with a free ID."
+            )
+
+    _remove_stale_builds(ws.nnunet_raw, ws.dataset_name)
+    build = ws.nnunet_raw / f".tmp-{ws.dataset_name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        for folder in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+            (build / folder).mkdir(parents=True)
+        jobs = []
+        for subject in subjects:
+            role = roles[subject.subject_id]
+            image_folder, label_folder = ROLE_FOLDERS[role]
+            jobs.append(CaseJob(
+                subject=subject, role=role,
+                image_out=build / image_folder / f"{subject.subject_id}_0000.nii.gz",
+                label_out=build / label_folder / f"{subject.subject_id}.nii.gz" if label_folder else None,
+                label_map=options.label_map, preprocessing=options.preprocessing,
+            ))
+        on_start(len(jobs))
+        processes = min(options.jobs or available_cores(), len(jobs))
+        started = time.perf_counter()
+        preload = []
+        records = _run_jobs(jobs, processes, on_case_done, lambda: preload.append(integrity.preload_in_background()))
+        records.sort(key=lambda r: r["id"])
+        seconds = {"cases": time.perf_counter() - started}
+        for record in records:
+            record["image"], record["label"] = files[record["id"]]
+
+        ids = {role: [r["id"] for r in records if r["role"] == role] for role in ("train", "heldout", "test")}
+        folds = cross_validation_folds(ids["train"])
+        manifest = {
+            "tool": "ibsr-nnunet",
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "fingerprint": fingerprint,
+            "dataset": ws.dataset_name,
+            "source": str(source),
+            "layout": layout,
+            "label_files": ("segTRI_fill" if options.fill else "segTRI") if layout != "misa" else "seg",
+            "label_map": options.label_map.describe() if options.label_map else "auto",
+            "preprocessing": options.preprocessing.as_record(),
+            "split": {"policy": policy, **ids, "folds": len(folds)},
+            "cases": records,
+            "versions": _package_versions(),
+        }
+        write_json(build / "dataset.json", dataset_json(len(ids["train"])))
+        write_json(build / "splits_final.json", folds)
+        write_json(build / "ibsr_manifest.json", manifest)
+        started = time.perf_counter()
+        for thread in preload:
+            thread.join()
+        integrity.verify_dataset(build, processes)
+        seconds["integrity_check"] = time.perf_counter() - started
+        swap_in(build, ws.raw_dataset)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+
+    # nnU-Net reads the folds from the preprocessed folder; a replaced dataset gets its new folds there too.
+    write_json(ws.preprocessed_dataset / "splits_final.json", folds)
+    ws.record_dataset_id()
+    return ConvertResult(ws.raw_dataset, manifest, up_to_date=False, seconds=seconds)

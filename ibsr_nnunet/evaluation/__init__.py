@@ -1,0 +1,1 @@
+"""Scoring: per-case metrics, evaluate, the leaderboard, training history and the figures."""

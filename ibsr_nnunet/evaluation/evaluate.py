@@ -1,0 +1,127 @@
+"""Score one folder of predictions against the workspace's held-out reference labels, per case and tissue class."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import pandas as pd
+
+from ..core.atomic import atomic_path, write_json
+from ..core.errors import InputError
+from ..core.workspace import Workspace
+from ..data.volumes import read_volume
+from .metrics import case_metrics
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+METRICS = ("dice", "hd", "hd95", "avd")
+COLUMNS = ["model", "case", "class", "label", *METRICS, "ref_voxels", "pred_voxels"]
+AFFINE_TOLERANCE = 1e-3  # mm: float32 headers round-trip with ~1e-5 error; anything larger is another grid
+
+
+def references(ws: Workspace) -> dict[str, Path]:
+    """Held-out case ID -> reference label file (labelsTs: only the held-out cases have labels)."""
+    folder = ws.raw_dataset / "labelsTs"
+    found = {p.name[: -len(".nii.gz")]: p for p in sorted(folder.glob("*.nii.gz"))}
+    if not found:
+        raise InputError(f"{folder} holds no reference labels; run `ibsr-nnunet convert` on a labelled source first.")
+    return found
+
+
+def _score_case(case: str, reference: Path, prediction: Path) -> list[dict]:
+    ref, pred = read_volume(reference), read_volume(prediction)
+    if ref.array.shape != pred.array.shape or not np.allclose(ref.affine, pred.affine, atol=AFFINE_TOLERANCE):
+        raise InputError(
+            f"{prediction}: its grid (shape {pred.array.shape}, origin "
+            f"{np.round(pred.affine[:3, 3], 2).tolist()}) differs from the reference {reference.name} (shape "
+            f"{ref.array.shape}, origin {np.round(ref.affine[:3, 3], 2).tolist()}); predict on the workspace's "
+            f"imagesTs and keep each input's geometry.")
+    values = np.unique(pred.array)
+    if not set(values.tolist()) <= {0, 1, 2, 3}:
+        raise InputError(f"{prediction}: holds labels {values.tolist()}, expected only 0 (background), 1 (CSF), "
+                         f"2 (GM), 3 (WM); map the labels before evaluating.")
+    rows = case_metrics(ref.array.astype(np.uint8), pred.array.astype(np.uint8), ref.spacing)
+    return [{"case": case, **row} for row in rows]
+
+
+@dataclass
+class Evaluation:
+    name: str
+    table: pd.DataFrame  # one row per case and class, COLUMNS
+    csv: Path
+    summary: Path
+    seconds: float
+
+    @property
+    def per_class(self) -> pd.DataFrame:
+        """Mean and standard deviation per tissue, exactly as recorded in the summary JSON."""
+        return per_class_summary(self.table)
+
+
+def per_class_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per tissue (rows, in label order): mean and population standard deviation (ddof=0) of each metric."""
+    return table.groupby("class", sort=False)[list(METRICS)].agg(["mean", lambda v: v.std(ddof=0)]).rename(
+        columns={"<lambda_0>": "std"}, level=1)
+
+
+def evaluate(ws: Workspace, predictions: Path, name: str, *, jobs: int = 1,
+             on_case_done: Optional[Callable[[str], None]] = None) -> Evaluation:
+    """Metrics of every held-out case in `predictions` (`<case>.nii.gz`); refuses a missing case or another grid."""
+    started = time.perf_counter()
+    if not NAME.fullmatch(name):
+        raise InputError(f"--name {name!r} is not a usable model name; use letters, digits, '_', '-' or '.'.")
+    predictions = Path(predictions)
+    if not predictions.is_dir():
+        raise InputError(f"{predictions} is not a folder of predictions; pass the folder that holds <case>.nii.gz.")
+    refs = references(ws)
+    known = ws.case_ids()
+    found = {p.name[: -len(".nii.gz")]: p for p in sorted(predictions.glob("*.nii.gz"))}
+    unknown = sorted(set(found) - known)
+    if unknown:
+        raise InputError(f"{found[unknown[0]]}: case {unknown[0]} is not a case of {ws.dataset_name}; "
+                         f"name predictions <case>.nii.gz after the workspace's cases (e.g. {sorted(refs)[0]}.nii.gz).")
+    missing = sorted(set(refs) - set(found))
+    if missing:
+        raise InputError(f"{predictions}: no prediction for held-out case {missing[0]} "
+                         f"(expected {predictions / (missing[0] + '.nii.gz')}); predict every held-out case.")
+
+    rows: list[dict] = []
+    with ProcessPoolExecutor(max_workers=max(1, min(jobs, len(refs)))) as pool:
+        futures = {case: pool.submit(_score_case, case, refs[case], found[case]) for case in refs}
+        for case, future in futures.items():
+            rows.extend(future.result())
+            if on_case_done:
+                on_case_done(case)
+    table = pd.DataFrame([{"model": name, **row} for row in rows], columns=COLUMNS)
+
+    ws.evaluation.mkdir(parents=True, exist_ok=True)
+    csv = ws.evaluation / f"{name}.csv"
+    with atomic_path(csv) as tmp:
+        table.to_csv(tmp, index=False)
+    summary = ws.evaluation / f"{name}.json"
+    per_class = per_class_summary(table)
+    means, stds = per_class.xs("mean", axis=1, level=1), per_class.xs("std", axis=1, level=1)
+    write_json(summary, {
+        "model": name, "predictions": str(predictions.resolve()), "cases": sorted(refs),
+        "mean": means.to_dict(orient="index"), "std": stds.to_dict(orient="index"),
+        "mean_dice": float(means["dice"].mean()),
+        "newest_prediction_mtime": max(found[c].stat().st_mtime for c in refs),
+    })
+    return Evaluation(name, table, csv, summary, time.perf_counter() - started)
+
+
+def is_current(ws: Workspace, predictions: Path, name: str) -> bool:
+    """True when `name` was evaluated from these predictions and none changed since."""
+    summary = ws.evaluation / f"{name}.json"
+    if not summary.is_file() or not (ws.evaluation / f"{name}.csv").is_file():
+        return False
+    recorded = json.loads(summary.read_text())
+    files = [predictions / f"{case}.nii.gz" for case in recorded.get("cases", [])]
+    return (recorded.get("predictions") == str(predictions.resolve()) and all(f.is_file() for f in files)
+            and max(f.stat().st_mtime for f in files) <= recorded.get("newest_prediction_mtime", -1))

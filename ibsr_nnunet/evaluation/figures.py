@@ -1,0 +1,126 @@
+"""The leaderboard's pictures: Dice boxplots, reference/prediction overlays on representative slices, training curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.colors import ListedColormap
+from matplotlib.patches import Patch
+
+from ..core.atomic import atomic_path
+from ..core.vocabulary import NNUNET_MODELS, TISSUES
+from ..core.workspace import Workspace
+from .history import training_curves
+from ..data.volumes import read_volume
+
+TISSUE_COLOURS = {1: "#2f7fd6", 2: "#e8a33d", 3: "#f4f1de"}  # CSF blue, GM orange, WM ivory
+ENSEMBLE = NNUNET_MODELS["ensemble"]
+LABEL_MAP = ListedColormap(["none", *TISSUE_COLOURS.values()])
+
+
+def _save(figure, target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
+        figure.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(figure)
+    return target
+
+
+def dice_boxplots(per_case: pd.DataFrame, order: list[str], target: Path) -> Path:
+    """One panel per tissue: the held-out cases' Dice for each model, best model first."""
+    figure, axes = plt.subplots(1, len(TISSUES), figsize=(4.2 * len(TISSUES), 0.5 * len(order) + 2), sharey=True)
+    for axis, name in zip(axes, TISSUES.values()):
+        data = [per_case[(per_case["model"] == m) & (per_case["class"] == name)]["dice"].to_numpy() for m in order]
+        axis.boxplot(data, orientation="horizontal", tick_labels=order, showmeans=True)
+        for row, values in enumerate(data, start=1):  # the cases themselves: with few of them, boxes alone mislead
+            axis.scatter(values, np.full(len(values), row), s=10, color="black", alpha=0.6, zorder=3)
+        axis.set_title(name)
+        axis.set_xlabel("Dice")
+        axis.set_xlim(max(0.0, min((v.min() for v in data if len(v)), default=0) - 0.05), 1.0)
+        axis.grid(axis="x", alpha=0.3)
+    axes[0].invert_yaxis()
+    figure.suptitle("Dice per held-out case")
+    return _save(figure, target)
+
+
+def representative_slices(labels: np.ndarray, axis: int, count: int = 3) -> list[int]:
+    """Slices at 30 %, 50 % and 70 % of the brain's extent along `axis` (where all tissues show)."""
+    present = np.flatnonzero(np.any(labels > 0, axis=tuple(a for a in range(labels.ndim) if a != axis)))
+    if present.size == 0:
+        return [labels.shape[axis] // 2] * count
+    return [int(round(present[0] + f * (present[-1] - present[0]))) for f in np.linspace(0.3, 0.7, count)]
+
+
+def overlays(image: Path, reference: Path, predictions: dict[str, Path], target: Path) -> Path:
+    """Rows: the reference, then each model; columns: representative slices across the thickest axis."""
+    volume = read_volume(image)
+    spacing = np.array(volume.spacing)
+    axis = int(np.argmax(spacing))  # slices across the thick axis are the in-plane, isotropic ones
+    ref = read_volume(reference).array
+    rows = {"reference": ref, **{m: read_volume(p).array for m, p in predictions.items()}}
+    slices = representative_slices(ref, axis)
+    in_plane = [s for a, s in enumerate(spacing) if a != axis]
+    figure, axes = plt.subplots(len(rows), len(slices), figsize=(3 * len(slices), 3 * len(rows)), squeeze=False)
+    for r, (name, labels) in enumerate(rows.items()):
+        for c, index in enumerate(slices):
+            grey = np.take(volume.array, index, axis=axis).T
+            tissue = np.take(labels, index, axis=axis).T.astype(float)
+            cell = axes[r][c]
+            cell.imshow(grey, cmap="gray", origin="lower", aspect=in_plane[1] / in_plane[0])
+            cell.imshow(np.ma.masked_equal(tissue, 0), cmap=LABEL_MAP, vmin=0, vmax=3, alpha=0.55,
+                        origin="lower", aspect=in_plane[1] / in_plane[0], interpolation="nearest")
+            cell.set_xticks([])
+            cell.set_yticks([])
+            if c == 0:
+                cell.set_ylabel(name, fontsize=9)
+            if r == 0:
+                cell.set_title(f"slice {index} (axis {axis})", fontsize=9)
+    figure.legend(handles=[Patch(color=TISSUE_COLOURS[k], label=v) for k, v in TISSUES.items()],
+                  loc="lower center", ncol=3, frameon=False, bbox_to_anchor=(0.5, 0.0))
+    figure.suptitle(f"{reference.name.removesuffix('.nii.gz')}: reference and predictions")
+    figure.tight_layout(rect=(0, 0.03, 1, 0.98))
+    return _save(figure, target)
+
+
+def curves(ws, models: list[str], target: Path) -> Path | None:
+    """Training and validation loss per epoch for every model with logs; None when no model has any."""
+    # the ensemble's curves are its members' (already drawn): skip it
+    found = {m: c for m in models if m != ENSEMBLE and (c := training_curves(ws, m))}
+    if not found:
+        return None
+    columns = min(3, len(found))
+    rows = -(-len(found) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3.2 * rows), squeeze=False)
+    for cell, (model, runs) in zip(axes.flat, found.items()):
+        for label, curve in runs.items():
+            line, = cell.plot(curve["epoch"], curve["train_loss"], label=f"{label} train")
+            if "val_loss" in curve and curve["val_loss"].notna().any():
+                cell.plot(curve["epoch"], curve["val_loss"], linestyle="--", color=line.get_color(),
+                          label=f"{label} val")
+        cell.set_title(model, fontsize=10)
+        cell.set_xlabel("epoch")
+        cell.set_ylabel("loss")
+        cell.grid(alpha=0.3)
+        cell.legend(fontsize=6)
+    for cell in list(axes.flat)[len(found):]:
+        cell.set_visible(False)
+    figure.tight_layout()
+    return _save(figure, target)
+
+
+def leaderboard_figures(ws: Workspace, board: pd.DataFrame, per_case: pd.DataFrame) -> list[Path]:
+    """The leaderboard's figures: Dice boxplots, overlays of the first held-out case, training curves."""
+    from .evaluate import references
+    from .leaderboard import prediction_sets
+
+    order = board["model"].tolist()
+    drawn = [dice_boxplots(per_case, order, ws.figures / "dice_boxplot.png")]
+    case, reference = next(iter(references(ws).items()))
+    sets = prediction_sets(ws)
+    drawn.append(overlays(ws.raw_dataset / "imagesTs" / f"{case}_0000.nii.gz", reference,
+                          {m: sets[m] / f"{case}.nii.gz" for m in order if m in sets}, ws.figures / f"overlay_{case}.png"))
+    drawn.append(curves(ws, order, ws.figures / "training_curves.png"))
+    return [p for p in drawn if p]

@@ -1,0 +1,94 @@
+"""The leaderboard: every evaluated model, scored the same way on the same held-out cases, ranked by mean Dice."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import pandas as pd
+
+from ..core.atomic import atomic_path
+from ..core.errors import InputError
+from ..core.workspace import Workspace
+from .evaluate import COLUMNS, evaluate, is_current
+from .history import training_seconds
+from ..core.vocabulary import TISSUES
+
+METRICS = ("dice", "hd", "hd95", "avd")
+
+
+def prediction_sets(ws: Workspace) -> dict[str, Path]:
+    """model name -> prediction folder, for every model that has written predictions in the workspace."""
+    if not ws.predictions.is_dir():
+        return {}
+    return {p.name: p for p in sorted(ws.predictions.iterdir())
+            if p.is_dir() and not p.name.startswith(".") and any(p.glob("*.nii.gz"))}
+
+
+def rank(per_case: pd.DataFrame, split: str, seconds: dict[str, float]) -> pd.DataFrame:
+    """One row per model: mean and std per class of each metric, mean Dice over the tissues, cases, time, rank.
+
+    Ranked by mean Dice (higher first); ties go to the lower mean HD95 over the tissues.
+    """
+    rows = []
+    for model, table in per_case.groupby("model", sort=False):
+        row: dict = {"model": model}
+        for name in TISSUES.values():
+            values = table[table["class"] == name]
+            for metric in METRICS:
+                row[f"{name}_{metric}_mean"] = values[metric].mean()
+                finite = values[metric].replace([math.inf, -math.inf], math.nan)
+                # an infinite distance (a tissue predicted nowhere) has no spread: std left empty, not a warning
+                row[f"{name}_{metric}_std"] = finite.std(ddof=0) if finite.notna().all() else math.nan
+        row["mean_dice"] = sum(row[f"{n}_dice_mean"] for n in TISSUES.values()) / len(TISSUES)
+        row["mean_hd95"] = sum(row[f"{n}_hd95_mean"] for n in TISSUES.values()) / len(TISSUES)
+        cases = sorted(table["case"].unique())
+        row.update(n_cases=len(cases), cases=";".join(cases), train_seconds=seconds.get(model, math.nan), split=split)
+        rows.append(row)
+    board = pd.DataFrame(rows).sort_values(["mean_dice", "mean_hd95"], ascending=[False, True], kind="stable")
+    board.insert(0, "rank", range(1, len(board) + 1))
+    first = ["rank", "model", "mean_dice", "n_cases", "train_seconds"]
+    board = board[first + [c for c in board.columns if c not in first and c != "mean_hd95"]]
+    return board.reset_index(drop=True)
+
+
+@dataclass
+class Leaderboard:
+    board: pd.DataFrame
+    per_case: pd.DataFrame
+    csv: Path
+    evaluated_now: list[str]
+    split: str
+
+
+def build(ws: Workspace, *, jobs: int = 1, on_model: Optional[Callable[[str], None]] = None) -> Leaderboard:
+    """Evaluate every prediction set not yet (or no longer) evaluated, then rank all and write leaderboard.csv."""
+    sets = prediction_sets(ws)
+    evaluated_now = []
+    for model, folder in sets.items():
+        if not is_current(ws, folder, model):
+            if on_model:
+                on_model(model)
+            evaluate(ws, folder, model, jobs=jobs)
+            evaluated_now.append(model)
+    tables = [pd.read_csv(p) for p in sorted(ws.evaluation.glob("*.csv"))] if ws.evaluation.is_dir() else []
+    tables = [t for t in tables if list(t.columns) == COLUMNS and not t.empty]
+    if not tables:
+        raise InputError(f"nothing to rank: no predictions under {ws.predictions} and no evaluations under "
+                         f"{ws.evaluation}; run `ibsr-nnunet ensemble` or `ibsr-nnunet baseline predict` first.")
+    per_case = pd.concat(tables, ignore_index=True)
+    cases_per_model = per_case.groupby("model")["case"].apply(lambda c: tuple(sorted(set(c))))
+    if cases_per_model.nunique() > 1:
+        odd = cases_per_model[cases_per_model != cases_per_model.mode()[0]].index[0]
+        raise InputError(f"{ws.evaluation / (odd + '.csv')} was scored on cases {list(cases_per_model[odd])}, the "
+                         f"others on {list(cases_per_model.mode()[0])}; evaluate every model on the same held-out cases.")
+    manifest = json.loads(ws.manifest.read_text())
+    split = f"{manifest['split']['policy']}: {', '.join(manifest['split']['heldout'])}"
+    seconds = {model: training_seconds(ws, model) for model in per_case["model"].unique()}
+    board = rank(per_case, split, seconds)
+    with atomic_path(ws.leaderboard) as tmp:
+        board.to_csv(tmp, index=False)
+    return Leaderboard(board, per_case, ws.leaderboard, evaluated_now, split)

@@ -1,0 +1,164 @@
+"""The `ensemble` step: nnU-Net's best configuration, and each nnU-Net model's predictions for the held-out and test cases."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from ..core.atomic import swap_in, write_json
+from ..core.errors import InputError
+from ..core.vocabulary import CONFIGURATIONS, N_FOLDS
+from ..core.workspace import Workspace
+from .paths import MODEL_FOLDER, MODEL_NAMES, TRAINER_BASE, fold_finished, model_folder
+from .predict import apply_postprocessing, ensemble_folders, find_best_configuration, postprocessing_summary, predict
+
+
+def finished_folds(model: Path) -> set[int]:
+    """Folds whose training ended and whose validation (with probabilities) was written."""
+    return {int(fold.name.removeprefix("fold_")) for fold in model.glob("fold_*")
+            if fold_finished(fold) and any((fold / "validation").glob("*.npz"))}
+
+
+def trained_models(ws: Workspace) -> dict[str, dict[str, set[int]]]:
+    """trainer name -> configuration -> finished folds, for everything under the workspace's nnU-Net results."""
+    found: dict[str, dict[str, set[int]]] = {}
+    if ws.results_dataset.is_dir():
+        for folder in sorted(ws.results_dataset.iterdir()):
+            match = MODEL_FOLDER.fullmatch(folder.name)
+            if match and (folds := finished_folds(folder)):
+                found.setdefault(match["trainer"], {})[match["configuration"]] = folds
+    return found
+
+
+@dataclass
+class Selection:
+    trainer: str
+    configurations: tuple[str, ...]
+    folds: tuple[int, ...]
+    warnings: list[str] = field(default_factory=list)
+
+
+def select(ws: Workspace, trainer: Optional[str] = None) -> Selection:
+    """Which trainer, configurations and folds to search over: the folds finished in every configuration."""
+    models = trained_models(ws)
+    if not models:
+        raise InputError(f"no finished nnU-Net fold under {ws.results_dataset}; "
+                         f"run `ibsr-nnunet train --fold 0 --config 2d` (and 3d_fullres) first.")
+    if trainer is None:  # the trainer with the most finished folds; a full schedule wins ties
+        trainer = max(models, key=lambda t: (sum(map(len, models[t].values())), t == TRAINER_BASE))
+    elif trainer not in models:
+        raise InputError(f"--trainer {trainer} has no finished fold under {ws.results_dataset} "
+                         f"(finished: {', '.join(sorted(models))}); pick one of those.")
+    per_config = models[trainer]
+    configurations = tuple(c for c in CONFIGURATIONS if c in per_config)
+    folds = tuple(sorted(set.intersection(*(per_config[c] for c in configurations))))
+    warnings = []
+    if len(configurations) > 1 and not folds:
+        raise InputError(f"{trainer}: 2d has folds {sorted(per_config['2d'])} and 3d_fullres has folds "
+                         f"{sorted(per_config['3d_fullres'])} finished, none in common; train a common fold.")
+    missing = [c for c in CONFIGURATIONS if c not in per_config]
+    if missing:
+        warnings.append(f"{', '.join(missing)} has no finished fold of {trainer}: no 2d+3d_fullres ensemble, "
+                        f"only {configurations[0]} is searched and predicted.")
+    for c in configurations:
+        if per_config[c] != set(folds):
+            warnings.append(f"{c} folds {sorted(per_config[c] - set(folds))} are not finished in every "
+                            f"configuration and are left out, so both are compared on the same cases.")
+    if len(folds) < N_FOLDS:
+        warnings.append(f"only folds {', '.join(map(str, folds))} of {N_FOLDS} are finished: the best-configuration "
+                        f"search sees {len(folds)}/{N_FOLDS} of the cross-validation and the models average "
+                        f"{len(folds)} fold(s); train the rest for the real thing.")
+    return Selection(trainer, configurations, folds, warnings)
+
+
+@dataclass
+class EnsembleResult:
+    selection: Selection
+    results: dict[str, float]  # model name -> cross-validation foreground-mean Dice (before postprocessing)
+    winner: str  # model name
+    reason: str
+    predictions: dict[str, Path]  # model name -> folder of <case>.nii.gz
+    record: Path
+    seconds: float
+
+
+def model_record(model: str, trainer: str, *, configurations: tuple[str, ...], folds: tuple[int, ...],
+                 postprocessing_pkl: Path, crossval_dice: float) -> dict:
+    """What `segment` needs to predict like this model did: its folds, configurations and postprocessing."""
+    return {"model": model, "trainer": trainer, "configurations": list(configurations), "folds": list(folds),
+            "postprocessing": postprocessing_summary(postprocessing_pkl),
+            "postprocessing_file": str(postprocessing_pkl), "crossval_dice": crossval_dice}
+
+
+def run(ws: Workspace, trainer: Optional[str] = None, *, jobs: int = 1, device: str = "auto",
+        say: Callable[[str], None] = print) -> EnsembleResult:
+    """Search the best configuration, predict imagesTs with 2d, 3d_fullres and their ensemble, postprocess, record."""
+    started = time.perf_counter()
+    images = ws.raw_dataset / "imagesTs"
+    if not images.is_dir() or not any(images.glob("*_0000.nii.gz")):
+        raise InputError(f"{images} holds no held-out or test images; run `ibsr-nnunet convert` first.")
+    selection = select(ws, trainer)
+    for warning in selection.warnings:
+        say(f"warning: {warning}")
+
+    ws.predictions.mkdir(parents=True, exist_ok=True)
+    log = ws.results_dataset / "ibsr_ensemble.log"
+    scratch = ws.predictions / f".tmp-ensemble-{os.getpid()}-{secrets.token_hex(4)}"
+    scratch.mkdir()
+    try:
+        say(f"best-configuration search over {', '.join(selection.configurations)} "
+            f"({selection.trainer}, folds {', '.join(map(str, selection.folds))})")
+        search = find_best_configuration(ws, selection.trainer, selection.configurations, folds=selection.folds,
+                                         jobs=jobs, log=log)
+        raw: dict[str, Path] = {}
+        plans_json = model_folder(ws, selection.configurations[0], selection.trainer) / "plans.json"
+        for configuration in selection.configurations:
+            say(f"predicting {images.name} with {configuration}")
+            raw[configuration] = scratch / f"raw-{configuration}"
+            predict(ws, configuration, selection.trainer, folds=selection.folds,
+                    images=sorted(images.glob("*_0000.nii.gz")), out=raw[configuration], device=device, log=log,
+                    probabilities=len(selection.configurations) > 1)
+        if len(selection.configurations) > 1:
+            say("ensembling " + " + ".join(selection.configurations))
+            raw["ensemble"] = scratch / "raw-ensemble"
+            ensemble_folders([raw[c] for c in selection.configurations], raw["ensemble"], plans_json=plans_json,
+                             jobs=jobs, log=log)
+
+        predictions = {}
+        for key, folder in raw.items():
+            model = MODEL_NAMES[key]
+            pkl = search["sources"][key] / "postprocessing.pkl"
+            built = scratch / model
+            apply_postprocessing(pkl, folder, built, plans_json=plans_json, jobs=jobs, log=log)
+            for extra in built.iterdir():  # nnU-Net's json copies: the folder holds our labels only
+                if not extra.name.endswith(".nii.gz"):
+                    extra.unlink()
+            configurations = selection.configurations if key == "ensemble" else (key,)
+            write_json(built / "model.json",
+                       model_record(model, selection.trainer, configurations=configurations, folds=selection.folds,
+                                    postprocessing_pkl=pkl, crossval_dice=search["results"][key]))
+            predictions[model] = ws.predictions / model
+        for model, final in predictions.items():
+            swap_in(scratch / model, final)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    results = {MODEL_NAMES[k]: v for k, v in search["results"].items()}
+    winner = MODEL_NAMES[search["winner"]]
+    ranked = ", ".join(f"{m} {d:.4f}" for m, d in sorted(results.items(), key=lambda kv: -kv[1]))
+    reason = (f"{winner} has the highest cross-validation foreground-mean Dice on folds "
+              f"{', '.join(map(str, selection.folds))} ({ranked}; nnU-Net keeps the simpler model on a tie); "
+              f"{search['post_pp']:.4f} after its postprocessing")
+    record = ws.root / "best_configuration.json"
+    write_json(record, {
+        "winner": winner, "reason": reason, "crossval_dice": results, "crossval_dice_post_pp": search["post_pp"],
+        "trainer": selection.trainer, "configurations": list(selection.configurations),
+        "folds": list(selection.folds), "warnings": selection.warnings,
+        "predictions": {m: str(p) for m, p in predictions.items()},
+    })
+    return EnsembleResult(selection, results, winner, reason, predictions, record, time.perf_counter() - started)

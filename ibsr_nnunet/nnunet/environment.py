@@ -1,0 +1,64 @@
+"""nnU-Net's environment: its path variables from the workspace, its process counts, our trainers' folder, its pools."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import types
+from pathlib import Path
+
+from ..core.devices import torch_device
+from ..core.workspace import Workspace
+
+EXT_TRAINER_FOLDER = Path(__file__).parent / "ext_trainers"
+
+
+def configure_worker_counts(cores: int) -> None:
+    """nnU-Net's process counts from the cores we have (its defaults assume 8-12); a user's own values win."""
+    os.environ.setdefault("nnUNet_n_proc_DA", str(max(1, cores)))
+    os.environ.setdefault("nnUNet_def_n_proc", str(max(1, cores)))
+
+
+def configure(ws: Workspace, cores: int) -> None:
+    """nnU-Net's paths from the workspace, its worker counts from our cores, and where to find our trainers."""
+    ws.export_env()
+    configure_worker_counts(cores)
+    existing = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
+    if str(EXT_TRAINER_FOLDER) not in existing:
+        os.environ["nnUNet_extTrainer"] = os.pathsep.join([*existing, str(EXT_TRAINER_FOLDER)])
+
+
+def resolve_device(device: str):
+    """The torch device, with torch's CPU threads set to nnU-Net's process count when it is the CPU."""
+    import torch
+
+    resolved = torch_device(device)
+    if resolved.type == "cpu":
+        torch.set_num_threads(max(1, int(os.environ.get("nnUNet_def_n_proc", "1"))))
+    return resolved
+
+
+@contextlib.contextmanager
+def fork_pools(module: types.ModuleType):
+    """nnU-Net opens *spawn* pools whose workers each re-import torch (~3 s apiece); fork workers inherit it."""
+    fork_only = types.SimpleNamespace(get_context=lambda method=None: multiprocessing.get_context("fork"))
+    original = module.multiprocessing
+    module.multiprocessing = fork_only
+    try:
+        yield
+    finally:
+        module.multiprocessing = original
+
+
+@contextlib.contextmanager
+def quiet_fork_pools(log: Path):
+    """nnU-Net's evaluation/ensembling/postprocessing: fork pools, and its chatter into `log` instead of our screen."""
+    import nnunetv2.ensembling.ensemble as ensemble
+    import nnunetv2.evaluation.evaluate_predictions as evaluate
+    import nnunetv2.postprocessing.remove_connected_components as postprocessing
+
+    with open(log, "a") as sink, contextlib.redirect_stdout(sink), contextlib.ExitStack() as stack:
+        for module in (ensemble, evaluate, postprocessing):
+            stack.enter_context(fork_pools(module))
+        yield

@@ -1,0 +1,51 @@
+"""nnU-Net's names for our trainers, models and folds, and the folders it keeps them in (no nnunetv2 import)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ..core.vocabulary import CONFIGURATIONS, NNUNET_MODELS
+from ..core.workspace import Workspace
+
+FULL_EPOCHS, FULL_ITERATIONS = 1000, 250  # nnU-Net's default schedule
+TRAINER_BASE = "IbsrTrainer"
+SHORT_TRAINER = re.compile(rf"{TRAINER_BASE}_(\d+)ep_(\d+)it")
+PLANS = "nnUNetPlans"
+MODEL_FOLDER = re.compile(rf"(?P<trainer>.+)__{PLANS}__(?P<configuration>{'|'.join(CONFIGURATIONS)})")
+MODEL_NAMES = NNUNET_MODELS  # "2d" | "3d_fullres" | "ensemble" -> nnunet_2d | nnunet_3d_fullres | nnunet_ensemble
+
+
+def trainer_name(epochs: int = FULL_EPOCHS, iterations: int = FULL_ITERATIONS) -> str:
+    """Our trainer's name for a schedule; a short schedule says so in its name (and so in its results folder)."""
+    if (epochs, iterations) == (FULL_EPOCHS, FULL_ITERATIONS):
+        return TRAINER_BASE
+    return f"{TRAINER_BASE}_{epochs}ep_{iterations}it"
+
+
+def trainer_schedule(name: str) -> tuple[int, int]:
+    """(epochs, iterations per epoch) of one of our trainer names; KeyError for any other name."""
+    if name == TRAINER_BASE:
+        return FULL_EPOCHS, FULL_ITERATIONS
+    match = SHORT_TRAINER.fullmatch(name)
+    if not match:
+        raise KeyError(name)
+    return int(match.group(1)), int(match.group(2))
+
+
+def plans_file(ws: Workspace) -> Path:
+    return ws.preprocessed_dataset / f"{PLANS}.json"
+
+
+def model_folder(ws: Workspace, configuration: str, trainer: str) -> Path:
+    """nnU-Net's results folder of one trainer and configuration (its plans are always nnUNetPlans here)."""
+    return ws.results_dataset / f"{trainer}__{PLANS}__{configuration}"
+
+
+def fold_folder(ws: Workspace, configuration: str, fold: int, trainer: str) -> Path:
+    return model_folder(ws, configuration, trainer) / f"fold_{fold}"
+
+
+def fold_finished(folder: Path) -> bool:
+    """Training ended (final checkpoint) and nnU-Net's validation was written (summary)."""
+    return (folder / "checkpoint_final.pth").is_file() and (folder / "validation" / "summary.json").is_file()

@@ -1,0 +1,100 @@
+"""Our nnUNetTrainer subclasses: nnU-Net's trainer made durable (atomic checkpoints, a clean stop on a signal).
+
+`IbsrTrainer` is the full schedule (1000 epochs × 250 iterations); `IbsrTrainer_<E>ep_<I>it` a short one, so a smoke
+run can never be mistaken for a full one. nnU-Net builds trainers with exactly its five constructor arguments (and
+copies them from `locals()`), so settings of ours are attributes set after construction by `train`:
+`save_every` (1 here, also under nnU-Net's own `nnUNetv2_train -tr Ibsr…`; nnU-Net's default is 50) and
+`stop_signals` (None under `nnUNetv2_train`: no save-and-stop on signals there).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional
+
+from ..core.atomic import fsync_dir
+from ..core.exitcodes import EXIT_REQUEUE
+from ..core.signals import StopSignals
+from .paths import trainer_schedule
+
+
+class TrainingInterrupted(SystemExit):
+    """Raised after the checkpoint is safe: the process exits with EXIT_REQUEUE."""
+
+
+@lru_cache(maxsize=None)
+def trainer_class(name: str):
+    """The nnUNetTrainer subclass called `name` (IbsrTrainer or IbsrTrainer_<E>ep_<I>it); AttributeError otherwise."""
+    import torch
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    try:
+        epochs, iterations = trainer_schedule(name)
+    except KeyError:
+        raise AttributeError(name) from None
+
+    class Trainer(nnUNetTrainer):
+        """nnU-Net's trainer, made durable: atomic checkpoints every epoch and a clean stop on SIGUSR1/SIGTERM."""
+
+        def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
+            super().__init__(plans, configuration, fold, dataset_json, device)
+            self.num_epochs = epochs
+            self.num_iterations_per_epoch = iterations
+            self.num_val_iterations_per_epoch = max(1, round(iterations / 5))
+            self.save_every = 1
+            self.stop_signals: Optional[StopSignals] = None
+
+        def save_checkpoint(self, filename: str) -> None:
+            """Write to a temporary file, fsync, keep the previous good checkpoint, then rename into place."""
+            if self.local_rank != 0:
+                return
+            started = time.perf_counter()
+            target = Path(filename)
+            partial = target.with_name(f".{target.name}.partial")
+            super().save_checkpoint(str(partial))
+            with open(partial, "rb+") as handle:
+                os.fsync(handle.fileno())
+            if target.name == "checkpoint_latest.pth" and target.exists():
+                os.replace(target, target.with_name("checkpoint_previous.pth"))
+            os.replace(partial, target)
+            fsync_dir(target.parent)
+            # the price of durability, in the log where bench/resume.py and users can see it
+            self.print_to_log_file(f"{target.name} written in {time.perf_counter() - started:.3f} s")
+
+        def _stop_requested(self) -> bool:
+            return self.stop_signals is not None and self.stop_signals.requested
+
+        def train_step(self, batch: dict) -> dict:
+            result = super().train_step(batch)
+            if self._stop_requested():
+                # mid-epoch: store this epoch as not yet done, so the rerun repeats it (at most one epoch lost)
+                self.current_epoch -= 1
+                self._stop_for_requeue()
+            return result
+
+        def on_epoch_end(self):
+            super().on_epoch_end()  # saves checkpoint_latest every `save_every` epochs, then counts the epoch
+            if self._stop_requested() and self.current_epoch < self.num_epochs:
+                self.current_epoch -= 1
+                self._stop_for_requeue()
+
+        def on_train_end(self):
+            super().on_train_end()  # writes checkpoint_final.pth and deletes checkpoint_latest.pth
+            Path(self.output_folder, "checkpoint_previous.pth").unlink(missing_ok=True)
+
+        def _stop_for_requeue(self):
+            self.save_checkpoint(os.path.join(self.output_folder, "checkpoint_latest.pth"))
+            self.current_epoch += 1
+            for loader in (self.dataloader_train, self.dataloader_val):
+                if hasattr(loader, "_finish"):
+                    loader._finish()
+            self.print_to_log_file(f"{self.stop_signals.name}: saved checkpoint_latest.pth at epoch "
+                                   f"{self.current_epoch}; exiting with {EXIT_REQUEUE} (requeue me)")
+            raise TrainingInterrupted(EXIT_REQUEUE)
+
+    Trainer.__name__ = Trainer.__qualname__ = name
+    Trainer.__module__ = "ibsr_trainers"
+    return Trainer

@@ -1,0 +1,1 @@
+"""The sbatch templates and local-cluster.sh, shipped inside the package as ibsr_nnunet.campaign.templates."""
