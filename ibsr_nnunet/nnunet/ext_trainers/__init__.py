@@ -1,0 +1,1 @@
+"""What nnU-Net's own CLI loads through nnUNet_extTrainer: our trainer classes, built on first use."""
