@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from baselines.registry import LOSSES, MODELS
+
 from ..core.atomic import write_text
 from ..core.errors import InputError
 from ..core.vocabulary import BASELINE_SEPARATOR, CONFIGURATIONS, N_FOLDS
@@ -36,6 +38,13 @@ class SubmitPlan:
     resources: render.Resources = field(default_factory=render.Resources)
     dry_run: bool = False
 
+    def __post_init__(self) -> None:
+        for name in self.baselines:
+            model, _, loss = name.partition(BASELINE_SEPARATOR)
+            if model not in MODELS or loss not in LOSSES:
+                raise InputError(f"--baselines {name!r}: write each as MODEL__LOSS with MODEL one of "
+                                 f"{', '.join(MODELS)} and LOSS one of {', '.join(LOSSES)}, e.g. unet2d__dice_ce.")
+
 
 @dataclass
 class Submission:
@@ -53,14 +62,6 @@ class SubmitResult:
     submitted: list[Submission]
     skipped: list[str]  # one sentence per thing not submitted, and why
     dry_run: bool
-
-
-def parse_baselines(text: str) -> tuple[str, ...]:
-    names = tuple(b.strip() for b in text.split(",") if b.strip())
-    for name in names:
-        if not render.SAFE_NAME.fullmatch(name) or BASELINE_SEPARATOR not in name:
-            raise InputError(f"--baselines {name!r}: write each as MODEL__LOSS, e.g. unet2d__dice_ce.")
-    return names
 
 
 def _check_planned(ws: Workspace, plan: SubmitPlan) -> None:

@@ -11,8 +11,9 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
+from ..core.vocabulary import CONFIGURATIONS
 from ..nnunet.paths import FULL_EPOCHS, FULL_ITERATIONS
-from .common import (Device, DeviceOption, baselines_list, configs_or_none, console, folds_list, number, refusals,
+from .common import (ALL_FOLDS, Device, DeviceOption, baselines_list, configs_or_none, console, folds_list, number, refusals,
                      stage_app, workspace_of)
 
 app = stage_app("The SLURM campaign: submit every job, follow their state.")
@@ -22,9 +23,9 @@ app = stage_app("The SLURM campaign: submit every job, follow their state.")
 @refusals
 def submit(
     ctx: typer.Context,
-    configs: str = typer.Option("2d,3d_fullres", "--configs", help="nnU-Net configurations: one array job each ('' for none)."),
-    folds: str = typer.Option("0,1,2,3,4", "--folds", help="Folds: the array indices of every configuration."),
-    baselines: str = typer.Option("", "--baselines", help="Baseline jobs as MODEL__LOSS, comma-separated, e.g. unet2d__dice_ce."),
+    configs: str = typer.Option(",".join(CONFIGURATIONS), "--configs", callback=configs_or_none, help="nnU-Net configurations: one array job each ('' for none)."),
+    folds: str = typer.Option(ALL_FOLDS, "--folds", callback=folds_list, help="Folds: the array indices of every configuration."),
+    baselines: str = typer.Option("", "--baselines", callback=baselines_list, help="Baseline jobs as MODEL__LOSS, comma-separated, e.g. unet2d__dice_ce."),
     epochs: int = typer.Option(FULL_EPOCHS, "--epochs", min=1, help="Epochs of every training job."),
     iterations: int = typer.Option(FULL_ITERATIONS, "--iterations-per-epoch", min=1, help="Iterations per epoch of every training job."),
     device: DeviceOption = Device.auto,
@@ -42,15 +43,14 @@ def submit(
     """Submit the campaign: nnU-Net fold arrays, baselines, then ensemble + leaderboard once all succeeded."""
     from ..campaign.jobs import jobs_file
     from ..campaign.sbatch import resources_from
-    from ..campaign.submit import SubmitPlan, parse_baselines, submit as run_submit
+    from ..campaign.submit import SubmitPlan, submit as run_submit
 
     ws = workspace_of(ctx)
     resources = resources_from(config_file, partition=partition, account=account, time=time_limit,
                                gpus_per_job=gpus_per_job, cpus_per_task=cpus_per_task, mem=mem,
                                signal_grace=signal_grace, extra_sbatch=extra_sbatch)
     plan = SubmitPlan(
-        configs=configs_or_none(configs), folds=tuple(int(f) for f in folds_list(folds)),
-        baselines=parse_baselines(",".join(baselines_list(baselines))), epochs=epochs, iterations=iterations,
+        configs=tuple(configs), folds=tuple(int(f) for f in folds), baselines=tuple(baselines), epochs=epochs, iterations=iterations,
         device=device.value, resources=resources, dry_run=dry_run)
     result = run_submit(ws, plan, say=console.print)
     if dry_run:

@@ -43,7 +43,8 @@ Schedule = choice("Schedule", SCHEDULES)
 
 
 def comma_list(valid: Callable[[str], bool], option: str, known: str, allow_empty: bool = False):
-    """A callback that splits `a,b,c`, refuses an item `valid` rejects (listing what is `known`), and returns a tuple."""
+    """The one callback of every comma-separated option (`--configs 2d,3d_fullres`, `--folds`, `--baselines`): splits
+    `a,b,c`, refuses an item `valid` rejects (listing what is `known`), and returns a tuple."""
     def parse(text: str) -> tuple[str, ...]:
         items = tuple(item.strip() for item in (text or "").split(",") if item.strip())
         if not items and not allow_empty:
@@ -62,8 +63,8 @@ def _is_baseline(name: str) -> bool:
 
 configs_list = comma_list(lambda c: c in PLANNABLE, "--configs", ", ".join(PLANNABLE))
 configs_or_none = comma_list(lambda c: c in PLANNABLE, "--configs", ", ".join(PLANNABLE), allow_empty=True)
-folds_list = comma_list(lambda f: f.isdigit() and int(f) < N_FOLDS, "--folds",
-                        ", ".join(map(str, range(N_FOLDS))))
+ALL_FOLDS = ",".join(map(str, range(N_FOLDS)))
+folds_list = comma_list(lambda f: f.isdigit() and int(f) < N_FOLDS, "--folds", ", ".join(ALL_FOLDS.split(",")))
 baselines_list = comma_list(_is_baseline, "--baselines",
                             f"MODEL__LOSS with MODEL in {', '.join(MODELS)} and LOSS in {', '.join(LOSSES)}",
                             allow_empty=True)

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from ..core.vocabulary import CONFIGURATIONS
 from ..nnunet.paths import FULL_EPOCHS, FULL_ITERATIONS
 from .common import (Configuration, Device, DeviceOption, JobsOption, configs_list, console, cores, refusals,
                      stage_app, workspace_of)
@@ -18,7 +19,7 @@ app = stage_app("nnU-Net: plan, train folds, ensemble.")
 @refusals
 def plan(
     ctx: typer.Context,
-    configs: Annotated[str, typer.Option("--configs", help="Comma-separated nnU-Net configurations.")] = "2d,3d_fullres",
+    configs: Annotated[str, typer.Option("--configs", callback=configs_list, help="Comma-separated nnU-Net configurations.")] = ",".join(CONFIGURATIONS),
     jobs: JobsOption = 0,
     force: Annotated[bool, typer.Option("--force", help="Plan and preprocess again even when up to date.")] = False,
 ) -> None:
@@ -26,11 +27,10 @@ def plan(
     from ..nnunet.environment import configure
     from ..nnunet.plan import plan as run_plan
 
-    chosen = configs_list(configs)
     ws = workspace_of(ctx)
     configure(ws, cores(jobs))
     with console.status("nnU-Net: fingerprint, plans, preprocessing"):
-        result = run_plan(ws, chosen, jobs=cores(jobs), force=force)
+        result = run_plan(ws, tuple(configs), jobs=cores(jobs), force=force)
     title = f"{ws.dataset_name}: nnU-Net plans" + (" (up to date, nothing redone)" if result.up_to_date else "")
     table = Table(title=title)
     for column in ("configuration", "patch size", "batch size", "spacing (mm)", "stages", "median shape"):
