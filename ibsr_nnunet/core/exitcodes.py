@@ -1,3 +1,4 @@
 """Exit codes shared by every long-running command and the sbatch scripts that read them."""
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: "interrupted after saving, requeue me"; distinct from 128+N of an unhandled signal
+EXIT_LOCKED = 73  # EX_CANTCREAT: another live writer holds the lock on what this command would write; not requeued
