@@ -51,7 +51,7 @@ def load_case(case_id: str, image_path: Path, label_path: Path | None = None) ->
     label = None
     if label_path is not None:
         label_volume = read_volume(label_path)
-        require_same_grid(volume, label_volume, Path(image_path), Path(label_path))
+        require_same_grid(volume, label_volume, Path(image_path), label_path=Path(label_path))
         label = np.asarray(label_volume.array)
         if label.min() < 0 or label.max() > 3:
             raise InputError(f"{label_path}: labels span {int(label.min())}..{int(label.max())} but must lie in 0..3 "

@@ -42,7 +42,7 @@ def window_starts(extent: int, window: int, overlap: float) -> list[int]:
 
 
 @torch.no_grad()
-def predict_array(model: UNet, image: np.ndarray, window: tuple[int, ...], overlap: float = 0.5,
+def predict_array(model: UNet, image: np.ndarray, window: tuple[int, ...], *, overlap: float = 0.5,
                   batch_size: int = 8, device: torch.device = torch.device("cpu"), amp: bool = True,
                   tuner: ThreadTuner | None = None) -> np.ndarray:
     """uint8 labels for a z-scored (S, H, W) image.
@@ -115,7 +115,7 @@ def load_model(run: Path, device: torch.device) -> tuple[UNet, dict]:
                          f"first.")
     saved = torch.load(best, map_location="cpu", weights_only=False)
     options = options_from(saved["options"])
-    model = build_model(options.model, options.width, options.depth, options.dropout)
+    model = build_model(options.model, options.width, options.depth, dropout=options.dropout)
     model.load_state_dict(saved["model"])
     model = model.to(device)
     if model.dims == 2:
@@ -123,7 +123,7 @@ def load_model(run: Path, device: torch.device) -> tuple[UNet, dict]:
     return model, saved["options"]
 
 
-def predict_files(run: Path, images: list[tuple[str, Path]], out_dir: Path, device: str = "auto",
+def predict_files(run: Path, images: list[tuple[str, Path]], out_dir: Path, *, device: str = "auto",
                   overlap: float = 0.5, batch_size: int = 8, threads: int = 0,
                   on_case: Callable[[str, bool], None] | None = None) -> list[Path]:
     """Predict each (case id, image file) into out_dir/<case>.nii.gz with the run's best weights, atomically.
@@ -144,7 +144,8 @@ def predict_files(run: Path, images: list[tuple[str, Path]], out_dir: Path, devi
         skip = target.is_file() and target.stat().st_mtime >= weights_time
         if not skip:
             case = load_case(case_id, image_path)
-            labels = predict_array(model, case.image, window, overlap, batch_size, torch_device, amp, tuner)
+            labels = predict_array(model, case.image, window, overlap=overlap, batch_size=batch_size,
+                                   device=torch_device, amp=amp, tuner=tuner)
             prediction = case.volume.with_array(np.ascontiguousarray(np.moveaxis(labels, 0, case.axis)))
             with atomic_path(target) as tmp:
                 write_volume(prediction, tmp)

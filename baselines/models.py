@@ -136,7 +136,7 @@ class UNet(nn.Module):
         return x
 
 
-def build_model(name: str, width: int = 32, depth: int = 5, dropout: float = 0.4, in_channels: int = 1,
+def build_model(name: str, width: int = 32, depth: int = 5, *, dropout: float = 0.4, in_channels: int = 1,
                 num_classes: int = 4) -> UNet:
     """The network called `name` (one of MODELS) with the given width, depth and dropout."""
     if name not in MODELS:

@@ -25,6 +25,7 @@ from .models import build_model
 from .registry import LOSSES, MODELS, OPTIMIZERS, SCHEDULES
 from .threads import ThreadTuner
 
+CHECKPOINT = "checkpoint.pt"  # everything a resume needs
 LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds")
 # options that define what is learnt: a run folder refuses to resume under different ones
 IDENTITY = ("model", "loss", "width", "depth", "dropout", "patch_size", "batch_size", "optimizer", "schedule", "seed")
@@ -213,7 +214,7 @@ def _check_same_run(folder: Path, saved: dict, options: TrainOptions) -> None:
                          f"it, or delete that folder to start again.")
 
 
-def train(folder: Path, train_files: list[tuple[str, Path, Path]], options: TrainOptions,
+def train(folder: Path, train_files: list[tuple[str, Path, Path]], options: TrainOptions, *,
           on_epoch: Callable[[dict], None] | None = None, on_iteration: Callable[[], None] | None = None,
           on_start: Callable[[int, int | None], None] | None = None) -> TrainResult:
     """Train (or resume) the run in `folder` on labelled (id, image, label) files; an internal validation split
@@ -221,13 +222,137 @@ def train(folder: Path, train_files: list[tuple[str, Path, Path]], options: Trai
     report progress."""
     began = time.perf_counter()
     folder = Path(folder)
-    checkpoint_path = folder / "checkpoint.pt"
-    state = torch.load(checkpoint_path, map_location="cpu", weights_only=False) if checkpoint_path.is_file() else None
+    state = _load_checkpoint(folder)
     if state is not None:
         _check_same_run(folder, state["options"], options)
         if state["finished"]:
             return TrainResult("already finished", folder, state["epoch"], state["epoch"], state["best_val_loss"],
                                state["best_val_dice"], state["train_seconds"], state["log"])
+    run = _start_run(folder, train_files, options, began)
+    if state is not None:
+        run.restore(state)
+    start_epoch = run.epoch
+    folder.mkdir(parents=True, exist_ok=True)
+    if on_start:
+        on_start(start_epoch, options.epochs)
+    finished = run.budget_spent()
+    if finished:  # resumed with a budget already spent: record that the run is complete
+        run.save(finished=True)
+    with StopSignals() as stop:
+        while not finished:
+            losses = _train_epoch(run, stop, on_iteration)
+            if stop.requested:  # the partial epoch is redone on resume; its updates stay in the weights
+                run.save(finished=False)
+                return run.result("interrupted", start_epoch)
+            row = _end_epoch(run, losses)
+            finished = run.budget_spent() or run.bad_epochs >= options.patience
+            run.save(finished)
+            if on_epoch:
+                on_epoch(row)
+    return run.result("finished", start_epoch)
+
+
+def _load_checkpoint(folder: Path) -> dict | None:
+    """The run's last checkpoint, or None when it has none yet."""
+    path = folder / CHECKPOINT
+    return torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None
+
+
+@dataclass
+class _Run:
+    """One run's training state, shared by the epoch loop, the training step and the checkpoint writer."""
+
+    folder: Path
+    options: TrainOptions
+    began: float  # perf_counter() at the start of this call; earlier calls' time is in seconds_before
+    device: torch.device
+    tuner: ThreadTuner
+    train_ids: list[str]
+    val_ids: list[str]
+    sampler: PatchSampler
+    val_data: list[tuple[torch.Tensor, torch.Tensor]]
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    plateau: torch.optim.lr_scheduler.ReduceLROnPlateau
+    scaler: torch.amp.GradScaler
+    loss_fn: torch.nn.Module
+    epoch: int = 0
+    best_val_loss: float = math.inf
+    best_val_dice: float = 0.0
+    bad_epochs: int = 0
+    seconds_before: float = 0.0
+    log: list[dict] = field(default_factory=list)
+
+    def elapsed(self) -> float:
+        """Training seconds summed across resumes."""
+        return self.seconds_before + time.perf_counter() - self.began
+
+    def out_of_time(self) -> bool:
+        """Whether the minutes budget is used up."""
+        return self.options.minutes is not None and self.elapsed() >= self.options.minutes * 60
+
+    def budget_spent(self) -> bool:
+        """Whether the epochs or the minutes budget is used up."""
+        return self.options.epochs is not None and self.epoch >= self.options.epochs or self.out_of_time()
+
+    def restore(self, state: dict) -> None:
+        """Continue from a checkpoint: weights, optimiser, schedule, scaler, random streams and counters."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.plateau.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.sampler.rng.bit_generator.state = state["rng"]["sampler"]
+        torch.set_rng_state(state["rng"]["torch"])
+        if self.device.type == "cuda" and state["rng"]["cuda"] is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.epoch, self.best_val_loss = state["epoch"], state["best_val_loss"]
+        self.best_val_dice, self.bad_epochs = state["best_val_dice"], state["bad_epochs"]
+        self.seconds_before, self.log = state["train_seconds"], state["log"]
+
+    def save(self, finished: bool) -> None:
+        """checkpoint.pt (everything a resume needs), log.csv and run.json, each written atomically."""
+        options, device = self.options, self.device
+        checkpoint = {
+            "options": asdict(options), "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.plateau.state_dict(), "scaler": self.scaler.state_dict(), "epoch": self.epoch,
+            "best_val_loss": self.best_val_loss, "best_val_dice": self.best_val_dice, "bad_epochs": self.bad_epochs,
+            "train_seconds": self.elapsed(), "log": self.log, "finished": finished, "val_ids": self.val_ids,
+            "rng": {"sampler": self.sampler.rng.bit_generator.state, "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+        }
+        with atomic_path(self.folder / CHECKPOINT) as tmp:
+            torch.save(checkpoint, tmp)
+        _write_log(self.folder, self.log)
+        write_json(self.folder / "run.json", {
+            "model": options.model, "loss": options.loss, "options": asdict(options), "train_cases": self.train_ids,
+            "val_cases": self.val_ids, "epochs_done": self.epoch,
+            "best_val_loss": self.best_val_loss if self.log else None,
+            "best_val_dice": self.best_val_dice if self.log else None, "train_seconds": round(self.elapsed(), 2),
+            "finished": finished,
+        })
+
+    def step(self) -> float:
+        """One training iteration; its loss."""
+        image, label = self.sampler.batch(self.options.batch_size)
+        image, label = image.to(self.device), label.to(self.device)
+        if self.options.dims == 2:
+            image = image.contiguous(memory_format=torch.channels_last)
+        with _autocast(self.device, self.options.amp):
+            loss = self.loss_fn(self.model(image), label)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.item()
+
+    def result(self, status: str, start_epoch: int) -> TrainResult:
+        """What this call did, as train() returns it."""
+        return TrainResult(status, self.folder, start_epoch, self.epoch, self.best_val_loss, self.best_val_dice,
+                           self.elapsed(), self.log)
+
+
+def _start_run(folder: Path, train_files: list[tuple[str, Path, Path]], options: TrainOptions, began: float) -> _Run:
+    """Seed, split and load the cases, then build the samplers, network, optimiser, schedule and loss, untrained."""
     device = torch_device(options.device)
     fixed = options.threads or device.type != "cpu"
     tuner = ThreadTuner((options.threads or torch.get_num_threads(),) if fixed else None)
@@ -240,109 +365,50 @@ def train(folder: Path, train_files: list[tuple[str, Path, Path]], options: Trai
     val_sampler = PatchSampler([cases[c] for c in val_ids], options.patch, options.csf_fraction, seed=options.seed + 1)
     val_data = [val_sampler.batch(options.batch_size) for _ in range(options.val_batches)]
 
-    model = build_model(options.model, options.width, options.depth, options.dropout).to(device)
+    model = build_model(options.model, options.width, options.depth, dropout=options.dropout).to(device)
     if options.dims == 2:
         model = model.to(memory_format=torch.channels_last)  # faster convolutions with oneDNN and cuDNN
     optimizer = _optimizer(options, model.parameters())
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=options.plateau_patience)
-    amp = options.amp
-    scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
-    loss_fn = build_loss(options.loss).to(device)
-    epoch, best_val_loss, best_val_dice, bad_epochs, seconds_before, log = 0, math.inf, 0.0, 0, 0.0, []
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        plateau.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        sampler.rng.bit_generator.state = state["rng"]["sampler"]
-        torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and state["rng"]["cuda"] is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-        epoch, best_val_loss, best_val_dice = state["epoch"], state["best_val_loss"], state["best_val_dice"]
-        bad_epochs, seconds_before, log = state["bad_epochs"], state["train_seconds"], state["log"]
-    start_epoch = epoch
-    folder.mkdir(parents=True, exist_ok=True)
+    scaler = torch.amp.GradScaler("cuda", enabled=options.amp and device.type == "cuda")
+    return _Run(folder, options, began, device, tuner, train_ids, val_ids, sampler, val_data, model, optimizer,
+                plateau, scaler, build_loss(options.loss).to(device))
 
-    def elapsed() -> float:
-        return seconds_before + time.perf_counter() - began
 
-    def out_of_time() -> bool:
-        return options.minutes is not None and elapsed() >= options.minutes * 60
+def _train_epoch(run: _Run, stop: StopSignals, on_iteration: Callable[[], None] | None) -> list[float]:
+    """Up to iterations_per_epoch training steps; fewer when a stop signal comes or the minutes run out."""
+    options = run.options
+    run.model.train()
+    losses = []
+    for _ in range(options.iterations_per_epoch):
+        if options.schedule == "cosine":
+            for group in run.optimizer.param_groups:
+                group["lr"] = _cosine_lr(options, run.epoch * options.iterations_per_epoch + len(losses), run.elapsed())
+        losses.append(run.tuner(run.step))
+        if on_iteration:
+            on_iteration()
+        if stop.requested or run.out_of_time():
+            break
+    return losses
 
-    def save(finished: bool) -> None:
-        checkpoint = {
-            "options": asdict(options), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": plateau.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-            "best_val_loss": best_val_loss, "best_val_dice": best_val_dice, "bad_epochs": bad_epochs,
-            "train_seconds": elapsed(), "log": log, "finished": finished, "val_ids": val_ids,
-            "rng": {"sampler": sampler.rng.bit_generator.state, "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
-        }
-        with atomic_path(checkpoint_path) as tmp:
-            torch.save(checkpoint, tmp)
-        _write_log(folder, log)
-        write_json(folder / "run.json", {
-            "model": options.model, "loss": options.loss, "options": asdict(options), "train_cases": train_ids,
-            "val_cases": val_ids, "epochs_done": epoch, "best_val_loss": best_val_loss if log else None,
-            "best_val_dice": best_val_dice if log else None, "train_seconds": round(elapsed(), 2),
-            "finished": finished,
-        })
 
-    def step() -> float:
-        """One training iteration; its loss."""
-        image, label = sampler.batch(options.batch_size)
-        image, label = image.to(device), label.to(device)
-        if options.dims == 2:
-            image = image.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, amp):
-            loss = loss_fn(model(image), label)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        return loss.item()
-
-    if on_start:
-        on_start(start_epoch, options.epochs)
-    finished = options.epochs is not None and epoch >= options.epochs or out_of_time()
-    if finished:  # resumed with a budget already spent: record that the run is complete
-        save(finished=True)
-    with StopSignals() as stop:
-        while not finished:
-            model.train()
-            losses = []
-            for _ in range(options.iterations_per_epoch):
-                if options.schedule == "cosine":
-                    for group in optimizer.param_groups:
-                        group["lr"] = _cosine_lr(options, epoch * options.iterations_per_epoch + len(losses), elapsed())
-                losses.append(tuner(step))
-                if on_iteration:
-                    on_iteration()
-                if stop.requested or out_of_time():
-                    break
-            if stop.requested:  # the partial epoch is redone on resume; its updates stay in the weights
-                save(finished=False)
-                return TrainResult("interrupted", folder, start_epoch, epoch, best_val_loss, best_val_dice,
-                                   elapsed(), log)
-            val_loss, val_dice = _validate(model, loss_fn, val_data, device, amp, options.dims)
-            lr = optimizer.param_groups[0]["lr"]
-            if options.schedule == "plateau":
-                plateau.step(val_loss)
-            epoch += 1
-            if val_loss < best_val_loss:
-                best_val_loss, best_val_dice, bad_epochs = val_loss, val_dice, 0
-                _save_best(folder, model, options, epoch)
-            else:
-                bad_epochs += 1
-            row = {"epoch": epoch, "train_loss": round(float(np.mean(losses)), 5), "val_loss": round(val_loss, 5),
-                   "val_dice": round(val_dice, 5), "lr": f"{lr:.3g}", "seconds": round(elapsed(), 1)}
-            log.append(row)
-            finished = (options.epochs is not None and epoch >= options.epochs or out_of_time()
-                        or bad_epochs >= options.patience)
-            save(finished)
-            if on_epoch:
-                on_epoch(row)
-    return TrainResult("finished", folder, start_epoch, epoch, best_val_loss, best_val_dice, elapsed(), log)
+def _end_epoch(run: _Run, losses: list[float]) -> dict:
+    """Validate, step the plateau schedule, keep the best weights and counters; the epoch's log row."""
+    options = run.options
+    val_loss, val_dice = _validate(run.model, run.loss_fn, run.val_data, run.device, options.amp, options.dims)
+    lr = run.optimizer.param_groups[0]["lr"]
+    if options.schedule == "plateau":
+        run.plateau.step(val_loss)
+    run.epoch += 1
+    if val_loss < run.best_val_loss:
+        run.best_val_loss, run.best_val_dice, run.bad_epochs = val_loss, val_dice, 0
+        _save_best(run.folder, run.model, options, run.epoch)
+    else:
+        run.bad_epochs += 1
+    row = {"epoch": run.epoch, "train_loss": round(float(np.mean(losses)), 5), "val_loss": round(val_loss, 5),
+           "val_dice": round(val_dice, 5), "lr": f"{lr:.3g}", "seconds": round(run.elapsed(), 1)}
+    run.log.append(row)
+    return row
 
 
 @torch.no_grad()

@@ -108,7 +108,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-requeue-"))
     job_ids: list[str] = []
     try:
-        write_phantoms(root / "source", 8, "misa", "small", seed=0)
+        write_phantoms(root / "source", 8, layout="misa", size="small", seed=0)
         ws = Workspace.open(root / "ws")
         convert(root / "source", ws, ConvertOptions(jobs=2))
         cli(ws.root, "plan", "--configs", "2d", "--jobs", "2")

@@ -18,6 +18,7 @@ import pandas as pd
 from .core.atomic import atomic_path
 from .core.errors import InputError
 from .core.vocabulary import NNUNET_PREFIX, TISSUES
+from .core.workspace import Workspace
 from .data.preprocess import Preprocessing, apply
 from .data.volumes import Volume, read_volume, write_volume
 
@@ -71,7 +72,7 @@ class Model:
     info: dict  # nnU-Net: model.json of its predictions; baseline: {"run": folder}
 
 
-def choose_model(ws, name: Optional[str]) -> Model:
+def choose_model(ws: Workspace, name: Optional[str]) -> Model:
     """`name`, or the leaderboard's best model, with its held-out scores."""
     board = pd.read_csv(ws.leaderboard) if ws.leaderboard.is_file() else None
     if name is None:
@@ -103,7 +104,7 @@ class Reference:
     spacing: tuple[float, float, float]
 
 
-def training_reference(ws) -> Reference:
+def training_reference(ws: Workspace) -> Reference:
     manifest = json.loads(ws.manifest.read_text())
     settings = dict(manifest["preprocessing"])
     settings["n4_iterations"] = tuple(settings["n4_iterations"])
@@ -170,7 +171,7 @@ class SegmentResult:
         return [s for s in self.scans if s.error]
 
 
-def _predict_nnunet(ws, model: Model, staged: dict[str, Path], scratch: Path, device: str, jobs: int,
+def _predict_nnunet(ws: Workspace, model: Model, staged: dict[str, Path], scratch: Path, device: str, jobs: int,
                     on_scan: Callable[[str, float], None]) -> Path:
     from .nnunet.paths import model_folder
     from .nnunet.predict import apply_postprocessing, ensemble_folders, predict
@@ -207,12 +208,12 @@ def _predict_baseline(model: Model, staged: dict[str, Path], scratch: Path, devi
         on_scan(scan, now - clock[0])
         clock[0] = now
 
-    predict_files(Path(model.info["run"]), list(staged.items()), labels, device, on_case=done)
+    predict_files(Path(model.info["run"]), list(staged.items()), labels, device=device, on_case=done)
     return labels
 
 
-def segment(ws, inputs: list[Path], output: Path, model_name: Optional[str] = None, device: str = "auto",
-            jobs: int = 1, on_start: Callable[[Model, int], None] = lambda m, n: None,
+def segment(ws: Workspace, inputs: list[Path], output: Path, *, model_name: Optional[str] = None,
+            device: str = "auto", jobs: int = 1, on_start: Callable[[Model, int], None] = lambda m, n: None,
             on_scan_done: Callable[[Scan], None] = lambda s: None) -> SegmentResult:
     """Stage (preprocess as in training), predict, write `<name>_tissue.nii.gz` on each input's grid, and volumes.csv.
 
@@ -228,47 +229,67 @@ def segment(ws, inputs: list[Path], output: Path, model_name: Optional[str] = No
     scratch = output / f".tmp-segment-{os.getpid()}-{secrets.token_hex(4)}"
     (scratch / "images").mkdir(parents=True)
     try:
-        staged: dict[str, Path] = {}
-        by_id: dict[str, Scan] = {}
-        for index, scan in enumerate(scans):
-            started = time.perf_counter()
-            try:
-                scan.volume = read_volume(scan.input)
-                scan.warnings = scan_warnings(scan.volume, reference)
-                prepared = apply(scan.volume, reference.preprocessing)
-                scan_id = f"scan{index:05d}"
-                scan.staged = scratch / "images" / f"{scan_id}_0000.nii.gz"
-                write_volume(prepared.with_array(prepared.array.astype(np.float32)), scan.staged)
-                staged[scan_id], by_id[scan_id] = scan.staged, scan
-            except InputError as err:
-                scan.error = str(err)
-                on_scan_done(scan)
-            scan.seconds += time.perf_counter() - started
-
-        def predicted(scan_id: str, seconds: float) -> None:
-            by_id[scan_id].seconds += seconds
-
-        if staged:
-            if model.name.startswith(NNUNET_PREFIX):
-                labels = _predict_nnunet(ws, model, staged, scratch, device, jobs, predicted)
-            else:
-                labels = _predict_baseline(model, staged, scratch, device, predicted)
-        for scan_id, scan in by_id.items():
-            started = time.perf_counter()
-            predicted_labels = read_volume(labels / f"{scan_id}.nii.gz").array
-            if predicted_labels.shape != scan.volume.array.shape:
-                scan.error = f"prediction shape {predicted_labels.shape} differs from the input's {scan.volume.array.shape}"
-            else:
-                tissue = predicted_labels.astype(np.uint8)
-                with atomic_path(scan.output) as tmp:
-                    write_volume(scan.volume.with_array(tissue), tmp)
-                scan.volumes = tissue_volumes(tissue, scan.volume.spacing)
-            scan.seconds += time.perf_counter() - started
-            scan.volume = None  # free the voxels as we go
-            on_scan_done(scan)
+        by_id = _stage(scans, scratch / "images", reference, on_scan_done)
+        if by_id:
+            labels = _predict(ws, model, by_id, scratch, device, jobs)
+            _write_tissues(by_id, labels, on_scan_done)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    return SegmentResult(model, scans, _write_volumes_csv(scans, model, output))
 
+
+def _stage(scans: list[Scan], images: Path, reference: Reference,
+           on_scan_done: Callable[[Scan], None]) -> dict[str, Scan]:
+    """Read, check and preprocess each scan into `images`; the staged scans by ID. Unreadable ones are done here."""
+    by_id: dict[str, Scan] = {}
+    for index, scan in enumerate(scans):
+        started = time.perf_counter()
+        try:
+            scan.volume = read_volume(scan.input)
+            scan.warnings = scan_warnings(scan.volume, reference)
+            prepared = apply(scan.volume, reference.preprocessing)
+            scan_id = f"scan{index:05d}"
+            scan.staged = images / f"{scan_id}_0000.nii.gz"
+            write_volume(prepared.with_array(prepared.array.astype(np.float32)), scan.staged)
+            by_id[scan_id] = scan
+        except InputError as err:
+            scan.error = str(err)
+            on_scan_done(scan)
+        scan.seconds += time.perf_counter() - started
+    return by_id
+
+
+def _predict(ws: Workspace, model: Model, by_id: dict[str, Scan], scratch: Path, device: str, jobs: int) -> Path:
+    """Predict every staged scan, adding each one's share of the time to it; the folder of predicted label maps."""
+    staged = {scan_id: scan.staged for scan_id, scan in by_id.items()}
+
+    def predicted(scan_id: str, seconds: float) -> None:
+        by_id[scan_id].seconds += seconds
+
+    if model.name.startswith(NNUNET_PREFIX):
+        return _predict_nnunet(ws, model, staged, scratch, device, jobs, predicted)
+    return _predict_baseline(model, staged, scratch, device, predicted)
+
+
+def _write_tissues(by_id: dict[str, Scan], labels: Path, on_scan_done: Callable[[Scan], None]) -> None:
+    """Write each scan's predicted tissue map on its input's grid and measure its volumes."""
+    for scan_id, scan in by_id.items():
+        started = time.perf_counter()
+        predicted_labels = read_volume(labels / f"{scan_id}.nii.gz").array
+        if predicted_labels.shape != scan.volume.array.shape:
+            scan.error = f"prediction shape {predicted_labels.shape} differs from the input's {scan.volume.array.shape}"
+        else:
+            tissue = predicted_labels.astype(np.uint8)
+            with atomic_path(scan.output) as tmp:
+                write_volume(scan.volume.with_array(tissue), tmp)
+            scan.volumes = tissue_volumes(tissue, scan.volume.spacing)
+        scan.seconds += time.perf_counter() - started
+        scan.volume = None  # free the voxels as we go
+        on_scan_done(scan)
+
+
+def _write_volumes_csv(scans: list[Scan], model: Model, output: Path) -> Path:
+    """output/volumes.csv: one row a scan, failed ones with their error."""
     rows = [{"scan": _stem(s.input), "input": str(s.input), "output": "" if s.error else str(s.output),
              "model": model.name, **{c: s.volumes.get(c, math.nan) for c in VOLUME_COLUMNS[4:11]},
              "seconds": round(s.seconds, 3), "warnings": "; ".join(s.warnings), "error": s.error or ""}
@@ -276,4 +297,4 @@ def segment(ws, inputs: list[Path], output: Path, model_name: Optional[str] = No
     csv = output / "volumes.csv"
     with atomic_path(csv) as tmp:
         pd.DataFrame(rows, columns=VOLUME_COLUMNS).to_csv(tmp, index=False)
-    return SegmentResult(model, scans, csv)
+    return csv

@@ -110,7 +110,7 @@ def convert_case(job: CaseJob) -> dict:
     if job.label_out is not None:
         label_path = job.subject.label
         label = volumes.read_volume(label_path)
-        volumes.require_same_grid(image, label, image_path, label_path)
+        volumes.require_same_grid(image, label, image_path, label_path=label_path)
         source_labels = integral_labels(label.array, str(label_path))
         source_counts = value_counts(source_labels)
         scheme = detect_scheme(source_counts, str(label_path), job.label_map)
@@ -218,7 +218,7 @@ def _run_jobs(jobs: list[CaseJob], processes: int, on_case_done: Callable[[str],
     return records
 
 
-def convert(source: str | os.PathLike, ws: Workspace, options: ConvertOptions = ConvertOptions(),
+def convert(source: str | os.PathLike, ws: Workspace, options: ConvertOptions = ConvertOptions(), *,
             on_start: Callable[[int], None] = lambda n: None,
             on_case_done: Callable[[str], None] = lambda case: None) -> ConvertResult:
     """Write `ws`'s Dataset<ID>_IBSR18 from `source`; a no-op when it already holds exactly these inputs."""
@@ -226,71 +226,15 @@ def convert(source: str | os.PathLike, ws: Workspace, options: ConvertOptions = 
     source = Path(source).absolute()
     ws = Workspace(ws.root, options.dataset_id)
     ws.ensure_writable()
-    layout, subjects = find_subjects(source, options.layout, options.fill)
-    roles, policy = assign_roles(subjects, options.heldout_fraction)
-    files = {s.subject_id: (_file_record(s.image), _file_record(s.label if roles[s.subject_id] != "test" else None))
-             for s in subjects}
-    fingerprint = _fingerprint(layout, subjects, roles, options, files)
-
-    existing = _existing_manifest(ws)
-    if ws.raw_dataset.exists():
-        if existing and existing.get("fingerprint") == fingerprint:
-            return ConvertResult(ws.raw_dataset, existing, up_to_date=True, seconds={})
-        if not options.force:
-            raise InputError(
-                f"{ws.raw_dataset} already holds a different dataset (other sources or options); "
-                f"pass --force to replace it, or --dataset-id with a free ID."
-            )
+    plan = _plan(source, options)
+    existing = _up_to_date_manifest(ws, plan.fingerprint, options)
+    if existing is not None:
+        return ConvertResult(ws.raw_dataset, existing, up_to_date=True, seconds={})
 
     _remove_stale_builds(ws.nnunet_raw, ws.dataset_name)
     build = ws.nnunet_raw / f".tmp-{ws.dataset_name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        for folder in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
-            (build / folder).mkdir(parents=True)
-        jobs = []
-        for subject in subjects:
-            role = roles[subject.subject_id]
-            image_folder, label_folder = ROLE_FOLDERS[role]
-            jobs.append(CaseJob(
-                subject=subject, role=role,
-                image_out=build / image_folder / f"{subject.subject_id}_0000.nii.gz",
-                label_out=build / label_folder / f"{subject.subject_id}.nii.gz" if label_folder else None,
-                label_map=options.label_map, preprocessing=options.preprocessing,
-            ))
-        on_start(len(jobs))
-        processes = min(options.jobs or available_cores(), len(jobs))
-        started = time.perf_counter()
-        preload = []
-        records = _run_jobs(jobs, processes, on_case_done, lambda: preload.append(integrity.preload_in_background()))
-        records.sort(key=lambda r: r["id"])
-        seconds = {"cases": time.perf_counter() - started}
-        for record in records:
-            record["image"], record["label"] = files[record["id"]]
-
-        ids = {role: [r["id"] for r in records if r["role"] == role] for role in ("train", "heldout", "test")}
-        folds = cross_validation_folds(ids["train"])
-        manifest = {
-            "tool": "ibsr-nnunet",
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "fingerprint": fingerprint,
-            "dataset": ws.dataset_name,
-            "source": str(source),
-            "layout": layout,
-            "label_files": ("segTRI_fill" if options.fill else "segTRI") if layout != "misa" else "seg",
-            "label_map": options.label_map.describe() if options.label_map else "auto",
-            "preprocessing": options.preprocessing.as_record(),
-            "split": {"policy": policy, **ids, "folds": len(folds)},
-            "cases": records,
-            "versions": _package_versions(),
-        }
-        write_json(build / "dataset.json", dataset_json(len(ids["train"])))
-        write_json(build / "splits_final.json", folds)
-        write_json(build / "ibsr_manifest.json", manifest)
-        started = time.perf_counter()
-        for thread in preload:
-            thread.join()
-        integrity.verify_dataset(build, processes)
-        seconds["integrity_check"] = time.perf_counter() - started
+        manifest, folds, seconds = _build_dataset(build, ws, plan, options, on_start, on_case_done)
         swap_in(build, ws.raw_dataset)
     finally:
         shutil.rmtree(build, ignore_errors=True)
@@ -299,3 +243,104 @@ def convert(source: str | os.PathLike, ws: Workspace, options: ConvertOptions = 
     write_json(ws.preprocessed_dataset / "splits_final.json", folds)
     ws.record_dataset_id()
     return ConvertResult(ws.raw_dataset, manifest, up_to_date=False, seconds=seconds)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a conversion found and decided before writing anything."""
+
+    source: Path
+    layout: str
+    subjects: list[Subject]
+    roles: dict[str, str]
+    policy: str  # the held-out policy in words
+    files: dict[str, tuple[Optional[dict], Optional[dict]]]  # subject ID -> (image, label) file records
+    fingerprint: str
+
+
+def _plan(source: Path, options: ConvertOptions) -> _Plan:
+    """Find the subjects, give each its role, hash their files and fingerprint the whole conversion."""
+    layout, subjects = find_subjects(source, options.layout, options.fill)
+    roles, policy = assign_roles(subjects, options.heldout_fraction)
+    files = {s.subject_id: (_file_record(s.image), _file_record(s.label if roles[s.subject_id] != "test" else None))
+             for s in subjects}
+    return _Plan(source, layout, subjects, roles, policy, files, _fingerprint(layout, subjects, roles, options, files))
+
+
+def _up_to_date_manifest(ws: Workspace, fingerprint: str, options: ConvertOptions) -> Optional[dict]:
+    """The manifest of a dataset already built from these inputs, else None; refuses to replace another unforced."""
+    existing = _existing_manifest(ws)
+    if ws.raw_dataset.exists():
+        if existing and existing.get("fingerprint") == fingerprint:
+            return existing
+        if not options.force:
+            raise InputError(
+                f"{ws.raw_dataset} already holds a different dataset (other sources or options); "
+                f"pass --force to replace it, or --dataset-id with a free ID."
+            )
+    return None
+
+
+def _case_jobs(build: Path, plan: _Plan, options: ConvertOptions) -> list[CaseJob]:
+    """One job per subject, writing into its role's image (and label) folder of `build`."""
+    jobs = []
+    for subject in plan.subjects:
+        role = plan.roles[subject.subject_id]
+        image_folder, label_folder = ROLE_FOLDERS[role]
+        jobs.append(CaseJob(
+            subject=subject, role=role,
+            image_out=build / image_folder / f"{subject.subject_id}_0000.nii.gz",
+            label_out=build / label_folder / f"{subject.subject_id}.nii.gz" if label_folder else None,
+            label_map=options.label_map, preprocessing=options.preprocessing,
+        ))
+    return jobs
+
+
+def _build_dataset(build: Path, ws: Workspace, plan: _Plan, options: ConvertOptions,
+                   on_start: Callable[[int], None],
+                   on_case_done: Callable[[str], None]) -> tuple[dict, list[dict], dict[str, float]]:
+    """Convert every case into `build`, write its JSON files and have nnU-Net check it; (manifest, folds, seconds)."""
+    for folder in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        (build / folder).mkdir(parents=True)
+    jobs = _case_jobs(build, plan, options)
+    on_start(len(jobs))
+    processes = min(options.jobs or available_cores(), len(jobs))
+    started = time.perf_counter()
+    preload = []
+    records = _run_jobs(jobs, processes, on_case_done, lambda: preload.append(integrity.preload_in_background()))
+    records.sort(key=lambda r: r["id"])
+    seconds = {"cases": time.perf_counter() - started}
+    for record in records:
+        record["image"], record["label"] = plan.files[record["id"]]
+
+    ids = {role: [r["id"] for r in records if r["role"] == role] for role in ("train", "heldout", "test")}
+    folds = cross_validation_folds(ids["train"])
+    manifest = _manifest(ws, plan, options, records, ids, len(folds))
+    write_json(build / "dataset.json", dataset_json(len(ids["train"])))
+    write_json(build / "splits_final.json", folds)
+    write_json(build / "ibsr_manifest.json", manifest)
+    started = time.perf_counter()
+    for thread in preload:
+        thread.join()
+    integrity.verify_dataset(build, processes)
+    seconds["integrity_check"] = time.perf_counter() - started
+    return manifest, folds, seconds
+
+
+def _manifest(ws: Workspace, plan: _Plan, options: ConvertOptions, records: list[dict], ids: dict[str, list[str]],
+              n_folds: int) -> dict:
+    """ibsr_manifest.json: where the dataset came from, how it was converted, its split and every case."""
+    return {
+        "tool": "ibsr-nnunet",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "fingerprint": plan.fingerprint,
+        "dataset": ws.dataset_name,
+        "source": str(plan.source),
+        "layout": plan.layout,
+        "label_files": ("segTRI_fill" if options.fill else "segTRI") if plan.layout != "misa" else "seg",
+        "label_map": options.label_map.describe() if options.label_map else "auto",
+        "preprocessing": options.preprocessing.as_record(),
+        "split": {"policy": plan.policy, **ids, "folds": n_folds},
+        "cases": records,
+        "versions": _package_versions(),
+    }

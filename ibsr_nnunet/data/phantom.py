@@ -123,7 +123,7 @@ def misa_split(count: int) -> list[str]:
     return ["Training_Set"] * n_train + ["Validation_Set"] * n_val + ["Test_Set"] * n_test
 
 
-def write_phantoms(out: str | Path, subjects: int = 6, layout: str = "misa", size: str = "small", seed: int = 0,
+def write_phantoms(out: str | Path, subjects: int = 6, *, layout: str = "misa", size: str = "small", seed: int = 0,
                    on_subject_done=lambda subject_id: None) -> list[Path]:
     """Write `subjects` phantom subjects under `out` in `layout`; returns the image paths."""
     if layout not in LAYOUTS:

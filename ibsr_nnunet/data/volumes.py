@@ -81,7 +81,7 @@ def read_volume(path: str | os.PathLike) -> Volume:
     return Volume(array, header)
 
 
-def require_same_grid(image: Volume, label: Volume, image_path: Path, label_path: Path) -> None:
+def require_same_grid(image: Volume, label: Volume, image_path: Path, *, label_path: Path) -> None:
     """A label file must share its image's shape and affine (within 1e-4)."""
     if image.array.shape != label.array.shape:
         raise InputError(

@@ -54,7 +54,7 @@ def representative_slices(labels: np.ndarray, axis: int, count: int = 3) -> list
     return [int(round(present[0] + f * (present[-1] - present[0]))) for f in np.linspace(0.3, 0.7, count)]
 
 
-def overlays(image: Path, reference: Path, predictions: dict[str, Path], target: Path) -> Path:
+def overlays(image: Path, reference: Path, predictions: dict[str, Path], *, target: Path) -> Path:
     """Rows: the reference, then each model; columns: representative slices across the thickest axis."""
     volume = read_volume(image)
     spacing = np.array(volume.spacing)
@@ -85,7 +85,7 @@ def overlays(image: Path, reference: Path, predictions: dict[str, Path], target:
     return _save(figure, target)
 
 
-def curves(ws, models: list[str], target: Path) -> Path | None:
+def curves(ws: Workspace, models: list[str], target: Path) -> Path | None:
     """Training and validation loss per epoch for every model with logs; None when no model has any."""
     # the ensemble's curves are its members' (already drawn): skip it
     found = {m: c for m in models if m != ENSEMBLE and (c := training_curves(ws, m))}
@@ -121,6 +121,7 @@ def leaderboard_figures(ws: Workspace, board: pd.DataFrame, per_case: pd.DataFra
     case, reference = next(iter(references(ws).items()))
     sets = prediction_sets(ws)
     drawn.append(overlays(ws.raw_dataset / "imagesTs" / f"{case}_0000.nii.gz", reference,
-                          {m: sets[m] / f"{case}.nii.gz" for m in order if m in sets}, ws.figures / f"overlay_{case}.png"))
+                          {m: sets[m] / f"{case}.nii.gz" for m in order if m in sets},
+                          target=ws.figures / f"overlay_{case}.png"))
     drawn.append(curves(ws, order, ws.figures / "training_curves.png"))
     return [p for p in drawn if p]

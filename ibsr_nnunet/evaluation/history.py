@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..core.vocabulary import NNUNET_PREFIX
+from ..core.workspace import Workspace
 from ..nnunet.paths import fold_folder
 
 STAMPED = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+): (.*?)\s*$")
@@ -21,7 +22,7 @@ def stamped_lines(log: Path) -> list[tuple[datetime, str]]:
             if (m := STAMPED.match(line))]
 
 
-def nnunet_folds(ws, model: str) -> list[Path]:
+def nnunet_folds(ws: Workspace, model: str) -> list[Path]:
     """The fold folders behind an nnU-Net prediction set, as its model.json records them."""
     info_file = ws.predictions / model / "model.json"
     if not info_file.is_file():
@@ -59,7 +60,7 @@ def nnunet_fold_curve(fold: Path) -> pd.DataFrame:
                         columns=["epoch", "train_loss", "val_loss", "pseudo_dice"])
 
 
-def training_seconds(ws, model: str) -> float:
+def training_seconds(ws: Workspace, model: str) -> float:
     """Seconds spent training `model` (all its folds for nnU-Net; the recorded budget used for a baseline); NaN if unknown."""
     if model.startswith(NNUNET_PREFIX):
         folds = nnunet_folds(ws, model)
@@ -70,7 +71,7 @@ def training_seconds(ws, model: str) -> float:
     return float("nan")
 
 
-def training_curves(ws, model: str) -> dict[str, pd.DataFrame]:
+def training_curves(ws: Workspace, model: str) -> dict[str, pd.DataFrame]:
     """label -> epoch, train_loss, val_loss (one curve per nnU-Net fold, one per baseline run); empty if no logs."""
     if model.startswith(NNUNET_PREFIX):
         curves = {}
