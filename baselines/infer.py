@@ -124,12 +124,12 @@ def load_model(run: Path, device: torch.device) -> tuple[UNet, dict]:
 
 
 def predict_files(run: Path, images: list[tuple[str, Path]], out_dir: Path, *, device: str = "auto",
-                  overlap: float = 0.5, batch_size: int = 8, threads: int = 0,
+                  overlap: float = 0.5, batch_size: int = 8, threads: int = 0, reuse: bool = True,
                   on_case: Callable[[str, bool], None] | None = None) -> list[Path]:
     """Predict each (case id, image file) into out_dir/<case>.nii.gz with the run's best weights, atomically.
 
-    A prediction newer than the weights is kept (re-runs redo only what is missing or stale). on_case(case, skipped)
-    is called after each case.
+    A prediction newer than the weights is kept unless `reuse` is False (re-runs redo only what is missing or
+    older than the weights). on_case(case, skipped) is called after each case.
     """
     torch_device = devices.torch_device(device)
     tuner = ThreadTuner((threads or torch.get_num_threads(),) if threads or torch_device.type != "cpu" else None,
@@ -141,7 +141,7 @@ def predict_files(run: Path, images: list[tuple[str, Path]], out_dir: Path, *, d
     written = []
     for case_id, image_path in images:
         target = Path(out_dir) / f"{case_id}.nii.gz"
-        skip = target.is_file() and target.stat().st_mtime >= weights_time
+        skip = reuse and target.is_file() and target.stat().st_mtime >= weights_time
         if not skip:
             case = load_case(case_id, image_path)
             labels = predict_array(model, case.image, window, overlap=overlap, batch_size=batch_size,

@@ -54,6 +54,7 @@ def main() -> None:
     from ibsr_nnunet.nnunet.paths import model_folder, trainer_name
     from ibsr_nnunet.nnunet.predict import find_best_configuration
     from ibsr_nnunet.core.atomic import write_json
+    from ibsr_nnunet.core.provenance import dataset_fingerprint, record
     from ibsr_nnunet.nnunet.ensemble import model_record
     from ibsr_nnunet.core.workspace import Workspace
 
@@ -76,6 +77,7 @@ def main() -> None:
         write_json(ws.predictions / "nnunet_2d" / "model.json",
                    model_record("nnunet_2d", trainer, configurations=("2d",), folds=(0,), postprocessing_pkl=pkl,
                                 crossval_dice=search["results"]["2d"]))
+        record(ws.predictions / "nnunet_2d", dataset_fingerprint(ws), model="nnunet_2d")
 
         staged = root / "nnunet-in"
         staged.mkdir()

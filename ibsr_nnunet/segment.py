@@ -17,6 +17,7 @@ import pandas as pd
 
 from .core.atomic import atomic_path
 from .core.errors import InputError
+from .core.provenance import dataset_fingerprint, staleness
 from .core.vocabulary import NNUNET_PREFIX, TISSUES
 from .core.workspace import Workspace
 from .data.preprocess import Preprocessing, apply
@@ -73,8 +74,15 @@ class Model:
 
 
 def choose_model(ws: Workspace, name: Optional[str]) -> Model:
-    """`name`, or the leaderboard's best model, with its held-out scores."""
+    """`name`, or the leaderboard's best model, with its held-out scores; refused when it was made from another
+    dataset than the workspace's."""
     board = pd.read_csv(ws.leaderboard) if ws.leaderboard.is_file() else None
+    if board is not None and "dataset_fingerprint" in board and not board.empty:
+        if set(board["dataset_fingerprint"].astype(str)) != {dataset_fingerprint(ws)}:
+            board = None  # scores of another dataset say nothing about these models
+    if name is None and board is None and ws.leaderboard.is_file():
+        raise InputError(f"{ws.leaderboard} ranks models of another dataset; run `ibsr-nnunet leaderboard` again, "
+                         f"or pass --model.")
     if name is None:
         if board is None or board.empty:
             raise InputError(f"no leaderboard at {ws.leaderboard} to pick the best model from; "
@@ -87,12 +95,20 @@ def choose_model(ws: Workspace, name: Optional[str]) -> Model:
         record = ws.predictions / name / "model.json"
         if not record.is_file():
             raise InputError(f"model {name} has no record at {record}; run `ibsr-nnunet ensemble` first.")
+        _refuse_stale(ws, ws.predictions / name, name, "ibsr-nnunet ensemble")
         return Model(name, scores, json.loads(record.read_text()))
     run = ws.baselines / name
     if not (run / "best.pt").is_file():
         raise InputError(f"model {name} is not trained in this workspace (no {run / 'best.pt'}); pick a model of "
                          f"the leaderboard or train it with `ibsr-nnunet baseline train`.")
+    _refuse_stale(ws, run, name, "ibsr-nnunet baseline train --archive-stale")
     return Model(name, scores, {"run": str(run)})
+
+
+def _refuse_stale(ws: Workspace, folder: Path, name: str, fix: str) -> None:
+    why = staleness(folder, dataset_fingerprint(ws))
+    if why:
+        raise InputError(f"model {name} is stale ({folder}: {why}); run `{fix}` first.")
 
 
 @dataclass

@@ -4,7 +4,8 @@
 #   0 -> go on;  75 ("saved, requeue me") or any failure after USR1 -> `scontrol requeue` this job, whose next
 #   run resumes from the last checkpoint;  after SIGTERM -> exit: SLURM is cancelling (scancel), requeueing
 #   (scontrol requeue, preemption) or ending the job, and it alone decides which (requeueing here would undo a
-#   scancel);  anything else -> a real error: the job fails once, no requeue.
+#   scancel);  73 (another writer holds the lock, named in the step's output) -> the job fails, no requeue;
+#   anything else -> a real error: the job fails once, no requeue.
 log() {
   printf '[ibsr-nnunet %s] job %s%s restart %s: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "${SLURM_JOB_ID:-none}" \
     "${SLURM_ARRAY_JOB_ID:+ (${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID:-})}" "${SLURM_RESTART_COUNT:-0}" "$*"
@@ -38,6 +39,10 @@ run_step() {
   if [ "$last" -ne 127 ]; then status=$last; fi
   child=""
   if [ "$status" -eq 0 ]; then return 0; fi
+  if [ "$status" -eq "$EXIT_LOCKED" ]; then
+    log "step refused with exit code $status: another writer holds what it would write (named above); not requeued"
+    exit "$status"
+  fi
   if [ "$signalled" = TERM ]; then
     log "step ended with exit code $status after SIGTERM: left to SLURM (cancel, requeue or preemption)"
     exit "$status"

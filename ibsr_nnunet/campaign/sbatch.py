@@ -21,13 +21,61 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..core.errors import InputError
-from ..core.exitcodes import EXIT_REQUEUE
+from ..core.exitcodes import EXIT_LOCKED, EXIT_REQUEUE
 
 TEMPLATE_PACKAGE = "ibsr_nnunet.campaign.templates"  # the checkout's slurm/ folder
 PLACEHOLDER = re.compile(r"\{\{([A-Z_]+)\}\}")
 SAFE_VALUE = re.compile(r"[A-Za-z0-9_.:,+@/=-]+")  # partition, account, time, mem: no blanks, quotes or $
 SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # configuration, model, loss, device, trainer
 DEFAULT_SIGNAL_GRACE = 600
+
+
+SLURM_TIME = re.compile(r"(?:(?P<days>\d+)-(?P<dh>\d+)(?::(?P<dm>\d+)(?::(?P<ds>\d+))?)?"
+                        r"|(?P<h>\d+):(?P<m>\d+):(?P<s>\d+)|(?P<mm>\d+)(?::(?P<ss>\d+))?)")
+
+
+def slurm_seconds(text: str) -> Optional[int]:
+    """Seconds of a SLURM time (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS); None when it is not one."""
+    match = SLURM_TIME.fullmatch(text.strip())
+    if not match:
+        return None
+    g = {k: int(v) if v else 0 for k, v in match.groupdict().items()}
+    if match["days"] is not None:
+        return ((g["days"] * 24 + g["dh"]) * 60 + g["dm"]) * 60 + g["ds"]
+    if match["h"] is not None:
+        return (g["h"] * 60 + g["m"]) * 60 + g["s"]
+    return g["mm"] * 60 + g["ss"]
+
+
+def _whole(minimum: int):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+
+def _text(v) -> bool:
+    return isinstance(v, str) and SAFE_VALUE.fullmatch(v) is not None
+
+
+# one rule per setting, the same for command-line options and --config-file keys: (check, what is expected)
+RULES = {
+    "partition": (_text, "a name of letters, digits and . : , + @ / = - (no blanks, quotes or $)"),
+    "account": (_text, "a name of letters, digits and . : , + @ / = - (no blanks, quotes or $)"),
+    "time": (lambda v: isinstance(v, str) and slurm_seconds(v) is not None,
+             "a SLURM time such as 24:00:00, 1-00:00:00 or 90 (minutes)"),
+    "gpus_per_job": (_whole(0), "a whole number of GPUs, 0 or more (0 = no GPU request)"),
+    "gpu_option": (lambda v: v in ("gres", "gpus"), "gres (--gres=gpu:N) or gpus (--gpus=N)"),
+    "cpus_per_task": (_whole(1), "a whole number of CPUs, 1 or more"),
+    "mem": (_text, "a SLURM memory size such as 32G"),
+    "signal_grace": (_whole(60), "whole seconds, at least 60 (SLURM sends the signal on a ~60 s tick)"),
+    "extra_sbatch": (lambda v: isinstance(v, tuple) and all(isinstance(x, str) for x in v),
+                     'a list of sbatch options, e.g. ["--qos=long"]'),
+}
+
+
+def check_setting(key: str, value: Any, origin: str) -> None:
+    """Refuse a resource setting that breaks its rule, naming where it came from, the key, the value and the rule."""
+    check, expected = RULES[key]
+    if not check(value):
+        raise InputError(f"{origin}: {key} = {value!r} is refused; expected {expected}.")
 
 
 @dataclass(frozen=True)
@@ -45,19 +93,17 @@ class Resources:
     extra_sbatch: tuple[str, ...] = ()  # further `#SBATCH` lines, e.g. "--constraint=a100" or "--qos=long"
 
     def __post_init__(self) -> None:
-        for name in ("partition", "account", "time", "mem"):
-            value = getattr(self, name)
-            if value is not None and not SAFE_VALUE.fullmatch(value):
-                raise InputError(f"--{name.replace('_', '-')} {value!r} has characters SLURM does not use there; "
-                                 f"use letters, digits and . : , + @ / = - only.")
-        if self.gpus_per_job < 0 or self.cpus_per_task < 1:
-            raise InputError("--gpus-per-job must be 0 or more and --cpus-per-task 1 or more.")
-        if self.gpu_option not in ("gres", "gpus"):
-            raise InputError(f"gpu_option {self.gpu_option!r} is unknown; use gres (--gres=gpu:N) or gpus (--gpus=N).")
-        if self.signal_grace < 1:
-            raise InputError("--signal-grace must be at least 1 second (SLURM checks on a ~30 s tick; 300+ is sane).")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                check_setting(f.name, value, f"--{f.name.replace('_', '-')}")
         for line in self.extra_sbatch:
             extra_sbatch_line(line)
+        limit = slurm_seconds(self.time) if self.time else None
+        if limit is not None and self.signal_grace >= limit:
+            raise InputError(f"--signal-grace {self.signal_grace} s is not less than --time {self.time} ({limit} s): "
+                             f"every run would be told to save before it could train; give a smaller grace or a "
+                             f"longer time.")
 
     def sbatch_lines(self, training: bool = True) -> list[str]:
         """The `#SBATCH` lines of these resources (the training-only ones are in the templates themselves)."""
@@ -103,9 +149,11 @@ def load_config_file(path: Path) -> dict[str, Any]:
     if unknown:
         raise InputError(f"--config-file {path}: unknown keys {', '.join(unknown)}; "
                          f"known: {', '.join(sorted(RESOURCE_KEYS))}.")
-    if "extra_sbatch" in settings:
+    if isinstance(settings.get("extra_sbatch"), (str, list)):
         extra = settings["extra_sbatch"]
         settings["extra_sbatch"] = tuple([extra] if isinstance(extra, str) else extra)
+    for key, value in settings.items():
+        check_setting(key, value, f"--config-file {path}")
     return settings
 
 
@@ -158,6 +206,7 @@ def _common(workspace: Path, cli: Sequence[str], resources: Resources, job_name:
         "SBATCH_LINES": "\n".join(resources.sbatch_lines()),
         "SIGNAL_GRACE": str(int(resources.signal_grace)),
         "EXIT_REQUEUE": str(EXIT_REQUEUE),
+        "EXIT_LOCKED": str(EXIT_LOCKED),
         "STEP_FUNCTIONS": load_template("step.bash").rstrip("\n"),
     }
 

@@ -19,6 +19,7 @@ from baselines.registry import LOSSES, MODELS
 
 from ..core.atomic import write_text
 from ..core.errors import InputError
+from ..core.provenance import archive, dataset_fingerprint, staleness
 from ..core.vocabulary import BASELINE_SEPARATOR, CONFIGURATIONS, N_FOLDS
 from ..core.workspace import Workspace
 from ..nnunet.paths import FULL_EPOCHS, FULL_ITERATIONS, fold_finished, fold_folder, plans_file, trainer_name
@@ -37,6 +38,7 @@ class SubmitPlan:
     device: str = "auto"
     resources: render.Resources = field(default_factory=render.Resources)
     dry_run: bool = False
+    archive_stale: bool = False  # move folds and baseline runs made from another dataset aside, then train afresh
 
     def __post_init__(self) -> None:
         for name in self.baselines:
@@ -94,6 +96,12 @@ class _Campaign:
     stamp: str = field(default_factory=lambda: time.strftime("%Y%m%d-%H%M%S"))
     skipped: list[str] = field(default_factory=list)
 
+    fingerprint: str = ""
+
+    def current(self, folder: Path) -> bool:
+        """Made from the workspace's dataset (a stale run is never finished, whatever its files say)."""
+        return staleness(folder, self.fingerprint) is None
+
     @property
     def trainer(self) -> str:
         return trainer_name(self.plan.epochs, self.plan.iterations)
@@ -125,13 +133,32 @@ class _Campaign:
                        for key in _active_keys(self.states, r)})
 
 
+def _handle_stale(c: _Campaign, say: Callable[[str], None]) -> None:
+    """Folds and baseline runs made from another dataset are never finished: with --archive-stale they are moved to
+    <workspace>/stale/<time>/ (a dry run only says so) and trained afresh; without it, submit refuses."""
+    folders = [fold_folder(c.ws, config, fold, c.trainer) for config in c.plan.configs for fold in c.plan.folds]
+    folders += [c.ws.baselines / name for name in c.plan.baselines]
+    stale = [(folder, why) for folder in folders if (why := staleness(folder, c.fingerprint))]
+    if not stale:
+        return
+    listed = "; ".join(f"{folder.relative_to(c.ws.root)} ({why})" for folder, why in stale)
+    if not c.plan.archive_stale:
+        raise InputError(f"stale runs would be trained on: {listed}; pass --archive-stale to move them to "
+                         f"{c.ws.root / 'stale'}/<time>/ and train them afresh (nothing is deleted).")
+    if c.plan.dry_run:
+        c.skipped.append(f"--archive-stale would move {len(stale)} stale run(s) aside: {listed}")
+        return
+    say(f"archived {len(stale)} stale run(s) to {archive(c.ws, [folder for folder, _ in stale])}: {listed}")
+
+
 def _fold_arrays(c: _Campaign) -> list[Submission]:
     """One array per configuration, with the folds that are neither finished nor queued/running."""
     submissions = []
     for config in c.plan.configs:
         todo = []
         for fold in c.plan.folds:
-            if fold_finished(fold_folder(c.ws, config, fold, c.trainer)):
+            folder = fold_folder(c.ws, config, fold, c.trainer)
+            if fold_finished(folder) and c.current(folder):
                 c.skipped.append(f"{config} fold {fold}: already finished ({c.trainer})")
             elif (key := c.active_job("fold", config, fold)) is not None:
                 c.skipped.append(f"{config} fold {fold}: job {key} is {c.states[key].state}")
@@ -209,7 +236,9 @@ def submit(ws: Workspace, plan: SubmitPlan, *, cli: Optional[Sequence[str]] = No
     if states is None and not plan.dry_run:
         raise InputError("SLURM does not answer (`scontrol show job` failed): is this a cluster login node with "
                          "SLURM_CONF set? For a local test cluster run `slurm/local-cluster.sh start`.")
-    c = _Campaign(ws, plan, list(cli or render.default_cli()), load_jobs(ws), states or {})
+    c = _Campaign(ws, plan, list(cli or render.default_cli()), load_jobs(ws), states or {},
+                  fingerprint=dataset_fingerprint(ws))
+    _handle_stale(c, say)
     training = _fold_arrays(c) + _baseline_jobs(c)
     final, cancel = _final_job(c, training)
     submitted = training + ([final] if final else [])
@@ -252,4 +281,5 @@ def _baseline_done(c: _Campaign, name: str) -> bool:
     """A baseline is done when its last job COMPLETED, or its training finished and its predictions exist."""
     records = [r for r in c.jobs if r["kind"] == "baseline" and r["name"] == name]
     state = c.states.get(records[-1]["job_id"]) if records else None
-    return (state is not None and state.state == "COMPLETED") or baseline_progress(c.ws, name).finished
+    done = (state is not None and state.state == "COMPLETED") or baseline_progress(c.ws, name).finished
+    return done and c.current(c.ws.baselines / name)

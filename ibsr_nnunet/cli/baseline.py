@@ -8,7 +8,7 @@ import typer
 
 from ..core.errors import InputError
 from ..core.exitcodes import EXIT_REQUEUE
-from .common import (BaselineModel, Device, DeviceOption, Loss, Optimizer, Schedule, console, progress_bar, refusals,
+from .common import (ArchiveStaleOption, BaselineModel, Device, DeviceOption, Loss, Optimizer, Schedule, console, progress_bar, refusals,
                      stage_app, workspace_of)
 
 app = stage_app("Hand-built PyTorch baselines: train, then predict the held-out and test cases.")
@@ -43,11 +43,13 @@ def train_command(
         10, "--patience", help="Stop after this many epochs without a better validation loss."),
     device: DeviceOption = Device.auto,
     seed: int = typer.Option(0, "--seed", help="Same seed, same split, patches and initialisation."),
+    archive_stale: ArchiveStaleOption = False,
 ) -> None:
     """Train one baseline; resumes by itself, and exits 75 after saving when SIGUSR1/SIGTERM asks it to stop.
 
     Options left out take the defaults tuned for the device (see baselines.train.device_defaults)."""
-    from baselines.train import TrainOptions, device_defaults, run_dir, train
+    from baselines.train import TrainOptions, device_defaults, run_dir
+    from baselines.workspace import train_in_workspace
 
     model, loss, optimizer, device = model.value, loss.value, optimizer.value, device.value
     ws = workspace_of(ctx)
@@ -59,7 +61,6 @@ def train_command(
         "model": model, "loss": loss, "minutes": minutes, "epochs": epochs if epochs or minutes else 100,
         "optimizer": optimizer, "depth": depth, "patience": patience, "device": device, "seed": seed,
     })
-    files = ws.cases("train")
     folder = run_dir(ws, model, loss)
     with progress_bar() as bar:
         task = bar.add_task(f"{model} + {loss}", total=None)
@@ -75,8 +76,8 @@ def train_command(
             bar.console.print(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, "
                               f"val loss {row['val_loss']:.4f}, val Dice {row['val_dice']:.4f}, lr {row['lr']}")
 
-        result = train(folder, files, options, on_epoch=epoch_done, on_iteration=lambda: bar.advance(task),
-                       on_start=start)
+        result = train_in_workspace(ws, options, archive_stale=archive_stale, on_epoch=epoch_done,
+                                    on_iteration=lambda: bar.advance(task), on_start=start, say=bar.console.print)
     if result.status == "already finished":
         console.print(f"{model} + {loss} is already finished ({result.epochs_done} epochs): {folder}")
         return
@@ -100,8 +101,7 @@ def predict_command(
     overlap: float = typer.Option(0.5, "--overlap", help="Fraction shared by neighbouring sliding windows."),
 ) -> None:
     """Predict every held-out and test case with a trained baseline into <workspace>/predictions/<model>__<loss>/."""
-    from baselines.infer import predict_files
-    from baselines.train import run_dir
+    from baselines.workspace import predict_in_workspace
 
     from ..core.devices import torch_device
 
@@ -110,17 +110,17 @@ def predict_command(
     if not 0 <= overlap < 1:
         raise InputError(f"--overlap {overlap} is outside [0, 1); pass e.g. 0.5.")
     ws = workspace_of(ctx)
-    cases = [(case.id, case.image) for role in ("heldout", "test") for case in ws.cases(role)]
-    out = ws.predictions / f"{model}__{loss}"
+    total = sum(len(ws.cases(role)) for role in ("heldout", "test"))
     kept = []
     with progress_bar() as bar:
-        task = bar.add_task(f"predict {model} + {loss}", total=len(cases))
+        task = bar.add_task(f"predict {model} + {loss}", total=total)
 
         def case_done(case: str, skipped: bool) -> None:
             if skipped:
                 kept.append(case)
             bar.advance(task)
 
-        predict_files(run_dir(ws, model, loss), cases, out, device=device, overlap=overlap, on_case=case_done)
+        out = predict_in_workspace(ws, model, loss, device=device, overlap=overlap, on_case=case_done,
+                                   say=bar.console.print)
     note = f" ({len(kept)} already up to date)" if kept else ""
-    console.print(f"wrote {len(cases)} predictions{note} to {out}")
+    console.print(f"wrote {total} predictions{note} to {out}")

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from ..core.vocabulary import CONFIGURATIONS
 from ..nnunet.paths import FULL_EPOCHS, FULL_ITERATIONS
-from .common import (ALL_FOLDS, Device, DeviceOption, baselines_list, configs_or_none, console, folds_list, number, refusals,
+from .common import (ALL_FOLDS, ArchiveStaleOption, Device, DeviceOption, baselines_list, configs_or_none, console, folds_list, number, refusals,
                      stage_app, workspace_of)
 
 app = stage_app("The SLURM campaign: submit every job, follow their state.")
@@ -39,6 +39,7 @@ def submit(
     extra_sbatch: Optional[List[str]] = typer.Option(None, "--extra-sbatch", help="Another #SBATCH option, e.g. --qos=long (repeatable)."),
     config_file: Optional[Path] = typer.Option(None, "--config-file", help="TOML with these resource settings (partition, account, time, gpus_per_job, gpu_option, cpus_per_task, mem, signal_grace, extra_sbatch); options win."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the scripts and sbatch command lines; submit nothing."),
+    archive_stale: ArchiveStaleOption = False,
 ) -> None:
     """Submit the campaign: nnU-Net fold arrays, baselines, then ensemble + leaderboard once all succeeded."""
     from ..campaign.jobs import jobs_file
@@ -51,7 +52,7 @@ def submit(
                                signal_grace=signal_grace, extra_sbatch=extra_sbatch)
     plan = SubmitPlan(
         configs=tuple(configs), folds=tuple(int(f) for f in folds), baselines=tuple(baselines), epochs=epochs, iterations=iterations,
-        device=device.value, resources=resources, dry_run=dry_run)
+        device=device.value, resources=resources, dry_run=dry_run, archive_stale=archive_stale)
     result = run_submit(ws, plan, say=console.print)
     if dry_run:
         for sub in result.submitted:  # verbatim (no rich wrapping): what would be written and run
@@ -93,8 +94,8 @@ def status(
     for r in rows:
         state = r.state + (f" ({r.reason})" if r.reason and r.reason != "None" else "")
         epoch = f"{r.epochs_done}/{r.epochs_total}" if r.epochs_done is not None else "-"
-        finished = "yes" if r.finished else "no"
-        if r.validation_dice is not None:
+        finished = "[red]stale[/] (made from another dataset)" if r.stale else ("yes" if r.finished else "no")
+        if r.validation_dice is not None and not r.stale:
             finished += f" (val Dice {r.validation_dice:.4f})"
         name = {"fold": f"nnU-Net {r.name}", "baseline": f"baseline {r.name}", "final": "ensemble + leaderboard"}[r.kind]
         table.add_row(name, "-" if r.fold is None else str(r.fold), r.job_id or "-", state,

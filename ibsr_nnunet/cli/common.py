@@ -10,6 +10,7 @@ from typing import Annotated, Callable, Iterable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from baselines.registry import LOSSES, MODELS, OPTIMIZERS, SCHEDULES
@@ -17,6 +18,8 @@ from baselines.registry import LOSSES, MODELS, OPTIMIZERS, SCHEDULES
 from ..core.devices import DEVICES
 from ..core.environment import available_cores
 from ..core.errors import InputError
+from ..core.exitcodes import EXIT_LOCKED
+from ..core.locks import LockedError
 from ..core.vocabulary import BASELINE_SEPARATOR, CONFIGURATIONS, N_FOLDS, PHANTOM_SIZES
 from ..core.workspace import WORKSPACE_ENV, Workspace
 from ..data.layouts import LAYOUTS
@@ -71,6 +74,8 @@ baselines_list = comma_list(_is_baseline, "--baselines",
 
 # options that several commands share, spelled once
 DeviceOption = Annotated[Device, typer.Option("--device", help="Where to compute: auto (cuda when torch sees a GPU), cuda or cpu.")]
+ArchiveStaleOption = Annotated[bool, typer.Option(
+    "--archive-stale", help="Move a run made from another dataset to <workspace>/stale/<time>/ and start afresh.")]
 JobsOption = Annotated[int, typer.Option("--jobs", min=0, help="Parallel processes (0 = all available cores).")]
 
 
@@ -80,14 +85,15 @@ def cores(jobs: int) -> int:
 
 
 def refusals(command):
-    """Turn an InputError into its one sentence on stderr and exit code 1."""
+    """Turn an InputError into its one sentence on stderr and exit code 1 (EXIT_LOCKED when another writer holds
+    what the command would write)."""
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
         except InputError as err:
-            errors.print(f"[bold red]error:[/] {err}", soft_wrap=True)
-            raise typer.Exit(1) from None
+            errors.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
+            raise typer.Exit(EXIT_LOCKED if isinstance(err, LockedError) else 1) from None
     return wrapper
 
 

@@ -64,7 +64,7 @@ def convert(
     with progress_bar() as bar:
         task = bar.add_task("convert", total=None)
         result = run_convert(source, ws, options, on_start=lambda n: bar.update(task, total=n),
-                             on_case_done=lambda _: bar.advance(task))
+                             on_case_done=lambda _: bar.advance(task), on_replace=_say_what_turns_stale)
     if result.up_to_date:
         console.print(f"{result.dataset} is already up to date with {source}: nothing to do.")
         return
@@ -79,3 +79,13 @@ def convert(
     console.print(table)
     console.print(f"held-out policy: {split['policy']}; {split['folds']} cross-validation folds")
     console.print(f"wrote {result.dataset}")
+
+
+def _say_what_turns_stale(stale: dict[str, list[Path]]) -> None:
+    if not stale:
+        console.print("replacing the dataset: no trained fold, baseline run or prediction set was made from the old one")
+        return
+    counts = ", ".join(f"{len(found)} {kind}" for kind, found in stale.items())
+    console.print(f"replacing the dataset makes stale: {counts}. They stay where they are; `train` and `baseline "
+                  f"train` refuse them (pass --archive-stale to move them to the workspace's stale/ folder and start "
+                  f"afresh), `ensemble` and `leaderboard` leave them out.", markup=False)

@@ -66,6 +66,8 @@ def leaderboard(
     console.print(table)
     now = f" (evaluated now: {', '.join(result.evaluated_now)})" if result.evaluated_now else ""
     console.print(f"wrote {result.csv}{now}")
+    for line in result.left_out:
+        console.print(f"not ranked: {line}", markup=False)
     if figures:
         from ..evaluation.figures import leaderboard_figures
 

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from ..core.vocabulary import CONFIGURATIONS
 from ..nnunet.paths import FULL_EPOCHS, FULL_ITERATIONS
-from .common import (Configuration, Device, DeviceOption, JobsOption, configs_list, console, cores, refusals,
+from .common import (ArchiveStaleOption, Configuration, Device, DeviceOption, JobsOption, configs_list, console, cores, refusals,
                      stage_app, workspace_of)
 
 app = stage_app("nnU-Net: plan, train folds, ensemble.")
@@ -53,6 +53,7 @@ def train(
     iterations: Annotated[int, typer.Option("--iterations-per-epoch", min=1, help="Training iterations per epoch.")] = FULL_ITERATIONS,
     device: DeviceOption = Device.auto,
     save_every: Annotated[int, typer.Option("--save-every", min=1, help="Write a checkpoint every N epochs.")] = 1,
+    archive_stale: ArchiveStaleOption = False,
 ) -> None:
     """Train one fold; resumes by itself, and exits 75 after saving when SIGUSR1/SIGTERM asks it to stop."""
     from ..nnunet.environment import configure
@@ -61,7 +62,7 @@ def train(
     ws = workspace_of(ctx)
     configure(ws, cores(0))
     result = run_train(ws, config.value, fold, epochs=epochs, iterations=iterations, device=device.value,
-                       save_every=save_every, say=console.print)
+                       save_every=save_every, archive_stale=archive_stale, say=console.print)
     if result.status == "already finished":
         console.print(f"{config.value} fold {fold} is already finished: {result.fold_folder}")
         return

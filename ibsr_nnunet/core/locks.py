@@ -118,6 +118,11 @@ def read_holder(path: Path) -> Optional[Holder]:
                       command="unreadable lock file", heartbeat=0.0)
 
 
+def lock_path(target: Path) -> Path:
+    """The lock file of a folder or file: hidden beside it, so globs over the folder's siblings never see it."""
+    return Path(target).with_name(f".{Path(target).name}.lock")
+
+
 class Lock:
     """`with Lock(path, what, command):` — hold `path` while writing `what`; LockedError when someone else does."""
 

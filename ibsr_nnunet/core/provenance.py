@@ -7,7 +7,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from .atomic import fsync_dir, write_json
 from .errors import InputError
@@ -50,6 +50,38 @@ def staleness(folder: Path, fingerprint: str) -> Optional[str]:
     if made_from == fingerprint:
         return None
     return f"made from dataset {short(made_from)}, the workspace now holds {short(fingerprint)}"
+
+
+def artifacts(ws: Workspace) -> dict[str, list[Path]]:
+    """Every result folder made from the workspace's dataset, by kind: trained folds, baseline runs, prediction sets."""
+    def folders(pattern_root: Path, pattern: str) -> list[Path]:
+        return sorted(p for p in pattern_root.glob(pattern) if p.is_dir() and not p.name.startswith("."))
+
+    return {"trained folds": folders(ws.results_dataset, "*/fold_*"), "baseline runs": folders(ws.baselines, "*"),
+            "prediction sets": folders(ws.predictions, "*")}
+
+
+def stale_artifacts(ws: Workspace, fingerprint: str) -> dict[str, list[Path]]:
+    """The result folders, by kind, that were not made from the dataset `fingerprint`."""
+    return {kind: [f for f in found if staleness(f, fingerprint)] for kind, found in artifacts(ws).items()}
+
+
+def ensure_current(ws: Workspace, folder: Path, *, what: str, fingerprint: str, archive_stale: bool,
+                   say: Callable[[str], None] = print) -> None:
+    """Refuse a stale `folder` in one sentence, or, with --archive-stale, move it aside so the caller starts afresh."""
+    why = staleness(folder, fingerprint)
+    if why is None:
+        return
+    if not archive_stale:
+        raise InputError(f"{folder} ({what}) is stale: {why}; pass --archive-stale to move it to "
+                         f"{ws.root / 'stale'}/<time>/ and start afresh (nothing is deleted).")
+    say(f"archived the stale {what} ({why}) to {archive(ws, [folder])}")
+
+
+def contradicts(folder: Path, fingerprint: str) -> Optional[str]:
+    """Like `staleness`, but only for a folder whose record names another dataset: a folder without any record
+    (predictions made elsewhere) is judged by its contents instead."""
+    return staleness(folder, fingerprint) if recorded(folder) is not None else None
 
 
 def archive(ws: Workspace, paths: list[Path]) -> Path:

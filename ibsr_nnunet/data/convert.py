@@ -21,6 +21,8 @@ from . import preprocess, volumes
 from ..core.atomic import swap_in, write_json
 from ..core.errors import InputError
 from ..core.environment import available_cores
+from ..core.locks import Lock, lock_path
+from ..core.provenance import stale_artifacts
 from ..core.vocabulary import NNUNET_LABELS
 from ..nnunet import integrity
 from .labels import (LabelScheme, apply_scheme, detect_scheme, integral_labels, mapped_counts,
@@ -220,17 +222,28 @@ def _run_jobs(jobs: list[CaseJob], processes: int, on_case_done: Callable[[str],
 
 def convert(source: str | os.PathLike, ws: Workspace, options: ConvertOptions = ConvertOptions(), *,
             on_start: Callable[[int], None] = lambda n: None,
-            on_case_done: Callable[[str], None] = lambda case: None) -> ConvertResult:
-    """Write `ws`'s Dataset<ID>_IBSR18 from `source`; a no-op when it already holds exactly these inputs."""
+            on_case_done: Callable[[str], None] = lambda case: None,
+            on_replace: Callable[[dict[str, list[Path]]], None] = lambda stale: None) -> ConvertResult:
+    """Write `ws`'s Dataset<ID>_IBSR18 from `source`; a no-op when it already holds exactly these inputs.
 
+    One convert at a time per dataset ID (a lock). Before another dataset replaces the current one (`--force`),
+    `on_replace` gets the results it makes stale, by kind."""
     source = Path(source).absolute()
     ws = Workspace(ws.root, options.dataset_id)
     ws.ensure_writable()
     plan = _plan(source, options)
-    existing = _up_to_date_manifest(ws, plan.fingerprint, options)
-    if existing is not None:
-        return ConvertResult(ws.raw_dataset, existing, up_to_date=True, seconds={})
+    with Lock(lock_path(ws.raw_dataset), f"dataset {ws.dataset_name}", f"ibsr-nnunet convert {source}"):
+        existing = _up_to_date_manifest(ws, plan.fingerprint, options)
+        if existing is not None:
+            return ConvertResult(ws.raw_dataset, existing, up_to_date=True, seconds={})
+        if ws.raw_dataset.exists():
+            on_replace({kind: found for kind, found in stale_artifacts(ws, plan.fingerprint).items() if found})
+        return _write_dataset(ws, plan, options, on_start, on_case_done)
 
+
+def _write_dataset(ws: Workspace, plan: "_Plan", options: ConvertOptions, on_start: Callable[[int], None],
+                   on_case_done: Callable[[str], None]) -> ConvertResult:
+    """Build the dataset in a temporary sibling folder, then swap it in: readers see the old one or the new one."""
     _remove_stale_builds(ws.nnunet_raw, ws.dataset_name)
     build = ws.nnunet_raw / f".tmp-{ws.dataset_name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:

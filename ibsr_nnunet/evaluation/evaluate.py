@@ -14,7 +14,10 @@ import numpy as np
 import pandas as pd
 
 from ..core.atomic import atomic_path, write_json
+from ..core import provenance
 from ..core.errors import InputError
+from ..core.locks import Lock, lock_path
+from ..core.provenance import dataset_fingerprint
 from ..core.workspace import Workspace
 from ..data.volumes import read_volume
 from .metrics import case_metrics
@@ -72,14 +75,54 @@ def per_class_summary(table: pd.DataFrame) -> pd.DataFrame:
 
 def evaluate(ws: Workspace, predictions: Path, name: str, *, jobs: int = 1,
              on_case_done: Optional[Callable[[str], None]] = None) -> Evaluation:
-    """Metrics of every held-out case in `predictions` (`<case>.nii.gz`); refuses a missing case or another grid."""
+    """Metrics of every held-out case in `predictions` (`<case>.nii.gz`); refuses a missing case, another grid, or
+    predictions recorded as made from another dataset."""
     started = time.perf_counter()
     if not NAME.fullmatch(name):
         raise InputError(f"--name {name!r} is not a usable model name; use letters, digits, '_', '-' or '.'.")
     predictions = Path(predictions)
     if not predictions.is_dir():
         raise InputError(f"{predictions} is not a folder of predictions; pass the folder that holds <case>.nii.gz.")
+    fingerprint = dataset_fingerprint(ws)
+    _refuse_stale(predictions, fingerprint)
     refs = references(ws)
+    found = _matching_predictions(ws, predictions, refs)
+    rows: list[dict] = []
+    with ProcessPoolExecutor(max_workers=max(1, min(jobs, len(refs)))) as pool:
+        futures = {case: pool.submit(_score_case, case, refs[case], found[case]) for case in refs}
+        for case, future in futures.items():
+            rows.extend(future.result())
+            if on_case_done:
+                on_case_done(case)
+    table = pd.DataFrame([{"model": name, **row} for row in rows], columns=COLUMNS)
+    ws.evaluation.mkdir(parents=True, exist_ok=True)
+    csv, summary = ws.evaluation / f"{name}.csv", ws.evaluation / f"{name}.json"
+    with Lock(lock_path(csv.with_suffix("")), f"evaluation {name}", f"ibsr-nnunet evaluate --name {name}"):
+        with atomic_path(csv) as tmp:
+            table.to_csv(tmp, index=False)
+        per_class = per_class_summary(table)
+        means, stds = per_class.xs("mean", axis=1, level=1), per_class.xs("std", axis=1, level=1)
+        write_json(summary, {
+            "model": name, "predictions": str(predictions.resolve()), "cases": sorted(refs),
+            "mean": means.to_dict(orient="index"), "std": stds.to_dict(orient="index"),
+            "mean_dice": float(means["dice"].mean()),
+            "newest_prediction_mtime": max(found[c].stat().st_mtime for c in refs),
+            "dataset_fingerprint": fingerprint,
+        })
+    return Evaluation(name, table, csv, summary, time.perf_counter() - started)
+
+
+def _refuse_stale(predictions: Path, fingerprint: str) -> None:
+    """Predictions recorded as made from another dataset are refused; predictions without a record (made elsewhere)
+    are judged on their case names and grids, against this dataset's references."""
+    why = provenance.contradicts(predictions, fingerprint)
+    if why:
+        raise InputError(f"{predictions} is stale: {why}; predict again (`ibsr-nnunet ensemble` or "
+                         f"`ibsr-nnunet baseline predict`) before evaluating.")
+
+
+def _matching_predictions(ws: Workspace, predictions: Path, refs: dict[str, Path]) -> dict[str, Path]:
+    """case -> prediction file; refused when a file is not a case of the workspace or a held-out case is missing."""
     known = ws.case_ids()
     found = {p.name[: -len(".nii.gz")]: p for p in sorted(predictions.glob("*.nii.gz"))}
     unknown = sorted(set(found) - known)
@@ -90,38 +133,25 @@ def evaluate(ws: Workspace, predictions: Path, name: str, *, jobs: int = 1,
     if missing:
         raise InputError(f"{predictions}: no prediction for held-out case {missing[0]} "
                          f"(expected {predictions / (missing[0] + '.nii.gz')}); predict every held-out case.")
+    return found
 
-    rows: list[dict] = []
-    with ProcessPoolExecutor(max_workers=max(1, min(jobs, len(refs)))) as pool:
-        futures = {case: pool.submit(_score_case, case, refs[case], found[case]) for case in refs}
-        for case, future in futures.items():
-            rows.extend(future.result())
-            if on_case_done:
-                on_case_done(case)
-    table = pd.DataFrame([{"model": name, **row} for row in rows], columns=COLUMNS)
 
-    ws.evaluation.mkdir(parents=True, exist_ok=True)
-    csv = ws.evaluation / f"{name}.csv"
-    with atomic_path(csv) as tmp:
-        table.to_csv(tmp, index=False)
+def recorded_summary(ws: Workspace, name: str) -> Optional[dict]:
+    """The evaluation summary of `name`, or None when it or its CSV is missing or unreadable."""
     summary = ws.evaluation / f"{name}.json"
-    per_class = per_class_summary(table)
-    means, stds = per_class.xs("mean", axis=1, level=1), per_class.xs("std", axis=1, level=1)
-    write_json(summary, {
-        "model": name, "predictions": str(predictions.resolve()), "cases": sorted(refs),
-        "mean": means.to_dict(orient="index"), "std": stds.to_dict(orient="index"),
-        "mean_dice": float(means["dice"].mean()),
-        "newest_prediction_mtime": max(found[c].stat().st_mtime for c in refs),
-    })
-    return Evaluation(name, table, csv, summary, time.perf_counter() - started)
+    if not summary.is_file() or not (ws.evaluation / f"{name}.csv").is_file():
+        return None
+    try:
+        return json.loads(summary.read_text())
+    except ValueError:
+        return None
 
 
 def is_current(ws: Workspace, predictions: Path, name: str) -> bool:
-    """True when `name` was evaluated from these predictions and none changed since."""
-    summary = ws.evaluation / f"{name}.json"
-    if not summary.is_file() or not (ws.evaluation / f"{name}.csv").is_file():
+    """True when `name` was evaluated on this dataset from these predictions and none changed since."""
+    recorded = recorded_summary(ws, name)
+    if recorded is None or recorded.get("dataset_fingerprint") != dataset_fingerprint(ws):
         return False
-    recorded = json.loads(summary.read_text())
     files = [predictions / f"{case}.nii.gz" for case in recorded.get("cases", [])]
     return (recorded.get("predictions") == str(predictions.resolve()) and all(f.is_file() for f in files)
             and max(f.stat().st_mtime for f in files) <= recorded.get("newest_prediction_mtime", -1))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,14 +9,14 @@ from typing import Callable, Optional
 
 import pandas as pd
 
+from ..core import provenance
 from ..core.atomic import atomic_path
 from ..core.errors import InputError
-from ..core.workspace import Workspace
-from .evaluate import COLUMNS, evaluate, is_current
-from .history import training_seconds
+from ..core.locks import Lock, lock_path
 from ..core.vocabulary import TISSUES
-
-METRICS = ("dice", "hd", "hd95", "avd")
+from ..core.workspace import Workspace
+from .evaluate import COLUMNS, METRICS, evaluate, is_current, recorded_summary
+from .history import training_seconds
 
 
 def prediction_sets(ws: Workspace) -> dict[str, Path]:
@@ -28,7 +27,7 @@ def prediction_sets(ws: Workspace) -> dict[str, Path]:
             if p.is_dir() and not p.name.startswith(".") and any(p.glob("*.nii.gz"))}
 
 
-def rank(per_case: pd.DataFrame, split: str, seconds: dict[str, float]) -> pd.DataFrame:
+def rank(per_case: pd.DataFrame, split: str, seconds: dict[str, float], fingerprint: str = "") -> pd.DataFrame:
     """One row per model: mean and std per class of each metric, mean Dice over the tissues, cases, time, rank.
 
     Ranked by mean Dice (higher first); ties go to the lower mean HD95 over the tissues.
@@ -46,7 +45,8 @@ def rank(per_case: pd.DataFrame, split: str, seconds: dict[str, float]) -> pd.Da
         row["mean_dice"] = sum(row[f"{n}_dice_mean"] for n in TISSUES.values()) / len(TISSUES)
         row["mean_hd95"] = sum(row[f"{n}_hd95_mean"] for n in TISSUES.values()) / len(TISSUES)
         cases = sorted(table["case"].unique())
-        row.update(n_cases=len(cases), cases=";".join(cases), train_seconds=seconds.get(model, math.nan), split=split)
+        row.update(n_cases=len(cases), cases=";".join(cases), train_seconds=seconds.get(model, math.nan), split=split,
+                   dataset_fingerprint=fingerprint)
         rows.append(row)
     board = pd.DataFrame(rows).sort_values(["mean_dice", "mean_hd95"], ascending=[False, True], kind="stable")
     board.insert(0, "rank", range(1, len(board) + 1))
@@ -62,33 +62,62 @@ class Leaderboard:
     csv: Path
     evaluated_now: list[str]
     split: str
+    left_out: list[str]  # one sentence per model not ranked because it was made from another dataset
 
 
 def build(ws: Workspace, *, jobs: int = 1, on_model: Optional[Callable[[str], None]] = None) -> Leaderboard:
-    """Evaluate every prediction set not yet (or no longer) evaluated, then rank all and write leaderboard.csv."""
-    sets = prediction_sets(ws)
-    evaluated_now = []
-    for model, folder in sets.items():
-        if not is_current(ws, folder, model):
+    """Evaluate every current prediction set not yet (or no longer) evaluated, then rank all evaluations made on
+    this dataset and write leaderboard.csv; stale prediction sets and evaluations are left out, and said so."""
+    fingerprint = provenance.dataset_fingerprint(ws)
+    with Lock(lock_path(ws.leaderboard), "the leaderboard", "ibsr-nnunet leaderboard"):
+        evaluated_now, left_out = _evaluate_new(ws, fingerprint, jobs=jobs, on_model=on_model)
+        per_case = _current_evaluations(ws, fingerprint, left_out)
+        manifest = ws.read_manifest()
+        split = f"{manifest['split']['policy']}: {', '.join(manifest['split']['heldout'])}"
+        seconds = {model: training_seconds(ws, model) for model in per_case["model"].unique()}
+        board = rank(per_case, split, seconds, fingerprint)
+        with atomic_path(ws.leaderboard) as tmp:
+            board.to_csv(tmp, index=False)
+    return Leaderboard(board, per_case, ws.leaderboard, evaluated_now, split, left_out)
+
+
+def _evaluate_new(ws: Workspace, fingerprint: str, *, jobs: int,
+                  on_model: Optional[Callable[[str], None]]) -> tuple[list[str], list[str]]:
+    """Evaluate the prediction sets made from this dataset whose evaluation is missing or older than they are."""
+    evaluated_now, left_out = [], []
+    for model, folder in prediction_sets(ws).items():
+        why = provenance.contradicts(folder, fingerprint)
+        if why:
+            left_out.append(f"{model}: its predictions are stale ({why}); predict again to rank it")
+        elif not is_current(ws, folder, model):
             if on_model:
                 on_model(model)
             evaluate(ws, folder, model, jobs=jobs)
             evaluated_now.append(model)
-    tables = [pd.read_csv(p) for p in sorted(ws.evaluation.glob("*.csv"))] if ws.evaluation.is_dir() else []
-    tables = [t for t in tables if list(t.columns) == COLUMNS and not t.empty]
+    return evaluated_now, left_out
+
+
+def _current_evaluations(ws: Workspace, fingerprint: str, left_out: list[str]) -> pd.DataFrame:
+    """Every per-case evaluation made on this dataset, refused when the models were scored on different cases."""
+    tables = []
+    for csv in sorted(ws.evaluation.glob("*.csv")) if ws.evaluation.is_dir() else []:
+        made_on = (recorded_summary(ws, csv.stem) or {}).get("dataset_fingerprint")
+        if made_on != fingerprint:
+            if not any(line.startswith(f"{csv.stem}:") for line in left_out):
+                left_out.append(f"{csv.stem}: evaluated on dataset {provenance.short(made_on)}, not on this one; "
+                                f"evaluate it again to rank it")
+            continue
+        table = pd.read_csv(csv)
+        if list(table.columns) == COLUMNS and not table.empty:
+            tables.append(table)
     if not tables:
-        raise InputError(f"nothing to rank: no predictions under {ws.predictions} and no evaluations under "
-                         f"{ws.evaluation}; run `ibsr-nnunet ensemble` or `ibsr-nnunet baseline predict` first.")
+        raise InputError(f"nothing to rank: no current predictions under {ws.predictions} and no evaluations of this "
+                         f"dataset under {ws.evaluation}; run `ibsr-nnunet ensemble` or `ibsr-nnunet baseline "
+                         f"predict` first.")
     per_case = pd.concat(tables, ignore_index=True)
     cases_per_model = per_case.groupby("model")["case"].apply(lambda c: tuple(sorted(set(c))))
     if cases_per_model.nunique() > 1:
         odd = cases_per_model[cases_per_model != cases_per_model.mode()[0]].index[0]
         raise InputError(f"{ws.evaluation / (odd + '.csv')} was scored on cases {list(cases_per_model[odd])}, the "
                          f"others on {list(cases_per_model.mode()[0])}; evaluate every model on the same held-out cases.")
-    manifest = json.loads(ws.manifest.read_text())
-    split = f"{manifest['split']['policy']}: {', '.join(manifest['split']['heldout'])}"
-    seconds = {model: training_seconds(ws, model) for model in per_case["model"].unique()}
-    board = rank(per_case, split, seconds)
-    with atomic_path(ws.leaderboard) as tmp:
-        board.to_csv(tmp, index=False)
-    return Leaderboard(board, per_case, ws.leaderboard, evaluated_now, split)
+    return per_case

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -12,25 +13,38 @@ from typing import Callable, Optional
 
 from ..core.atomic import swap_in, write_json
 from ..core.errors import InputError
+from ..core.locks import Lock, lock_path
+from ..core.provenance import dataset_fingerprint, record, staleness
 from ..core.vocabulary import CONFIGURATIONS, N_FOLDS
 from ..core.workspace import Workspace
 from .paths import MODEL_FOLDER, MODEL_NAMES, TRAINER_BASE, fold_finished, model_folder
 from .predict import apply_postprocessing, ensemble_folders, find_best_configuration, postprocessing_summary, predict
 
 
-def finished_folds(model: Path) -> set[int]:
-    """Folds whose training ended and whose validation (with probabilities) was written."""
-    return {int(fold.name.removeprefix("fold_")) for fold in model.glob("fold_*")
-            if fold_finished(fold) and any((fold / "validation").glob("*.npz"))}
+def finished_folds(model: Path, fingerprint: str, stale: list[str]) -> set[int]:
+    """Folds whose training ended and whose validation (with probabilities) was written, made from the dataset
+    `fingerprint`; a finished fold made from another one is named in `stale` instead."""
+    folds = set()
+    for fold in sorted(model.glob("fold_*")):
+        if fold_finished(fold) and any((fold / "validation").glob("*.npz")):
+            why = staleness(fold, fingerprint)
+            if why:
+                stale.append(f"{model.name}/{fold.name} ({why})")
+            else:
+                folds.add(int(fold.name.removeprefix("fold_")))
+    return folds
 
 
-def trained_models(ws: Workspace) -> dict[str, dict[str, set[int]]]:
-    """trainer name -> configuration -> finished folds, for everything under the workspace's nnU-Net results."""
+def trained_models(ws: Workspace, fingerprint: str,
+                   stale: Optional[list[str]] = None) -> dict[str, dict[str, set[int]]]:
+    """trainer name -> configuration -> finished current folds, for everything under the workspace's nnU-Net
+    results; stale finished folds are named in `stale`."""
     found: dict[str, dict[str, set[int]]] = {}
+    stale = [] if stale is None else stale
     if ws.results_dataset.is_dir():
         for folder in sorted(ws.results_dataset.iterdir()):
             match = MODEL_FOLDER.fullmatch(folder.name)
-            if match and (folds := finished_folds(folder)):
+            if match and (folds := finished_folds(folder, fingerprint, stale)):
                 found.setdefault(match["trainer"], {})[match["configuration"]] = folds
     return found
 
@@ -44,11 +58,14 @@ class Selection:
 
 
 def select(ws: Workspace, trainer: Optional[str] = None) -> Selection:
-    """Which trainer, configurations and folds to search over: the folds finished in every configuration."""
-    models = trained_models(ws)
+    """Which trainer, configurations and folds to search over: the current folds finished in every configuration."""
+    stale: list[str] = []
+    models = trained_models(ws, dataset_fingerprint(ws), stale)
+    left_out = (f"; stale folds left out: {', '.join(stale)}, retrain them with `ibsr-nnunet train "
+                f"--archive-stale`" if stale else "")
     if not models:
-        raise InputError(f"no finished nnU-Net fold under {ws.results_dataset}; "
-                         f"run `ibsr-nnunet train --fold 0 --config 2d` (and 3d_fullres) first.")
+        raise InputError(f"no finished nnU-Net fold made from this dataset under {ws.results_dataset}; "
+                         f"run `ibsr-nnunet train --fold 0 --config 2d` (and 3d_fullres) first{left_out}.")
     if trainer is None:  # the trainer with the most finished folds; a full schedule wins ties
         trainer = max(models, key=lambda t: (sum(map(len, models[t].values())), t == TRAINER_BASE))
     elif trainer not in models:
@@ -57,7 +74,7 @@ def select(ws: Workspace, trainer: Optional[str] = None) -> Selection:
     per_config = models[trainer]
     configurations = tuple(c for c in CONFIGURATIONS if c in per_config)
     folds = tuple(sorted(set.intersection(*(per_config[c] for c in configurations))))
-    warnings = []
+    warnings = [f"stale folds left out: {', '.join(stale)}"] if stale else []
     if len(configurations) > 1 and not folds:
         raise InputError(f"{trainer}: 2d has folds {sorted(per_config['2d'])} and 3d_fullres has folds "
                          f"{sorted(per_config['3d_fullres'])} finished, none in common; train a common fold.")
@@ -105,8 +122,33 @@ def run(ws: Workspace, trainer: Optional[str] = None, *, jobs: int = 1, device: 
     selection = select(ws, trainer)
     for warning in selection.warnings:
         say(f"warning: {warning}")
-
+    fingerprint = dataset_fingerprint(ws)
+    keys = (*selection.configurations, *(("ensemble",) if len(selection.configurations) > 1 else ()))
     ws.predictions.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as held:  # one writer per prediction set
+        for key in keys:
+            held.enter_context(Lock(lock_path(ws.predictions / MODEL_NAMES[key]), f"prediction set {MODEL_NAMES[key]}",
+                                    "ibsr-nnunet ensemble", say=say))
+        search, predictions = _predict_all(ws, selection, images, fingerprint, jobs=jobs, device=device, say=say)
+    results = {MODEL_NAMES[k]: v for k, v in search["results"].items()}
+    winner = MODEL_NAMES[search["winner"]]
+    ranked = ", ".join(f"{m} {d:.4f}" for m, d in sorted(results.items(), key=lambda kv: -kv[1]))
+    reason = (f"{winner} has the highest cross-validation foreground-mean Dice on folds "
+              f"{', '.join(map(str, selection.folds))} ({ranked}; nnU-Net keeps the simpler model on a tie); "
+              f"{search['post_pp']:.4f} after its postprocessing")
+    record_file = ws.root / "best_configuration.json"
+    write_json(record_file, {
+        "winner": winner, "reason": reason, "crossval_dice": results, "crossval_dice_post_pp": search["post_pp"],
+        "trainer": selection.trainer, "configurations": list(selection.configurations),
+        "folds": list(selection.folds), "warnings": selection.warnings,
+        "predictions": {m: str(p) for m, p in predictions.items()}, "dataset_fingerprint": fingerprint,
+    })
+    return EnsembleResult(selection, results, winner, reason, predictions, record_file, time.perf_counter() - started)
+
+
+def _predict_all(ws: Workspace, selection: Selection, images: Path, fingerprint: str, *, jobs: int, device: str,
+                 say: Callable[[str], None]) -> tuple[dict, dict[str, Path]]:
+    """nnU-Net's search, then every model's postprocessed predictions, built in a scratch folder and swapped in."""
     log = ws.results_dataset / "ibsr_ensemble.log"
     scratch = ws.predictions / f".tmp-ensemble-{os.getpid()}-{secrets.token_hex(4)}"
     scratch.mkdir()
@@ -142,23 +184,10 @@ def run(ws: Workspace, trainer: Optional[str] = None, *, jobs: int = 1, device: 
             write_json(built / "model.json",
                        model_record(model, selection.trainer, configurations=configurations, folds=selection.folds,
                                     postprocessing_pkl=pkl, crossval_dice=search["results"][key]))
+            record(built, fingerprint, model=model, trainer=selection.trainer, folds=list(selection.folds))
             predictions[model] = ws.predictions / model
         for model, final in predictions.items():
             swap_in(scratch / model, final)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
-    results = {MODEL_NAMES[k]: v for k, v in search["results"].items()}
-    winner = MODEL_NAMES[search["winner"]]
-    ranked = ", ".join(f"{m} {d:.4f}" for m, d in sorted(results.items(), key=lambda kv: -kv[1]))
-    reason = (f"{winner} has the highest cross-validation foreground-mean Dice on folds "
-              f"{', '.join(map(str, selection.folds))} ({ranked}; nnU-Net keeps the simpler model on a tie); "
-              f"{search['post_pp']:.4f} after its postprocessing")
-    record = ws.root / "best_configuration.json"
-    write_json(record, {
-        "winner": winner, "reason": reason, "crossval_dice": results, "crossval_dice_post_pp": search["post_pp"],
-        "trainer": selection.trainer, "configurations": list(selection.configurations),
-        "folds": list(selection.folds), "warnings": selection.warnings,
-        "predictions": {m: str(p) for m, p in predictions.items()},
-    })
-    return EnsembleResult(selection, results, winner, reason, predictions, record, time.perf_counter() - started)
+    return search, predictions

@@ -37,6 +37,11 @@ def plans_file(ws: Workspace) -> Path:
     return ws.preprocessed_dataset / f"{PLANS}.json"
 
 
+def plan_stamp(ws: Workspace) -> Path:
+    """What `plan` did last: the raw dataset's fingerprint and the configurations (so it can tell when to redo)."""
+    return ws.preprocessed_dataset / "ibsr_plan.json"
+
+
 def model_folder(ws: Workspace, configuration: str, trainer: str) -> Path:
     """nnU-Net's results folder of one trainer and configuration (its plans are always nnUNetPlans here)."""
     return ws.results_dataset / f"{trainer}__{PLANS}__{configuration}"

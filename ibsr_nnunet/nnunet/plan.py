@@ -12,7 +12,7 @@ from ..core.atomic import write_json
 from ..core.errors import InputError
 from ..core.vocabulary import CONFIGURATIONS
 from ..core.workspace import Workspace
-from .paths import plans_file
+from .paths import plan_stamp, plans_file
 
 PLANNABLE = (*CONFIGURATIONS, "3d_lowres")
 
@@ -54,7 +54,7 @@ def plan(ws: Workspace, configurations: tuple[str, ...] = CONFIGURATIONS, *, job
     if unknown:
         raise InputError(f"--configs {','.join(unknown)} unknown; use {', '.join(PLANNABLE)}.")
     fingerprint = json.loads(ws.manifest.read_text())["fingerprint"]
-    stamp = ws.preprocessed_dataset / "ibsr_plan.json"
+    stamp = plan_stamp(ws)
     plans_json = plans_file(ws)
     wanted = {"raw_fingerprint": fingerprint, "configurations": sorted(configurations)}
     if not force and stamp.is_file() and plans_json.is_file():

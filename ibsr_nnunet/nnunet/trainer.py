@@ -9,9 +9,11 @@ copies them from `locals()`), so settings of ours are attributes set after const
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
+import signal
 import time
-from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
@@ -21,11 +23,48 @@ from ..core.signals import StopSignals
 from .paths import trainer_schedule
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with(parent_pid: int) -> None:
+    """Make this process end when `parent_pid` does, whatever kills it (SIGKILL included): the kernel sends SIGKILL
+    on the parent's death (prctl), and a parent already gone before that call (the race) ends us here."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the SLURM job's final SIGKILL still ends the workers
+        pass
+    if os.getppid() != parent_pid:
+        os._exit(0)
+
+
+def _worker_bound_to_trainer(producer, trainer_pid: int, *args, **kwargs):
+    """nnU-Net's data-augmentation worker, started by the trainer, bound to it first."""
+    _die_with(trainer_pid)
+    return producer(*args, **kwargs)
+
+
+def bind_augmentation_workers() -> None:
+    """Every data-augmentation worker this process starts from now on ends with it.
+
+    The workers keep ignoring SIGUSR1/SIGTERM (they inherit StopSignals' handler, which acts in the trainer only):
+    SLURM signals every process of a job, and workers dying on SIGTERM would fail the trainer before it saves.
+    """
+    import batchgenerators.dataloading.nondet_multi_threaded_augmenter as augmenter
+
+    producer = augmenter.producer
+    if getattr(producer, "trainer_pid", None) == os.getpid():
+        return
+    original = getattr(producer, "original", producer)
+    bound = functools.partial(_worker_bound_to_trainer, original, os.getpid())
+    bound.original, bound.trainer_pid = original, os.getpid()
+    augmenter.producer = bound
+
+
 class TrainingInterrupted(SystemExit):
     """Raised after the checkpoint is safe: the process exits with EXIT_REQUEUE."""
 
 
-@lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=None)
 def trainer_class(name: str):
     """The nnUNetTrainer subclass called `name` (IbsrTrainer or IbsrTrainer_<E>ep_<I>it); AttributeError otherwise."""
     import torch
@@ -46,6 +85,10 @@ def trainer_class(name: str):
             self.num_val_iterations_per_epoch = max(1, round(iterations / 5))
             self.save_every = 1
             self.stop_signals: Optional[StopSignals] = None
+
+        def on_train_start(self):
+            bind_augmentation_workers()  # before nnU-Net starts its workers in get_dataloaders
+            super().on_train_start()
 
         def save_checkpoint(self, filename: str) -> None:
             """Write to a temporary file, fsync, keep the previous good checkpoint, then rename into place."""

@@ -1,0 +1,56 @@
+"""The baselines inside an ibsr-nnunet workspace: one writer per run and prediction set, and nothing reused that
+was made from another dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+from ibsr_nnunet.core.errors import InputError
+from ibsr_nnunet.core.locks import Lock, lock_path
+from ibsr_nnunet.core.provenance import dataset_fingerprint, ensure_current, record, staleness
+from ibsr_nnunet.core.workspace import Workspace
+
+from .infer import predict_files
+from .train import TrainOptions, TrainResult, run_dir, train
+
+
+def train_in_workspace(ws: Workspace, options: TrainOptions, *, archive_stale: bool = False,
+                       on_epoch: Optional[Callable[[dict], None]] = None,
+                       on_iteration: Optional[Callable[[], None]] = None,
+                       on_start: Optional[Callable[[int, Optional[int]], None]] = None,
+                       say: Callable[[str], None] = print) -> TrainResult:
+    """Train (or resume) the run of `options.model` + `options.loss` on the workspace's training cases."""
+    fingerprint = dataset_fingerprint(ws)
+    folder = run_dir(ws, options.model, options.loss)
+    with Lock(lock_path(folder), f"baseline run {folder.name}",
+              f"ibsr-nnunet baseline train --model {options.model} --loss {options.loss}", say=say):
+        ensure_current(ws, folder, what=f"baseline run {folder.name}", fingerprint=fingerprint,
+                       archive_stale=archive_stale, say=say)
+        folder.mkdir(parents=True, exist_ok=True)
+        record(folder, fingerprint, model=options.model, loss=options.loss)
+        return train(folder, ws.cases("train"), options, on_epoch=on_epoch, on_iteration=on_iteration,
+                     on_start=on_start)
+
+
+def predict_in_workspace(ws: Workspace, model: str, loss: str, *, device: str = "auto", overlap: float = 0.5,
+                         on_case: Optional[Callable[[str, bool], None]] = None,
+                         say: Callable[[str], None] = print) -> Path:
+    """Predict every held-out and test case into <workspace>/predictions/<model>__<loss>/; predictions made from
+    another dataset are redone, a run trained on another dataset is refused."""
+    fingerprint = dataset_fingerprint(ws)
+    run = run_dir(ws, model, loss)
+    why = staleness(run, fingerprint)
+    if why:
+        raise InputError(f"{run} (baseline run) is stale: {why}; train it again with `ibsr-nnunet baseline train "
+                         f"--model {model} --loss {loss} --archive-stale`, then predict.")
+    out = ws.predictions / run.name
+    cases = [(case.id, case.image) for role in ("heldout", "test") for case in ws.cases(role)]
+    with Lock(lock_path(out), f"prediction set {out.name}", f"ibsr-nnunet baseline predict --model {model} "
+              f"--loss {loss}", say=say):
+        stale = staleness(out, fingerprint)
+        if stale:
+            say(f"{out} is stale ({stale}): predicting every case again")
+        predict_files(run, cases, out, device=device, overlap=overlap, reuse=stale is None, on_case=on_case)
+        record(out, fingerprint, model=run.name, run=str(run))
+    return out
