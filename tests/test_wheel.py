@@ -74,6 +74,9 @@ def test_submit_dry_run_from_the_unpacked_wheel_matches_the_golden_files(unpacke
     planned.mkdir(parents=True)
     (planned / "nnUNetPlans.json").write_text(json.dumps({"configurations": {"2d": {}, "3d_fullres": {}}}))
     (planned / "splits_final.json").write_text(json.dumps([{"train": [], "val": []}] * 5))
+    raw = ws / "nnUNet_raw" / "Dataset501_IBSR18"
+    raw.mkdir(parents=True)
+    (raw / "ibsr_manifest.json").write_text(json.dumps({"fingerprint": "f" * 64}))
     args = ["--workspace", str(ws), "submit", "--configs", "2d", "--folds", "0", "--epochs", "3",
             "--iterations-per-epoch", "2", "--device", "cpu", "--gpus-per-job", "0", "--cpus-per-task", "1",
             "--signal-grace", "300", "--dry-run"]

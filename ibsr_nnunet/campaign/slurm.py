@@ -95,3 +95,75 @@ def sbatch(run: Runner, argv: list[str]) -> str:
 
 def scancel(run: Runner, job_id: str) -> None:
     run(["scancel", job_id], capture_output=True, text=True, timeout=60)
+
+
+@dataclass
+class Node:
+    name: str
+    cpus: int
+    memory_mb: int
+    gpus: int
+    partitions: tuple[str, ...]
+
+
+@dataclass
+class Partition:
+    name: str
+    default: bool
+    max_time: Optional[str]  # SLURM time, None for UNLIMITED/INFINITE
+
+
+@dataclass
+class Cluster:
+    """What the controller says every node and partition can give: the limits no job can ever exceed."""
+
+    partitions: dict[str, Partition]
+    nodes: list[Node]
+
+    def nodes_of(self, partition: str) -> list[Node]:
+        return [n for n in self.nodes if partition in n.partitions]
+
+    @property
+    def default_partition(self) -> Optional[str]:
+        return next((p.name for p in self.partitions.values() if p.default), None)
+
+
+def _gpus(gres: str) -> int:
+    """GPUs in a node's Gres, e.g. 'gpu:2', 'gpu:a100:4(S:0-1)' or 'gpu:2,shard:8' -> 2 / 4 / 2."""
+    total = 0
+    for entry in gres.split(","):
+        parts = entry.split("(")[0].split(":")
+        if parts[0] == "gpu" and parts[-1].isdigit():
+            total += int(parts[-1])
+    return total
+
+
+def parse_cluster(partitions_text: str, nodes_text: str) -> Cluster:
+    """`scontrol -o show partition` and `scontrol -o show node` output -> the cluster's limits."""
+    partitions = {}
+    for line in partitions_text.splitlines():
+        if name := _field(line, "PartitionName"):
+            max_time = _field(line, "MaxTime")
+            partitions[name] = Partition(name, _field(line, "Default") == "YES",
+                                         None if max_time in ("UNLIMITED", "INFINITE", "") else max_time)
+    nodes = []
+    for line in nodes_text.splitlines():
+        if name := _field(line, "NodeName"):
+            cpus, memory = _field(line, "CPUTot"), _field(line, "RealMemory")
+            nodes.append(Node(name, int(cpus) if cpus.isdigit() else 0, int(memory) if memory.isdigit() else 0,
+                              _gpus(_field(line, "Gres")), tuple(filter(None, _field(line, "Partitions").split(",")))))
+    return Cluster(partitions, nodes)
+
+
+def query_cluster(run: Runner = subprocess.run) -> Optional[Cluster]:
+    """The cluster's partitions and nodes; None when SLURM cannot be asked (no cluster here)."""
+    texts = []
+    for what in ("partition", "node"):
+        try:
+            result = run(["scontrol", "-o", "show", what], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if result.returncode != 0:
+            return None
+        texts.append(result.stdout)
+    return parse_cluster(*texts)

@@ -8,6 +8,7 @@ Running it again skips what is finished, queued or running.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import time
@@ -26,7 +27,7 @@ from ..nnunet.paths import FULL_EPOCHS, FULL_ITERATIONS, fold_finished, fold_fol
 from . import sbatch as render
 from .jobs import jobs_file, load_jobs, save_jobs
 from .progress import baseline_progress
-from .slurm import JobState, Runner, query_states, sbatch, scancel
+from .slurm import Cluster, JobState, Runner, query_cluster, query_states, sbatch, scancel
 
 @dataclass
 class SubmitPlan:
@@ -133,6 +134,44 @@ class _Campaign:
                        for key in _active_keys(self.states, r)})
 
 
+MEMORY = re.compile(r"(\d+)([KMGT]?)B?", re.IGNORECASE)
+
+
+def _megabytes(text: str) -> Optional[int]:
+    """A SLURM memory size (default unit M) in MB; None when it is not one."""
+    match = MEMORY.fullmatch(text.strip())
+    if not match:
+        return None
+    factor = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 * 1024}[match[2].upper()]
+    return int(int(match[1]) * factor)
+
+
+def check_resources(resources: render.Resources, cluster: Optional[Cluster], say: Callable[[str], None]) -> None:
+    """Refuse what no node of the partition can ever give (the job would pend forever), naming the limit."""
+    if cluster is None:
+        say("note: SLURM did not answer `scontrol show partition` / `show node`: the resources were not checked "
+            "against the cluster's nodes")
+        return
+    name = resources.partition or cluster.default_partition
+    if name not in cluster.partitions:
+        raise InputError(f"--partition {name}: the cluster has no such partition (it has "
+                         f"{', '.join(cluster.partitions)}); pick one of those.")
+    nodes = cluster.nodes_of(name)
+    asked = {"--cpus-per-task": (resources.cpus_per_task, "cpus", "CPUs"),
+             "--gpus-per-job": (resources.gpus_per_job, "gpus", "GPUs"),
+             "--mem": (_megabytes(resources.mem) if resources.mem else 0, "memory_mb", "MB of memory")}
+    for option, (wanted, attribute, unit) in asked.items():
+        most = max((getattr(node, attribute) for node in nodes), default=0)
+        if wanted and wanted > most:
+            raise InputError(f"{option} asks for {wanted} {unit} but the largest node of partition {name} has "
+                             f"{most}: the job would pend forever; ask for {most} or fewer, or pick another "
+                             f"--partition.")
+    limit = cluster.partitions[name].max_time
+    if resources.time and limit and (render.slurm_seconds(resources.time) or 0) > (render.slurm_seconds(limit) or 0):
+        raise InputError(f"--time {resources.time} is above partition {name}'s MaxTime {limit}: sbatch would refuse "
+                         f"or the job pend forever; pass --time {limit} or less.")
+
+
 def _handle_stale(c: _Campaign, say: Callable[[str], None]) -> None:
     """Folds and baseline runs made from another dataset are never finished: with --archive-stale they are moved to
     <workspace>/stale/<time>/ (a dry run only says so) and trained afresh; without it, submit refuses."""
@@ -236,6 +275,7 @@ def submit(ws: Workspace, plan: SubmitPlan, *, cli: Optional[Sequence[str]] = No
     if states is None and not plan.dry_run:
         raise InputError("SLURM does not answer (`scontrol show job` failed): is this a cluster login node with "
                          "SLURM_CONF set? For a local test cluster run `slurm/local-cluster.sh start`.")
+    check_resources(plan.resources, query_cluster(run), say)
     c = _Campaign(ws, plan, list(cli or render.default_cli()), load_jobs(ws), states or {},
                   fingerprint=dataset_fingerprint(ws))
     _handle_stale(c, say)

@@ -10,6 +10,7 @@ from typing import Literal, NamedTuple, Optional
 
 from .atomic import write_json
 from .errors import InputError
+from .jsonfile import read_json
 
 DEFAULT_WORKSPACE = "ibsr-workspace"
 WORKSPACE_ENV = "IBSR_NNUNET_WORKSPACE"
@@ -124,7 +125,7 @@ class Workspace:
         """The conversion manifest, refused in one sentence when there is no converted dataset."""
         if not self.manifest.is_file():
             raise InputError(f"no converted dataset at {self.raw_dataset}; run `ibsr-nnunet convert SOURCE` first.")
-        return json.loads(self.manifest.read_text())
+        return read_json(self.manifest, "convert the dataset again with `ibsr-nnunet convert SOURCE --force`")
 
     def cases(self, role: Role) -> list[Case]:
         """The converted cases of one role: training, held-out (labelled, scored) or test (no labels)."""

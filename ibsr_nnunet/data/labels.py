@@ -64,7 +64,8 @@ def value_counts(array: np.ndarray) -> dict[int, int]:
     if foreground.size:
         low, high = int(foreground.min()), int(foreground.max())
         if high - low <= 1 << 16 and np.issubdtype(foreground.dtype, np.integer):
-            bins = np.bincount(foreground - low if low else foreground)
+            # in int64: `value - low` overflows the label's own dtype (int8 -100..100, int16 -30000..30000)
+            bins = np.bincount(foreground.astype(np.int64) - low)
             counts.update({int(v) + low: int(bins[v]) for v in np.flatnonzero(bins)})
         else:
             values, numbers = np.unique(foreground, return_counts=True)

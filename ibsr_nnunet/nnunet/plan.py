@@ -7,6 +7,7 @@ import io
 import json
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 from ..core.atomic import write_json
 from ..core.errors import InputError
@@ -44,6 +45,17 @@ def _result(plans: dict, configurations: tuple[str, ...], up_to_date: bool) -> P
     return PlanResult(summary, [c for c in configurations if c not in summary], up_to_date)
 
 
+def _planned(ws: Workspace, wanted: dict) -> Optional[dict]:
+    """The plans, when `plan` already made them for exactly `wanted`; None when it must plan (again): never done,
+    another dataset or configurations, or a stamp or plans file cut short."""
+    try:
+        recorded = json.loads(plan_stamp(ws).read_text())
+        plans = json.loads(plans_file(ws).read_text())
+    except (OSError, ValueError):
+        return None
+    return plans if {k: recorded.get(k) for k in wanted} == wanted else None
+
+
 def plan(ws: Workspace, configurations: tuple[str, ...] = CONFIGURATIONS, *, jobs: int = 1,
          force: bool = False) -> PlanResult:
     """nnU-Net fingerprint, plans and preprocessing (with its integrity check); skipped when already done for
@@ -53,14 +65,11 @@ def plan(ws: Workspace, configurations: tuple[str, ...] = CONFIGURATIONS, *, job
     unknown = [c for c in configurations if c not in PLANNABLE]
     if unknown:
         raise InputError(f"--configs {','.join(unknown)} unknown; use {', '.join(PLANNABLE)}.")
-    fingerprint = json.loads(ws.manifest.read_text())["fingerprint"]
-    stamp = plan_stamp(ws)
+    fingerprint = ws.read_manifest()["fingerprint"]
     plans_json = plans_file(ws)
     wanted = {"raw_fingerprint": fingerprint, "configurations": sorted(configurations)}
-    if not force and stamp.is_file() and plans_json.is_file():
-        recorded = json.loads(stamp.read_text())
-        if {k: recorded.get(k) for k in wanted} == wanted:
-            return _result(json.loads(plans_json.read_text()), configurations, up_to_date=True)
+    if not force and (plans := _planned(ws, wanted)) is not None:
+        return _result(plans, configurations, up_to_date=True)
 
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprints, plan_experiments,
                                                                        preprocess)
@@ -76,5 +85,5 @@ def plan(ws: Workspace, configurations: tuple[str, ...] = CONFIGURATIONS, *, job
     except (AssertionError, RuntimeError) as err:
         details = " ".join(f"{err}".split())[:400]
         raise InputError(f"{ws.raw_dataset}: nnU-Net planning failed ({details}); fix the dataset and convert again.") from None
-    write_json(stamp, {**wanted, "planned": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    write_json(plan_stamp(ws), {**wanted, "planned": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return _result(plans, configurations, up_to_date=False)
