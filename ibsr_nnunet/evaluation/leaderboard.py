@@ -55,6 +55,10 @@ def rank(per_case: pd.DataFrame, split: str, seconds: dict[str, float], fingerpr
     return board.reset_index(drop=True)
 
 
+class NothingToRank(InputError):
+    """No prediction set or evaluation of this dataset exists."""
+
+
 @dataclass
 class Leaderboard:
     board: pd.DataFrame
@@ -71,7 +75,15 @@ def build(ws: Workspace, *, jobs: int = 1, on_model: Optional[Callable[[str], No
     fingerprint = provenance.dataset_fingerprint(ws)
     with Lock(lock_path(ws.leaderboard), "the leaderboard", "ibsr-nnunet leaderboard"):
         evaluated_now, left_out = _evaluate_new(ws, fingerprint, jobs=jobs, on_model=on_model)
-        per_case = _current_evaluations(ws, fingerprint, left_out)
+        try:
+            per_case = _current_evaluations(ws, fingerprint, left_out)
+        except NothingToRank as nothing:
+            if ws.leaderboard.is_file():  # no score of another dataset may survive in it
+                with atomic_path(ws.leaderboard) as tmp:
+                    pd.DataFrame(columns=pd.read_csv(ws.leaderboard, nrows=0).columns).to_csv(tmp, index=False)
+                stale = f" (left out: {'; '.join(left_out)})" if left_out else ""
+                raise NothingToRank(f"{str(nothing).rstrip('.')}{stale}; {ws.leaderboard} now lists no model.") from None
+            raise
         manifest = ws.read_manifest()
         split = f"{manifest['split']['policy']}: {', '.join(manifest['split']['heldout'])}"
         seconds = {model: training_seconds(ws, model) for model in per_case["model"].unique()}
@@ -102,18 +114,19 @@ def _current_evaluations(ws: Workspace, fingerprint: str, left_out: list[str]) -
     tables = []
     for csv in sorted(ws.evaluation.glob("*.csv")) if ws.evaluation.is_dir() else []:
         made_on = (recorded_summary(ws, csv.stem) or {}).get("dataset_fingerprint")
+        if any(line.startswith(f"{csv.stem}:") for line in left_out):
+            continue  # its prediction set is stale: so is its evaluation
         if made_on != fingerprint:
-            if not any(line.startswith(f"{csv.stem}:") for line in left_out):
-                left_out.append(f"{csv.stem}: evaluated on dataset {provenance.short(made_on)}, not on this one; "
-                                f"evaluate it again to rank it")
+            left_out.append(f"{csv.stem}: evaluated on dataset {provenance.short(made_on)}, not on this one; "
+                            f"evaluate it again to rank it")
             continue
         table = pd.read_csv(csv)
         if list(table.columns) == COLUMNS and not table.empty:
             tables.append(table)
     if not tables:
-        raise InputError(f"nothing to rank: no current predictions under {ws.predictions} and no evaluations of this "
-                         f"dataset under {ws.evaluation}; run `ibsr-nnunet ensemble` or `ibsr-nnunet baseline "
-                         f"predict` first.")
+        raise NothingToRank(f"nothing to rank: no current predictions under {ws.predictions} and no evaluations "
+                            f"of this dataset under {ws.evaluation}; run `ibsr-nnunet ensemble` or `ibsr-nnunet "
+                            f"baseline predict` first.")
     per_case = pd.concat(tables, ignore_index=True)
     cases_per_model = per_case.groupby("model")["case"].apply(lambda c: tuple(sorted(set(c))))
     if cases_per_model.nunique() > 1:

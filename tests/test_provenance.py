@@ -1,0 +1,267 @@
+"""Nothing stale is reused: every result records the dataset it was made from, and each step that finds one made
+from another dataset refuses it, leaves it out, or (with --archive-stale) moves it aside — never silently."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers import cli, invoke, said
+from ibsr_nnunet.core import provenance
+from ibsr_nnunet.core.errors import InputError
+from ibsr_nnunet.core.workspace import Workspace
+from ibsr_nnunet.data.phantom import write_phantoms
+from ibsr_nnunet.nnunet.paths import fold_folder, trainer_name
+
+OLD = "0" * 64  # the fingerprint of "another dataset"
+
+
+def fake_fold(ws: Workspace, config: str, fold: int, trainer: str, fingerprint: str | None) -> Path:
+    """A finished-looking fold folder (final checkpoint, validation summary, one .npz), recorded as `fingerprint`."""
+    folder = fold_folder(ws, config, fold, trainer)
+    (folder / "validation").mkdir(parents=True)
+    (folder / "checkpoint_final.pth").write_bytes(b"x")
+    (folder / "validation" / "summary.json").write_text(json.dumps({"foreground_mean": {"Dice": 0.5}}))
+    (folder / "validation" / "IBSR_01.npz").write_bytes(b"x")
+    if fingerprint:
+        provenance.record(folder, fingerprint)
+    return folder
+
+
+def reference_predictions(ws: Workspace, model: str, fingerprint: str | None) -> Path:
+    """A prediction set equal to the held-out references (+ the test case), recorded as `fingerprint`."""
+    out = ws.predictions / model
+    out.mkdir(parents=True)
+    for case in ws.cases("heldout"):
+        shutil.copy(case.label, out / f"{case.id}.nii.gz")
+    if fingerprint:
+        provenance.record(out, fingerprint, model=model)
+    return out
+
+
+# ---- the records themselves ---------------------------------------------------------------------------------------
+
+def test_record_staleness_and_contradiction(tmp_path):
+    folder = tmp_path / "run"
+    assert provenance.staleness(folder, "a" * 64) is None  # nothing there: nothing stale
+    folder.mkdir()
+    assert provenance.staleness(folder, "a" * 64) is None  # empty: nothing stale
+    (folder / "weights").write_bytes(b"x")
+    assert provenance.staleness(folder, "a" * 64) == (
+        "made from dataset an unknown dataset (no provenance recorded), the workspace now holds aaaaaaaaaaaa")
+    assert provenance.contradicts(folder, "a" * 64) is None  # no record: judged by its contents elsewhere
+    provenance.record(folder, "b" * 64, model="m")
+    assert provenance.recorded(folder) == "b" * 64
+    assert provenance.staleness(folder, "a" * 64) == "made from dataset bbbbbbbbbbbb, the workspace now holds aaaaaaaaaaaa"
+    assert provenance.contradicts(folder, "a" * 64) == provenance.staleness(folder, "a" * 64)
+    assert provenance.staleness(folder, "b" * 64) is None
+
+
+def test_archive_moves_and_deletes_nothing(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    run = ws.baselines / "unet2d__dice"
+    run.mkdir(parents=True)
+    (run / "best.pt").write_bytes(b"weights")
+    provenance.record(run, OLD)
+    said_lines = []
+    with pytest.raises(InputError, match=r"unet2d__dice .*is stale: made from dataset 000000000000.*--archive-stale"):
+        provenance.ensure_current(ws, run, what="baseline run", fingerprint="f" * 64, archive_stale=False)
+    assert (run / "best.pt").is_file()
+    provenance.ensure_current(ws, run, what="baseline run", fingerprint="f" * 64, archive_stale=True,
+                              say=said_lines.append)
+    [moved] = list((ws.root / "stale").glob("*/baselines/unet2d__dice"))
+    assert (moved / "best.pt").read_bytes() == b"weights" and not run.exists()
+    assert said_lines and str(moved.parents[1]) in said_lines[0]
+    with pytest.raises(InputError, match="outside the workspace"):
+        provenance.archive(ws, [tmp_path / "elsewhere"])
+
+
+# ---- each step, on the shared converted phantom -------------------------------------------------------------------
+
+def test_leaderboard_leaves_stale_prediction_sets_out_and_records_the_dataset(converted_copy):
+    ws = converted_copy
+    current = provenance.dataset_fingerprint(ws)
+    reference_predictions(ws, "unet2d__dice", current)
+    reference_predictions(ws, "resunet2d__dice", OLD)
+    result = invoke(ws, "leaderboard", "--no-figures")
+    assert result.exit_code == 0, result.output
+    board = pd.read_csv(ws.leaderboard)
+    assert board["model"].tolist() == ["unet2d__dice"]
+    assert board["dataset_fingerprint"].tolist() == [current]
+    assert "not ranked: resunet2d__dice: its predictions are stale (made from dataset 000000000000" in said(result)
+    summary = json.loads((ws.evaluation / "unet2d__dice.json").read_text())
+    assert summary["dataset_fingerprint"] == current
+
+
+def test_an_evaluation_of_another_dataset_is_redone(converted_copy):
+    ws = converted_copy
+    reference_predictions(ws, "unet2d__dice", provenance.dataset_fingerprint(ws))
+    assert invoke(ws, "leaderboard", "--no-figures").exit_code == 0
+    summary = ws.evaluation / "unet2d__dice.json"
+    recorded = json.loads(summary.read_text())
+    summary.write_text(json.dumps({**recorded, "dataset_fingerprint": OLD}))
+    result = invoke(ws, "leaderboard", "--no-figures")
+    assert result.exit_code == 0 and "evaluated now: unet2d__dice" in said(result)
+    assert json.loads(summary.read_text())["dataset_fingerprint"] == provenance.dataset_fingerprint(ws)
+
+
+def test_evaluate_refuses_predictions_recorded_from_another_dataset(converted_copy):
+    ws = converted_copy
+    out = reference_predictions(ws, "unet2d__dice", OLD)
+    result = invoke(ws, "evaluate", "--predictions", out, "--name", "unet2d__dice")
+    assert result.exit_code == 1
+    assert f"{out} is stale: made from dataset 000000000000" in said(result)
+    assert not (ws.evaluation / "unet2d__dice.csv").exists()
+
+
+def test_no_old_score_survives_when_nothing_current_is_left(converted_copy):
+    ws = converted_copy
+    out = reference_predictions(ws, "unet2d__dice", provenance.dataset_fingerprint(ws))
+    assert invoke(ws, "leaderboard", "--no-figures").exit_code == 0
+    assert len(pd.read_csv(ws.leaderboard)) == 1
+    provenance.record(out, OLD)  # as if the dataset had been replaced since
+    result = invoke(ws, "leaderboard", "--no-figures")
+    assert result.exit_code == 1 and "now lists no model" in said(result)
+    assert pd.read_csv(ws.leaderboard).empty
+
+
+def test_ensemble_leaves_stale_folds_out_and_says_which(converted_copy):
+    from ibsr_nnunet.nnunet.ensemble import select
+
+    ws = converted_copy
+    trainer = trainer_name(2, 3)
+    fake_fold(ws, "2d", 0, trainer, provenance.dataset_fingerprint(ws))
+    fake_fold(ws, "3d_fullres", 0, trainer, provenance.dataset_fingerprint(ws))
+    fake_fold(ws, "2d", 1, trainer, OLD)
+    fake_fold(ws, "3d_fullres", 1, trainer, None)  # made before provenance was recorded: not provably current
+    selection = select(ws, trainer)
+    assert selection.folds == (0,)
+    stale_warning = selection.warnings[0]
+    assert "stale folds left out" in stale_warning and f"{trainer}__nnUNetPlans__2d/fold_1" in stale_warning
+    assert f"{trainer}__nnUNetPlans__3d_fullres/fold_1" in stale_warning
+    for config in ("2d", "3d_fullres"):
+        provenance.record(fold_folder(ws, config, 0, trainer), OLD)
+    with pytest.raises(InputError, match="no finished nnU-Net fold made from this dataset.*stale folds left out"):
+        select(ws, trainer)
+
+
+def test_train_refuses_a_stale_fold_and_stale_plans_before_touching_them(planned_copy):
+    ws = planned_copy
+    trainer = trainer_name(2, 3)
+    folder = fake_fold(ws, "2d", 0, trainer, OLD)
+    args = ["train", "--fold", "0", "--config", "2d", "--epochs", "2", "--iterations-per-epoch", "3", "--device", "cpu"]
+    result = invoke(ws, *args)
+    assert result.exit_code == 1, result.output
+    assert f"{folder} (2d fold 0 of {trainer}) is stale: made from dataset 000000000000" in said(result)
+    assert "--archive-stale" in said(result) and (folder / "checkpoint_final.pth").is_file()
+    manifest = json.loads(ws.manifest.read_text())
+    ws.manifest.write_text(json.dumps({**manifest, "fingerprint": "e" * 64}))
+    result = invoke(ws, *args)
+    assert result.exit_code == 1 and "nnUNetPlans.json is stale: planned from dataset" in said(result)
+    assert "run `ibsr-nnunet plan` first" in said(result)
+
+
+def test_baseline_train_refuses_a_stale_run(converted_copy):
+    ws = converted_copy
+    run = ws.baselines / "unet2d__dice"
+    run.mkdir(parents=True)
+    (run / "checkpoint.pt").write_bytes(b"x")
+    provenance.record(run, OLD)
+    result = invoke(ws, "baseline", "train", "--model", "unet2d", "--loss", "dice", "--epochs", "1", "--device", "cpu")
+    assert result.exit_code == 1 and f"{run} (baseline run unet2d__dice) is stale" in said(result)
+    result = invoke(ws, "baseline", "predict", "--model", "unet2d", "--loss", "dice", "--device", "cpu")
+    assert result.exit_code == 1 and "(baseline run) is stale" in said(result) and "--archive-stale" in said(result)
+
+
+def test_convert_force_says_what_it_makes_stale(converted_copy, tmp_path):
+    ws = converted_copy
+    fingerprint = provenance.dataset_fingerprint(ws)
+    fake_fold(ws, "2d", 0, trainer_name(2, 3), fingerprint)
+    fake_fold(ws, "2d", 1, trainer_name(2, 3), fingerprint)
+    run = ws.baselines / "unet2d__dice"
+    run.mkdir(parents=True)
+    provenance.record(run, fingerprint)
+    reference_predictions(ws, "unet2d__dice", fingerprint)
+    write_phantoms(tmp_path / "other", 8, layout="misa", size="small", seed=9)
+    result = invoke(ws, "convert", tmp_path / "other", "--force")
+    assert result.exit_code == 0, result.output
+    assert "replacing the dataset makes stale: 2 trained folds, 1 baseline runs, 1 prediction sets" in said(result)
+    assert provenance.dataset_fingerprint(ws) != fingerprint
+
+
+def test_status_marks_stale_folds_and_submit_refuses_or_archives_them(planned_copy, monkeypatch):
+    from ibsr_nnunet.campaign.jobs import save_jobs
+
+    ws = planned_copy
+    trainer = trainer_name(2, 3)
+    stale = fake_fold(ws, "2d", 0, trainer, OLD)
+    current = fake_fold(ws, "2d", 1, trainer, provenance.dataset_fingerprint(ws))
+    save_jobs(ws, [{"kind": "fold", "name": "2d", "job_id": "5", "folds": [0, 1], "trainer": trainer, "epochs": 2,
+                    "iterations": 3}])
+    monkeypatch.setenv("PATH", "/nonexistent")  # no SLURM here: status reads the files only
+    rows = {r["fold"]: r for r in json.loads(invoke(ws, "status", "--json").output)["jobs"]}
+    assert (rows[0]["stale"], rows[0]["finished"]) == (True, False)
+    assert (rows[1]["stale"], rows[1]["finished"]) == (False, True)
+    base = ["submit", "--configs", "2d", "--folds", "0,1", "--epochs", "2", "--iterations-per-epoch", "3",
+            "--gpus-per-job", "0", "--cpus-per-task", "1", "--dry-run"]
+    refused = invoke(ws, *base)
+    assert refused.exit_code == 1 and "stale runs would be trained on" in said(refused)
+    assert f"{stale.relative_to(ws.root)} (made from dataset 000000000000" in said(refused)
+    dry = invoke(ws, *base, "--archive-stale")
+    assert dry.exit_code == 0, dry.output
+    assert "--archive-stale would move 1 stale run(s) aside" in said(dry) and stale.is_dir()
+    assert "--array=0 " in said(dry) + " " and "2d fold 1: already finished" in said(dry)
+    assert current.is_dir()
+
+
+# ---- the whole story, as a new user would live it -----------------------------------------------------------------
+
+@pytest.mark.integration
+def test_a_replaced_dataset_never_reuses_a_fold_a_baseline_or_a_score(tmp_path):
+    """convert A -> plan -> train 2 epochs -> predictions -> leaderboard; convert B --force; every later step redoes
+    its work or refuses naming the stale artifact, and no score of A survives in leaderboard.csv."""
+    ws = tmp_path / "ws"
+    for name, seed in (("A", 1), ("B", 9)):
+        write_phantoms(tmp_path / name, 6, layout="misa", size="small", seed=seed)
+    train = ["train", "--fold", "0", "--config", "2d", "--epochs", "2", "--iterations-per-epoch", "3", "--device", "cpu"]
+    baseline = ["--model", "unet2d", "--loss", "dice", "--device", "cpu"]
+    tiny = ["--epochs", "1", "--iterations-per-epoch", "3", "--width", "8", "--patch-size", "32", "--batch-size", "2"]
+    for step in (["convert", str(tmp_path / "A")], ["plan", "--configs", "2d"], train,
+                 ["baseline", "train", *baseline, *tiny], ["baseline", "predict", *baseline],
+                 ["leaderboard", "--no-figures"]):
+        done = cli(ws, *step)
+        assert done.returncode == 0, f"{step}: {done.stdout}{done.stderr}"
+    old_fingerprint = Workspace.open(ws).read_manifest()["fingerprint"]
+    assert pd.read_csv(ws / "leaderboard.csv")["dataset_fingerprint"].tolist() == [old_fingerprint]
+
+    replaced = cli(ws, "convert", str(tmp_path / "B"), "--force")
+    assert replaced.returncode == 0 and "makes stale: 1 trained folds, 1 baseline runs, 1 prediction sets" in \
+        " ".join(replaced.stdout.split())
+    assert cli(ws, "plan", "--configs", "2d").returncode == 0
+    refused = cli(ws, *train)
+    assert refused.returncode == 1 and "is stale: made from dataset " + old_fingerprint[:12] in " ".join(
+        refused.stderr.split()), refused.stdout + refused.stderr
+    board = cli(ws, "leaderboard", "--no-figures")
+    assert board.returncode == 1 and pd.read_csv(ws / "leaderboard.csv").empty  # no score of A survives
+    assert cli(ws, "ensemble").returncode == 1
+
+    retrained = cli(ws, *train, "--archive-stale")
+    assert retrained.returncode == 0, retrained.stdout + retrained.stderr
+    assert "archived the stale 2d fold 0" in " ".join(retrained.stdout.split())
+    assert list((ws / "stale").glob("*/nnUNet_results/*/*/fold_0/checkpoint_final.pth"))
+    for step in (["baseline", "train", *baseline, *tiny, "--archive-stale"], ["baseline", "predict", *baseline],
+                 ["leaderboard", "--no-figures"]):
+        done = cli(ws, *step)
+        assert done.returncode == 0, f"{step}: {done.stdout}{done.stderr}"
+    new_fingerprint = Workspace.open(ws).read_manifest()["fingerprint"]
+    board = pd.read_csv(ws / "leaderboard.csv")
+    assert board["dataset_fingerprint"].tolist() == [new_fingerprint] and new_fingerprint != old_fingerprint
+    summary = json.loads((ws / "evaluation" / "unet2d__dice.json").read_text())
+    assert summary["dataset_fingerprint"] == new_fingerprint and summary["cases"] == Workspace.open(ws).read_manifest()[
+        "split"]["heldout"]
+    assert np.isfinite(board["mean_dice"]).all()
