@@ -1,0 +1,157 @@
+"""One writer per place and clean process trees, with real processes: two converts or two trains at once, a lock
+left by a killed trainer, and `kill -9` of training leaving nothing behind and resuming."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import CLI, cli, said, invoke
+from ibsr_nnunet.core.exitcodes import EXIT_LOCKED
+from ibsr_nnunet.core.locks import Lock, lock_path, read_holder
+from ibsr_nnunet.core.workspace import Workspace
+from ibsr_nnunet.data.phantom import write_phantoms
+from ibsr_nnunet.nnunet.paths import fold_folder, trainer_name
+
+
+def children(pid: int) -> set[int]:
+    """Every live descendant of `pid` (from /proc: no psutil needed)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_for(check, timeout: float, poll: float = 0.1) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if check():
+            return True
+        time.sleep(poll)
+    return check()
+
+
+def start(ws: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([*CLI, "--workspace", str(ws), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "COLUMNS": "200", **(env or {})})
+
+
+def test_a_live_holder_refuses_a_second_convert_naming_it(misa_copy, tmp_path):
+    ws = Workspace.open(tmp_path / "ws")
+    with Lock(lock_path(ws.raw_dataset), "dataset", "ibsr-nnunet convert elsewhere"):
+        result = invoke(ws, "convert", misa_copy)
+    assert result.exit_code == EXIT_LOCKED, result.output
+    assert f"dataset Dataset501_IBSR18 is being written by PID {os.getpid()}" in said(result)
+    assert not ws.raw_dataset.exists()
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(misa_copy, tmp_path):
+    ws = Workspace.open(tmp_path / "ws")
+    dead = subprocess.Popen([sys.executable, "-c", (
+        "import os, time\nfrom ibsr_nnunet.core.locks import Lock\n"
+        f"Lock({str(lock_path(ws.raw_dataset))!r}, 'dataset', 'convert').acquire()\n"
+        "print('held', flush=True); os._exit(0)")], stdout=subprocess.PIPE, text=True)  # exits holding it
+    assert dead.stdout.readline().strip() == "held"
+    dead.wait()
+    assert read_holder(lock_path(ws.raw_dataset)).pid == dead.pid
+    result = invoke(ws, "convert", misa_copy)
+    assert result.exit_code == 0, result.output
+    assert f"took over the lock on dataset Dataset501_IBSR18 from PID {dead.pid}" in said(result)
+    assert "is gone" in said(result) and not lock_path(ws.raw_dataset).exists()
+
+
+@pytest.mark.integration
+def test_two_converts_at_once_one_wins_the_other_is_refused_and_the_dataset_is_whole(tmp_path):
+    write_phantoms(tmp_path / "big", 6, layout="misa", size="full", seed=1)  # seconds to convert: time to collide
+    write_phantoms(tmp_path / "small", 6, layout="misa", size="small", seed=2)
+    ws = tmp_path / "ws"
+    first = start(ws, "convert", str(tmp_path / "big"), "--jobs", "1")
+    assert wait_for(lambda: lock_path(Workspace.open(ws).raw_dataset).exists(), 60)
+    second = cli(ws, "convert", str(tmp_path / "small"))
+    output, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, output
+    assert second.returncode == EXIT_LOCKED, second.stdout + second.stderr
+    assert f"is being written by PID {first.pid}" in " ".join(second.stderr.split())
+    manifest = Workspace.open(ws).read_manifest()
+    assert Path(manifest["source"]) == tmp_path / "big" and len(manifest["cases"]) == 6
+    assert not list((ws / "nnUNet_raw").glob(".tmp-*"))
+
+
+@pytest.mark.integration
+def test_kill_9_of_train_leaves_no_process_and_the_next_call_resumes(planned_copy):
+    """Two trainers on one fold: the second is refused; `kill -9` of the first after its first checkpoint leaves
+    none of its processes (data-augmentation workers included) after 10 s, and the next call takes the dead
+    holder's lock over and resumes."""
+    ws = planned_copy
+    args = ["train", "--fold", "0", "--config", "2d", "--epochs", "6", "--iterations-per-epoch", "6", "--device", "cpu"]
+    folder = fold_folder(ws, "2d", 0, trainer_name(6, 6))
+    first = start(ws.root, *args, env={"nnUNet_n_proc_DA": "2"})
+    try:
+        assert wait_for(lambda: (folder / "checkpoint_latest.pth").exists(), 300), first.stdout.read()
+        second = cli(ws, *args)
+        assert second.returncode == EXIT_LOCKED, second.stdout + second.stderr
+        assert f"is being written by PID {first.pid}" in " ".join(second.stderr.split())
+        workers = children(first.pid)
+        assert len(workers) >= 2, "nnU-Net's data-augmentation workers should be running"
+        first.kill()  # SIGKILL: what the OOM killer and a lost node do
+        first.wait()
+        assert wait_for(lambda: not any(alive(pid) for pid in workers), 10), [p for p in workers if alive(p)]
+    finally:
+        if first.poll() is None:
+            first.kill()
+    resumed = cli(ws, *args)
+    text = " ".join((resumed.stdout + resumed.stderr).split())
+    assert resumed.returncode == 0, text
+    assert f"took over the lock on 2d fold 0 ({trainer_name(6, 6)}) from PID {first.pid}" in text
+    epoch = int(text.split(" at epoch ")[1].split()[0])
+    assert 1 <= epoch < 6 and "from checkpoint_latest.pth" in text
+    assert (folder / "checkpoint_final.pth").is_file()
+
+
+@pytest.mark.integration
+def test_kill_9_of_baseline_training_then_a_rerun_resumes(converted_copy):
+    ws = converted_copy
+    args = ["baseline", "train", "--model", "unet2d", "--loss", "dice", "--device", "cpu", "--epochs", "6",
+            "--iterations-per-epoch", "4", "--width", "8", "--patch-size", "32", "--batch-size", "2"]
+    run = ws.baselines / "unet2d__dice"
+    first = start(ws.root, *args)
+    try:
+        assert wait_for(lambda: (run / "checkpoint.pt").exists(), 300)
+        assert not children(first.pid), "the baselines start no worker processes"
+        first.kill()
+        first.wait()
+    finally:
+        if first.poll() is None:
+            first.kill()
+    done_before = json.loads((run / "run.json").read_text())["epochs_done"]
+    resumed = cli(ws, *args)
+    text = " ".join((resumed.stdout + resumed.stderr).split())
+    assert resumed.returncode == 0, text
+    assert f"resuming {run} at epoch {done_before}" in text and done_before >= 1
+    assert json.loads((run / "run.json").read_text())["epochs_done"] == 6
