@@ -3,7 +3,8 @@
 Prints both wall times and their ratio (target <= 0.75 on 2 cores). The naive loop only loads, squeezes and
 saves each file (no validation, no label mapping, no integrity check); `convert` does all of that, in parallel.
 nnU-Net's integrity check costs a fixed ~2-3 s (importing torch), more than the whole naive loop, so the ratio
-is printed with and without the time spent waiting for it.
+is printed with and without the time spent waiting for it. It also measures the dataset lock `convert` holds
+(take it, heartbeat thread, release) in the same run, as a share of `convert`'s time (target < 1 %).
 Run: python bench/convert.py [--rounds 3] [--source ../shared/data/ibsr18]
 """
 
@@ -19,6 +20,7 @@ import nibabel as nib
 import numpy as np
 
 from ibsr_nnunet.core.environment import available_cores
+from ibsr_nnunet.core.locks import Lock
 from ibsr_nnunet.data.convert import ConvertOptions, convert
 from ibsr_nnunet.core.workspace import Workspace
 
@@ -34,6 +36,15 @@ def naive_loop(source: Path, out: Path) -> None:
         nib.save(nib.Nifti1Image(data, image.affine), str(out / path.name))
 
 
+def lock_seconds(folder: Path, repeats: int = 200) -> float:
+    """Seconds to take and release one lock (O_EXCL create + fsync, heartbeat thread start and join, unlink)."""
+    start = time.perf_counter()
+    for _ in range(repeats):
+        with Lock(folder / ".dataset.lock", "dataset", "bench"):
+            pass
+    return (time.perf_counter() - start) / repeats
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
@@ -42,7 +53,7 @@ def main() -> None:
     files = sorted(args.source.rglob("*.nii.gz"))
     print(f"{len(files)} files ({sum(f.stat().st_size for f in files) / 2**20:.1f} MiB) from {args.source}; "
           f"{available_cores()} cores")
-    ours, naive, check = [], [], []
+    ours, naive, check, locks = [], [], [], []
     for round_ in range(args.rounds):
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
@@ -53,6 +64,7 @@ def main() -> None:
             start = time.perf_counter()
             naive_loop(args.source, tmp / "naive")
             naive.append(time.perf_counter() - start)
+            locks.append(lock_seconds(tmp))
         print(f"round {round_ + 1}: convert {ours[-1]:.2f} s (of which waiting for nnU-Net's integrity check "
               f"{check[-1]:.2f} s), naive loop {naive[-1]:.2f} s")
     ours_median, naive_median = statistics.median(ours), statistics.median(naive)
@@ -61,6 +73,9 @@ def main() -> None:
     print(f"  convert, whole command:             {ours_median:.2f} s  ratio {ours_median / naive_median:.2f}")
     print(f"  convert, without the integrity check: {work_median:.2f} s  ratio {work_median / naive_median:.2f} "
           f"(target <= 0.75)")
+    lock_median = statistics.median(locks)
+    print(f"  the dataset lock: {lock_median * 1000:.2f} ms = {100 * lock_median / ours_median:.3f} % of convert "
+          f"(target < 1 %)")
 
 
 if __name__ == "__main__":
