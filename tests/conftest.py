@@ -1,23 +1,49 @@
-"""Shared fixtures: the real IBSR18 volumes beside the checkout, tiny phantom trees, NIfTI helpers."""
+"""Fixtures only (helpers are in helpers.py): the real IBSR18 volumes beside the checkout, phantom trees, and the
+shared phantom workspaces built once per session — converted, and converted + planned by real nnU-Net — with
+per-test copies for tests that change them."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pytest
 
+from helpers import SHARED_IBSR18, copy_workspace, restored_environ, watched_env
+from ibsr_nnunet.core.workspace import Workspace
 from ibsr_nnunet.data.phantom import write_phantoms
 
-SHARED_IBSR18 = Path(__file__).resolve().parents[2] / "shared" / "data" / "ibsr18"
 
+@pytest.fixture(autouse=True)
+def no_leaked_environment(request):
+    """Fails the test that leaves nnU-Net's variables (or OMP_WAIT_POLICY/MPLBACKEND) other than it found them."""
+    before = watched_env()
+    yield
+    after = watched_env()
+    if after != before:
+        os.environ.update(before)  # put things back so the next tests start clean
+        for key in set(after) - set(before):
+            del os.environ[key]
+        changed = {k: (before.get(k), after.get(k)) for k in set(before) | set(after) if before.get(k) != after.get(k)}
+        pytest.fail(f"{request.node.nodeid} leaked environment variables (before, after): {changed}", pytrace=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def environment_unchanged_by_the_session():
+    """The whole run (session fixtures included) leaves the watched variables as it found them."""
+    before = watched_env()
+    yield
+    assert watched_env() == before, "the test session leaked nnUNet_*/OMP_WAIT_POLICY/MPLBACKEND variables"
+
+
+# ---- the real data ----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
 def shared_ibsr18() -> Path:
-    assert SHARED_IBSR18.is_dir(), f"the real IBSR18 data must lie beside the checkout at {SHARED_IBSR18}"
+    if not SHARED_IBSR18.is_dir():
+        pytest.skip(f"the real IBSR18 data is not beside the checkout at {SHARED_IBSR18}")
     return SHARED_IBSR18
 
 
@@ -33,9 +59,11 @@ def shared_manifest(shared_ibsr18) -> dict[str, dict]:
     return rows
 
 
+# ---- phantoms and the shared workspaces -------------------------------------------------------------------------
+
 @pytest.fixture(scope="session")
 def phantom_root(tmp_path_factory) -> Path:
-    """8 small phantom subjects in each layout (MISA: 5 train, 2 validation, 1 test)."""
+    """8 small phantom subjects (seed 0) in each layout (MISA: 5 train, 2 validation, 1 test)."""
     root = tmp_path_factory.mktemp("phantoms")
     for layout in ("misa", "nitrc", "analyze"):
         write_phantoms(root / layout, subjects=8, layout=layout, size="small", seed=0)
@@ -48,11 +76,39 @@ def misa_copy(phantom_root, tmp_path) -> Path:
     return Path(shutil.copytree(phantom_root / "misa", tmp_path / "source"))
 
 
-def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(data, np.eye(4) if affine is None else affine), str(path))
-    return path
+@pytest.fixture(scope="session")
+def converted_ws(phantom_root, tmp_path_factory) -> Workspace:
+    """phantom (misa, 8 subjects, seed 0) -> convert: 5 train, 2 held-out (IBSR_06, IBSR_07), 1 test (IBSR_08) case
+    of 64×32×64 voxels. Shared by the session: read it, never change it (use `converted_copy`)."""
+    from ibsr_nnunet.data.convert import ConvertOptions, convert
+
+    ws = Workspace.open(tmp_path_factory.mktemp("converted") / "ws")
+    convert(phantom_root / "misa", ws, ConvertOptions(jobs=2))
+    return ws
 
 
-def load(path: Path) -> nib.Nifti1Image:
-    return nib.load(str(path))
+@pytest.fixture(scope="session")
+def planned_ws(converted_ws, tmp_path_factory) -> Workspace:
+    """`converted_ws` -> nnU-Net plan (2d and 3d_fullres, real fingerprint/plans/preprocessing). Shared by the
+    session: read it, never change it (use `planned_copy`)."""
+    from ibsr_nnunet.nnunet.environment import configure
+    from ibsr_nnunet.nnunet.plan import plan
+
+    ws = copy_workspace(converted_ws, tmp_path_factory.mktemp("planned") / "ws")
+    with restored_environ():
+        configure(ws, 2)
+        result = plan(ws, jobs=2)
+    assert {"2d", "3d_fullres"} <= set(result.configurations) and not result.up_to_date
+    return ws
+
+
+@pytest.fixture
+def converted_copy(converted_ws, tmp_path) -> Workspace:
+    """A writable copy of `converted_ws`."""
+    return copy_workspace(converted_ws, tmp_path / "ws")
+
+
+@pytest.fixture
+def planned_copy(planned_ws, tmp_path) -> Workspace:
+    """A writable copy of `planned_ws`."""
+    return copy_workspace(planned_ws, tmp_path / "ws")

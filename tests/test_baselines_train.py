@@ -3,41 +3,32 @@
 import csv
 import json
 import os
-import signal
 import subprocess
-import sys
 import time
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from baselines.data import Augment, PatchSampler, crop, load_case, slicing_axis, zscore
 from baselines.infer import gaussian_weights, predict_array, predict_files, window_starts
 from baselines.models import MODELS, build_model
 from baselines.threads import ThreadTuner
 from baselines.train import TrainOptions, device_defaults, run_dir, split_validation, train
-from ibsr_nnunet.cli import app
-from ibsr_nnunet.data.convert import ConvertOptions, convert
 from ibsr_nnunet.core.errors import InputError
 from ibsr_nnunet.core.exitcodes import EXIT_REQUEUE
-from ibsr_nnunet.data.phantom import write_phantoms
 from ibsr_nnunet.core.workspace import Workspace
 
-CLI = [sys.executable, "-m", "ibsr_nnunet"]
+from helpers import CLI, copy_workspace, interrupt_when, invoke, said
 TINY = ["--width", "4", "--patch-size", "32", "--batch-size", "2", "--device", "cpu"]
 
 
-@pytest.fixture(scope="session")
-def baseline_ws(tmp_path_factory) -> Workspace:
-    """A converted phantom workspace: 5 train, 2 held-out, 1 test case of 64×32×64 voxels (spacing ≈ 4×6×4 mm)."""
-    root = tmp_path_factory.mktemp("baselines")
-    write_phantoms(root / "source", 8, "misa", "small", seed=0)
-    ws = Workspace.open(root / "ws")
-    convert(root / "source", ws, ConvertOptions(jobs=1))
-    return ws
+@pytest.fixture(scope="module")
+def baseline_ws(converted_ws, tmp_path_factory) -> Workspace:
+    """A copy of the session's converted phantom workspace (seed 0): 5 train, 2 held-out, 1 test case of 64×32×64
+    voxels (spacing ≈ 4×6×4 mm); this module trains and predicts in it."""
+    return copy_workspace(converted_ws, tmp_path_factory.mktemp("baselines") / "ws")
 
 
 def tiny_options(**changes) -> TrainOptions:
@@ -200,15 +191,9 @@ def test_sigusr1_saves_exits_75_and_the_next_call_resumes(baseline_ws):
     args = [*CLI, "--workspace", str(baseline_ws.root), "baseline", "train", "--model", "unet2d", "--loss", "ce",
             "--epochs", "4", "--iterations-per-epoch", "15", *TINY]
     checkpoint = run_dir(baseline_ws, "unet2d", "ce") / "checkpoint.pt"
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "COLUMNS": "200"})
-    deadline = time.time() + 120
-    while not checkpoint.exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.05)
+    returncode, output = interrupt_when(args, checkpoint, timeout=120, wait=60, env={"COLUMNS": "200"})
     assert checkpoint.exists(), "training never wrote its checkpoint"
-    process.send_signal(signal.SIGUSR1)
-    output, _ = process.communicate(timeout=60)
-    assert process.returncode == EXIT_REQUEUE, output
+    assert returncode == EXIT_REQUEUE, output
     saved = torch.load(checkpoint, weights_only=False)
     assert 1 <= saved["epoch"] < 4 and not saved["finished"]
     first_seconds = saved["train_seconds"]
@@ -265,25 +250,24 @@ def test_predictions_keep_the_input_geometry(trained, baseline_ws, model, tmp_pa
 # command line
 
 def test_cli_trains_predicts_and_refuses(baseline_ws):
-    runner = CliRunner()
-    ws = ["--workspace", str(baseline_ws.root)]
-    before = runner.invoke(app, [*ws, "baseline", "predict", "--model", "denseunet2d", "--loss", "focal"])
+    before = invoke(baseline_ws, "baseline", "predict", "--model", "denseunet2d", "--loss", "focal")
     assert before.exit_code == 1 and "no trained model" in before.output and "baseline train" in before.output
-    trained = runner.invoke(app, [*ws, "baseline", "train", "--model", "resunet2d", "--loss", "focal_tversky",
-                                  "--epochs", "2", "--iterations-per-epoch", "3", "--optimizer", "sgd",
-                                  "--schedule", "plateau", "--augment", *TINY])
+    trained = invoke(baseline_ws, "baseline", "train", "--model", "resunet2d", "--loss", "focal_tversky",
+                     "--epochs", "2", "--iterations-per-epoch", "3", "--optimizer", "sgd",
+                     "--schedule", "plateau", "--augment", *TINY)
     assert trained.exit_code == 0, trained.output
     assert "finished after 2 epochs (from scratch)" in trained.output
     options = json.loads((run_dir(baseline_ws, "resunet2d", "focal_tversky") / "run.json").read_text())["options"]
     assert options["optimizer"] == "sgd" and options["lr"] == 0.01 and options["schedule"] == "plateau"
     assert options["augment"] is True and options["width"] == 4 and options["batch_size"] == 2
-    predicted = runner.invoke(app, [*ws, "baseline", "predict", "--model", "resunet2d", "--loss", "focal_tversky",
-                                    "--device", "cpu"])
+    predicted = invoke(baseline_ws, "baseline", "predict", "--model", "resunet2d", "--loss", "focal_tversky",
+                       "--device", "cpu")
     assert predicted.exit_code == 0, predicted.output
     out = baseline_ws.predictions / "resunet2d__focal_tversky"
-    assert sorted(p.name for p in out.iterdir()) == ["IBSR_06.nii.gz", "IBSR_07.nii.gz", "IBSR_08.nii.gz"]
-    again = runner.invoke(app, [*ws, "baseline", "predict", "--model", "resunet2d", "--loss", "focal_tversky",
-                                "--device", "cpu"])
+    assert sorted(p.name for p in out.iterdir()) == ["IBSR_06.nii.gz", "IBSR_07.nii.gz", "IBSR_08.nii.gz",
+                                                    "ibsr_provenance.json"]  # which dataset they were made from
+    again = invoke(baseline_ws, "baseline", "predict", "--model", "resunet2d", "--loss", "focal_tversky",
+                   "--device", "cpu")
     assert again.exit_code == 0 and "3 already up to date" in again.output
 
 
@@ -294,11 +278,10 @@ def test_cli_trains_predicts_and_refuses(baseline_ws):
     (["train", "--schedule", "step", *TINY], "'plateau', 'cosine'"),
 ])
 def test_cli_refuses_bad_names_listing_the_valid_ones(baseline_ws, args, valid):
-    result = CliRunner().invoke(app, ["--workspace", str(baseline_ws.root), "baseline", *args])
-    said = " ".join(result.output.replace("│", " ").split())
-    assert result.exit_code == 2 and f"'{args[2]}' is not one of {valid}" in said, result.output
+    result = invoke(baseline_ws, "baseline", *args)
+    assert result.exit_code == 2 and f"'{args[2]}' is not one of {valid}" in said(result), result.output
 
 
 def test_cli_refuses_a_workspace_without_a_dataset(tmp_path):
-    result = CliRunner().invoke(app, ["--workspace", str(tmp_path), "baseline", "train", "--epochs", "1", *TINY])
+    result = invoke(tmp_path, "baseline", "train", "--epochs", "1", *TINY)
     assert result.exit_code == 1 and "no converted dataset" in result.output and "ibsr-nnunet convert" in result.output

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import load, save_nifti
+from helpers import load, save_nifti
 from ibsr_nnunet.data.convert import ConvertOptions, convert, dataset_json
 from ibsr_nnunet.core.errors import InputError
 from ibsr_nnunet.data.labels import parse_label_map
@@ -38,6 +38,7 @@ def real_dataset(shared_ibsr18, tmp_path_factory):
     return ws, result
 
 
+@pytest.mark.integration  # converts all 18 real volumes
 def test_real_dataset_json_and_split(real_dataset):
     ws, result = real_dataset
     assert not result.up_to_date
@@ -56,6 +57,7 @@ def test_real_dataset_json_and_split(real_dataset):
     assert json.loads((ws.root / "workspace.json").read_text()) == {"dataset_id": 501}
 
 
+@pytest.mark.integration  # converts all 18 real volumes
 def test_real_labels_counts_equal_source(real_dataset, shared_manifest):
     ws, result = real_dataset
     split = result.manifest["split"]
@@ -69,6 +71,7 @@ def test_real_labels_counts_equal_source(real_dataset, shared_manifest):
         assert dict(zip(values.tolist(), counts.tolist())) == shared_manifest[f"Training_Set/{case}/{case}_seg.nii.gz"]["counts"]
 
 
+@pytest.mark.integration  # converts all 18 real volumes
 def test_real_images_voxel_for_voxel_and_geometry(real_dataset, shared_ibsr18):
     ws, result = real_dataset
     for record in result.manifest["cases"]:
@@ -84,6 +87,7 @@ def test_real_images_voxel_for_voxel_and_geometry(real_dataset, shared_ibsr18):
             assert np.allclose(load(ws.raw_dataset / label_folder / f"{case}.nii.gz").affine, source.affine, atol=1e-5)
 
 
+@pytest.mark.integration  # converts all 18 real volumes
 def test_real_manifest_records_sources(real_dataset, shared_manifest):
     ws, result = real_dataset
     manifest = json.loads(ws.manifest.read_text())
@@ -96,6 +100,7 @@ def test_real_manifest_records_sources(real_dataset, shared_manifest):
     assert by_id["IBSR_16"]["spacing"] == pytest.approx([0.8370536, 1.5, 0.8370536], abs=1e-6)
 
 
+@pytest.mark.integration  # converts all 18 real volumes
 def test_rerun_is_a_fast_noop_and_force_replaces(real_dataset, shared_ibsr18):
     ws, _ = real_dataset
     stamp = (ws.raw_dataset / "dataset.json").stat().st_mtime_ns

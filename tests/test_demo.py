@@ -3,10 +3,9 @@
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-from ibsr_nnunet.cli import app
 from baselines.registry import MODELS as BASELINES
+from helpers import invoke
 
 pytestmark = pytest.mark.integration
 MODELS = {"nnunet_2d", "nnunet_3d_fullres", "nnunet_ensemble", *(f"{m}__dice_ce" for m in BASELINES)}
@@ -14,7 +13,7 @@ MODELS = {"nnunet_2d", "nnunet_3d_fullres", "nnunet_ensemble", *(f"{m}__dice_ce"
 
 def test_demo_runs_the_pipeline_to_a_leaderboard(tmp_path):
     ws = tmp_path / "demo-ws"
-    result = CliRunner().invoke(app, ["--workspace", str(ws), "demo", "--device", "cpu", "--jobs", "2"])
+    result = invoke(ws, "demo", "--device", "cpu", "--jobs", "2")
     assert result.exit_code == 0, result.output
     board = pd.read_csv(ws / "leaderboard.csv")
     assert set(board["model"]) == MODELS and len(board) == len(MODELS)

@@ -5,7 +5,6 @@ import os
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -14,13 +13,14 @@ from scipy import ndimage
 
 from ibsr_nnunet.data.convert import ConvertOptions, convert
 from ibsr_nnunet.nnunet.ensemble import select
+from ibsr_nnunet.core import provenance
 from ibsr_nnunet.core.errors import InputError
 from ibsr_nnunet.nnunet.environment import EXT_TRAINER_FOLDER
 from ibsr_nnunet.nnunet.paths import trainer_name
 from ibsr_nnunet.data.phantom import write_phantoms
 from ibsr_nnunet.core.workspace import Workspace
 
-from test_nnunet import cli
+from helpers import check_segment_outputs, cli, console_script, invoke, said
 
 EPOCHS, ITERATIONS = 2, 3
 TRAINER = trainer_name(EPOCHS, ITERATIONS)
@@ -29,6 +29,8 @@ MODELS = ("nnunet_2d", "nnunet_3d_fullres", "nnunet_ensemble")
 
 @pytest.fixture(scope="module")
 def ensembled(tmp_path_factory) -> tuple[Workspace, subprocess.CompletedProcess]:
+    # its own phantoms (seed 1), not the shared seed-0 workspace: the data these trained-model assertions were
+    # established on; the folds trained here change the workspace anyway
     root = tmp_path_factory.mktemp("ensemble")
     write_phantoms(root / "source", subjects=8, layout="misa", size="small", seed=1)
     ws = Workspace.open(root / "ws")
@@ -43,7 +45,7 @@ def ensembled(tmp_path_factory) -> tuple[Workspace, subprocess.CompletedProcess]
     assert done.returncode == 0, done.stdout + done.stderr
     # our trainer subclass, found by nnU-Net's own CLI through nnUNet_extTrainer
     nnunet_cli = subprocess.run(
-        ["nnUNetv2_train", str(ws.dataset_id), "3d_fullres", "1", "-tr", TRAINER, "--npz", "-device", "cpu"],
+        [console_script("nnUNetv2_train"), str(ws.dataset_id), "3d_fullres", "1", "-tr", TRAINER, "--npz", "-device", "cpu"],
         capture_output=True, text=True, timeout=600,
         env={**os.environ, **ws.nnunet_env(), "nnUNet_extTrainer": str(EXT_TRAINER_FOLDER),
              "nnUNet_n_proc_DA": "2", "nnUNet_def_n_proc": "2"})
@@ -52,14 +54,20 @@ def ensembled(tmp_path_factory) -> tuple[Workspace, subprocess.CompletedProcess]
     return ws, result
 
 
+@pytest.mark.integration
 def test_nnunet_cli_trained_our_trainer(ensembled):
     ws, _ = ensembled
     fold = ws.results_dataset / f"{TRAINER}__nnUNetPlans__3d_fullres" / "fold_1"
     log = next(fold.glob("training_log_*.txt")).read_text()
     assert "checkpoint_latest.pth written in" in log  # our atomic save ran inside nnU-Net's own CLI
+    # save_every = 1 under nnU-Net's own CLI too (its default, 50, would write none in 2 epochs): checkpoint_latest
+    # after every epoch but the last, which writes checkpoint_final instead
+    assert log.count("checkpoint_latest.pth written in") == EPOCHS - 1
+    assert log.count("checkpoint_final.pth written in") == 1
     assert re.findall(r": Epoch (\d+)\s*$", log, re.MULTILINE) == [str(e) for e in range(EPOCHS)]
 
 
+@pytest.mark.integration
 def test_ensemble_writes_three_prediction_sets_with_input_geometry(ensembled):
     ws, result = ensembled
     assert result.returncode == 0, result.stdout + result.stderr
@@ -82,6 +90,7 @@ def test_ensemble_writes_three_prediction_sets_with_input_geometry(ensembled):
     assert not [p for p in ws.predictions.iterdir() if p.name.startswith(".")]  # no scratch left
 
 
+@pytest.mark.integration
 def test_postprocessing_is_applied(ensembled):
     ws, _ = ensembled
     for model in MODELS:
@@ -96,6 +105,7 @@ def test_postprocessing_is_applied(ensembled):
                 assert components <= 1, (model, path.name, label)
 
 
+@pytest.mark.integration
 def test_winner_and_reason_are_recorded(ensembled):
     ws, result = ensembled
     record = json.loads((ws.root / "best_configuration.json").read_text())
@@ -109,12 +119,10 @@ def test_winner_and_reason_are_recorded(ensembled):
     assert tuple(info["folds"]) == (0, 1)
 
 
-def test_ensemble_refuses_without_trained_folds(tmp_path, phantom_root):
-    ws = Workspace.open(tmp_path / "ws")
-    convert(phantom_root / "misa", ws, ConvertOptions(jobs=1))
-    result = cli(ws.root, "ensemble", "--device", "cpu")
-    assert result.returncode == 1
-    assert "no finished nnU-Net fold" in result.stderr and "ibsr-nnunet train" in result.stderr
+def test_ensemble_refuses_without_trained_folds(converted_copy):
+    result = invoke(converted_copy, "ensemble", "--device", "cpu")
+    assert result.exit_code == 1
+    assert "no finished nnU-Net fold" in said(result) and "ibsr-nnunet train" in said(result)
 
 
 def fake_fold(ws: Workspace, trainer: str, config: str, fold: int) -> None:
@@ -122,10 +130,11 @@ def fake_fold(ws: Workspace, trainer: str, config: str, fold: int) -> None:
     (folder / "validation").mkdir(parents=True)
     for name in ("checkpoint_final.pth", "validation/summary.json", "validation/IBSR_01.npz"):
         (folder / name).write_bytes(b"")
+    provenance.record(folder, provenance.dataset_fingerprint(ws))  # trained on this workspace's dataset
 
 
-def test_select_uses_common_folds_and_says_why(tmp_path):
-    ws = Workspace.open(tmp_path)
+def test_select_uses_common_folds_and_says_why(converted_copy):
+    ws = converted_copy  # select() reads the converted dataset (its provenance) first
     for fold in (0, 1, 2):
         fake_fold(ws, "IbsrTrainer", "2d", fold)
     for fold in (0, 1):
@@ -150,9 +159,8 @@ def test_select_uses_common_folds_and_says_why(tmp_path):
         select(ws, "IbsrTrainer")
 
 
+@pytest.mark.integration
 def test_segment_with_the_nnunet_ensemble_on_a_phantom_and_a_real_scan(ensembled, shared_ibsr18, tmp_path):
-    from test_segment import check_outputs
-
     ws, _ = ensembled
     phantom = ws.raw_dataset / "imagesTs" / "IBSR_08_0000.nii.gz"
     real = shared_ibsr18 / "Test_Set" / "IBSR_10" / "IBSR_10.nii.gz"
@@ -161,8 +169,8 @@ def test_segment_with_the_nnunet_ensemble_on_a_phantom_and_a_real_scan(ensembled
                  "--device", "cpu")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "model: nnunet_ensemble" in result.stdout
-    table = check_outputs({"IBSR_08_0000_tissue.nii.gz": phantom, "IBSR_10_tissue.nii.gz": real}, out,
-                          model="nnunet_ensemble")
+    table = check_segment_outputs({"IBSR_08_0000_tissue.nii.gz": phantom, "IBSR_10_tissue.nii.gz": real}, out,
+                                  model="nnunet_ensemble")
     assert "spacing (1.0, 1.5, 1.0) mm is far from training's" in table.loc[str(real), "warnings"]
     # the same model on the same image as `ensemble` predicted it: the same labels
     ours = np.asarray(nib.load(out / "IBSR_08_0000_tissue.nii.gz").dataobj)

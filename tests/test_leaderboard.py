@@ -9,23 +9,21 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-from ibsr_nnunet.cli import app
-from ibsr_nnunet.data.convert import ConvertOptions, convert
 from ibsr_nnunet.core.errors import InputError
 from ibsr_nnunet.evaluation.evaluate import evaluate
 from ibsr_nnunet.evaluation.leaderboard import build
 from ibsr_nnunet.core.workspace import Workspace
 
+from helpers import invoke
+
 HELDOUT = ["IBSR_06", "IBSR_07"]
 
 
 @pytest.fixture
-def ws(phantom_root, tmp_path) -> Workspace:
-    workspace = Workspace.open(tmp_path / "ws")
-    convert(phantom_root / "misa", workspace, ConvertOptions(jobs=1))
-    return workspace
+def ws(converted_copy) -> Workspace:
+    """A copy of the session's converted seed-0 phantom workspace (the tests write predictions into it)."""
+    return converted_copy
 
 
 def write_model(ws: Workspace, model: str, relabel: dict[int, int] | None = None, cases=HELDOUT + ["IBSR_08"]) -> Path:
@@ -134,13 +132,11 @@ def test_leaderboard_refuses_an_empty_workspace(ws):
 def test_cli_evaluate_and_leaderboard_with_figures(ws):
     write_model(ws, "perfect")
     write_model(ws, "csf_as_gm", {1: 2})
-    runner = CliRunner()
-    result = runner.invoke(app, ["--workspace", str(ws.root), "evaluate", "--predictions",
-                                 str(ws.predictions / "perfect"), "--name", "perfect", "--jobs", "1"])
+    result = invoke(ws, "evaluate", "--predictions", str(ws.predictions / "perfect"), "--name", "perfect", "--jobs", "1")
     assert result.exit_code == 0, result.output
     assert "perfect: 2 held-out cases" in result.output and (ws.evaluation / "perfect.csv").is_file()
 
-    result = runner.invoke(app, ["--workspace", str(ws.root), "leaderboard", "--jobs", "1"])
+    result = invoke(ws, "leaderboard", "--jobs", "1")
     assert result.exit_code == 0, result.output
     assert "evaluated now: csf_as_gm" in result.output
     for png in ("dice_boxplot.png", "overlay_IBSR_06.png"):
@@ -148,6 +144,5 @@ def test_cli_evaluate_and_leaderboard_with_figures(ws):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     assert not (ws.figures / "training_curves.png").exists()  # synthetic models have no training logs
 
-    refused = runner.invoke(app, ["--workspace", str(ws.root), "evaluate", "--predictions",
-                                  str(ws.root / "nowhere"), "--name", "x"])
+    refused = invoke(ws, "evaluate", "--predictions", str(ws.root / "nowhere"), "--name", "x")
     assert refused.exit_code == 1 and "is not a folder of predictions" in refused.output

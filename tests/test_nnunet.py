@@ -1,42 +1,28 @@
-"""Real nnunetv2 on a small phantom, through the real CLI in subprocesses (nnU-Net needs a __main__ guard)."""
+"""Real nnunetv2 on a small phantom, through the real CLI in subprocesses (nnU-Net needs a __main__ guard).
+
+Training tests are integration tests; the refusal without plans runs in-process in the fast loop."""
 
 import json
 import math
-import os
 import re
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from ibsr_nnunet.data.convert import ConvertOptions, convert
 from ibsr_nnunet.core.exitcodes import EXIT_REQUEUE
 from ibsr_nnunet.nnunet.paths import trainer_name
-from ibsr_nnunet.data.phantom import write_phantoms
 from ibsr_nnunet.core.workspace import Workspace
 
-pytestmark = pytest.mark.integration
-CLI = [sys.executable, "-m", "ibsr_nnunet"]
-
-
-def cli(ws: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, "--workspace", str(ws), *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "COLUMNS": "200"})
+from helpers import CLI, cli, copy_workspace, interrupt_when as interrupt_process, invoke, said
 
 
 @pytest.fixture(scope="module")
-def planned(tmp_path_factory) -> Workspace:
-    root = tmp_path_factory.mktemp("nnunet")
-    write_phantoms(root / "source", subjects=8, layout="misa", size="small", seed=0)
-    ws = Workspace.open(root / "ws")
-    convert(root / "source", ws, ConvertOptions(jobs=2))
-    result = cli(ws.root, "plan", "--jobs", "2")
-    assert result.returncode == 0, result.stdout + result.stderr
-    return ws
+def planned(planned_ws, tmp_path_factory) -> Workspace:
+    """A copy of the session's planned seed-0 phantom workspace (this module trains folds 0 and 1 in it)."""
+    return copy_workspace(planned_ws, tmp_path_factory.mktemp("nnunet") / "ws")
 
 
 def fold_dir(ws: Workspace, config: str, fold: int, epochs: int, iterations: int) -> Path:
@@ -56,17 +42,10 @@ def checkpoint_epoch(path: Path) -> int:
 
 def interrupt_when(ws: Workspace, args: list[str], ready: Path) -> tuple[int, str]:
     """Start `train`, send SIGUSR1 once `ready` exists, return (exit code, output)."""
-    process = subprocess.Popen([*CLI, "--workspace", str(ws.root), *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    while not ready.exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.2)
-    assert ready.exists(), "training never wrote its checkpoint"
-    process.send_signal(signal.SIGUSR1)
-    output, _ = process.communicate(timeout=120)
-    return process.returncode, output
+    return interrupt_process([*CLI, "--workspace", str(ws.root), *args], ready, timeout=300, wait=120, poll=0.2)
 
 
+@pytest.mark.integration
 def test_plan_writes_both_configurations_and_is_idempotent(planned):
     plans = json.loads((planned.preprocessed_dataset / "nnUNetPlans.json").read_text())
     assert {"2d", "3d_fullres"} <= set(plans["configurations"])
@@ -79,6 +58,7 @@ def test_plan_writes_both_configurations_and_is_idempotent(planned):
     assert "2d" in again.stdout and "3d_fullres" in again.stdout
 
 
+@pytest.mark.integration
 def test_sigusr1_saves_exits_75_and_resumes_at_next_epoch(planned):
     epochs, iterations = 4, 3
     folder, args = tiny_fold(planned, 0, epochs, iterations)
@@ -113,6 +93,7 @@ def test_sigusr1_saves_exits_75_and_resumes_at_next_epoch(planned):
     assert time.perf_counter() - start < 15
 
 
+@pytest.mark.integration
 def test_truncated_checkpoint_falls_back_to_previous(planned):
     epochs, iterations = 4, 3
     folder, args = tiny_fold(planned, 1, epochs, iterations)
@@ -130,7 +111,14 @@ def test_truncated_checkpoint_falls_back_to_previous(planned):
     assert not (folder / "checkpoint_previous.pth").exists()
 
 
-def test_train_refuses_missing_plans(tmp_path):
-    result = cli(tmp_path / "empty-ws", "train", "--fold", "0", "--config", "2d", "--device", "cpu")
+def test_train_refuses_missing_plans(converted_copy):
+    result = invoke(converted_copy, "train", "--fold", "0", "--config", "2d", "--device", "cpu")
+    assert result.exit_code == 1
+    assert "run `ibsr-nnunet plan` first" in said(result)
+
+
+def test_train_refuses_missing_plans_in_a_process(converted_copy):
+    """The same refusal from the real entry point, on stderr (kept from before the in-process version above)."""
+    result = cli(converted_copy, "train", "--fold", "0", "--config", "2d", "--device", "cpu")
     assert result.returncode == 1
     assert "run `ibsr-nnunet plan` first" in result.stderr

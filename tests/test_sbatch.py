@@ -5,7 +5,6 @@ Regenerate the golden files after a deliberate template change with IBSR_UPDATE_
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import stat
@@ -208,101 +207,3 @@ def test_usr1_requeues_after_the_step_saves_and_term_leaves_it_to_slurm(tmp_path
         assert process.returncode == EXIT_REQUEUE, output
         assert not (tmp_path / "scontrol.log").exists(), "a TERM (e.g. scancel) must not requeue the job"
         assert "left to SLURM" in output
-
-
-# ---- campaign logic with a stand-in for SLURM's commands (the real cluster is in test_slurm_cluster.py) ----------
-
-from ibsr_nnunet.campaign import slurm, submit  # noqa: E402
-from ibsr_nnunet.nnunet.paths import fold_folder, trainer_name  # noqa: E402
-from ibsr_nnunet.core.workspace import Workspace  # noqa: E402
-
-SHOW_JOB = """\
-JobId=12 ArrayJobId=12 ArrayTaskId=2-4%2 JobName=ibsr-nnunet-2d JobState=PENDING Reason=Resources Dependency=(null) Requeue=1 Restarts=0 ExitCode=0:0 Command=/a b/x.sbatch
-JobId=13 ArrayJobId=12 ArrayTaskId=0 JobName=ibsr-nnunet-2d JobState=RUNNING Reason=None Requeue=1 Restarts=2 ExitCode=0:0
-JobId=14 ArrayJobId=12 ArrayTaskId=1 JobName=ibsr-nnunet-2d JobState=FAILED Reason=NonZeroExitCode Restarts=0 ExitCode=1:0
-JobId=15 JobName=ibsr-final JobState=CANCELLED Reason=DependencyNeverSatisfied Restarts=0 ExitCode=0:0
-"""
-
-
-def test_scontrol_show_job_is_parsed_per_array_task():
-    states = slurm.parse_show_job(SHOW_JOB)
-    assert {k: (s.state, s.restarts) for k, s in states.items() if "_" in k} == {
-        "12_0": ("RUNNING", 2), "12_1": ("FAILED", 0), "12_2": ("PENDING", 0), "12_3": ("PENDING", 0),
-        "12_4": ("PENDING", 0)}
-    assert states["15"].state == "CANCELLED" and states["15"].reason == "DependencyNeverSatisfied"
-    assert states["12_0"].active and not states["12_1"].active
-
-
-class FakeSlurm:
-    """sbatch hands out IDs and records argv; scontrol shows whatever `states` says (key -> state)."""
-
-    def __init__(self):
-        self.next_id, self.calls, self.states = 100, [], {}
-
-    def __call__(self, argv, **kwargs):
-        self.calls.append(argv)
-        if argv[0] == "sbatch":
-            self.next_id += 1
-            array = next((a.split("=", 1)[1] for a in argv if a.startswith("--array=")), None)
-            for task in (array.split(",") if array else []):
-                self.states[f"{self.next_id}_{task}"] = "PENDING"
-            if not array:
-                self.states[str(self.next_id)] = "PENDING"
-            return subprocess.CompletedProcess(argv, 0, f"{self.next_id}\n", "")
-        if argv[0] == "scontrol":
-            lines = []
-            for key, state in self.states.items():
-                job, _, task = key.partition("_")
-                lines.append(f"JobId={key.replace('_', '9')} " + (f"ArrayJobId={job} ArrayTaskId={task} " if task else "")
-                             + f"JobState={state} Reason=None Restarts=0")
-            return subprocess.CompletedProcess(argv, 0, "\n".join(lines) + "\n", "")
-        return subprocess.CompletedProcess(argv, 0, "", "")
-
-
-def planned_workspace(tmp_path: Path) -> Workspace:
-    ws = Workspace.open(tmp_path / "ws x")
-    ws.preprocessed_dataset.mkdir(parents=True)
-    (ws.preprocessed_dataset / "nnUNetPlans.json").write_text('{"configurations": {"2d": {}, "3d_fullres": {}}}')
-    (ws.preprocessed_dataset / "splits_final.json").write_text("[" + ",".join(["{}"] * 5) + "]")
-    return ws
-
-
-def test_submit_again_skips_queued_running_and_finished_and_replaces_a_pending_final(tmp_path):
-    ws = planned_workspace(tmp_path)
-    slurm = FakeSlurm()
-    plan = submit.SubmitPlan(configs=("2d", "3d_fullres"), folds=(0, 1), baselines=("unet2d__dice_ce",), epochs=3,
-                               iterations=2, device="cpu", resources=sbatch.Resources(gpus_per_job=0))
-    first = submit.submit(ws, plan, cli=CLI, run=slurm, say=lambda _: None)
-    assert [(s.kind, s.name, s.job_id) for s in first.submitted] == [
-        ("fold", "2d", "101"), ("fold", "3d_fullres", "102"), ("baseline", "unet2d__dice_ce", "103"), ("final", "final", "104")]
-    final_argv = first.submitted[-1].argv
-    assert "--dependency=afterok:101:102:103" in final_argv and "--kill-on-invalid-dep=yes" in final_argv
-    assert all(s.script.is_file() for s in first.submitted)
-
-    again = submit.submit(ws, plan, cli=CLI, run=slurm, say=lambda _: None)
-    assert again.submitted == [] and len(again.skipped) == 6
-
-    # 2d fold 0 finished, 2d fold 1 failed, 3d_fullres still running, baseline done: only 2d fold 1 again
-    folder = fold_folder(ws, "2d", 0, trainer_name(3, 2))
-    (folder / "validation").mkdir(parents=True)
-    (folder / "checkpoint_final.pth").write_bytes(b"x")
-    (folder / "validation" / "summary.json").write_text("{}")
-    slurm.states.update({"101_0": "COMPLETED", "101_1": "FAILED", "102_0": "RUNNING", "103": "COMPLETED"})
-    third = submit.submit(ws, plan, cli=CLI, run=slurm, say=lambda _: None)
-    assert [(s.kind, s.name, s.folds) for s in third.submitted] == [("fold", "2d", [1]), ("final", "final", [])]
-    assert "--array=1" in third.submitted[0].argv
-    assert ["scancel", "104"] in slurm.calls  # the old final waited for the failed task: replaced
-    assert f"--dependency=afterok:{third.submitted[0].job_id}:102_0:102_1" in third.submitted[-1].argv
-    records = json.loads((ws.slurm / "jobs.json").read_text())["jobs"]
-    assert [r["job_id"] for r in records] == ["101", "102", "103", "104", "105", "106"]
-
-
-def test_submit_refuses_without_plans_and_dry_run_writes_nothing(tmp_path):
-    ws = Workspace.open(tmp_path / "empty")
-    with pytest.raises(InputError, match="plan --configs 2d,3d_fullres"):
-        submit.submit(ws, submit.SubmitPlan(), cli=CLI, run=FakeSlurm())
-    ws = planned_workspace(tmp_path)
-    slurm = FakeSlurm()
-    result = submit.submit(ws, submit.SubmitPlan(folds=(0,), dry_run=True), cli=CLI, run=slurm)
-    assert [s.kind for s in result.submitted] == ["fold", "fold", "final"]
-    assert not [c for c in slurm.calls if c[0] == "sbatch"] and not ws.slurm.exists()

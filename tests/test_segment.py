@@ -7,56 +7,33 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-from ibsr_nnunet.cli import app
-from ibsr_nnunet.data.convert import ConvertOptions, convert
 from ibsr_nnunet.segment import collect_inputs, output_names, tissue_volumes
 from ibsr_nnunet.core.workspace import Workspace
+
+from helpers import check_segment_outputs, copy_workspace, invoke, said
 
 MODEL = "unet2d__dice_ce"
 
 
 @pytest.fixture(scope="module")
-def trained(phantom_root, tmp_path_factory) -> Workspace:
-    ws = Workspace.open(tmp_path_factory.mktemp("segment") / "ws")
-    convert(phantom_root / "misa", ws, ConvertOptions(jobs=1))
-    result = CliRunner().invoke(app, ["--workspace", str(ws.root), "baseline", "train", "--model", "unet2d",
-                                      "--loss", "dice_ce", "--epochs", "2", "--iterations-per-epoch", "10",
-                                      "--width", "4", "--patch-size", "32", "--batch-size", "2", "--device", "cpu"])
+def trained(converted_ws, tmp_path_factory) -> Workspace:
+    """A copy of the session's converted seed-0 phantom workspace with a briefly trained unet2d__dice_ce."""
+    ws = copy_workspace(converted_ws, tmp_path_factory.mktemp("segment") / "ws")
+    result = invoke(ws, "baseline", "train", "--model", "unet2d", "--loss", "dice_ce", "--epochs", "2",
+                    "--iterations-per-epoch", "10", "--width", "4", "--patch-size", "32", "--batch-size", "2",
+                    "--device", "cpu")
     assert result.exit_code == 0, result.output
     return ws
 
 
 def run(ws: Workspace, *args: str):
-    return CliRunner().invoke(app, ["--workspace", str(ws.root), "segment", *args, "--model", MODEL,
-                                    "--device", "cpu"])
-
-
-def said(result) -> str:
-    """The output with rich's line wrapping undone."""
-    return " ".join(result.output.split())
+    return invoke(ws, "segment", *args, "--model", MODEL, "--device", "cpu")
 
 
 def check_outputs(inputs: dict[str, Path], out: Path, model: str = MODEL) -> pd.DataFrame:
     """Every output on its input's grid, labels in {0..3}, and the CSV's mL equal to voxel counts × voxel volume."""
-    table = pd.read_csv(out / "volumes.csv").set_index("input")
-    for name, source in inputs.items():
-        written = nib.load(out / name)
-        image = nib.load(source)
-        labels = np.asarray(written.dataobj)
-        assert labels.shape == image.shape[:3]
-        np.testing.assert_allclose(written.affine, image.affine, atol=1e-5)
-        assert written.get_data_dtype() == np.uint8 and set(np.unique(labels)) <= {0, 1, 2, 3}
-        row = table.loc[str(source)]
-        voxel_ml = float(np.prod(np.array(written.header.get_zooms()[:3], dtype=float))) / 1000
-        for label, tissue in ((1, "CSF"), (2, "GM"), (3, "WM")):
-            assert row[f"{tissue}_ml"] == pytest.approx((labels == label).sum() * voxel_ml, rel=1e-9)
-        total = sum((labels == k).sum() for k in (1, 2, 3)) * voxel_ml
-        assert row["total_ml"] == pytest.approx(total, rel=1e-9) and total > 0
-        assert row["BPF"] == pytest.approx(((labels == 2).sum() + (labels == 3).sum()) * voxel_ml / total, rel=1e-9)
-        assert row["model"] == model and row["output"] == str(out / name)
-    return table
+    return check_segment_outputs(inputs, out, model)
 
 
 def test_renamed_nii_and_analyze_inputs_keep_their_names_and_grids(trained, phantom_root, tmp_path):
@@ -105,8 +82,7 @@ def test_real_test_set_scans(trained, shared_ibsr18, tmp_path):
 
 def test_default_model_needs_a_leaderboard_and_inputs_must_exist(trained, phantom_root, tmp_path):
     scan = phantom_root / "misa" / "Test_Set" / "IBSR_08" / "IBSR_08.nii.gz"
-    result = CliRunner().invoke(app, ["--workspace", str(trained.root), "segment", str(scan), "--output",
-                                      str(tmp_path / "out")])
+    result = invoke(trained, "segment", str(scan), "--output", str(tmp_path / "out"))
     assert result.exit_code == 1 and "no leaderboard" in said(result) and "pass --model" in said(result)
     for missing in (tmp_path / "nope.nii.gz", tmp_path):
         refused = run(trained, str(missing), "--output", str(tmp_path / "out"))

@@ -12,21 +12,19 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from ibsr_nnunet.data.convert import ConvertOptions, convert
 from ibsr_nnunet.nnunet.paths import trainer_name
-from ibsr_nnunet.data.phantom import write_phantoms
 from ibsr_nnunet.core.workspace import Workspace
+
+import helpers
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "slurm" / "local-cluster.sh"
-CLI = [sys.executable, "-m", "ibsr_nnunet"]
 TINY = ["--epochs", "4", "--iterations-per-epoch", "2", "--device", "cpu", "--gpus-per-job", "0",
         "--cpus-per-task", "1", "--signal-grace", "300"]
 TRAINER = trainer_name(4, 2)
@@ -58,24 +56,17 @@ def cluster(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def planned(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("slurm-planned")
-    write_phantoms(root / "source", subjects=8, layout="misa", size="small", seed=0)
-    ws = Workspace.open(root / "ws")
-    convert(root / "source", ws, ConvertOptions(jobs=2))
-    result = cli(ws.root, "plan", "--configs", "2d,3d_fullres", "--jobs", "2")
-    assert result.returncode == 0, result.stdout + result.stderr
-    return ws.root
+def planned(planned_ws) -> Path:
+    """The session's planned seed-0 phantom workspace (2d + 3d_fullres); each test works in its own copy."""
+    return planned_ws.root
 
 
 def cli(ws: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, "--workspace", str(ws), *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "COLUMNS": "250"})
+    return helpers.cli(ws, *args, timeout=timeout, columns=250)
 
 
 def copy_workspace(planned: Path, target: Path) -> Workspace:
-    shutil.copytree(planned, target, symlinks=True)
-    return Workspace.open(target)
+    return helpers.copy_workspace(planned, target)
 
 
 def status(ws: Workspace) -> dict:

@@ -8,7 +8,9 @@ from ibsr_nnunet.core.workspace import Workspace
 
 
 def test_paths_and_env(tmp_path, monkeypatch):
-    monkeypatch.delenv("nnUNet_raw", raising=False)
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(name, "placeholder")  # recorded first, so export_env's values are undone after the test
+        monkeypatch.delenv(name)
     ws = Workspace.open(tmp_path / "ws")
     assert ws.raw_dataset == tmp_path / "ws" / "nnUNet_raw" / "Dataset501_IBSR18"
     assert ws.preprocessed_dataset == tmp_path / "ws" / "nnUNet_preprocessed" / "Dataset501_IBSR18"

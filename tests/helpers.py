@@ -1,0 +1,154 @@
+"""Helpers shared by the test modules (fixtures live in conftest.py): the command line in-process and in a
+subprocess, interrupt-and-wait, workspace copies, NIfTI save/load and the segment output check."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ibsr_nnunet.core.workspace import Workspace
+
+SHARED_IBSR18 = Path(__file__).resolve().parents[2] / "shared" / "data" / "ibsr18"
+CLI = [sys.executable, "-m", "ibsr_nnunet"]
+BOX = "".join(map(chr, range(0x2500, 0x2580)))  # box drawing: rich's panel and table borders
+
+
+# ---- the command line -------------------------------------------------------------------------------------------
+
+def invoke(workspace: Union[Path, Workspace, None], *args: str, env: Optional[dict] = None):
+    """`ibsr-nnunet [--workspace WS] ARGS...` in-process (typer's CliRunner); the click Result. os.environ is
+    restored afterwards."""
+    from typer.testing import CliRunner
+
+    from ibsr_nnunet.cli import app
+
+    root = workspace.root if isinstance(workspace, Workspace) else workspace
+    prefix = ["--workspace", str(root)] if root is not None else []
+    with restored_environ():  # plan/train/ensemble export nnU-Net's variables, as a process would at its entry
+        return CliRunner().invoke(app, [*prefix, *map(str, args)], env=env)
+
+
+def said(result) -> str:
+    """A Result's output with rich's box characters folded away and its line wrapping undone."""
+    text = result.output
+    for char in BOX:
+        text = text.replace(char, " ")
+    return " ".join(text.split())
+
+
+def cli(ws: Union[Path, Workspace], *args: str, timeout: int = 600, columns: int = 200) -> subprocess.CompletedProcess:
+    """`python -m ibsr_nnunet --workspace WS ARGS...` in a subprocess (nnU-Net's pools need a __main__ guard)."""
+    root = ws.root if isinstance(ws, Workspace) else ws
+    return subprocess.run([*CLI, "--workspace", str(root), *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "COLUMNS": str(columns)})
+
+
+def console_script(name: str) -> str:
+    """An installed console script (nnUNetv2_train, ...) next to the running interpreter, not whatever PATH finds."""
+    return str(Path(sys.executable).parent / name)
+
+
+def interrupt_when(argv: list[str], ready: Union[Path, Callable[[], bool]], signum: int = signal.SIGUSR1, *,
+                   timeout: float = 300, wait: float = 120, poll: float = 0.05,
+                   env: Optional[dict] = None) -> tuple[int, str]:
+    """Start `argv`, send `signum` once `ready` (a file that appears, or a predicate) holds, wait for the exit:
+    (exit code, stdout + stderr)."""
+    check = ready.exists if isinstance(ready, Path) else ready
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "COLUMNS": "200", **(env or {})})
+    try:
+        deadline = time.time() + timeout
+        while not check() and time.time() < deadline and process.poll() is None:
+            time.sleep(poll)
+        if not check():
+            process.kill()
+            output, _ = process.communicate(timeout=60)
+            pytest.fail(f"never ready ({ready}) before the signal; output:\n{output[-3000:]}")
+        process.send_signal(signum)
+        output, _ = process.communicate(timeout=wait)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    return process.returncode, output
+
+
+# ---- the environment ------------------------------------------------------------------------------------------
+
+# variables a test run must leave as it found them: nnU-Net's (Workspace.export_env, nnunet.environment.configure)
+# and those prepare_process sets at process entry
+WATCHED_ENV = re.compile(r"^(nnUNet_\w+|OMP_WAIT_POLICY|MPLBACKEND)$")
+
+
+def watched_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if WATCHED_ENV.match(k)}
+
+
+class restored_environ:
+    """Within the block os.environ may change (export_env, configure, an in-process command); afterwards it is
+    exactly as before."""
+
+    def __enter__(self):
+        self.saved = dict(os.environ)
+        return self
+
+    def __exit__(self, *exc):
+        for key in set(os.environ) - set(self.saved):
+            del os.environ[key]
+        os.environ.update(self.saved)
+
+
+# ---- workspaces -------------------------------------------------------------------------------------------------
+
+def copy_workspace(source: Union[Path, Workspace], target: Path) -> Workspace:
+    """A writable copy of a workspace (its dataset ID comes along in workspace.json)."""
+    root = source.root if isinstance(source, Workspace) else source
+    shutil.copytree(root, target, symlinks=True)
+    return Workspace.open(target)
+
+
+# ---- NIfTI ------------------------------------------------------------------------------------------------------
+
+def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+def load(path: Path) -> nib.Nifti1Image:
+    return nib.load(str(path))
+
+
+def check_segment_outputs(inputs: dict[str, Path], out: Path, model: str):
+    """Every `segment` output on its input's grid, labels in {0..3}, and the CSV's mL equal to voxel counts × voxel
+    volume; the volumes table indexed by input."""
+    import pandas as pd
+
+    table = pd.read_csv(out / "volumes.csv").set_index("input")
+    for name, source in inputs.items():
+        written = nib.load(out / name)
+        image = nib.load(source)
+        labels = np.asarray(written.dataobj)
+        assert labels.shape == image.shape[:3]
+        np.testing.assert_allclose(written.affine, image.affine, atol=1e-5)
+        assert written.get_data_dtype() == np.uint8 and set(np.unique(labels)) <= {0, 1, 2, 3}
+        row = table.loc[str(source)]
+        voxel_ml = float(np.prod(np.array(written.header.get_zooms()[:3], dtype=float))) / 1000
+        for label, tissue in ((1, "CSF"), (2, "GM"), (3, "WM")):
+            assert row[f"{tissue}_ml"] == pytest.approx((labels == label).sum() * voxel_ml, rel=1e-9)
+        total = sum((labels == k).sum() for k in (1, 2, 3)) * voxel_ml
+        assert row["total_ml"] == pytest.approx(total, rel=1e-9) and total > 0
+        assert row["BPF"] == pytest.approx(((labels == 2).sum() + (labels == 3).sum()) * voxel_ml / total, rel=1e-9)
+        assert row["model"] == model and row["output"] == str(out / name)
+    return table
