@@ -11,12 +11,15 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
+from ibsr_nnunet.core.locks import Holder, lock_path, read_holder
 from ibsr_nnunet.nnunet.paths import trainer_name
 from ibsr_nnunet.core.workspace import Workspace
 
@@ -189,3 +192,48 @@ def test_campaign_survives_usr1_and_requeue_and_ends_with_a_leaderboard(cluster,
     assert rendered.returncode == 0 and "COMPLETED" in rendered.stdout
     done = cli(ws.root, *args)  # everything finished: nothing again
     assert done.returncode == 0 and "nothing to submit" in done.stdout, done.stdout
+
+
+def test_a_live_lock_holder_makes_the_fold_job_fail_naming_it(cluster, planned, tmp_path):
+    """Another live writer holds fold 0 (a lock of another host, heartbeat fresh): the job ends FAILED with exit
+    73, names the holder in its log, is not requeued, and status says why."""
+    ws = copy_workspace(planned, tmp_path / "locked")
+    lock = lock_path(fold_dir(ws, "2d", 0))
+    lock.parent.mkdir(parents=True)
+    holder = Holder(pid=4242, host="node7", boot_id="another-boot", start_time="1", slurm_job_id="999",
+                    slurm_restart_count=0, command="ibsr-nnunet train --fold 0 --config 2d", heartbeat=time.time())
+    lock.write_text(json.dumps(asdict(holder)))
+    submitted = cli(ws.root, "submit", "--configs", "2d", "--folds", "0", *TINY)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    fold_job = f"{json.loads((ws.slurm / 'jobs.json').read_text())['jobs'][0]['job_id']}_0"
+    wait_for(lambda: job_state(fold_job).get("JobState") == "FAILED", 180, f"{fold_job} to fail")
+    time.sleep(5)
+    state = job_state(fold_job)
+    assert (state["ExitCode"], state["Restarts"]) == ("73:0", "0"), state
+    log = " ".join(next(ws.slurm.glob("logs/nnunet-2d_*_0.out")).read_text().split())
+    assert "is being written by PID 4242 on node7, SLURM job 999 (restart 0)" in log
+    assert "another writer holds what it would write (named above); not requeued" in log
+    row = rows(ws)[("fold", "2d", 0)]
+    assert row["state"] == "FAILED" and "another writer held the lock" in row["reason"], row
+    assert not fold_dir(ws, "2d", 0).exists() and json.loads(lock.read_text())["pid"] == 4242
+
+
+def test_a_killed_trainers_lock_is_taken_over_by_the_requeued_run(cluster, planned, tmp_path):
+    """`kill -9` of train inside a fold job (as the OOM killer or a lost node would) leaves its lock behind; after
+    `scontrol requeue` the next run of the same job takes it over and finishes the fold."""
+    ws = copy_workspace(planned, tmp_path / "killed")
+    submitted = cli(ws.root, "submit", "--configs", "2d", "--folds", "0", *TINY)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    fold_job = f"{json.loads((ws.slurm / 'jobs.json').read_text())['jobs'][0]['job_id']}_0"
+    folder = fold_dir(ws, "2d", 0)
+    wait_for(lambda: (folder / "checkpoint_latest.pth").is_file(), 300, "the first checkpoint", 0.1)
+    trainer = read_holder(lock_path(folder))
+    assert trainer.slurm_job_id == fold_job and trainer.slurm_restart_count == 0
+    os.kill(trainer.pid, signal.SIGKILL)
+    wait_for(lambda: job_state(fold_job).get("JobState") == "FAILED", 120, f"{fold_job} to fail")
+    assert lock_path(folder).exists()
+    subprocess.run(["scontrol", "requeue", fold_job], check=True)
+    wait_for(lambda: job_state(fold_job).get("JobState") == "COMPLETED", 400, f"{fold_job} to complete", 1)
+    log = " ".join(next(ws.slurm.glob("logs/nnunet-2d_*_0.out")).read_text().split())
+    assert f"took over the lock on 2d fold 0 ({TRAINER}) from PID {trainer.pid}" in log
+    assert "resuming" in log and (folder / "checkpoint_final.pth").is_file() and not lock_path(folder).exists()
