@@ -25,7 +25,7 @@ from ..core.vocabulary import BASELINE_SEPARATOR, CONFIGURATIONS, N_FOLDS
 from ..core.workspace import Workspace
 from ..nnunet.paths import FULL_EPOCHS, FULL_ITERATIONS, fold_finished, fold_folder, plans_file, trainer_name
 from . import sbatch as render
-from .jobs import jobs_file, load_jobs, save_jobs
+from .jobs import load_jobs, save_jobs
 from .progress import baseline_progress
 from .slurm import Cluster, JobState, Runner, query_cluster, query_states, sbatch, scancel
 
