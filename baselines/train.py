@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import math
 import time
@@ -45,7 +46,7 @@ class TrainOptions:
     patience: stop after this many epochs without a better validation loss. val_cases: training subjects kept for
     internal validation (0 = 20 %, at least one). val_batches: fixed validation batches per epoch.
     csf_fraction: share of patches centred on CSF. augment: flips, rotation, scale, shear and intensity jitter.
-    device: auto | cuda | cpu. amp: mixed precision (fp16 on CUDA, bf16 autocast on CPU). threads: CPU threads
+    device: auto | cuda | cpu. amp: mixed precision (fp16 on CUDA, bf16 on CPUs with native bf16). threads: CPU threads
     (0 = pick 1 or torch's count while training, whichever is faster now: see baselines.threads).
     infer_window: sliding-window edge at inference (0 = patch_size). seed: data order, augmentation,
     initialisation and validation split.
@@ -163,9 +164,18 @@ def split_validation(case_ids: list[str], count: int, seed: int) -> tuple[list[s
     return [c for c in case_ids if c not in chosen], [c for c in case_ids if c in chosen]
 
 
+@functools.lru_cache(maxsize=None)
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX). Without it torch emulates bf16: measured on
+    an AMD EPYC without either, a unet3d step took 13.2 s in bf16 vs 1.5 s in fp32 (2-D: 0.18 vs 0.13 s)."""
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(probe() for probe in probes if probe is not None)
+
+
 def _autocast(device: torch.device, enabled: bool):
+    """Mixed precision: fp16 on CUDA; bf16 on a CPU that computes it in hardware, else plain fp32."""
     dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device.type, dtype=dtype, enabled=enabled)
+    return torch.autocast(device.type, dtype=dtype, enabled=enabled and (device.type != "cpu" or native_bf16()))
 
 
 def _optimizer(options: TrainOptions, params) -> torch.optim.Optimizer:
