@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -11,9 +12,10 @@ import torch
 from ibsr_nnunet.core import devices
 from ibsr_nnunet.core.atomic import atomic_path
 from ibsr_nnunet.core.errors import InputError
-from ibsr_nnunet.data.volumes import write_volume
+from ibsr_nnunet.core.orientation import towards
+from ibsr_nnunet.data.volumes import Volume, read_volume, write_volume
 
-from .data import load_case
+from .data import slicing_axis, zscore
 from .models import UNet, build_model
 from .threads import ThreadTuner
 from .train import _autocast, options_from
@@ -44,34 +46,44 @@ def window_starts(extent: int, window: int, overlap: float) -> list[int]:
 @torch.no_grad()
 def predict_array(model: UNet, image: np.ndarray, window: tuple[int, ...], *, overlap: float = 0.5,
                   batch_size: int = 8, device: torch.device = torch.device("cpu"), amp: bool = True,
-                  tuner: ThreadTuner | None = None) -> np.ndarray:
-    """uint8 labels for a z-scored (S, H, W) image.
+                  tuner: ThreadTuner | None = None, tta: bool = False,
+                  probabilities: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """uint8 labels for a z-scored (S, H, W) image; with `probabilities`, also each class's summed probability over
+    all voxels (the soft voxel count; outside the brain's box all of it is background's).
 
     2D models (len(window) == 2) run slice by slice along axis 0, with windows inside each slice; 3D models use 3D
     windows. overlap: fraction shared by neighbouring windows; each window's softmax is weighted by a Gaussian.
     batch_size: windows (2D: slices) per forward pass. Only the bounding box of the nonzero (brain) voxels is
     segmented, the rest is background; a window larger than that box shrinks to it. tuner: runs each forward pass
-    (picks CPU threads), or None.
+    (picks CPU threads), or None. tta: average the softmax over every mirroring of the window's spatial axes
+    (4 passes in 2D, 8 in 3D), as nnU-Net's test-time mirroring does.
     """
     if len(window) != model.dims:
         raise ValueError(f"a {model.dims}D model needs a {model.dims}-number window, got {window}")
     if not 0 <= overlap < 1:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
     model.eval()
+    classes = model.head.out_channels
     brain = np.nonzero(image)
-    if not len(brain[0]):  # z-scored images are 0 outside the brain: nothing to segment
-        return np.zeros(image.shape, np.uint8)
-    # only the brain's bounding box is segmented (2.4x fewer voxels on IBSR); outside it is background
-    box = tuple(slice(int(a.min()), int(a.max()) + 1) for a in brain)
     labels = np.zeros(image.shape, np.uint8)
-    forward = tuner or (lambda work: work())
-    labels[box] = _predict_box(model, image[box], window, overlap, batch_size,
-                               lambda batch: forward(lambda: _forward(model, batch, device, amp)))
-    return labels
+    sums = np.zeros(classes)
+    sums[0] = image.size
+    if len(brain[0]):  # z-scored images are 0 outside the brain: nothing to segment there
+        # only the brain's bounding box is segmented (2.4x fewer voxels on IBSR); outside it is background
+        box = tuple(slice(int(a.min()), int(a.max()) + 1) for a in brain)
+        forward = tuner or (lambda work: work())
+        probs = _predict_box(model, image[box], window, overlap, batch_size,
+                             lambda batch: forward(lambda: _forward(model, batch, device, amp, tta)))
+        labels[box] = probs.argmax(0).numpy().astype(np.uint8)
+        if probabilities:
+            sums += probs.sum(dim=tuple(range(1, probs.ndim))).double().numpy()
+            sums[0] -= probs[0].numel()  # the box's voxels were counted as background above
+    return (labels, sums) if probabilities else labels
 
 
 def _predict_box(model: UNet, image: np.ndarray, window: tuple[int, ...], overlap: float, batch_size: int,
-                 forward: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
+                 forward: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """The box's class probabilities (C, *shape): Gaussian-weighted window softmaxes, normalised per voxel."""
     spatial = image.shape[-model.dims:]
     # a window larger than the image shrinks to it: the networks take any size, so one window then covers it all
     window = tuple(min(w, n) for w, n in zip(window, spatial))
@@ -81,6 +93,7 @@ def _predict_box(model: UNet, image: np.ndarray, window: tuple[int, ...], overla
     grid = [(a, b) for a in starts[0] for b in starts[1]] if model.dims == 2 else \
         [(a, b, c) for a in starts[0] for b in starts[1] for c in starts[2]]
     probs = torch.zeros((model.head.out_channels,) + tuple(volume.shape))
+    total = torch.zeros(tuple(volume.shape))
     if model.dims == 2:
         for corner in grid:
             region = tuple(slice(s, s + w) for s, w in zip(corner, window))
@@ -88,23 +101,32 @@ def _predict_box(model: UNet, image: np.ndarray, window: tuple[int, ...], overla
                 chunk = volume[(slice(first, first + batch_size), *region)].unsqueeze(1)
                 out = forward(chunk)  # (n, C, h, w) probabilities
                 probs[(slice(None), slice(first, first + batch_size), *region)] += out.transpose(0, 1) * weights
+                total[(slice(first, first + batch_size), *region)] += weights
     else:
         for first in range(0, len(grid), batch_size):
             regions = [tuple(slice(s, s + w) for s, w in zip(c, window)) for c in grid[first:first + batch_size]]
             out = forward(torch.stack([volume[r] for r in regions]).unsqueeze(1))
             for region, p in zip(regions, out):
                 probs[(slice(None), *region)] += p * weights
-    # dividing by the summed weights would scale every class alike, so the argmax needs no normalisation
-    return probs.argmax(0).numpy().astype(np.uint8)
+                total[region] += weights
+    return probs / total
 
 
-def _forward(model: UNet, batch: torch.Tensor, device: torch.device, amp: bool) -> torch.Tensor:
+def _forward(model: UNet, batch: torch.Tensor, device: torch.device, amp: bool, tta: bool = False) -> torch.Tensor:
     batch = batch.to(device)
     if model.dims == 2:
         batch = batch.contiguous(memory_format=torch.channels_last)
-    with _autocast(device, amp):
-        logits = model(batch)
-    return torch.softmax(logits.float(), 1).cpu()
+    spatial = list(range(2, batch.ndim))
+    mirrorings = [()] if not tta else [tuple(a for bit, a in enumerate(spatial) if mask >> bit & 1)
+                                       for mask in range(2 ** len(spatial))]
+    total = None
+    for axes in mirrorings:
+        with _autocast(device, amp):
+            logits = model(torch.flip(batch, axes) if axes else batch)
+        probs = torch.softmax(logits.float(), 1)
+        probs = torch.flip(probs, axes) if axes else probs
+        total = probs if total is None else total + probs
+    return (total / len(mirrorings)).cpu()
 
 
 def load_model(run: Path, device: torch.device) -> tuple[UNet, dict]:
@@ -123,32 +145,71 @@ def load_model(run: Path, device: torch.device) -> tuple[UNet, dict]:
     return model, saved["options"]
 
 
+ORIENTATION = "orientation.json"  # in the run folder: the axis codes of the training images, the slicing axis
+
+
+def run_orientation(run: Path) -> dict:
+    """What the run was trained on: {"axcodes": [...], "slicing_axis": n} (empty for a run trained before it was
+    recorded: then inputs are not reoriented and 2D models slice across the thickest axis, as they were)."""
+    try:
+        return json.loads((Path(run) / ORIENTATION).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+class Predictor:
+    """A trained baseline, loaded once, that segments volumes of any orientation on their own grid.
+
+    Each volume is reoriented (permuted and flipped, never resampled) to the training images' axis codes, 2D models
+    slice across the axis they were trained on, and the labels go back onto the input's grid voxel for voxel."""
+
+    def __init__(self, run: Path, *, device: str = "auto", overlap: float = 0.5, batch_size: int = 8,
+                 threads: int = 0, tta: bool = False):
+        self.device = devices.torch_device(device)
+        self.tuner = ThreadTuner((threads or torch.get_num_threads(),) if threads or self.device.type != "cpu"
+                                 else None, every=20)
+        self.model, saved = load_model(Path(run), self.device)
+        self.window = (saved.get("infer_window") or saved["patch_size"],) * self.model.dims
+        self.amp = saved.get("amp", True)
+        self.overlap, self.batch_size, self.tta = overlap, batch_size, tta
+        self.orientation = run_orientation(run)
+
+    def __call__(self, volume: Volume, probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """(uint8 labels on `volume`'s grid, each class's summed probability or None)."""
+        target = self.orientation.get("axcodes")
+        reorientation = towards(volume.affine, tuple(target)) if target else None
+        oriented = volume.reoriented(reorientation) if reorientation else volume
+        axis = self.orientation.get("slicing_axis")
+        axis = slicing_axis(oriented.spacing) if axis is None else int(axis)
+        image = np.ascontiguousarray(np.moveaxis(zscore(np.asarray(oriented.array)), axis, 0))
+        found = predict_array(self.model, image, self.window, overlap=self.overlap, batch_size=self.batch_size,
+                              device=self.device, amp=self.amp, tuner=self.tuner, tta=self.tta,
+                              probabilities=probabilities)
+        labels, sums = found if probabilities else (found, None)
+        labels = np.ascontiguousarray(np.moveaxis(labels, 0, axis))
+        return (reorientation.undo(labels) if reorientation else labels), sums
+
+
 def predict_files(run: Path, images: list[tuple[str, Path]], out_dir: Path, *, device: str = "auto",
-                  overlap: float = 0.5, batch_size: int = 8, threads: int = 0, reuse: bool = True,
+                  overlap: float = 0.5, batch_size: int = 8, threads: int = 0, reuse: bool = True, tta: bool = False,
                   on_case: Callable[[str, bool], None] | None = None) -> list[Path]:
-    """Predict each (case id, image file) into out_dir/<case>.nii.gz with the run's best weights, atomically.
+    """Predict each (case id, image file) into out_dir/<case>.nii.gz with the run's best weights, atomically, on the
+    image's own grid (through `Predictor`: reoriented to the training orientation and back).
 
     A prediction newer than the weights is kept unless `reuse` is False (re-runs redo only what is missing or
     older than the weights). on_case(case, skipped) is called after each case.
     """
-    torch_device = devices.torch_device(device)
-    tuner = ThreadTuner((threads or torch.get_num_threads(),) if threads or torch_device.type != "cpu" else None,
-                        every=20)
-    model, saved = load_model(Path(run), torch_device)
-    window = (saved.get("infer_window") or saved["patch_size"],) * model.dims
-    amp = saved.get("amp", True)
+    predictor = Predictor(Path(run), device=device, overlap=overlap, batch_size=batch_size, threads=threads, tta=tta)
     weights_time = (Path(run) / "best.pt").stat().st_mtime
     written = []
     for case_id, image_path in images:
         target = Path(out_dir) / f"{case_id}.nii.gz"
         skip = reuse and target.is_file() and target.stat().st_mtime >= weights_time
         if not skip:
-            case = load_case(case_id, image_path)
-            labels = predict_array(model, case.image, window, overlap=overlap, batch_size=batch_size,
-                                   device=torch_device, amp=amp, tuner=tuner)
-            prediction = case.volume.with_array(np.ascontiguousarray(np.moveaxis(labels, 0, case.axis)))
+            volume = read_volume(image_path)
+            labels, _ = predictor(volume)
             with atomic_path(target) as tmp:
-                write_volume(prediction, tmp)
+                write_volume(volume.with_array(labels), tmp)
         written.append(target)
         if on_case:
             on_case(case_id, skip)

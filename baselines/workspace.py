@@ -6,12 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
+
+from ibsr_nnunet.core.atomic import write_json
 from ibsr_nnunet.core.errors import InputError
+from ibsr_nnunet.core.orientation import training_axcodes
 from ibsr_nnunet.core.locks import Lock, lock_path
 from ibsr_nnunet.core.provenance import dataset_fingerprint, ensure_current, record, staleness
 from ibsr_nnunet.core.workspace import Workspace
 
-from .infer import predict_files
+from .data import slicing_axis
+from .infer import ORIENTATION, predict_files
 from .train import TrainOptions, TrainResult, run_dir, train
 
 
@@ -29,8 +34,18 @@ def train_in_workspace(ws: Workspace, options: TrainOptions, *, archive_stale: b
                        archive_stale=archive_stale, say=say)
         folder.mkdir(parents=True, exist_ok=True)
         record(folder, fingerprint, model=options.model, loss=options.loss)
+        write_json(folder / ORIENTATION, training_orientation(ws))
         return train(folder, ws.cases("train"), options, on_epoch=on_epoch, on_iteration=on_iteration,
                      on_start=on_start)
+
+
+def training_orientation(ws: Workspace) -> dict:
+    """The axis codes of the workspace's training images, and the axis 2D models slice across in that orientation
+    (the one with the largest spacing: IBSR's 1.5 mm coronal axis)."""
+    manifest = ws.read_manifest()
+    train = [case for case in manifest["cases"] if case["role"] == "train"]
+    spacing = np.median([case["spacing"] for case in train], axis=0)
+    return {"axcodes": list(training_axcodes(manifest)), "slicing_axis": slicing_axis(spacing)}
 
 
 def predict_in_workspace(ws: Workspace, model: str, loss: str, *, device: str = "auto", overlap: float = 0.5,

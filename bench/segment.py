@@ -7,7 +7,12 @@ same nnU-Net model through `nnUNetv2_predict` + `nnUNetv2_apply_postprocessing` 
 and postprocessing; the input renamed to `_0000`, which segment spares the user). Both sides are whole commands in
 fresh processes, alternated, best of --repeats. Overhead ratio = ours / nnU-Net's (target <= 1.05).
 
-    python bench/segment.py [--repeats 2]
+It also times, in the same run: each model with and without test-time mirroring (`--tta/--no-tta`), and the
+seconds per scan of the baseline for 1 scan and for 8 scans (the next scan is read and preprocessed on a thread
+while one is predicted). With `--baseline-run DIR` (a run trained by bench/baseline_cpu.py), it reports the Dice
+difference that mirroring makes for that baseline on the held-out cases.
+
+    python bench/segment.py [--repeats 2] [--baseline-run DIR]
 
 Measured 2026-11-28 on the 2-core CPU machine (quiet), IBSR_02, best of 2: segment with nnunet_2d 44.7 s,
 nnUNetv2_predict + apply_postprocessing 51.0 s, ratio 0.876; segment with unet2d__dice_ce 4.2 s per scan.
@@ -45,9 +50,35 @@ def timed(command: list[str], env: dict | None = None) -> float:
     return time.perf_counter() - started
 
 
+def tta_dice(run: Path) -> str:
+    """Mean Dice over bench/baseline_cpu.py's held-out subjects of the run it trained, with and without mirroring."""
+    import numpy as np
+    from baseline_cpu import subjects  # the same subjects and split as the run was trained with
+
+    from baselines.infer import Predictor
+    from baselines.train import split_validation
+    from ibsr_nnunet.data.volumes import read_volume
+    from ibsr_nnunet.evaluation.metrics import case_metrics
+
+    everything = subjects()
+    _, held_out = split_validation([s[0] for s in everything], 2, seed=0)
+    means = {}
+    for tta in (False, True):
+        predictor = Predictor(run, device="cpu", tta=tta)
+        scores = []
+        for case_id, image, label in (s for s in everything if s[0] in held_out):
+            labels, _ = predictor(read_volume(image))
+            reference = read_volume(label)
+            scores += [row["dice"] for row in case_metrics(reference.array.astype(np.uint8), labels, reference.spacing)]
+        means[tta] = float(np.mean(scores))
+    return (f"mean Dice over {', '.join(held_out)} {means[False]:.4f} without, {means[True]:.4f} with "
+            f"({means[True] - means[False]:+.4f})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--baseline-run", help="a baseline run folder (bench/baseline_cpu.py) for the mirroring Dice")
     args = parser.parse_args()
 
     from ibsr_nnunet.nnunet.environment import EXT_TRAINER_FOLDER, configure
@@ -76,7 +107,7 @@ def main() -> None:
         pkl = search["sources"]["2d"] / "postprocessing.pkl"
         write_json(ws.predictions / "nnunet_2d" / "model.json",
                    model_record("nnunet_2d", trainer, configurations=("2d",), folds=(0,), postprocessing_pkl=pkl,
-                                crossval_dice=search["results"]["2d"]))
+                                crossval_dice=search["results"]["2d"], axcodes=("R", "A", "S")))
         record(ws.predictions / "nnunet_2d", dataset_fingerprint(ws), model="nnunet_2d")
 
         staged = root / "nnunet-in"
@@ -90,23 +121,41 @@ def main() -> None:
             ["nnUNetv2_apply_postprocessing", "-i", str(root / "nnunet-out"), "-o", str(root / "nnunet-pp"),
              "-pp_pkl_file", str(pkl), "-np", "1", "-plans_json", str(plans)],
         ]
-        ours_cmd = lambda model: [sys.executable, "-m", "ibsr_nnunet", "--workspace", str(ws.root), "segment",  # noqa: E731
-                                  str(SCAN), "--output", str(root / f"out-{model}"), "--model", model,
-                                  "--device", "cpu", "--jobs", "1"]
-        ours, theirs, baseline = [], [], []
-        for _ in range(args.repeats):
+        def ours_cmd(model: str, tta: bool, scans: list[Path], out: str) -> list[str]:
+            return [sys.executable, "-m", "ibsr_nnunet", "--workspace", str(ws.root), "segment", *map(str, scans),
+                    "--output", str(root / out), "--model", model, "--device", "cpu", "--jobs", "1", "--no-qc",
+                    "--tta" if tta else "--no-tta"]
+
+        eight = root / "eight"
+        eight.mkdir()
+        for i in range(8):
+            shutil.copy(SCAN, eight / f"scan{i}.nii.gz")
+        times: dict[str, list[float]] = {}
+        for repeat in range(args.repeats):
             for folder in ("nnunet-out", "nnunet-pp"):
                 shutil.rmtree(root / folder, ignore_errors=True)
-            theirs.append(sum(timed(c, env) for c in theirs_cmds))
-            ours.append(timed(ours_cmd("nnunet_2d")))
-            baseline.append(timed(ours_cmd("unet2d__dice_ce")))
-        volumes = json.dumps(open(root / "out-nnunet_2d" / "volumes.csv").read().splitlines()[1].split(",")[4:7])
+            times.setdefault("theirs", []).append(sum(timed(c, env) for c in theirs_cmds))
+            for model in ("nnunet_2d", "unet2d__dice_ce"):
+                for tta in (True, False):
+                    key = f"{model} {'tta' if tta else 'no tta'}"
+                    times.setdefault(key, []).append(timed(ours_cmd(model, tta, [SCAN], f"out-{key}-{repeat}")))
+            times.setdefault("unet2d 8 scans", []).append(
+                timed(ours_cmd("unet2d__dice_ce", False, [eight], f"out-eight-{repeat}")) / 8)
+        volumes = json.dumps(open(root / "out-nnunet_2d tta-0" / "volumes.csv").read().splitlines()[1].split(",")[7:10])
+        dice_note = tta_dice(Path(args.baseline_run)) if args.baseline_run else "(pass --baseline-run to measure it)"
+        ours, theirs = times["nnunet_2d tta"], times["theirs"]
 
     print(f"full-size scan {SCAN.name} (256×128×256), CPU, {os.cpu_count()} cores; best of {args.repeats}")
     print(f"  ibsr-nnunet segment, nnunet_2d (1 fold):        {min(ours):7.1f} s   (all: {[round(t, 1) for t in ours]})")
     print(f"  nnUNetv2_predict + apply_postprocessing:         {min(theirs):7.1f} s   (all: {[round(t, 1) for t in theirs]})")
     print(f"  overhead ratio ours / nnU-Net's:                 {min(ours) / min(theirs):7.3f}   (target <= 1.05)")
-    print(f"  ibsr-nnunet segment, unet2d__dice_ce baseline:   {min(baseline):7.1f} s   (all: {[round(t, 1) for t in baseline]})")
+    for key in ("nnunet_2d tta", "nnunet_2d no tta", "unet2d__dice_ce tta", "unet2d__dice_ce no tta"):
+        print(f"  segment, {key:24s}                {min(times[key]):7.1f} s")
+    for model in ("nnunet_2d", "unet2d__dice_ce"):
+        print(f"  mirroring costs {model}: {min(times[model + ' tta']) / min(times[model + ' no tta']):.2f}x")
+    print(f"  unet2d__dice_ce, seconds per scan: 1 scan {min(times['unet2d__dice_ce no tta']):.1f} s, "
+          f"8 scans {min(times['unet2d 8 scans']):.1f} s (whole command / 8)")
+    print(f"  Dice difference mirroring makes for the baseline: {dice_note}")
     print(f"  nnunet_2d volumes CSF/GM/WM mL (token training): {volumes}")
 
 

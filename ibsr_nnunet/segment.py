@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import itertools
 import json
 import math
 import os
 import secrets
 import shutil
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 import numpy as np
 import pandas as pd
 
-from .core.atomic import atomic_path
+from .core.atomic import atomic_path, write_json
+from .core.locks import Lock, lock_path
+from .core.orientation import OBLIQUE_DEGREES, Reorientation, obliquity_degrees, towards, training_axcodes
 from .core.errors import InputError
 from .core.provenance import dataset_fingerprint, staleness
 from .core.vocabulary import NNUNET_PREFIX, TISSUES
@@ -23,9 +30,10 @@ from .core.workspace import Workspace
 from .data.preprocess import Preprocessing, apply
 from .data.volumes import Volume, read_volume, write_volume
 
+if TYPE_CHECKING:
+    from .evaluation.qc import Snapshot
+
 SUFFIXES = (".nii.gz", ".nii", ".hdr", ".img")
-VOLUME_COLUMNS = ["scan", "input", "output", "model", "CSF_ml", "GM_ml", "WM_ml", "total_ml", "GM_fraction",
-                  "WM_fraction", "BPF", "seconds", "warnings", "error"]
 # warning thresholds: far enough from training that a user should look before publishing the numbers
 INTENSITY_RATIO = 2.0  # scan's 99.5th percentile of brain voxels vs training's, either way
 SKULL_ZERO_FRACTION = 0.2  # a skull-stripped T1 is mostly exact zeros; IBSR's are ~80 % zeros
@@ -39,12 +47,19 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
-def collect_inputs(paths: list[Path]) -> list[Path]:
-    """NIfTI files and Analyze pairs named directly or found in folders (recursively), each once, in order."""
+def _extension(path: Path) -> str:
+    return next((path.name[-len(s):] for s in SUFFIXES if path.name.lower().endswith(s)), path.suffix)
+
+
+def collect_inputs(paths: list[Path], exclude: Optional[Path] = None) -> list[Path]:
+    """NIfTI files and Analyze pairs named directly or found in folders (recursively, skipping `exclude`: the
+    output folder), each once, in order."""
+    skip = exclude.resolve() if exclude is not None else None
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(SUFFIXES))
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(SUFFIXES)
+                            and not (skip is not None and p.resolve().is_relative_to(skip)))
         elif path.is_file():
             found.append(path)
         else:
@@ -61,9 +76,32 @@ def collect_inputs(paths: list[Path]) -> list[Path]:
 
 
 def output_names(inputs: list[Path]) -> dict[Path, str]:
-    """`<input name>_tissue.nii.gz`; two inputs with one name get their folder's name in front."""
-    stems = [_stem(p) for p in inputs]
-    return {p: (f"{p.parent.name}_{s}" if stems.count(s) > 1 else s) + "_tissue.nii.gz" for p, s in zip(inputs, stems)}
+    """Each input's output name (without `_tissue.nii.gz` / `_qc.png`), unique for any set of inputs.
+
+    The rule: the file name without its extension; inputs that share it get the folders that tell them apart (from
+    their common folder, joined with `__`) in front; inputs in one folder that still share it (`s.nii` beside
+    `s.nii.gz`) get their extension behind (`s_nii`, `s_nii_gz`).
+    """
+    names = {p: _stem(p) for p in inputs}
+
+    def clashing() -> list[list[Path]]:
+        groups: dict[str, list[Path]] = {}
+        for path, name in names.items():
+            groups.setdefault(name, []).append(path)
+        return [group for group in groups.values() if len(group) > 1]
+
+    for group in clashing():
+        root = Path(os.path.commonpath([str(p.absolute().parent) for p in group]))
+        for path in group:
+            folders = path.absolute().parent.relative_to(root).parts
+            names[path] = "__".join([*folders, _stem(path)])
+    for group in clashing():
+        for path in group:
+            names[path] = f"{names[path]}_{_extension(path).lstrip('.').replace('.', '_')}"
+    for group in clashing():  # the same file named twice under different paths: number them
+        for index, path in enumerate(group[1:], start=2):
+            names[path] = f"{names[path]}_{index}"
+    return names
 
 
 @dataclass
@@ -167,13 +205,18 @@ def tissue_volumes(labels: np.ndarray, spacing: tuple[float, ...]) -> dict[str, 
 @dataclass
 class Scan:
     input: Path
+    name: str  # output name, without _tissue.nii.gz / _qc.png
     output: Path
-    staged: Optional[Path] = None
-    volume: Optional[Volume] = None
+    staged: Optional[Path] = None  # nnU-Net: the preprocessed image in the model's orientation
+    volume: Optional[Volume] = None  # the input as read (its grid is the output's)
+    prepared: Optional[Volume] = None  # preprocessed as in training, in the input's orientation
+    reorientation: Optional[Reorientation] = None  # input axes -> the model's training orientation
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
     error: Optional[str] = None
     volumes: dict[str, float] = field(default_factory=dict)
+    reused: Optional[dict] = None  # the volumes.csv row of an earlier run with the same input, model and options
+    qc: Optional[Path] = None
 
 
 @dataclass
@@ -181,136 +224,374 @@ class SegmentResult:
     model: Model
     scans: list[Scan]
     csv: Path
+    sheet: Optional[Path] = None
 
     @property
     def failed(self) -> list[Scan]:
         return [s for s in self.scans if s.error]
 
-
-def _predict_nnunet(ws: Workspace, model: Model, staged: dict[str, Path], scratch: Path, device: str, jobs: int,
-                    on_scan: Callable[[str, float], None]) -> Path:
-    from .nnunet.paths import model_folder
-    from .nnunet.predict import apply_postprocessing, ensemble_folders, predict
-
-    info = model.info
-    log = scratch / "nnunet.log"
-    raw = {}
-    for configuration in info["configurations"]:
-        raw[configuration] = scratch / f"raw-{configuration}"
-        by_image = {path: scan for scan, path in staged.items()}
-        predict(ws, configuration, info["trainer"], folds=tuple(info["folds"]), images=list(staged.values()),
-                out=raw[configuration], device=device, log=log, on_image=lambda image, s: on_scan(by_image[image], s),
-                probabilities=len(info["configurations"]) > 1)  # only ensembling needs them
-    plans_json = model_folder(ws, info["configurations"][0], info["trainer"]) / "plans.json"
-    folder = raw[info["configurations"][0]]
-    if len(raw) > 1:
-        folder = scratch / "raw-ensemble"
-        ensemble_folders(list(raw.values()), folder, plans_json=plans_json, jobs=jobs, log=log)
-    labels = scratch / "labels"
-    apply_postprocessing(Path(info["postprocessing_file"]), folder, labels, plans_json=plans_json, jobs=jobs,
-                         log=log)
-    return labels
+    @property
+    def reused(self) -> list[Scan]:
+        return [s for s in self.scans if s.reused is not None]
 
 
-def _predict_baseline(model: Model, staged: dict[str, Path], scratch: Path, device: str,
-                      on_scan: Callable[[str, float], None]) -> Path:
-    from baselines.infer import predict_files
+@dataclass(frozen=True)
+class SegmentOptions:
+    """How to segment. tta None: on for CUDA, off for the CPU (mirroring costs 4-8x there); step_size: the sliding
+    window's step as a fraction of its size (nnU-Net's tile step; a baseline's overlap is 1 - step_size)."""
 
-    labels = scratch / "labels"
-    clock = [time.perf_counter()]
+    tta: Optional[bool] = None
+    step_size: float = 0.5
+    soft_volumes: bool = False
+    qc: bool = True
+    qc_sheet: bool = False
 
-    def done(scan: str, skipped: bool) -> None:
-        now = time.perf_counter()
-        on_scan(scan, now - clock[0])
-        clock[0] = now
+    def __post_init__(self) -> None:
+        if not 0 < self.step_size <= 1:
+            raise InputError(f"--step-size {self.step_size} is outside (0, 1]; pass e.g. 0.5 (nnU-Net's default).")
 
-    predict_files(Path(model.info["run"]), list(staged.items()), labels, device=device, on_case=done)
-    return labels
+    def resolved(self, device: str) -> "SegmentOptions":
+        """These options with TTA decided for the device that will run."""
+        if self.tta is not None:
+            return self
+        from .core.devices import torch_device
+
+        return dataclasses.replace(self, tta=torch_device(device).type == "cuda")
+
+
+def model_axcodes(ws: Workspace, model: Model) -> tuple[str, ...]:
+    """The orientation the model was trained in: its own record, else the conversion manifest's training images."""
+    if model.info.get("axcodes"):
+        return tuple(model.info["axcodes"])
+    if model.info.get("run"):
+        from baselines.infer import run_orientation
+
+        if axes := run_orientation(Path(model.info["run"])).get("axcodes"):
+            return tuple(axes)
+    return training_axcodes(ws.read_manifest())
+
+
+def model_signature(ws: Workspace, model: Model) -> str:
+    """Changes whenever the model's weights, postprocessing or dataset change: a re-run redoes the scans then."""
+    parts = [model.name, dataset_fingerprint(ws)]
+    if model.name.startswith(NNUNET_PREFIX):
+        from .nnunet.paths import fold_folder
+
+        files = [fold_folder(ws, c, f, model.info["trainer"]) / "checkpoint_final.pth"
+                 for c in model.info["configurations"] for f in model.info["folds"]]
+        files.append(Path(model.info["postprocessing_file"]))
+    else:
+        files = [Path(model.info["run"]) / "best.pt"]
+    for path in files:
+        stat = path.stat()
+        parts.append(f"{path}:{stat.st_size}:{stat.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def input_signature(path: Path) -> str:
+    """sha256 of the scan's bytes (both files of an Analyze pair)."""
+    digest = hashlib.sha256()
+    for part in ([path, path.with_suffix(".img")] if path.name.lower().endswith(".hdr") else [path]):
+        with open(part, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def segment(ws: Workspace, inputs: list[Path], output: Path, *, model_name: Optional[str] = None,
-            device: str = "auto", jobs: int = 1, on_start: Callable[[Model, int], None] = lambda m, n: None,
+            device: str = "auto", jobs: int = 1, options: SegmentOptions = SegmentOptions(),
+            on_start: Callable[[Model, int], None] = lambda m, n: None,
             on_scan_done: Callable[[Scan], None] = lambda s: None) -> SegmentResult:
-    """Stage (preprocess as in training), predict, write `<name>_tissue.nii.gz` on each input's grid, and volumes.csv.
+    """Stage each scan (reoriented to the model's training orientation, preprocessed as in training), predict,
+    carry the map back and write `<name>_tissue.nii.gz` on each input's exact grid, a QC picture, and volumes.csv.
 
-    A scan that cannot be read is reported in its row and skipped; the others finish.
+    A scan that cannot be read is reported in its row and skipped; the others finish. Scans already segmented
+    with the same input bytes, model and options are not redone.
     """
-    files = collect_inputs(inputs)
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise InputError(f"--output {output} is a file; pass a folder (it is created if missing).")
+    files = collect_inputs(inputs, exclude=output)
     model = choose_model(ws, model_name)
-    reference = training_reference(ws)
-    output.mkdir(parents=True, exist_ok=True)
+    options = options.resolved(device)
     names = output_names(files)
-    scans = [Scan(input=f, output=output / names[f]) for f in files]
-    on_start(model, len(scans))
+    scans = [Scan(input=f, name=names[f], output=output / f"{names[f]}_tissue.nii.gz") for f in files]
+    output.mkdir(parents=True, exist_ok=True)
+    with Lock(lock_path(output), f"segmentation output {output}", "ibsr-nnunet segment"):
+        signature = model_signature(ws, model)
+        record = _SegmentRecord.load(output)
+        for scan in scans:
+            scan.reused = record.reusable(scan, signature, options)
+        on_start(model, len(scans))
+        todo = [scan for scan in scans if scan.reused is None]
+        for scan in scans:
+            if scan.reused is not None:
+                on_scan_done(scan)
+        if todo:
+            context = _Context(ws, model, model_axcodes(ws, model), training_reference(ws), options, device, jobs)
+            _segment_all(context, todo, output, on_scan_done)
+        record.update(scans, signature, options)
+        csv = _write_volumes_csv(scans, model, output, options)
+        record.save(output)
+        sheet = _draw_sheet(scans, output / "qc_sheet.png", model.name) if options.qc_sheet else None
+    return SegmentResult(model, scans, csv, sheet)
+
+
+@dataclass
+class _Context:
+    """Everything one segment run predicts with."""
+
+    ws: Workspace
+    model: Model
+    axcodes: tuple[str, ...]
+    reference: Reference
+    options: SegmentOptions
+    device: str
+    jobs: int
+
+
+def _segment_all(context: _Context, scans: list[Scan], output: Path, on_scan_done: Callable[[Scan], None]) -> None:
     scratch = output / f".tmp-segment-{os.getpid()}-{secrets.token_hex(4)}"
     (scratch / "images").mkdir(parents=True)
     try:
-        by_id = _stage(scans, scratch / "images", reference, on_scan_done)
-        if by_id:
-            labels = _predict(ws, model, by_id, scratch, device, jobs)
-            _write_tissues(by_id, labels, on_scan_done)
+        staged = _staged_ahead(scans, lambda scan: _stage(context, scan, scratch / "images"))
+        if context.model.name.startswith(NNUNET_PREFIX):
+            _predict_nnunet(context, staged, scans, scratch, on_scan_done)
+        else:
+            _predict_baseline(context, staged, on_scan_done)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return SegmentResult(model, scans, _write_volumes_csv(scans, model, output))
 
 
-def _stage(scans: list[Scan], images: Path, reference: Reference,
-           on_scan_done: Callable[[Scan], None]) -> dict[str, Scan]:
-    """Read, check and preprocess each scan into `images`; the staged scans by ID. Unreadable ones are done here."""
-    by_id: dict[str, Scan] = {}
-    for index, scan in enumerate(scans):
+def _staged_ahead(scans: list[Scan], stage: Callable[[Scan], Scan]) -> Iterator[Scan]:
+    """The scans, each staged (read, checked, reoriented, preprocessed) on a thread while the one before it is
+    predicted: reading overlaps computing, and no process outlives the command."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stage") as pool:
+        queue = iter(scans)
+        pending = deque(pool.submit(stage, scan) for scan in itertools.islice(queue, 2))
+        while pending:
+            scan = pending.popleft().result()
+            following = next(queue, None)
+            if following is not None:
+                pending.append(pool.submit(stage, following))
+            yield scan
+
+
+def _stage(context: _Context, scan: Scan, images: Path) -> Scan:
+    """Read and check one scan, preprocess it as in training, and (nnU-Net) write it in the model's orientation."""
+    started = time.perf_counter()
+    try:
+        scan.volume = read_volume(scan.input)
+        scan.warnings = scan_warnings(scan.volume, context.reference)
+        oblique = obliquity_degrees(scan.volume.affine)
+        if oblique > OBLIQUE_DEGREES:
+            scan.warnings.append(f"oblique by {oblique:.0f} degrees (more than {OBLIQUE_DEGREES:g}): segmented in "
+                                 f"the nearest axis-aligned orientation, not resampled")
+        scan.reorientation = towards(scan.volume.affine, context.axcodes)
+        scan.prepared = apply(scan.volume, context.reference.preprocessing)
+        if context.model.name.startswith(NNUNET_PREFIX):
+            oriented = scan.prepared.reoriented(scan.reorientation)
+            scan.staged = images / f"{scan.name}_0000.nii.gz"
+            write_volume(oriented.with_array(oriented.array.astype(np.float32)), scan.staged)
+            scan.prepared = None  # on disk now
+    except InputError as err:
+        scan.error = str(err)
+    scan.seconds += time.perf_counter() - started
+    return scan
+
+
+def _predict_nnunet(context: _Context, staged: Iterator[Scan], scans: list[Scan], scratch: Path,
+                    on_scan_done: Callable[[Scan], None]) -> None:
+    """nnU-Net over every staged scan (the first configuration while the next scans are being staged), the
+    ensemble's softmax average, postprocessing, then each map back on its input's grid."""
+    from .nnunet.paths import model_folder
+    from .nnunet.predict import apply_postprocessing, ensemble_folders, predict
+
+    info, options = context.model.info, context.options
+    log = scratch / "nnunet.log"
+    by_image: dict[Path, Scan] = {}
+    ensembled = len(info["configurations"]) > 1
+
+    def ready() -> Iterator[Path]:
+        for scan in staged:
+            if scan.error:
+                on_scan_done(scan)
+                continue
+            by_image[scan.staged] = scan
+            yield scan.staged
+
+    def timed(image: Path, seconds: float) -> None:
+        by_image[image].seconds += seconds
+
+    raw = {}
+    for index, configuration in enumerate(info["configurations"]):
+        raw[configuration] = scratch / f"raw-{configuration}"
+        predict(context.ws, configuration, info["trainer"], folds=tuple(info["folds"]),
+                images=ready() if index == 0 else list(by_image), out=raw[configuration], device=context.device,
+                log=log, on_image=timed, probabilities=ensembled or options.soft_volumes, tta=bool(options.tta),
+                step_size=options.step_size)
+    plans_json = model_folder(context.ws, info["configurations"][0], info["trainer"]) / "plans.json"
+    folder = raw[info["configurations"][0]]
+    if ensembled:
+        folder = scratch / "raw-ensemble"
+        ensemble_folders(list(raw.values()), folder, plans_json=plans_json, jobs=context.jobs, log=log,
+                         probabilities=options.soft_volumes)
+    labels = scratch / "labels"
+    apply_postprocessing(Path(info["postprocessing_file"]), folder, labels, plans_json=plans_json, jobs=context.jobs,
+                         log=log)
+    for scan in by_image.values():
         started = time.perf_counter()
-        try:
-            scan.volume = read_volume(scan.input)
-            scan.warnings = scan_warnings(scan.volume, reference)
-            prepared = apply(scan.volume, reference.preprocessing)
-            scan_id = f"scan{index:05d}"
-            scan.staged = images / f"{scan_id}_0000.nii.gz"
-            write_volume(prepared.with_array(prepared.array.astype(np.float32)), scan.staged)
-            by_id[scan_id] = scan
-        except InputError as err:
-            scan.error = str(err)
+        predicted = read_volume(labels / f"{scan.name}.nii.gz").array
+        sums = None
+        if options.soft_volumes:  # the softmax nnU-Net exported (the ensemble's average), before postprocessing
+            with np.load(folder / f"{scan.name}.npz") as npz:
+                sums = npz["probabilities"].reshape(npz["probabilities"].shape[0], -1).sum(axis=1)
+        scan.seconds += time.perf_counter() - started
+        _finish(context, scan, scan.reorientation.undo(predicted.astype(np.uint8)), sums, on_scan_done)
+
+
+def _predict_baseline(context: _Context, staged: Iterator[Scan], on_scan_done: Callable[[Scan], None]) -> None:
+    """The baseline over each scan as soon as it is staged (it reorients, slices and carries back by itself)."""
+    from baselines.infer import Predictor
+
+    options = context.options
+    predictor = Predictor(Path(context.model.info["run"]), device=context.device, overlap=1 - options.step_size,
+                          tta=bool(options.tta))
+    for scan in staged:
+        if scan.error:
             on_scan_done(scan)
-        scan.seconds += time.perf_counter() - started
-    return by_id
-
-
-def _predict(ws: Workspace, model: Model, by_id: dict[str, Scan], scratch: Path, device: str, jobs: int) -> Path:
-    """Predict every staged scan, adding each one's share of the time to it; the folder of predicted label maps."""
-    staged = {scan_id: scan.staged for scan_id, scan in by_id.items()}
-
-    def predicted(scan_id: str, seconds: float) -> None:
-        by_id[scan_id].seconds += seconds
-
-    if model.name.startswith(NNUNET_PREFIX):
-        return _predict_nnunet(ws, model, staged, scratch, device, jobs, predicted)
-    return _predict_baseline(model, staged, scratch, device, predicted)
-
-
-def _write_tissues(by_id: dict[str, Scan], labels: Path, on_scan_done: Callable[[Scan], None]) -> None:
-    """Write each scan's predicted tissue map on its input's grid and measure its volumes."""
-    for scan_id, scan in by_id.items():
+            continue
         started = time.perf_counter()
-        predicted_labels = read_volume(labels / f"{scan_id}.nii.gz").array
-        if predicted_labels.shape != scan.volume.array.shape:
-            scan.error = f"prediction shape {predicted_labels.shape} differs from the input's {scan.volume.array.shape}"
-        else:
-            tissue = predicted_labels.astype(np.uint8)
-            with atomic_path(scan.output) as tmp:
-                write_volume(scan.volume.with_array(tissue), tmp)
-            scan.volumes = tissue_volumes(tissue, scan.volume.spacing)
+        labels, sums = predictor(scan.prepared, probabilities=options.soft_volumes)
+        scan.prepared = None
         scan.seconds += time.perf_counter() - started
-        scan.volume = None  # free the voxels as we go
-        on_scan_done(scan)
+        _finish(context, scan, labels, sums, on_scan_done)
 
 
-def _write_volumes_csv(scans: list[Scan], model: Model, output: Path) -> Path:
-    """output/volumes.csv: one row a scan, failed ones with their error."""
-    rows = [{"scan": _stem(s.input), "input": str(s.input), "output": "" if s.error else str(s.output),
-             "model": model.name, **{c: s.volumes.get(c, math.nan) for c in VOLUME_COLUMNS[4:11]},
-             "seconds": round(s.seconds, 3), "warnings": "; ".join(s.warnings), "error": s.error or ""}
-            for s in scans]
+def _finish(context: _Context, scan: Scan, tissue: np.ndarray, sums: Optional[np.ndarray],
+            on_scan_done: Callable[[Scan], None]) -> None:
+    """Write one scan's map on its input's grid, its volumes, and its QC picture."""
+    started = time.perf_counter()
+    if tissue.shape != scan.volume.array.shape:
+        scan.error = f"prediction shape {tissue.shape} differs from the input's {scan.volume.array.shape}"
+    else:
+        with atomic_path(scan.output) as tmp:
+            write_volume(scan.volume.with_array(tissue), tmp)
+        scan.volumes = tissue_volumes(tissue, scan.volume.spacing)
+        if sums is not None:
+            scan.volumes.update(soft_volumes(sums, scan.volume.spacing))
+        if context.options.qc:
+            scan.qc = qc_picture(snapshot(scan, tissue, context.model.name), scan.output.with_name(f"{scan.name}_qc.png"))
+    scan.seconds += time.perf_counter() - started
+    scan.volume = None  # free the voxels as we go
+    on_scan_done(scan)
+
+
+def soft_volumes(sums: np.ndarray, spacing: tuple[float, ...]) -> dict[str, float]:
+    """mL per tissue from the model's probabilities: each class's summed probability × the voxel volume."""
+    voxel_ml = float(np.prod(spacing[:3])) / 1000.0
+    return {f"{name}_ml_soft": float(sums[label]) * voxel_ml for label, name in TISSUES.items()}
+
+
+def snapshot(scan: Scan, tissue: np.ndarray, model: str) -> "Snapshot":
+    """The scan and its map, turned to R, A, S axes for the picture, titled with the scan, model and volumes."""
+    from .evaluation.qc import Snapshot
+
+    display = towards(scan.volume.affine, ("R", "A", "S"))
+    shown = scan.volume.reoriented(display)
+    v = scan.volumes
+    title = (f"{scan.name} — {model}\nCSF {v['CSF_ml']:.1f} mL · GM {v['GM_ml']:.1f} mL · WM {v['WM_ml']:.1f} mL · "
+             f"BPF {v['BPF']:.3f}")
+    return Snapshot(scan.name, np.asarray(shown.array, dtype=np.float32), display.apply(tissue), shown.spacing, title)
+
+
+def qc_picture(shot: "Snapshot", target: Path) -> Path:
+    from .evaluation.qc import qc_picture as draw
+
+    return draw(shot, target)
+
+
+def _draw_sheet(scans: list[Scan], target: Path, model: str) -> Optional[Path]:
+    """One contact sheet of every scan with a map (a row each), redrawn from the files."""
+    from .evaluation.qc import qc_sheet
+
+    shots = []
+    for scan in scans:
+        if scan.error or not scan.output.is_file():
+            continue
+        scan.volume = read_volume(scan.input)
+        tissue = read_volume(scan.output).array.astype(np.uint8)
+        if not scan.volumes:
+            scan.volumes = tissue_volumes(tissue, scan.volume.spacing)
+        shots.append(snapshot(scan, tissue, model))
+        scan.volume = None
+    return qc_sheet(shots, target) if shots else None
+
+
+VOLUME_COLUMNS = ["scan", "input", "output", "model", "input_axcodes", "tta", "step_size", "CSF_ml", "GM_ml", "WM_ml",
+                  "total_ml", "GM_fraction", "WM_fraction", "BPF", "CSF_ml_soft", "GM_ml_soft", "WM_ml_soft", "qc",
+                  "seconds", "warnings", "error"]
+MEASURES = ["CSF_ml", "GM_ml", "WM_ml", "total_ml", "GM_fraction", "WM_fraction", "BPF", "CSF_ml_soft", "GM_ml_soft",
+            "WM_ml_soft"]
+
+
+def _write_volumes_csv(scans: list[Scan], model: Model, output: Path, options: SegmentOptions) -> Path:
+    """output/volumes.csv: one row a scan (reused rows as they were), failed ones with their error."""
+    rows = []
+    for s in scans:
+        if s.reused is not None:
+            rows.append(s.reused)
+            continue
+        axes = "".join(s.reorientation.input_axcodes) if s.reorientation else ""
+        rows.append({"scan": _stem(s.input), "input": str(s.input), "output": "" if s.error else str(s.output),
+                     "model": model.name, "input_axcodes": axes, "tta": options.tta, "step_size": options.step_size,
+                     **{c: s.volumes.get(c, math.nan) for c in MEASURES}, "qc": str(s.qc) if s.qc else "",
+                     "seconds": round(s.seconds, 3), "warnings": "; ".join(s.warnings), "error": s.error or ""})
     csv = output / "volumes.csv"
     with atomic_path(csv) as tmp:
         pd.DataFrame(rows, columns=VOLUME_COLUMNS).to_csv(tmp, index=False)
     return csv
+
+
+class _SegmentRecord:
+    """output/segment.json: for each output name, the input, its bytes' hash, the model's signature and the options
+    it was made with; a re-run reuses what matches and redoes the rest."""
+
+    FILE = "segment.json"
+
+    def __init__(self, entries: dict[str, dict], rows: dict[str, dict]):
+        self.entries, self.rows = entries, rows
+
+    @classmethod
+    def load(cls, output: Path) -> "_SegmentRecord":
+        try:
+            entries = json.loads((output / cls.FILE).read_text())
+            table = pd.read_csv(output / "volumes.csv", keep_default_na=False, dtype={"input_axcodes": str})
+            rows = {row["output"]: row for row in table.to_dict(orient="records") if row.get("output")}
+        except (OSError, ValueError):
+            return cls({}, {})
+        return cls(entries, rows)
+
+    def _wanted(self, scan: Scan, signature: str, options: SegmentOptions) -> dict:
+        return {"input": str(scan.input.absolute()), "input_sha256": input_signature(scan.input), "model": signature,
+                "tta": options.tta, "step_size": options.step_size, "soft_volumes": options.soft_volumes,
+                "qc": options.qc}
+
+    def reusable(self, scan: Scan, signature: str, options: SegmentOptions) -> Optional[dict]:
+        entry = self.entries.get(scan.name)
+        row = self.rows.get(str(scan.output))
+        if entry is None or row is None or not scan.output.is_file():
+            return None
+        if options.qc and not scan.output.with_name(f"{scan.name}_qc.png").is_file():
+            return None
+        return row if entry == self._wanted(scan, signature, options) else None
+
+    def update(self, scans: list[Scan], signature: str, options: SegmentOptions) -> None:
+        for scan in scans:
+            if scan.error:
+                self.entries.pop(scan.name, None)
+            elif scan.reused is None:
+                self.entries[scan.name] = self._wanted(scan, signature, options)
+
+    def save(self, output: Path) -> None:
+        write_json(output / self.FILE, self.entries)

@@ -152,3 +152,31 @@ def check_segment_outputs(inputs: dict[str, Path], out: Path, model: str):
         assert row["BPF"] == pytest.approx(((labels == 2).sum() + (labels == 3).sum()) * voxel_ml / total, rel=1e-9)
         assert row["model"] == model and row["output"] == str(out / name)
     return table
+
+
+# ---- orientation ------------------------------------------------------------------------------------------------
+
+ORIENTATIONS = [((0, 1, 2), (0,)), ((2, 0, 1), (1,)), ((1, 2, 0), (0, 2))]  # (permutation, flipped new axes)
+
+
+def reoriented_copy(source: Path, target: Path, perm: tuple[int, int, int], flips: tuple[int, ...]) -> Path:
+    """The same voxels stored with their axes permuted and flipped, the affine changed so that every voxel stays at
+    its place in the world (../shared/notes/orientation.md)."""
+    image = nib.load(str(source))
+    data = np.asanyarray(image.dataobj)
+    data = data.reshape(data.shape[:3])
+    affine = image.affine[:, list(perm) + [3]].copy()
+    data = np.transpose(data, perm)
+    for axis in flips:
+        affine[:, 3] += affine[:, axis] * (data.shape[axis] - 1)
+        affine[:, axis] = -affine[:, axis]
+        data = np.flip(data, axis)
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(data), affine), str(target))
+    return target
+
+
+def carried_back(array: np.ndarray, perm: tuple[int, int, int], flips: tuple[int, ...]) -> np.ndarray:
+    """A map on a `reoriented_copy`'s grid, undone to the source's array axes."""
+    for axis in flips:
+        array = np.flip(array, axis)
+    return np.transpose(array, np.argsort(perm))

@@ -20,7 +20,7 @@ from ibsr_nnunet.nnunet.paths import trainer_name
 from ibsr_nnunet.data.phantom import write_phantoms
 from ibsr_nnunet.core.workspace import Workspace
 
-from helpers import check_segment_outputs, cli, console_script, invoke, said
+from helpers import ORIENTATIONS, carried_back, check_segment_outputs, cli, console_script, invoke, reoriented_copy, said
 
 EPOCHS, ITERATIONS = 2, 3
 TRAINER = trainer_name(EPOCHS, ITERATIONS)
@@ -166,7 +166,7 @@ def test_segment_with_the_nnunet_ensemble_on_a_phantom_and_a_real_scan(ensembled
     real = shared_ibsr18 / "Test_Set" / "IBSR_10" / "IBSR_10.nii.gz"
     out = tmp_path / "out"
     result = cli(ws.root, "segment", str(phantom), str(real), "--output", str(out), "--model", "nnunet_ensemble",
-                 "--device", "cpu")
+                 "--device", "cpu", "--tta")  # as `ensemble` predicted
     assert result.returncode == 0, result.stdout + result.stderr
     assert "model: nnunet_ensemble" in result.stdout
     table = check_segment_outputs({"IBSR_08_0000_tissue.nii.gz": phantom, "IBSR_10_tissue.nii.gz": real}, out,
@@ -175,3 +175,45 @@ def test_segment_with_the_nnunet_ensemble_on_a_phantom_and_a_real_scan(ensembled
     # the same model on the same image as `ensemble` predicted it: the same labels
     ours = np.asarray(nib.load(out / "IBSR_08_0000_tissue.nii.gz").dataobj)
     np.testing.assert_array_equal(ours, np.asarray(nib.load(ws.predictions / "nnunet_ensemble" / "IBSR_08.nii.gz").dataobj))
+
+
+@pytest.mark.integration
+def test_nnunet_maps_are_identical_in_every_orientation_of_a_real_scan(ensembled, shared_ibsr18, tmp_path):
+    """A real scan stored in other axis orders and directions (affine kept) is reoriented to the training
+    orientation before nnU-Net sees it, and its map carried back: identical on CPU to the original's."""
+    ws, _ = ensembled
+    real = shared_ibsr18 / "Test_Set" / "IBSR_10" / "IBSR_10.nii.gz"
+    inputs = tmp_path / "scans"
+    inputs.mkdir()
+    shutil.copy(real, inputs / "original.nii.gz")
+    for i, (perm, flips) in enumerate(ORIENTATIONS):
+        reoriented_copy(real, inputs / f"turned{i}.nii.gz", perm, flips)
+    out = tmp_path / "out"
+    result = cli(ws.root, "segment", str(inputs), "--output", str(out), "--model", "nnunet_2d", "--device", "cpu",
+                 "--no-tta", "--no-qc")
+    assert result.returncode == 0, result.stdout + result.stderr
+    expected = np.asanyarray(nib.load(str(out / "original_tissue.nii.gz")).dataobj)
+    assert (expected > 0).sum() > 0
+    for i, (perm, flips) in enumerate(ORIENTATIONS):
+        turned = np.asanyarray(nib.load(str(out / f"turned{i}_tissue.nii.gz")).dataobj)
+        np.testing.assert_array_equal(carried_back(turned, perm, flips), expected)
+
+
+def test_ensemble_stages_only_images_in_another_orientation(phantom_root, tmp_path):
+    from ibsr_nnunet.nnunet.ensemble import back_to_input_grid, in_training_orientation
+
+    image = phantom_root / "misa" / "Test_Set" / "IBSR_08" / "IBSR_08.nii.gz"
+    same = tmp_path / "IBSR_08_0000.nii.gz"
+    shutil.copy(image, same)
+    turned = reoriented_copy(image, tmp_path / "IBSR_09_0000.nii.gz", *ORIENTATIONS[1])
+    staged = in_training_orientation([same, turned], ("R", "A", "S"), tmp_path / "oriented")
+    assert staged[same] == same  # IBSR's own orientation: predicted as it is, unchanged
+    copy = nib.load(str(staged[turned]))
+    np.testing.assert_array_equal(np.asanyarray(copy.dataobj), np.asanyarray(nib.load(str(image)).dataobj)[..., 0])
+    np.testing.assert_allclose(copy.affine, nib.load(str(image)).affine)
+    labels = tmp_path / "IBSR_09.nii.gz"  # a "prediction" on the staged copy: the copy's own voxels
+    nib.save(nib.Nifti1Image(np.asanyarray(copy.dataobj).astype(np.uint8) % 4, copy.affine), str(labels))
+    back_to_input_grid(labels, turned, ("R", "A", "S"))
+    restored = nib.load(str(labels))
+    np.testing.assert_array_equal(restored.affine, nib.load(str(turned)).affine)
+    np.testing.assert_array_equal(np.asanyarray(restored.dataobj), np.asanyarray(nib.load(str(turned)).dataobj) % 4)

@@ -22,6 +22,7 @@ from ..core.atomic import swap_in, write_json
 from ..core.errors import InputError
 from ..core.environment import available_cores
 from ..core.locks import Lock, lock_path
+from ..core.orientation import common_axcodes
 from ..core.provenance import stale_artifacts
 from ..core.vocabulary import NNUNET_LABELS
 from ..nnunet import integrity
@@ -354,6 +355,7 @@ def _manifest(ws: Workspace, plan: _Plan, options: ConvertOptions, records: list
         "label_map": options.label_map.describe() if options.label_map else "auto",
         "preprocessing": options.preprocessing.as_record(),
         "split": {"policy": plan.policy, **ids, "folds": n_folds},
+        "orientation": list(common_axcodes([r["affine"] for r in records if r["role"] == "train"])),
         "cases": records,
         "versions": _package_versions(),
     }

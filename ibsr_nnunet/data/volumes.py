@@ -31,6 +31,20 @@ class Volume:
     def spacing(self) -> tuple[float, ...]:
         return tuple(float(z) for z in self.header.get_zooms()[:3])
 
+    def reoriented(self, reorientation) -> "Volume":
+        """This volume with its axes permuted and flipped by a core.orientation.Reorientation (no resampling):
+        every voxel keeps its place in the world, the affine and voxel sizes follow."""
+        if reorientation.identity:
+            return self
+        array = reorientation.apply(self.array)
+        affine = reorientation.affine(self.affine, self.array.shape)
+        header = self.header.copy()
+        header.set_data_shape(array.shape)
+        header.set_zooms(tuple(float(z) for z in np.sqrt((affine[:3, :3] ** 2).sum(axis=0))))
+        header.set_sform(affine, code=max(int(self.header["sform_code"]), 1))
+        header.set_qform(affine, code=max(int(self.header["qform_code"]), 1))
+        return Volume(array, header)
+
     def with_array(self, array: np.ndarray) -> "Volume":
         """The same geometry holding other voxels (a label map, a preprocessed image)."""
         header = self.header.copy()

@@ -11,9 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+import nibabel as nib
+import numpy as np
+
 from ..core.atomic import swap_in, write_json
 from ..core.errors import InputError
 from ..core.locks import Lock, lock_path
+from ..core.orientation import towards, training_axcodes
 from ..core.provenance import dataset_fingerprint, record, staleness
 from ..core.vocabulary import CONFIGURATIONS, N_FOLDS
 from ..core.workspace import Workspace
@@ -105,11 +109,43 @@ class EnsembleResult:
 
 
 def model_record(model: str, trainer: str, *, configurations: tuple[str, ...], folds: tuple[int, ...],
-                 postprocessing_pkl: Path, crossval_dice: float) -> dict:
-    """What `segment` needs to predict like this model did: its folds, configurations and postprocessing."""
+                 postprocessing_pkl: Path, crossval_dice: float, axcodes: tuple[str, ...]) -> dict:
+    """What `segment` needs to predict like this model did: its folds, configurations, postprocessing, and the
+    orientation (axis codes) of the images it was trained on."""
     return {"model": model, "trainer": trainer, "configurations": list(configurations), "folds": list(folds),
             "postprocessing": postprocessing_summary(postprocessing_pkl),
-            "postprocessing_file": str(postprocessing_pkl), "crossval_dice": crossval_dice}
+            "postprocessing_file": str(postprocessing_pkl), "crossval_dice": crossval_dice, "axcodes": list(axcodes)}
+
+
+def in_training_orientation(images: list[Path], target: tuple[str, ...], folder: Path) -> dict[Path, Path]:
+    """Each image as nnU-Net should see it: itself when its axes already point as the training images' do, else a
+    copy in `folder` with its axes permuted and flipped to them (no resampling; every voxel keeps its place)."""
+    staged = {}
+    for image in images:
+        loaded = nib.load(str(image))
+        reorientation = towards(loaded.affine, target)
+        if reorientation.identity:
+            staged[image] = image
+            continue
+        array = reorientation.apply(np.asanyarray(loaded.dataobj))
+        folder.mkdir(parents=True, exist_ok=True)
+        staged[image] = folder / image.name
+        nib.save(nib.Nifti1Image(array, reorientation.affine(loaded.affine, loaded.shape), header=loaded.header),
+                 str(staged[image]))
+    return staged
+
+
+def back_to_input_grid(labels: Path, image: Path, target: tuple[str, ...]) -> None:
+    """Rewrite a label map predicted on `image`'s reoriented copy onto `image`'s own grid, voxel for voxel."""
+    loaded = nib.load(str(image))
+    reorientation = towards(loaded.affine, target)
+    if reorientation.identity:
+        return
+    predicted = np.asanyarray(nib.load(str(labels)).dataobj)
+    header = loaded.header.copy()
+    header.set_data_dtype(np.uint8)
+    nib.save(nib.Nifti1Image(reorientation.undo(predicted).astype(np.uint8), loaded.affine, header=header),
+             str(labels))
 
 
 def run(ws: Workspace, trainer: Optional[str] = None, *, jobs: int = 1, device: str = "auto",
@@ -159,12 +195,13 @@ def _predict_all(ws: Workspace, selection: Selection, images: Path, fingerprint:
                                          jobs=jobs, log=log)
         raw: dict[str, Path] = {}
         plans_json = model_folder(ws, selection.configurations[0], selection.trainer) / "plans.json"
+        axcodes = training_axcodes(ws.read_manifest())
+        inputs = in_training_orientation(sorted(images.glob("*_0000.nii.gz")), axcodes, scratch / "oriented")
         for configuration in selection.configurations:
             say(f"predicting {images.name} with {configuration}")
             raw[configuration] = scratch / f"raw-{configuration}"
-            predict(ws, configuration, selection.trainer, folds=selection.folds,
-                    images=sorted(images.glob("*_0000.nii.gz")), out=raw[configuration], device=device, log=log,
-                    probabilities=len(selection.configurations) > 1)
+            predict(ws, configuration, selection.trainer, folds=selection.folds, images=list(inputs.values()),
+                    out=raw[configuration], device=device, log=log, probabilities=len(selection.configurations) > 1)
         if len(selection.configurations) > 1:
             say("ensembling " + " + ".join(selection.configurations))
             raw["ensemble"] = scratch / "raw-ensemble"
@@ -180,10 +217,12 @@ def _predict_all(ws: Workspace, selection: Selection, images: Path, fingerprint:
             for extra in built.iterdir():  # nnU-Net's json copies: the folder holds our labels only
                 if not extra.name.endswith(".nii.gz"):
                     extra.unlink()
+            for image in inputs:
+                back_to_input_grid(built / image.name.replace("_0000.nii.gz", ".nii.gz"), image, axcodes)
             configurations = selection.configurations if key == "ensemble" else (key,)
             write_json(built / "model.json",
                        model_record(model, selection.trainer, configurations=configurations, folds=selection.folds,
-                                    postprocessing_pkl=pkl, crossval_dice=search["results"][key]))
+                                    postprocessing_pkl=pkl, crossval_dice=search["results"][key], axcodes=axcodes))
             record(built, fingerprint, model=model, trainer=selection.trainer, folds=list(selection.folds))
             predictions[model] = ws.predictions / model
         for model, final in predictions.items():

@@ -7,7 +7,7 @@ import re
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 from ..core.workspace import Workspace
 from .environment import quiet_fork_pools, resolve_device
@@ -50,10 +50,13 @@ def find_best_configuration(ws: Workspace, name: str, configurations: tuple[str,
             "post_pp": chosen["result_on_crossval_post_pp"], "sources": sources}
 
 
-def predict(ws: Workspace, configuration: str, name: str, *, folds: tuple[int, ...], images: list[Path], out: Path,
-            device: str, log: Path, on_image: Optional[Callable[[Path, float], None]] = None, probabilities: bool = True) -> None:
+def predict(ws: Workspace, configuration: str, name: str, *, folds: tuple[int, ...], images: Iterable[Path],
+            out: Path, device: str, log: Path, on_image: Optional[Callable[[Path, float], None]] = None,
+            probabilities: bool = True, tta: bool = True, step_size: float = 0.5) -> None:
     """Predict each image (any file name) into out/<name without _0000 and extension>, with probabilities
-    (.npz, what ensembling needs) unless `probabilities` is False.
+    (.npz, what ensembling and soft volumes need) unless `probabilities` is False. `images` may be a generator:
+    each image is predicted as soon as it is there. tta: nnU-Net's test-time mirroring (4 passes in 2d, 8 in
+    3d_fullres); step_size: the sliding window's step as a fraction of the patch (nnU-Net's default 0.5).
 
     One predictor for all images: the folds' weights are loaded once. `on_image(image, seconds)` after each.
     """
@@ -63,7 +66,7 @@ def predict(ws: Workspace, configuration: str, name: str, *, folds: tuple[int, .
     out.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as sink, contextlib.redirect_stdout(sink), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit deprecation inside nnU-Net's network import
-        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+        predictor = nnUNetPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=tta,
                                     device=torch_device, verbose=False, allow_tqdm=False)
         predictor.initialize_from_trained_model_folder(str(model_folder(ws, configuration, name)), use_folds=folds,
                                                        checkpoint_name="checkpoint_final.pth")
@@ -77,12 +80,14 @@ def predict(ws: Workspace, configuration: str, name: str, *, folds: tuple[int, .
                 on_image(image, time.perf_counter() - started)
 
 
-def ensemble_folders(folders: list[Path], out: Path, *, plans_json: Path, jobs: int, log: Path) -> None:
-    """nnU-Net's softmax averaging of prediction folders that hold probabilities."""
+def ensemble_folders(folders: list[Path], out: Path, *, plans_json: Path, jobs: int, log: Path,
+                     probabilities: bool = False) -> None:
+    """nnU-Net's softmax averaging of prediction folders that hold probabilities (written too with
+    `probabilities`)."""
     from nnunetv2.ensembling.ensemble import ensemble_folders as average
 
     with quiet_fork_pools(log):
-        average([str(f) for f in folders], str(out), save_merged_probabilities=False, num_processes=max(1, jobs),
+        average([str(f) for f in folders], str(out), save_merged_probabilities=probabilities, num_processes=max(1, jobs),
                 dataset_json_file_or_dict=str(plans_json.parent / "dataset.json"),
                 plans_json_file_or_dict=str(plans_json))
 

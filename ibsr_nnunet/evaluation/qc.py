@@ -1,0 +1,97 @@
+"""Quality-control pictures of segmented scans: three orthogonal slices through the brain's centre with the tissue
+map over them, per scan and as one contact sheet for a batch (the tissue colours are the leaderboard figures')."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.patches import Patch
+
+from ..core.atomic import atomic_path
+from ..core.vocabulary import TISSUES
+from .figures import LABEL_MAP, TISSUE_COLOURS
+
+VIEWS = ("sagittal", "coronal", "axial")
+
+
+@dataclass
+class Snapshot:
+    """One scan in a display orientation whose axes point R, A, S (the training orientation of IBSR18)."""
+
+    name: str
+    image: np.ndarray  # (R, A, S)
+    labels: np.ndarray  # uint8, same shape
+    spacing: tuple[float, float, float]
+    title: str
+
+
+def brain_centre(labels: np.ndarray, image: np.ndarray) -> tuple[int, int, int]:
+    """The centre of the tissue map (of the nonzero image where the map is empty), in voxels."""
+    mask = labels > 0 if labels.any() else image != 0
+    if not mask.any():
+        return tuple(n // 2 for n in labels.shape)  # type: ignore[return-value]
+    return tuple(int(round(float(np.mean(np.nonzero(mask)[axis])))) for axis in range(3))  # type: ignore[return-value]
+
+
+def _crop(image: np.ndarray, labels: np.ndarray, margin: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Both slices cut to the head (nonzero image or map) plus a margin: the brain fills the panel."""
+    rows, cols = np.nonzero((image != 0) | (labels != 0))
+    if not len(rows):
+        return image, labels
+    box = np.s_[max(rows.min() - margin, 0):rows.max() + margin + 1, max(cols.min() - margin, 0):cols.max() + margin + 1]
+    return image[box], labels[box]
+
+
+def _views(snapshot: Snapshot) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """(image, labels, aspect) of the sagittal, coronal and axial slices, oriented for display (up = S or A)."""
+    x, y, z = brain_centre(snapshot.labels, snapshot.image)
+    sx, sy, sz = snapshot.spacing
+    cuts = [(np.s_[x, :, :], sz / sy), (np.s_[:, y, :], sz / sx), (np.s_[:, :, z], sy / sx)]
+    return [(*_crop(snapshot.image[cut].T, snapshot.labels[cut].T), aspect) for cut, aspect in cuts]
+
+
+def _draw(axes, snapshot: Snapshot) -> None:
+    brain = snapshot.image[snapshot.image != 0]
+    high = float(np.percentile(brain, 99.5)) if brain.size else 1.0
+    for axis, view, (image, labels, aspect) in zip(axes, VIEWS, _views(snapshot)):
+        axis.imshow(image, cmap="gray", vmin=0, vmax=high, origin="lower", aspect=aspect, interpolation="nearest")
+        axis.imshow(np.ma.masked_equal(labels, 0), cmap=LABEL_MAP, vmin=0, vmax=3, alpha=0.45, origin="lower",
+                    aspect=aspect, interpolation="nearest")
+        axis.text(0.02, 0.02, view, transform=axis.transAxes, color="white", fontsize=8, va="bottom")
+        axis.set_axis_off()
+
+
+def _legend(figure) -> None:
+    figure.legend(handles=[Patch(color=TISSUE_COLOURS[k], label=v) for k, v in TISSUES.items()], loc="lower center",
+                  ncol=3, frameon=False, fontsize=9)
+
+
+def _save(figure, target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
+        figure.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
+    plt.close(figure)
+    return target
+
+
+def qc_picture(snapshot: Snapshot, target: Path) -> Path:
+    """`<name>_qc.png`: the three slices, the tissue map over them, the scan, model and volumes in the title."""
+    figure, axes = plt.subplots(1, 3, figsize=(10.5, 4.2))
+    _draw(axes, snapshot)
+    figure.suptitle(snapshot.title, fontsize=10)
+    _legend(figure)
+    return _save(figure, target)
+
+
+def qc_sheet(snapshots: list[Snapshot], target: Path) -> Path:
+    """One contact sheet for a batch: a row per scan."""
+    figure, axes = plt.subplots(len(snapshots), 3, figsize=(10.5, 3.9 * len(snapshots)), squeeze=False)
+    for row, snapshot in zip(axes, snapshots):
+        _draw(row, snapshot)
+        row[1].set_title(snapshot.title, fontsize=9)
+    _legend(figure)
+    figure.tight_layout(rect=(0, 0.04, 1, 1), h_pad=2.5)
+    return _save(figure, target)
