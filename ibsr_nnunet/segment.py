@@ -209,7 +209,7 @@ class Scan:
     output: Path
     staged: Optional[Path] = None  # nnU-Net: the preprocessed image in the model's orientation
     volume: Optional[Volume] = None  # the input as read (its grid is the output's)
-    prepared: Optional[Volume] = None  # preprocessed as in training, in the input's orientation
+    prepared: Optional[Volume] = None  # reoriented to the model's training orientation, preprocessed as in training
     reorientation: Optional[Reorientation] = None  # input axes -> the model's training orientation
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
@@ -378,21 +378,22 @@ def _staged_ahead(scans: list[Scan], stage: Callable[[Scan], Scan]) -> Iterator[
 
 
 def _stage(context: _Context, scan: Scan, images: Path) -> Scan:
-    """Read and check one scan, preprocess it as in training, and (nnU-Net) write it in the model's orientation."""
+    """Read and check one scan, turn it to the model's training orientation, preprocess it as in training there
+    (so every orientation of a scan gives the same input), and (nnU-Net) write it for nnU-Net to read."""
     started = time.perf_counter()
     try:
         scan.volume = read_volume(scan.input)
-        scan.warnings = scan_warnings(scan.volume, context.reference)
+        scan.reorientation = towards(scan.volume.affine, context.axcodes)
+        oriented = scan.volume.reoriented(scan.reorientation)
+        scan.warnings = scan_warnings(oriented, context.reference)  # spacing compared axis by axis, as trained
         oblique = obliquity_degrees(scan.volume.affine)
         if oblique > OBLIQUE_DEGREES:
             scan.warnings.append(f"oblique by {oblique:.0f} degrees (more than {OBLIQUE_DEGREES:g}): segmented in "
                                  f"the nearest axis-aligned orientation, not resampled")
-        scan.reorientation = towards(scan.volume.affine, context.axcodes)
-        scan.prepared = apply(scan.volume, context.reference.preprocessing)
+        scan.prepared = apply(oriented, context.reference.preprocessing)
         if context.model.name.startswith(NNUNET_PREFIX):
-            oriented = scan.prepared.reoriented(scan.reorientation)
             scan.staged = images / f"{scan.name}_0000.nii.gz"
-            write_volume(oriented.with_array(oriented.array.astype(np.float32)), scan.staged)
+            write_volume(scan.prepared.with_array(scan.prepared.array.astype(np.float32)), scan.staged)
             scan.prepared = None  # on disk now
     except InputError as err:
         scan.error = str(err)
@@ -451,7 +452,8 @@ def _predict_nnunet(context: _Context, staged: Iterator[Scan], scans: list[Scan]
 
 
 def _predict_baseline(context: _Context, staged: Iterator[Scan], on_scan_done: Callable[[Scan], None]) -> None:
-    """The baseline over each scan as soon as it is staged (it reorients, slices and carries back by itself)."""
+    """The baseline over each scan as soon as it is staged (already in its training orientation: it slices across
+    its training axis), the map carried back onto the input's grid."""
     from baselines.infer import Predictor
 
     options = context.options
@@ -465,7 +467,7 @@ def _predict_baseline(context: _Context, staged: Iterator[Scan], on_scan_done: C
         labels, sums = predictor(scan.prepared, probabilities=options.soft_volumes)
         scan.prepared = None
         scan.seconds += time.perf_counter() - started
-        _finish(context, scan, labels, sums, on_scan_done)
+        _finish(context, scan, scan.reorientation.undo(labels), sums, on_scan_done)
 
 
 def _finish(context: _Context, scan: Scan, tissue: np.ndarray, sums: Optional[np.ndarray],
