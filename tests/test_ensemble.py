@@ -77,7 +77,9 @@ def test_ensemble_writes_three_prediction_sets_with_input_geometry(ensembled):
     assert cases == ["IBSR_06", "IBSR_07", "IBSR_08"]  # 2 held out + 1 test
     for model in MODELS:
         folder = ws.predictions / model
-        assert sorted(p.name for p in folder.iterdir()) == sorted([f"{c}.nii.gz" for c in cases] + ["model.json"])
+        assert sorted(p.name for p in folder.iterdir()) == sorted([f"{c}.nii.gz" for c in cases] +
+                                                                  ["ibsr_provenance.json", "model.json"])
+        assert provenance.recorded(folder) == provenance.dataset_fingerprint(ws)
         for image in images:
             reference = nib.load(image)
             prediction = nib.load(folder / image.name.replace("_0000", ""))

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import json
 import os
 import signal
 import time
 from pathlib import Path
 from typing import Optional
 
+from ..core import provenance
 from ..core.atomic import fsync_dir
 from ..core.exitcodes import EXIT_REQUEUE
 from ..core.signals import StopSignals
@@ -60,6 +62,27 @@ def bind_augmentation_workers() -> None:
     augmenter.producer = bound
 
 
+def record_provenance(folder: Path, dataset_name: str, **details) -> None:
+    """The fold records the dataset it is trained from, whoever started it (`ibsr-nnunet train` or nnU-Net's own
+    `nnUNetv2_train -tr Ibsr…`); a fold recorded from another dataset is refused (`ibsr-nnunet train
+    --archive-stale` moves it aside). A fold without a record is taken as this dataset's: only `ibsr-nnunet train`
+    refuses those."""
+    manifest = Path(os.environ.get("nnUNet_raw", "")) / dataset_name / "ibsr_manifest.json"
+    try:
+        fingerprint = json.loads(manifest.read_text())["fingerprint"]
+    except (OSError, ValueError, KeyError):
+        return  # a dataset `convert` did not make: nothing to record it against
+    why = provenance.contradicts(folder, fingerprint)
+    if why:
+        raise TrainingRefused(f"{folder} is stale: {why}; run `ibsr-nnunet train --archive-stale` (or move the "
+                              f"folder away) to train it afresh.")
+    provenance.record(folder, fingerprint, **details)
+
+
+class TrainingRefused(SystemExit):
+    """The fold must not be trained here (one sentence, exit code 1)."""
+
+
 class TrainingInterrupted(SystemExit):
     """Raised after the checkpoint is safe: the process exits with EXIT_REQUEUE."""
 
@@ -87,6 +110,8 @@ def trainer_class(name: str):
             self.stop_signals: Optional[StopSignals] = None
 
         def on_train_start(self):
+            record_provenance(Path(self.output_folder), self.plans_manager.dataset_name,
+                              configuration=self.configuration_name, fold=self.fold, trainer=name)
             bind_augmentation_workers()  # before nnU-Net starts its workers in get_dataloaders
             super().on_train_start()
 
