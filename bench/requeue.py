@@ -118,7 +118,7 @@ def main() -> None:
         job_ids = [r["job_id"] for r in records]
         fold_job = f"{records[0]['job_id']}_0"
         log = ws.slurm / "logs" / f"nnunet-2d_{records[0]['job_id']}_0.out"
-        folder = fold_folder(ws, "2d", 0, trainer_name(EPOCHS, ITERATIONS))
+        folder = fold_folder(ws, "2d", 0, trainer=trainer_name(EPOCHS, ITERATIONS))
 
         results = []
         for round_ in range(options.rounds):

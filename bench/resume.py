@@ -61,7 +61,7 @@ def main() -> None:
         subprocess.run(cli(ws, "convert", str(Path(tmp) / "src")), check=True, capture_output=True)
         subprocess.run(cli(ws, "plan", "--configs", "2d"), check=True, capture_output=True)
         name = trainer_name(args.epochs, args.iterations)
-        fold = fold_folder(Workspace.open(ws), "2d", 0, name)
+        fold = fold_folder(Workspace.open(ws), "2d", 0, trainer=name)
         train = cli(ws, "train", "--fold", "0", "--config", "2d", "--epochs", str(args.epochs),
                     "--iterations-per-epoch", str(args.iterations), "--device", "cpu")
 

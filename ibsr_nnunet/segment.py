@@ -277,7 +277,7 @@ def model_signature(ws: Workspace, model: Model) -> str:
     if model.name.startswith(NNUNET_PREFIX):
         from .nnunet.paths import fold_folder
 
-        files = [fold_folder(ws, c, f, model.info["trainer"]) / "checkpoint_final.pth"
+        files = [fold_folder(ws, c, f, trainer=model.info["trainer"]) / "checkpoint_final.pth"
                  for c in model.info["configurations"] for f in model.info["folds"]]
         files.append(Path(model.info["postprocessing_file"]))
     else:

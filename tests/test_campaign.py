@@ -93,7 +93,7 @@ def test_submit_again_skips_queued_running_and_finished_and_replaces_a_pending_f
     assert again.submitted == [] and len(again.skipped) == 6
 
     # 2d fold 0 finished, 2d fold 1 failed, 3d_fullres still running, baseline done: only 2d fold 1 again
-    folder = fold_folder(ws, "2d", 0, trainer_name(3, 2))
+    folder = fold_folder(ws, "2d", 0, trainer=trainer_name(3, 2))
     (folder / "validation").mkdir(parents=True)
     (folder / "checkpoint_final.pth").write_bytes(b"x")
     (folder / "validation" / "summary.json").write_text("{}")

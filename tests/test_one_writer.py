@@ -109,7 +109,7 @@ def test_kill_9_of_train_leaves_no_process_and_the_next_call_resumes(planned_cop
     holder's lock over and resumes."""
     ws = planned_copy
     args = ["train", "--fold", "0", "--config", "2d", "--epochs", "6", "--iterations-per-epoch", "6", "--device", "cpu"]
-    folder = fold_folder(ws, "2d", 0, trainer_name(6, 6))
+    folder = fold_folder(ws, "2d", 0, trainer=trainer_name(6, 6))
     first = start(ws.root, *args, env={"nnUNet_n_proc_DA": "2"})
     try:
         assert wait_for(lambda: (folder / "checkpoint_latest.pth").exists(), 300), first.stdout.read()

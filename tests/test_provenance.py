@@ -23,7 +23,7 @@ OLD = "0" * 64  # the fingerprint of "another dataset"
 
 def fake_fold(ws: Workspace, config: str, fold: int, trainer: str, fingerprint: str | None) -> Path:
     """A finished-looking fold folder (final checkpoint, validation summary, one .npz), recorded as `fingerprint`."""
-    folder = fold_folder(ws, config, fold, trainer)
+    folder = fold_folder(ws, config, fold, trainer=trainer)
     (folder / "validation").mkdir(parents=True)
     (folder / "checkpoint_final.pth").write_bytes(b"x")
     (folder / "validation" / "summary.json").write_text(json.dumps({"foreground_mean": {"Dice": 0.5}}))
@@ -145,7 +145,7 @@ def test_ensemble_leaves_stale_folds_out_and_says_which(converted_copy):
     assert "stale folds left out" in stale_warning and f"{trainer}__nnUNetPlans__2d/fold_1" in stale_warning
     assert f"{trainer}__nnUNetPlans__3d_fullres/fold_1" in stale_warning
     for config in ("2d", "3d_fullres"):
-        provenance.record(fold_folder(ws, config, 0, trainer), OLD)
+        provenance.record(fold_folder(ws, config, 0, trainer=trainer), OLD)
     with pytest.raises(InputError, match="no finished nnU-Net fold made from this dataset.*stale folds left out"):
         select(ws, trainer)
 

@@ -75,7 +75,7 @@ def status(ws: Workspace, run: Runner = subprocess.run) -> tuple[list[StatusRow]
         row = StatusRow(kind, name, fold, key, state.state if state else "unknown", _reason(state),
                         state.restarts if state else None)
         if kind in ("fold", "baseline"):
-            folder = fold_folder(ws, name, fold, record["trainer"]) if kind == "fold" else ws.baselines / name
+            folder = fold_folder(ws, name, fold, trainer=record["trainer"]) if kind == "fold" else ws.baselines / name
             progress = fold_progress(folder, record["epochs"]) if kind == "fold" else baseline_progress(ws, name)
             row.stale = fingerprint is None or staleness(folder, fingerprint) is not None
             row.epochs_done, row.epochs_total = progress.epochs_done, record["epochs"]

@@ -175,7 +175,7 @@ def check_resources(resources: render.Resources, cluster: Optional[Cluster], say
 def _handle_stale(c: _Campaign, say: Callable[[str], None]) -> None:
     """Folds and baseline runs made from another dataset are never finished: with --archive-stale they are moved to
     <workspace>/stale/<time>/ (a dry run only says so) and trained afresh; without it, submit refuses."""
-    folders = [fold_folder(c.ws, config, fold, c.trainer) for config in c.plan.configs for fold in c.plan.folds]
+    folders = [fold_folder(c.ws, config, fold, trainer=c.trainer) for config in c.plan.configs for fold in c.plan.folds]
     folders += [c.ws.baselines / name for name in c.plan.baselines]
     stale = [(folder, why) for folder in folders if (why := staleness(folder, c.fingerprint))]
     if not stale:
@@ -196,7 +196,7 @@ def _fold_arrays(c: _Campaign) -> list[Submission]:
     for config in c.plan.configs:
         todo = []
         for fold in c.plan.folds:
-            folder = fold_folder(c.ws, config, fold, c.trainer)
+            folder = fold_folder(c.ws, config, fold, trainer=c.trainer)
             if fold_finished(folder) and c.current(folder):
                 c.skipped.append(f"{config} fold {fold}: already finished ({c.trainer})")
             elif (key := c.active_job("fold", config, fold)) is not None:

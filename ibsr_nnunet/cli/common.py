@@ -45,7 +45,7 @@ Optimizer = choice("Optimizer", OPTIMIZERS)
 Schedule = choice("Schedule", SCHEDULES)
 
 
-def comma_list(valid: Callable[[str], bool], option: str, known: str, allow_empty: bool = False):
+def comma_list(valid: Callable[[str], bool], option: str, known: str, *, allow_empty: bool = False):
     """The one callback of every comma-separated option (`--configs 2d,3d_fullres`, `--folds`, `--baselines`): splits
     `a,b,c`, refuses an item `valid` rejects (listing what is `known`), and returns a tuple."""
     def parse(text: str) -> tuple[str, ...]:

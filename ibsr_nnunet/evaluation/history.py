@@ -28,7 +28,7 @@ def nnunet_folds(ws: Workspace, model: str) -> list[Path]:
     if not info_file.is_file():
         return []
     info = json.loads(info_file.read_text())
-    return [fold_folder(ws, config, fold, info["trainer"])
+    return [fold_folder(ws, config, fold, trainer=info["trainer"])
             for config in info["configurations"] for fold in info["folds"]]
 
 

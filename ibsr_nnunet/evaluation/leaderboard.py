@@ -27,7 +27,7 @@ def prediction_sets(ws: Workspace) -> dict[str, Path]:
             if p.is_dir() and not p.name.startswith(".") and any(p.glob("*.nii.gz"))}
 
 
-def rank(per_case: pd.DataFrame, split: str, seconds: dict[str, float], fingerprint: str = "") -> pd.DataFrame:
+def rank(per_case: pd.DataFrame, split: str, seconds: dict[str, float], *, fingerprint: str = "") -> pd.DataFrame:
     """One row per model: mean and std per class of each metric, mean Dice over the tissues, cases, time, rank.
 
     Ranked by mean Dice (higher first); ties go to the lower mean HD95 over the tissues.
@@ -87,7 +87,7 @@ def build(ws: Workspace, *, jobs: int = 1, on_model: Optional[Callable[[str], No
         manifest = ws.read_manifest()
         split = f"{manifest['split']['policy']}: {', '.join(manifest['split']['heldout'])}"
         seconds = {model: training_seconds(ws, model) for model in per_case["model"].unique()}
-        board = rank(per_case, split, seconds, fingerprint)
+        board = rank(per_case, split, seconds, fingerprint=fingerprint)
         with atomic_path(ws.leaderboard) as tmp:
             board.to_csv(tmp, index=False)
     return Leaderboard(board, per_case, ws.leaderboard, evaluated_now, split, left_out)

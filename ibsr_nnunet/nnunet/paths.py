@@ -47,7 +47,7 @@ def model_folder(ws: Workspace, configuration: str, trainer: str) -> Path:
     return ws.results_dataset / f"{trainer}__{PLANS}__{configuration}"
 
 
-def fold_folder(ws: Workspace, configuration: str, fold: int, trainer: str) -> Path:
+def fold_folder(ws: Workspace, configuration: str, fold: int, *, trainer: str) -> Path:
     return model_folder(ws, configuration, trainer) / f"fold_{fold}"
 
 

@@ -99,7 +99,7 @@ def train(ws: Workspace, configuration: str, fold: int, *, epochs: int = FULL_EP
         fingerprint = dataset_fingerprint(ws)
         plans = _read_plans(ws, configuration, fold, fingerprint)
         name = trainer_name(epochs, iterations)
-        folder = fold_folder(ws, configuration, fold, name)
+        folder = fold_folder(ws, configuration, fold, trainer=name)
         with Lock(lock_path(folder), f"{configuration} fold {fold} ({name})",
                   f"ibsr-nnunet train --fold {fold} --config {configuration}", say=say):
             ensure_current(ws, folder, what=f"{configuration} fold {fold} of {name}", fingerprint=fingerprint,
