@@ -21,10 +21,11 @@ ENSEMBLE = NNUNET_MODELS["ensemble"]
 LABEL_MAP = ListedColormap(["none", *TISSUE_COLOURS.values()])
 
 
-def _save(figure, target: Path) -> Path:
+def save_figure(figure, target: Path, dpi: int = 110) -> Path:
+    """The figure as a PNG, written atomically; the figure is closed."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target) as tmp:
-        figure.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+        figure.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
     plt.close(figure)
     return target
 
@@ -43,7 +44,7 @@ def dice_boxplots(per_case: pd.DataFrame, order: list[str], target: Path) -> Pat
         axis.grid(axis="x", alpha=0.3)
     axes[0].invert_yaxis()
     figure.suptitle("Dice per held-out case")
-    return _save(figure, target)
+    return save_figure(figure, target)
 
 
 def representative_slices(labels: np.ndarray, axis: int, count: int = 3) -> list[int]:
@@ -82,7 +83,7 @@ def overlays(image: Path, reference: Path, predictions: dict[str, Path], *, targ
                   loc="lower center", ncol=3, frameon=False, bbox_to_anchor=(0.5, 0.0))
     figure.suptitle(f"{reference.name.removesuffix('.nii.gz')}: reference and predictions")
     figure.tight_layout(rect=(0, 0.03, 1, 0.98))
-    return _save(figure, target)
+    return save_figure(figure, target)
 
 
 def curves(ws: Workspace, models: list[str], target: Path) -> Path | None:
@@ -108,7 +109,7 @@ def curves(ws: Workspace, models: list[str], target: Path) -> Path | None:
     for cell in list(axes.flat)[len(found):]:
         cell.set_visible(False)
     figure.tight_layout()
-    return _save(figure, target)
+    return save_figure(figure, target)
 
 
 def leaderboard_figures(ws: Workspace, board: pd.DataFrame, per_case: pd.DataFrame) -> list[Path]:

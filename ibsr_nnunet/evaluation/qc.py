@@ -10,9 +10,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Patch
 
-from ..core.atomic import atomic_path
 from ..core.vocabulary import TISSUES
-from .figures import LABEL_MAP, TISSUE_COLOURS
+from .figures import LABEL_MAP, TISSUE_COLOURS, save_figure
 
 VIEWS = ("sagittal", "coronal", "axial")
 
@@ -69,21 +68,13 @@ def _legend(figure) -> None:
                   ncol=3, frameon=False, fontsize=9)
 
 
-def _save(figure, target: Path) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target) as tmp:
-        figure.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
-    plt.close(figure)
-    return target
-
-
 def qc_picture(snapshot: Snapshot, target: Path) -> Path:
     """`<name>_qc.png`: the three slices, the tissue map over them, the scan, model and volumes in the title."""
     figure, axes = plt.subplots(1, 3, figsize=(10.5, 4.2))
     _draw(axes, snapshot)
     figure.suptitle(snapshot.title, fontsize=10)
     _legend(figure)
-    return _save(figure, target)
+    return save_figure(figure, target, dpi=100)
 
 
 def qc_sheet(snapshots: list[Snapshot], target: Path) -> Path:
@@ -94,4 +85,4 @@ def qc_sheet(snapshots: list[Snapshot], target: Path) -> Path:
         row[1].set_title(snapshot.title, fontsize=9)
     _legend(figure)
     figure.tight_layout(rect=(0, 0.04, 1, 1), h_pad=2.5)
-    return _save(figure, target)
+    return save_figure(figure, target, dpi=100)
