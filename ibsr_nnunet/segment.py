@@ -159,7 +159,7 @@ class Reference:
 
 
 def training_reference(ws: Workspace) -> Reference:
-    manifest = json.loads(ws.manifest.read_text())
+    manifest = ws.read_manifest()
     settings = dict(manifest["preprocessing"])
     settings["n4_iterations"] = tuple(settings["n4_iterations"])
     spacings = [case["spacing"] for case in manifest["cases"] if case["role"] == "train"]

@@ -147,10 +147,10 @@ def recorded_summary(ws: Workspace, name: str) -> Optional[dict]:
         return None
 
 
-def is_current(ws: Workspace, predictions: Path, name: str) -> bool:
-    """True when `name` was evaluated on this dataset from these predictions and none changed since."""
+def is_current(ws: Workspace, predictions: Path, name: str, *, fingerprint: str) -> bool:
+    """True when `name` was evaluated on the dataset `fingerprint` from these predictions and none changed since."""
     recorded = recorded_summary(ws, name)
-    if recorded is None or recorded.get("dataset_fingerprint") != dataset_fingerprint(ws):
+    if recorded is None or recorded.get("dataset_fingerprint") != fingerprint:
         return False
     files = [predictions / f"{case}.nii.gz" for case in recorded.get("cases", [])]
     return (recorded.get("predictions") == str(predictions.resolve()) and all(f.is_file() for f in files)

@@ -78,10 +78,11 @@ def build(ws: Workspace, *, jobs: int = 1, on_model: Optional[Callable[[str], No
         try:
             per_case = _current_evaluations(ws, fingerprint, left_out)
         except NothingToRank as nothing:
+            said = [f"{model}: {why}" for model, why in left_out.items()]
             if ws.leaderboard.is_file():  # no score of another dataset may survive in it
                 with atomic_path(ws.leaderboard) as tmp:
                     pd.DataFrame(columns=pd.read_csv(ws.leaderboard, nrows=0).columns).to_csv(tmp, index=False)
-                stale = f" (left out: {'; '.join(left_out)})" if left_out else ""
+                stale = f" (left out: {'; '.join(said)})" if said else ""
                 raise NothingToRank(f"{str(nothing).rstrip('.')}{stale}; {ws.leaderboard} now lists no model.") from None
             raise
         manifest = ws.read_manifest()
@@ -90,18 +91,20 @@ def build(ws: Workspace, *, jobs: int = 1, on_model: Optional[Callable[[str], No
         board = rank(per_case, split, seconds, fingerprint=fingerprint)
         with atomic_path(ws.leaderboard) as tmp:
             board.to_csv(tmp, index=False)
-    return Leaderboard(board, per_case, ws.leaderboard, evaluated_now, split, left_out)
+    return Leaderboard(board, per_case, ws.leaderboard, evaluated_now, split,
+                       [f"{model}: {why}" for model, why in left_out.items()])
 
 
 def _evaluate_new(ws: Workspace, fingerprint: str, *, jobs: int,
-                  on_model: Optional[Callable[[str], None]]) -> tuple[list[str], list[str]]:
-    """Evaluate the prediction sets made from this dataset whose evaluation is missing or older than they are."""
-    evaluated_now, left_out = [], []
+                  on_model: Optional[Callable[[str], None]]) -> tuple[list[str], dict[str, str]]:
+    """Evaluate the prediction sets made from this dataset whose evaluation is missing or older than they are; the
+    models evaluated now, and why each stale one is left out."""
+    evaluated_now, left_out = [], {}
     for model, folder in prediction_sets(ws).items():
         why = provenance.contradicts(folder, fingerprint)
         if why:
-            left_out.append(f"{model}: its predictions are stale ({why}); predict again to rank it")
-        elif not is_current(ws, folder, model):
+            left_out[model] = f"its predictions are stale ({why}); predict again to rank it"
+        elif not is_current(ws, folder, model, fingerprint=fingerprint):
             if on_model:
                 on_model(model)
             evaluate(ws, folder, model, jobs=jobs)
@@ -109,16 +112,16 @@ def _evaluate_new(ws: Workspace, fingerprint: str, *, jobs: int,
     return evaluated_now, left_out
 
 
-def _current_evaluations(ws: Workspace, fingerprint: str, left_out: list[str]) -> pd.DataFrame:
+def _current_evaluations(ws: Workspace, fingerprint: str, left_out: dict[str, str]) -> pd.DataFrame:
     """Every per-case evaluation made on this dataset, refused when the models were scored on different cases."""
     tables = []
     for csv in sorted(ws.evaluation.glob("*.csv")) if ws.evaluation.is_dir() else []:
         made_on = (recorded_summary(ws, csv.stem) or {}).get("dataset_fingerprint")
-        if any(line.startswith(f"{csv.stem}:") for line in left_out):
+        if csv.stem in left_out:
             continue  # its prediction set is stale: so is its evaluation
         if made_on != fingerprint:
-            left_out.append(f"{csv.stem}: evaluated on dataset {provenance.short(made_on)}, not on this one; "
-                            f"evaluate it again to rank it")
+            left_out[csv.stem] = (f"evaluated on dataset {provenance.short(made_on)}, not on this one; evaluate it "
+                                  f"again to rank it")
             continue
         table = pd.read_csv(csv)
         if list(table.columns) == COLUMNS and not table.empty:
