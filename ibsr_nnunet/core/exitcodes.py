@@ -2,3 +2,4 @@
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: "interrupted after saving, requeue me"; distinct from 128+N of an unhandled signal
 EXIT_LOCKED = 73  # EX_CANTCREAT: another live writer holds the lock on what this command would write; not requeued
+EXIT_STALLED = 76  # two consecutive runs stopped by USR1 without finishing an epoch: requeueing again would loop
