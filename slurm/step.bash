@@ -5,6 +5,7 @@
 #   run resumes from the last checkpoint;  after SIGTERM -> exit: SLURM is cancelling (scancel), requeueing
 #   (scontrol requeue, preemption) or ending the job, and it alone decides which (requeueing here would undo a
 #   scancel);  73 (another writer holds the lock, named in the step's output) -> the job fails, no requeue;
+#   76 (two runs in a row were stopped by USR1 before finishing an epoch) -> the job fails, no requeue;
 #   anything else -> a real error: the job fails once, no requeue.
 log() {
   printf '[ibsr-nnunet %s] job %s%s restart %s: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "${SLURM_JOB_ID:-none}" \
@@ -41,6 +42,11 @@ run_step() {
   if [ "$status" -eq 0 ]; then return 0; fi
   if [ "$status" -eq "$EXIT_LOCKED" ]; then
     log "step refused with exit code $status: another writer holds what it would write (named above); not requeued"
+    exit "$status"
+  fi
+  if [ "$status" -eq "$EXIT_STALLED" ]; then
+    log "step stalled (exit code $status): two runs in a row ended at the time-limit warning without finishing an epoch;" \
+      "not requeued: submit again with a longer --time or a smaller --signal-grace"
     exit "$status"
   fi
   if [ "$signalled" = TERM ]; then

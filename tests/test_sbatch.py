@@ -15,7 +15,7 @@ import pytest
 
 from ibsr_nnunet.campaign import sbatch
 from ibsr_nnunet.core.errors import InputError
-from ibsr_nnunet.core.exitcodes import EXIT_REQUEUE
+from ibsr_nnunet.core.exitcodes import EXIT_REQUEUE, EXIT_STALLED
 
 GOLDEN = Path(__file__).parent / "golden"
 WS = Path("/scratch/ibsr/ws")
@@ -168,6 +168,13 @@ def test_exit_75_requeues_the_job_and_a_real_error_fails_once(tmp_path):
     failed = run_fold_script(tmp_path / "b", 1)
     assert failed.returncode == 1 and "not requeued" in failed.stdout
     assert not (tmp_path / "b" / "scontrol.log").exists()
+
+
+def test_a_stalled_step_fails_the_job_without_requeue_and_names_the_fix(tmp_path):
+    stalled = run_fold_script(tmp_path, EXIT_STALLED)
+    assert stalled.returncode == EXIT_STALLED, stalled.stdout + stalled.stderr
+    assert "longer --time or a smaller --signal-grace" in stalled.stdout
+    assert not (tmp_path / "scontrol.log").exists()
 
 
 @pytest.mark.parametrize("signame", ["USR1", "TERM"])

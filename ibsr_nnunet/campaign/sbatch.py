@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..core.errors import InputError
-from ..core.exitcodes import EXIT_LOCKED, EXIT_REQUEUE
+from ..core.exitcodes import EXIT_LOCKED, EXIT_REQUEUE, EXIT_STALLED
 
 TEMPLATE_PACKAGE = "ibsr_nnunet.campaign.templates"  # the checkout's slurm/ folder
 PLACEHOLDER = re.compile(r"\{\{([A-Z_]+)\}\}")
@@ -207,6 +207,7 @@ def _common(workspace: Path, cli: Sequence[str], resources: Resources, job_name:
         "SIGNAL_GRACE": str(int(resources.signal_grace)),
         "EXIT_REQUEUE": str(EXIT_REQUEUE),
         "EXIT_LOCKED": str(EXIT_LOCKED),
+        "EXIT_STALLED": str(EXIT_STALLED),
         "STEP_FUNCTIONS": load_template("step.bash").rstrip("\n"),
     }
 
