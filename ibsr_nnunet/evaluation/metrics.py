@@ -39,10 +39,9 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from ..core.errors import InputError
-from ..core.vocabulary import TISSUES
+from ..core.vocabulary import NSD_TOLERANCE, TISSUES
 
 PAD = 2  # background voxels around each cropped mask: room for the face neighbours and the nearby offsets
-NSD_TOLERANCE = 1.0  # mm: the default tau of nsd
 
 
 def case_metrics(reference: np.ndarray, prediction: np.ndarray, spacing: Sequence[float], *,
