@@ -203,13 +203,18 @@ def test_leaderboard_refuses_an_empty_workspace(ws):
 def test_cli_evaluate_and_leaderboard_with_figures(ws):
     write_model(ws, "perfect")
     write_model(ws, "csf_as_gm", {1: 2})
-    result = invoke(ws, "evaluate", "--predictions", str(ws.predictions / "perfect"), "--name", "perfect", "--jobs", "1")
+    result = invoke(ws, "evaluate", "--predictions", str(ws.predictions / "perfect"), "--name", "perfect", "--jobs", "1",
+                    "--nsd-tolerance", "2")
     assert result.exit_code == 0, result.output
     assert "perfect: 2 held-out cases" in result.output and (ws.evaluation / "perfect.csv").is_file()
+    assert "NSD (2 mm)" in result.output
+    assert json.loads((ws.evaluation / "perfect.json").read_text())["nsd_tolerance_mm"] == 2.0
 
-    result = invoke(ws, "leaderboard", "--jobs", "1")
+    result = invoke(ws, "leaderboard", "--jobs", "1")  # at the default 1 mm: perfect is scored again
     assert result.exit_code == 0, result.output
-    assert "evaluated now: csf_as_gm" in result.output
+    said = " ".join(result.output.split())
+    assert "evaluated now: csf_as_gm, perfect" in said
+    assert "re-evaluated 1 model from their predictions: perfect (NSD scored at 2 mm, not 1 mm)" in said
     for png in ("dice_boxplot.png", "overlay_IBSR_06.png"):
         data = (ws.figures / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
@@ -217,3 +222,5 @@ def test_cli_evaluate_and_leaderboard_with_figures(ws):
 
     refused = invoke(ws, "evaluate", "--predictions", str(ws.root / "nowhere"), "--name", "x")
     assert refused.exit_code == 1 and "is not a folder of predictions" in refused.output
+    refused = invoke(ws, "leaderboard", "--nsd-tolerance", "-1")
+    assert refused.exit_code == 2 and "--nsd-tolerance" in refused.output

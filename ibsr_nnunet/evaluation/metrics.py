@@ -17,8 +17,8 @@ Conventions (all distances in mm, from voxel centres scaled by the per-axis spac
   surfaces lying within tau of the other surface, (|{r∈S_R: d(r,S_P) ≤ tau}| + |{p∈S_P: d(p,S_R) ≤ tau}|) /
   (|S_R| + |S_P|). Surfaces and distances are hd95's: surface voxels as defined above, each counting once (no area
   weighting), distances between voxel centres. This is MONAI's compute_surface_dice with its default
-  use_subvoxels=False; DeepMind's surface-distance (MONAI's use_subvoxels=True) weights surface elements on the
-  voxel corners by their area instead, which differs by a few hundredths on ragged surfaces (see the tests).
+  use_subvoxels=False; DeepMind's surface-distance (MONAI's use_subvoxels=True) puts area-weighted surface elements
+  on the voxel corners instead, shared by masks that touch face to face, and differs from ours (see the tests).
 * Empty masks: both empty -> dice 1, hd 0, hd95 0, nsd 1; exactly one empty -> dice 0, hd inf, hd95 inf, nsd 0
   (no finite distance reaches an empty set, and inf ranks last). An empty reference makes avd NaN (V_R = 0).
 
