@@ -118,7 +118,7 @@ def main() -> None:
     print(f"median: ours {ours_median:.2f} s with NSD, {previous:.2f} s without (Dice, HD, HD95, AVD); "
           f"SimpleITK {sitk_median:.2f} s (Dice, HD); SimpleITK/ours without NSD {sitk_median / previous:.1f}x "
           f"(with NSD {sitk_median / ours_median:.1f}x)")
-    print(f"NSD adds {nsd_median * 1e3:.1f} ms = {100 * nsd_median / previous:.2f} % to our time "
+    print(f"NSD adds {nsd_median * 1e3:.1f} ms = {100 * nsd_median / previous:.2g} % to our time "
           f"({nsd_median / len(cases) * 1e3:.2f} ms per case)")
     print(f"largest difference over {len(cases) * len(TISSUES)} case-classes: "
           f"Dice {dice_diff:.1e}, HD {hd_diff:.1e} mm")
