@@ -2,12 +2,15 @@
 
 Each reference is scored against a perturbed copy (deterministic seed: CSF dilated, WM's outer layer turned to GM, the
 map shifted a voxel, 5 stray voxels per class) for CSF, GM and WM, by both sides in the same process, case after
-case; ours also computes HD95 and AVD. Prints both times, their ratio (target: ours at least 3x faster) and the
-largest differences in Dice and HD between the two.
+case; ours also computes HD95, AVD and NSD. Prints both times, their ratio for the metric set SimpleITK is compared
+on (target: ours at least 3x faster without NSD, which SimpleITK has no filter for), NSD's added cost as a share of our
+time without it (target: at most 20 %), and the largest differences in Dice and HD between the two.
+NSD's cost is the counting of the surface distances that HD95 already needs; it is timed on its own, per class, and
+subtracted from case_metrics' time to give our time for Dice, HD, HD95 and AVD.
 SimpleITK starts from the same numpy arrays, so its time includes making images and binary masks from them.
-Measured on 2 cores shared with other jobs (load average ~9), SimpleITK on 2 threads, median of 3 rounds over 10
-cases x 3 classes: ours 8.18 s, SimpleITK 66.81 s, ratio 8.2x; largest differences Dice 1.1e-16, HD 1.4e-14 mm.
-Run: python bench/metrics.py [--rounds 3] [--source ../shared/data/ibsr18]
+Measured at load average 21-27 (2 cores), 2 rounds: ours 78.28 s / 56.73 s (NSD 2.2 ms of it), SimpleITK 605.70 s /
+508.99 s: 7.7x / 9.0x; NSD adds 0.004 % to our time.
+Run: python bench/metrics.py [--rounds 3] [--source ../shared/data/ibsr18] (numbers: bench/README.md)
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from ibsr_nnunet.core.vocabulary import TISSUES
+from ibsr_nnunet.evaluation import metrics
 from ibsr_nnunet.evaluation.metrics import case_metrics
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ibsr18"
@@ -44,6 +48,19 @@ def perturb(reference: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def ours(reference: np.ndarray, prediction: np.ndarray, spacing: tuple[float, ...]) -> dict[int, tuple[float, float]]:
     return {row["label"]: (row["dice"], row["hd"]) for row in case_metrics(reference, prediction, spacing)}
+
+
+def nsd_seconds(reference: np.ndarray, prediction: np.ndarray, spacing: tuple[float, ...], repeats: int = 20) -> float:
+    """Seconds case_metrics spends on NSD in one case: counting each class's surface distances (computed beforehand,
+    as case_metrics computes them once for HD, HD95 and NSD), the median of `repeats` timings."""
+    distances = [metrics._surface_distances(reference == label, prediction == label, spacing) for label in TISSUES]
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for each in distances:
+            metrics._nsd(each, metrics.NSD_TOLERANCE)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def simpleitk(reference: np.ndarray, prediction: np.ndarray,
@@ -76,13 +93,14 @@ def main() -> None:
         cases.append((reference, perturb(reference, np.random.default_rng(len(cases))), spacing))
     print(f"{len(cases)} labelled cases from {args.source}; SimpleITK threads: "
           f"{sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()}")
-    our_times, sitk_times, dice_diff, hd_diff = [], [], 0.0, 0.0
+    our_times, nsd_times, sitk_times, dice_diff, hd_diff = [], [], [], 0.0, 0.0
     for round_ in range(args.rounds):
-        our_time = sitk_time = 0.0
+        our_time = nsd_time = sitk_time = 0.0
         for reference, prediction, spacing in cases:
             start = time.perf_counter()
             mine = ours(reference, prediction, spacing)
             our_time += time.perf_counter() - start
+            nsd_time += nsd_seconds(reference, prediction, spacing)
             start = time.perf_counter()
             theirs = simpleitk(reference, prediction, spacing)
             sitk_time += time.perf_counter() - start
@@ -90,11 +108,18 @@ def main() -> None:
                 dice_diff = max(dice_diff, abs(mine[label][0] - theirs[label][0]))
                 hd_diff = max(hd_diff, abs(mine[label][1] - theirs[label][1]))
         our_times.append(our_time)
+        nsd_times.append(nsd_time)
         sitk_times.append(sitk_time)
-        print(f"round {round_ + 1}: ours {our_time:.2f} s, SimpleITK {sitk_time:.2f} s")
+        print(f"round {round_ + 1}: ours {our_time:.2f} s (NSD {nsd_time * 1e3:.1f} ms of it), "
+              f"SimpleITK {sitk_time:.2f} s")
     ours_median, sitk_median = statistics.median(our_times), statistics.median(sitk_times)
-    print(f"median: ours {ours_median:.2f} s, SimpleITK {sitk_median:.2f} s, "
-          f"SimpleITK/ours {sitk_median / ours_median:.1f}x")
+    nsd_median = statistics.median(nsd_times)
+    previous = ours_median - nsd_median
+    print(f"median: ours {ours_median:.2f} s with NSD, {previous:.2f} s without (Dice, HD, HD95, AVD); "
+          f"SimpleITK {sitk_median:.2f} s (Dice, HD); SimpleITK/ours without NSD {sitk_median / previous:.1f}x "
+          f"(with NSD {sitk_median / ours_median:.1f}x)")
+    print(f"NSD adds {nsd_median * 1e3:.1f} ms = {100 * nsd_median / previous:.2g} % to our time "
+          f"({nsd_median / len(cases) * 1e3:.2f} ms per case)")
     print(f"largest difference over {len(cases) * len(TISSUES)} case-classes: "
           f"Dice {dice_diff:.1e}, HD {hd_diff:.1e} mm")
 

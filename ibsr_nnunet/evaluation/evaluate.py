@@ -20,10 +20,13 @@ from ..core.locks import Lock, lock_path
 from ..core.provenance import dataset_fingerprint
 from ..core.workspace import Workspace
 from ..data.volumes import read_volume
-from .metrics import case_metrics
+from .metrics import NSD_TOLERANCE, case_metrics, check_tolerance
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-METRICS = ("dice", "hd", "hd95", "avd")
+METRICS = ("dice", "hd", "hd95", "avd", "nsd")
+# Bumped whenever a metric is added or changes: an evaluation recorded with another version is redone. Version 1
+# (no version in the summary) had dice, hd, hd95 and avd; version 2 adds nsd.
+METRICS_VERSION = 2
 COLUMNS = ["model", "case", "class", "label", *METRICS, "ref_voxels", "pred_voxels"]
 AFFINE_TOLERANCE = 1e-3  # mm: float32 headers round-trip with ~1e-5 error; anything larger is another grid
 
@@ -37,7 +40,7 @@ def references(ws: Workspace) -> dict[str, Path]:
     return found
 
 
-def _score_case(case: str, reference: Path, prediction: Path) -> list[dict]:
+def _score_case(case: str, reference: Path, prediction: Path, nsd_tolerance: float) -> list[dict]:
     ref, pred = read_volume(reference), read_volume(prediction)
     if ref.array.shape != pred.array.shape or not np.allclose(ref.affine, pred.affine, atol=AFFINE_TOLERANCE):
         raise InputError(
@@ -49,7 +52,8 @@ def _score_case(case: str, reference: Path, prediction: Path) -> list[dict]:
     if not set(values.tolist()) <= {0, 1, 2, 3}:
         raise InputError(f"{prediction}: holds labels {values.tolist()}, expected only 0 (background), 1 (CSF), "
                          f"2 (GM), 3 (WM); map the labels before evaluating.")
-    rows = case_metrics(ref.array.astype(np.uint8), pred.array.astype(np.uint8), ref.spacing)
+    rows = case_metrics(ref.array.astype(np.uint8), pred.array.astype(np.uint8), ref.spacing,
+                        nsd_tolerance=nsd_tolerance)
     return [{"case": case, **row} for row in rows]
 
 
@@ -73,11 +77,12 @@ def per_class_summary(table: pd.DataFrame) -> pd.DataFrame:
         columns={"<lambda_0>": "std"}, level=1)
 
 
-def evaluate(ws: Workspace, predictions: Path, name: str, *, jobs: int = 1,
+def evaluate(ws: Workspace, predictions: Path, name: str, *, jobs: int = 1, nsd_tolerance: float = NSD_TOLERANCE,
              on_case_done: Optional[Callable[[str], None]] = None) -> Evaluation:
-    """Metrics of every held-out case in `predictions` (`<case>.nii.gz`); refuses a missing case, another grid, or
-    predictions recorded as made from another dataset."""
+    """Metrics of every held-out case in `predictions` (`<case>.nii.gz`), NSD at `nsd_tolerance` mm; refuses a
+    missing case, another grid, or predictions recorded as made from another dataset."""
     started = time.perf_counter()
+    check_tolerance(nsd_tolerance)
     if not NAME.fullmatch(name):
         raise InputError(f"--name {name!r} is not a usable model name; use letters, digits, '_', '-' or '.'.")
     predictions = Path(predictions)
@@ -89,7 +94,7 @@ def evaluate(ws: Workspace, predictions: Path, name: str, *, jobs: int = 1,
     found = _matching_predictions(ws, predictions, refs)
     rows: list[dict] = []
     with ProcessPoolExecutor(max_workers=max(1, min(jobs, len(refs)))) as pool:
-        futures = {case: pool.submit(_score_case, case, refs[case], found[case]) for case in refs}
+        futures = {case: pool.submit(_score_case, case, refs[case], found[case], nsd_tolerance) for case in refs}
         for case, future in futures.items():
             rows.extend(future.result())
             if on_case_done:
@@ -104,6 +109,7 @@ def evaluate(ws: Workspace, predictions: Path, name: str, *, jobs: int = 1,
         means, stds = per_class.xs("mean", axis=1, level=1), per_class.xs("std", axis=1, level=1)
         write_json(summary, {
             "model": name, "predictions": str(predictions.resolve()), "cases": sorted(refs),
+            "metrics": list(METRICS), "metrics_version": METRICS_VERSION, "nsd_tolerance_mm": float(nsd_tolerance),
             "mean": means.to_dict(orient="index"), "std": stds.to_dict(orient="index"),
             "mean_dice": float(means["dice"].mean()),
             "newest_prediction_mtime": max(found[c].stat().st_mtime for c in refs),
@@ -147,11 +153,30 @@ def recorded_summary(ws: Workspace, name: str) -> Optional[dict]:
         return None
 
 
-def is_current(ws: Workspace, predictions: Path, name: str, *, fingerprint: str) -> bool:
-    """True when `name` was evaluated on the dataset `fingerprint` from these predictions and none changed since."""
+def is_current(ws: Workspace, predictions: Path, name: str, *, fingerprint: str,
+               nsd_tolerance: float = NSD_TOLERANCE) -> bool:
+    """True when `name` was evaluated on the dataset `fingerprint` from these predictions, with this metric set and
+    NSD tolerance, and none changed since."""
     recorded = recorded_summary(ws, name)
     if recorded is None or recorded.get("dataset_fingerprint") != fingerprint:
+        return False
+    if outdated_metrics(recorded, nsd_tolerance=nsd_tolerance):
         return False
     files = [predictions / f"{case}.nii.gz" for case in recorded.get("cases", [])]
     return (recorded.get("predictions") == str(predictions.resolve()) and all(f.is_file() for f in files)
             and max(f.stat().st_mtime for f in files) <= recorded.get("newest_prediction_mtime", -1))
+
+
+def outdated_metrics(recorded: dict, *, nsd_tolerance: float = NSD_TOLERANCE) -> Optional[str]:
+    """Why an evaluation summary's metrics are not this version's at this NSD tolerance (a phrase), or None."""
+    version = recorded.get("metrics_version", 1)
+    if version != METRICS_VERSION:
+        metrics = recorded.get("metrics", ["dice", "hd", "hd95", "avd"])
+        added = [m for m in METRICS if m not in metrics]
+        return (f"scored with metric set v{version} ({', '.join(metrics)}), not v{METRICS_VERSION}"
+                + (f" (adds {', '.join(added)})" if added else ""))
+    scored_at = recorded.get("nsd_tolerance_mm")
+    if scored_at != float(nsd_tolerance):
+        return f"NSD scored at {scored_at:g} mm, not {nsd_tolerance:g} mm" if isinstance(scored_at, float) else \
+            f"NSD tolerance not recorded, not {nsd_tolerance:g} mm"
+    return None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -15,8 +15,9 @@ from ..core.errors import InputError
 from ..core.locks import Lock, lock_path
 from ..core.vocabulary import TISSUES
 from ..core.workspace import Workspace
-from .evaluate import COLUMNS, METRICS, evaluate, is_current, recorded_summary
+from .evaluate import COLUMNS, METRICS, evaluate, is_current, outdated_metrics, recorded_summary
 from .history import training_seconds
+from .metrics import NSD_TOLERANCE
 
 
 def prediction_sets(ws: Workspace) -> dict[str, Path]:
@@ -27,7 +28,8 @@ def prediction_sets(ws: Workspace) -> dict[str, Path]:
             if p.is_dir() and not p.name.startswith(".") and any(p.glob("*.nii.gz"))}
 
 
-def rank(per_case: pd.DataFrame, split: str, seconds: dict[str, float], *, fingerprint: str = "") -> pd.DataFrame:
+def rank(per_case: pd.DataFrame, split: str, seconds: dict[str, float], *, fingerprint: str = "",
+         nsd_tolerance: float = NSD_TOLERANCE) -> pd.DataFrame:
     """One row per model: mean and std per class of each metric, mean Dice over the tissues, cases, time, rank.
 
     Ranked by mean Dice (higher first); ties go to the lower mean HD95 over the tissues.
@@ -46,7 +48,7 @@ def rank(per_case: pd.DataFrame, split: str, seconds: dict[str, float], *, finge
         row["mean_hd95"] = sum(row[f"{n}_hd95_mean"] for n in TISSUES.values()) / len(TISSUES)
         cases = sorted(table["case"].unique())
         row.update(n_cases=len(cases), cases=";".join(cases), train_seconds=seconds.get(model, math.nan), split=split,
-                   dataset_fingerprint=fingerprint)
+                   nsd_tolerance_mm=nsd_tolerance, dataset_fingerprint=fingerprint)
         rows.append(row)
     board = pd.DataFrame(rows).sort_values(["mean_dice", "mean_hd95"], ascending=[False, True], kind="stable")
     board.insert(0, "rank", range(1, len(board) + 1))
@@ -67,16 +69,31 @@ class Leaderboard:
     evaluated_now: list[str]
     split: str
     left_out: list[str]  # one sentence per model not ranked because it was made from another dataset
+    redone: dict[str, str] = field(default_factory=dict)  # model -> why its evaluation was redone (older metrics)
+
+    def redone_line(self) -> Optional[str]:
+        """One line: how many models were re-evaluated from their predictions because of their metrics, and why."""
+        if not self.redone:
+            return None
+        why: dict[str, list[str]] = {}
+        for model, reason in sorted(self.redone.items()):
+            why.setdefault(reason, []).append(model)
+        models = "model" if len(self.redone) == 1 else "models"
+        return (f"re-evaluated {len(self.redone)} {models} from their predictions: "
+                + "; ".join(f"{', '.join(names)} ({reason})" for reason, names in why.items()))
 
 
-def build(ws: Workspace, *, jobs: int = 1, on_model: Optional[Callable[[str], None]] = None) -> Leaderboard:
-    """Evaluate every current prediction set not yet (or no longer) evaluated, then rank all evaluations made on
-    this dataset and write leaderboard.csv; stale prediction sets and evaluations are left out, and said so."""
+def build(ws: Workspace, *, jobs: int = 1, nsd_tolerance: float = NSD_TOLERANCE,
+          on_model: Optional[Callable[[str], None]] = None) -> Leaderboard:
+    """Evaluate every current prediction set not yet (or no longer) evaluated, redo evaluations scored with older
+    metrics or another NSD tolerance, then rank all evaluations made on this dataset and write leaderboard.csv;
+    stale prediction sets and evaluations are left out, and said so."""
     fingerprint = provenance.dataset_fingerprint(ws)
     with Lock(lock_path(ws.leaderboard), "the leaderboard", "ibsr-nnunet leaderboard"):
-        evaluated_now, left_out = _evaluate_new(ws, fingerprint, jobs=jobs, on_model=on_model)
+        evaluated_now, left_out, redone = _evaluate_new(ws, fingerprint, jobs=jobs, nsd_tolerance=nsd_tolerance,
+                                                        on_model=on_model)
         try:
-            per_case = _current_evaluations(ws, fingerprint, left_out)
+            per_case = _current_evaluations(ws, fingerprint, left_out, nsd_tolerance=nsd_tolerance)
         except NothingToRank as nothing:
             said = [f"{model}: {why}" for model, why in left_out.items()]
             if ws.leaderboard.is_file():  # no score of another dataset may survive in it
@@ -88,44 +105,81 @@ def build(ws: Workspace, *, jobs: int = 1, on_model: Optional[Callable[[str], No
         manifest = ws.read_manifest()
         split = f"{manifest['split']['policy']}: {', '.join(manifest['split']['heldout'])}"
         seconds = {model: training_seconds(ws, model) for model in per_case["model"].unique()}
-        board = rank(per_case, split, seconds, fingerprint=fingerprint)
+        board = rank(per_case, split, seconds, fingerprint=fingerprint, nsd_tolerance=nsd_tolerance)
         with atomic_path(ws.leaderboard) as tmp:
             board.to_csv(tmp, index=False)
     return Leaderboard(board, per_case, ws.leaderboard, evaluated_now, split,
-                       [f"{model}: {why}" for model, why in left_out.items()])
+                       [f"{model}: {why}" for model, why in left_out.items()], redone=redone)
 
 
-def _evaluate_new(ws: Workspace, fingerprint: str, *, jobs: int,
-                  on_model: Optional[Callable[[str], None]]) -> tuple[list[str], dict[str, str]]:
-    """Evaluate the prediction sets made from this dataset whose evaluation is missing or older than they are; the
-    models evaluated now, and why each stale one is left out."""
-    evaluated_now, left_out = [], {}
-    for model, folder in prediction_sets(ws).items():
+def _evaluate_new(ws: Workspace, fingerprint: str, *, jobs: int, nsd_tolerance: float,
+                  on_model: Optional[Callable[[str], None]]) -> tuple[list[str], dict[str, str], dict[str, str]]:
+    """Evaluate the prediction sets made from this dataset whose evaluation is missing, older than they are or
+    scored with other metrics, and redo other evaluations of this dataset scored with other metrics from the
+    predictions they recorded; the models evaluated now, why each stale one is left out, why each was redone."""
+    evaluated_now, left_out, redone = [], {}, {}
+
+    def run(model: str, folder: Path) -> None:
+        recorded = recorded_summary(ws, model)
+        if recorded and recorded.get("dataset_fingerprint") == fingerprint:
+            reason = outdated_metrics(recorded, nsd_tolerance=nsd_tolerance)
+            if reason:
+                redone[model] = reason
+        if on_model:
+            on_model(model)
+        evaluate(ws, folder, model, jobs=jobs, nsd_tolerance=nsd_tolerance)
+        evaluated_now.append(model)
+
+    sets = prediction_sets(ws)
+    for model, folder in sets.items():
         why = provenance.contradicts(folder, fingerprint)
         if why:
             left_out[model] = f"its predictions are stale ({why}); predict again to rank it"
-        elif not is_current(ws, folder, model, fingerprint=fingerprint):
-            if on_model:
-                on_model(model)
-            evaluate(ws, folder, model, jobs=jobs)
-            evaluated_now.append(model)
-    return evaluated_now, left_out
+        elif not is_current(ws, folder, model, fingerprint=fingerprint, nsd_tolerance=nsd_tolerance):
+            run(model, folder)
+    # evaluations of prediction folders outside the workspace (`evaluate --predictions` elsewhere)
+    for summary in sorted(ws.evaluation.glob("*.json")) if ws.evaluation.is_dir() else []:
+        recorded = recorded_summary(ws, summary.stem)
+        if summary.stem in sets or not recorded or recorded.get("dataset_fingerprint") != fingerprint:
+            continue
+        reason = outdated_metrics(recorded, nsd_tolerance=nsd_tolerance)
+        folder = Path(recorded.get("predictions", ""))
+        if reason and not folder.is_dir():
+            left_out[summary.stem] = (f"{reason}, and its predictions {folder} are gone; evaluate it again with "
+                                      f"`ibsr-nnunet evaluate` to rank it")
+        elif reason:
+            why = provenance.contradicts(folder, fingerprint)
+            if why:
+                left_out[summary.stem] = f"{reason}, and its predictions are stale ({why}); predict again to rank it"
+            else:
+                run(summary.stem, folder)
+    return evaluated_now, left_out, redone
 
 
-def _current_evaluations(ws: Workspace, fingerprint: str, left_out: dict[str, str]) -> pd.DataFrame:
-    """Every per-case evaluation made on this dataset, refused when the models were scored on different cases."""
+def _current_evaluations(ws: Workspace, fingerprint: str, left_out: dict[str, str], *,
+                         nsd_tolerance: float) -> pd.DataFrame:
+    """Every per-case evaluation made on this dataset with the current metrics, refused when the models were scored
+    on different cases; any other evaluation is left out, and said why."""
     tables = []
     for csv in sorted(ws.evaluation.glob("*.csv")) if ws.evaluation.is_dir() else []:
-        made_on = (recorded_summary(ws, csv.stem) or {}).get("dataset_fingerprint")
+        recorded = recorded_summary(ws, csv.stem) or {}
+        made_on = recorded.get("dataset_fingerprint")
         if csv.stem in left_out:
             continue  # its prediction set is stale: so is its evaluation
         if made_on != fingerprint:
             left_out[csv.stem] = (f"evaluated on dataset {provenance.short(made_on)}, not on this one; evaluate it "
                                   f"again to rank it")
             continue
+        outdated = outdated_metrics(recorded, nsd_tolerance=nsd_tolerance)
+        if outdated:
+            left_out[csv.stem] = f"{outdated}; evaluate it again to rank it"
+            continue
         table = pd.read_csv(csv)
-        if list(table.columns) == COLUMNS and not table.empty:
-            tables.append(table)
+        if list(table.columns) != COLUMNS or table.empty:
+            left_out[csv.stem] = (f"{csv} holds no rows or other columns than {', '.join(COLUMNS)}; evaluate it "
+                                  f"again to rank it")
+            continue
+        tables.append(table)
     if not tables:
         raise NothingToRank(f"nothing to rank: no current predictions under {ws.predictions} and no evaluations "
                             f"of this dataset under {ws.evaluation}; run `ibsr-nnunet ensemble` or `ibsr-nnunet "

@@ -1,4 +1,4 @@
-"""Segmentation metrics per case and tissue class: Dice, Hausdorff distance, HD95 and AVD, in mm (numpy/scipy only).
+"""Segmentation metrics per case and tissue class: Dice, Hausdorff distance, HD95, AVD and NSD, in mm (numpy/scipy).
 
 Conventions (all distances in mm, from voxel centres scaled by the per-axis spacing, so anisotropy counts):
 
@@ -13,34 +13,44 @@ Conventions (all distances in mm, from voxel centres scaled by the per-axis spac
   wall is surface, yet lies inside the other mask. So hd95 can exceed hd when such walls make up over 5% of the
   surface voxels (a ball against the same ball with a small cavity: hd sqrt(5), hd95 3 voxels; see the tests).
 * avd = |V_R − V_P| / V_R, a fraction (not a percentage).
-* Empty masks: both empty -> dice 1, hd 0, hd95 0; exactly one empty -> dice 0, hd inf, hd95 inf (no finite
-  distance reaches an empty set, and inf ranks last). An empty reference makes avd NaN (V_R = 0).
+* nsd is the normalised surface distance (surface Dice) at tolerance tau (default 1 mm): the fraction of both
+  surfaces lying within tau of the other surface, (|{r∈S_R: d(r,S_P) ≤ tau}| + |{p∈S_P: d(p,S_R) ≤ tau}|) /
+  (|S_R| + |S_P|). Surfaces and distances are hd95's: surface voxels as defined above, each counting once (no area
+  weighting), distances between voxel centres. This is MONAI's compute_surface_dice with its default
+  use_subvoxels=False; DeepMind's surface-distance (MONAI's use_subvoxels=True) puts area-weighted surface elements
+  on the voxel corners instead, shared by masks that touch face to face, and differs from ours (see the tests).
+* Empty masks: both empty -> dice 1, hd 0, hd95 0, nsd 1; exactly one empty -> dice 0, hd inf, hd95 inf, nsd 0
+  (no finite distance reaches an empty set, and inf ranks last). An empty reference makes avd NaN (V_R = 0).
 
 Speed: each class works in the bounding box of its two masks, and only voxels whose distance is not 0 are measured:
 first against the voxel offsets within about two voxels, shortest first, then the few left by a k-d tree of the
 other mask's surface. That is exact, and faster than distance transforms of the whole box (one transform of an
 IBSR white-matter box alone takes longer than all three classes here) and than SimpleITK (see bench/metrics.py).
+hd, hd95 and nsd share one computation of the surface distances per class; nsd only counts them.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 from scipy.spatial import cKDTree
 
 from ..core.errors import InputError
-from ..core.vocabulary import TISSUES
+from ..core.vocabulary import NSD_TOLERANCE, TISSUES
 
 PAD = 2  # background voxels around each cropped mask: room for the face neighbours and the nearby offsets
 
 
-def case_metrics(reference: np.ndarray, prediction: np.ndarray, spacing: Sequence[float]) -> list[dict]:
+def case_metrics(reference: np.ndarray, prediction: np.ndarray, spacing: Sequence[float], *,
+                 nsd_tolerance: float = NSD_TOLERANCE) -> list[dict]:
     """Metrics of one case per tissue class, in TISSUES order; InputError unless the label volumes match in shape."""
     reference, prediction = np.asarray(reference), np.asarray(prediction)
     _check_shapes(reference, prediction)
     _check_spacing(spacing, reference.ndim)
+    check_tolerance(nsd_tolerance)
     # Crop both label volumes once to where any label is, so each class works on a smaller box.
     box = _bounding_box((reference != 0) | (prediction != 0))
     if box is not None:
@@ -49,7 +59,8 @@ def case_metrics(reference: np.ndarray, prediction: np.ndarray, spacing: Sequenc
     for label, name in TISSUES.items():
         ref_mask, pred_mask = reference == label, prediction == label
         ref_voxels, pred_voxels = np.count_nonzero(ref_mask), np.count_nonzero(pred_mask)
-        hd, hd95 = hausdorff(ref_mask, pred_mask, spacing)
+        distances = _surface_distances(ref_mask, pred_mask, spacing)
+        hd, hd95 = _hausdorff(distances)
         rows.append({
             "class": name,
             "label": label,
@@ -57,6 +68,7 @@ def case_metrics(reference: np.ndarray, prediction: np.ndarray, spacing: Sequenc
             "hd": hd,
             "hd95": hd95,
             "avd": _avd(ref_voxels, pred_voxels),
+            "nsd": _nsd(distances, nsd_tolerance),
             "ref_voxels": int(ref_voxels),
             "pred_voxels": int(pred_voxels),
         })
@@ -87,12 +99,56 @@ def _avd(ref_voxels: int, pred_voxels: int) -> float:
 def hausdorff(ref_mask: np.ndarray, pred_mask: np.ndarray, spacing: Sequence[float]) -> tuple[float, float]:
     """(hd, hd95) in mm of two boolean masks (see the module docstring): (0, 0) if both empty, (inf, inf) if one is."""
     ref_mask, pred_mask = _masks(ref_mask, pred_mask)
+    return _hausdorff(_surface_distances(ref_mask, pred_mask, spacing))
+
+
+def nsd(ref_mask: np.ndarray, pred_mask: np.ndarray, spacing: Sequence[float], *,
+        tolerance: float = NSD_TOLERANCE) -> float:
+    """Normalised surface distance of two boolean masks at `tolerance` mm (module docstring): 1 if both are empty,
+    0 if one is."""
+    ref_mask, pred_mask = _masks(ref_mask, pred_mask)
+    check_tolerance(tolerance)
+    return _nsd(_surface_distances(ref_mask, pred_mask, spacing), tolerance)
+
+
+def check_tolerance(tolerance: float) -> None:
+    """InputError unless tolerance is a usable NSD tau in mm (finite, not negative)."""
+    if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0):
+        raise InputError(f"NSD tolerance {tolerance!r} must be a finite distance in mm of 0 or more "
+                         f"(e.g. --nsd-tolerance {NSD_TOLERANCE:g}).")
+
+
+Distances = Optional[tuple[np.ndarray, np.ndarray, float]]  # see _surface_distances
+
+
+def _hausdorff(distances: Distances) -> tuple[float, float]:
+    if distances is None:
+        return math.inf, math.inf
+    ref_to_pred, pred_to_ref, hd = distances
+    if ref_to_pred.size == 0:
+        return 0.0, 0.0
+    return hd, float(np.percentile(np.concatenate([ref_to_pred, pred_to_ref]), 95))
+
+
+def _nsd(distances: Distances, tolerance: float) -> float:
+    if distances is None:
+        return 0.0
+    ref_to_pred, pred_to_ref, _ = distances
+    total = ref_to_pred.size + pred_to_ref.size
+    if total == 0:
+        return 1.0
+    return float((np.count_nonzero(ref_to_pred <= tolerance) + np.count_nonzero(pred_to_ref <= tolerance)) / total)
+
+
+def _surface_distances(ref_mask: np.ndarray, pred_mask: np.ndarray, spacing: Sequence[float]) -> Distances:
+    """Distances in mm from each surface voxel of ref to pred's surface and back, and hd; two empty arrays and 0
+    when both masks are empty, None when exactly one is."""
     _check_spacing(spacing, ref_mask.ndim)
     box = _bounding_box(ref_mask | pred_mask)
     if box is None:
-        return 0.0, 0.0
+        return np.zeros(0), np.zeros(0), 0.0
     if not ref_mask[box].any() or not pred_mask[box].any():
-        return math.inf, math.inf
+        return None
     # From here on both masks are flat views of the same padded box, so a neighbour is a fixed step in the index.
     shape = tuple(side.stop - side.start + 2 * PAD for side in box)
     ref, pred = np.pad(ref_mask[box], PAD).ravel(), np.pad(pred_mask[box], PAD).ravel()
@@ -101,8 +157,7 @@ def hausdorff(ref_mask: np.ndarray, pred_mask: np.ndarray, spacing: Sequence[flo
     ref_surface, pred_surface = _surface(ref, strides), _surface(pred, strides)
     ref_to_pred, ref_far = _directed(ref, ref_surface, pred, pred_surface, shape, scale)
     pred_to_ref, pred_far = _directed(pred, pred_surface, ref, ref_surface, shape, scale)
-    hd95 = float(np.percentile(np.concatenate([ref_to_pred, pred_to_ref]), 95))
-    return max(ref_far, pred_far), hd95
+    return ref_to_pred, pred_to_ref, max(ref_far, pred_far)
 
 
 def _directed(a: np.ndarray, a_surface: np.ndarray, b: np.ndarray, b_surface: np.ndarray, shape: tuple[int, ...],
