@@ -93,14 +93,16 @@ def tta_dice(run: Path) -> str:
     means = {}
     for tta in (False, True):
         predictor = Predictor(run, device="cpu", tta=tta)
-        scores = []
+        scores = []  # per held-out case: Dice of CSF, GM, WM
         for case_id, image, label in (s for s in everything if s[0] in held_out):
             labels, _ = predictor(read_volume(image))
             reference = read_volume(label)
-            scores += [row["dice"] for row in case_metrics(reference.array.astype(np.uint8), labels, reference.spacing)]
-        means[tta] = float(np.mean(scores))
-    return (f"mean Dice over {', '.join(held_out)} {means[False]:.4f} without, {means[True]:.4f} with "
-            f"({means[True] - means[False]:+.4f})")
+            scores.append([row["dice"] for row in case_metrics(reference.array.astype(np.uint8), labels,
+                                                                reference.spacing)])
+        means[tta] = np.mean(scores, axis=0)
+    per_class = ", ".join(f"{c} {means[False][i]:.4f} -> {means[True][i]:.4f}" for i, c in enumerate(("CSF", "GM", "WM")))
+    return (f"mean Dice over {', '.join(held_out)} {means[False].mean():.4f} without, {means[True].mean():.4f} with "
+            f"({means[True].mean() - means[False].mean():+.4f}; {per_class})")
 
 
 def prepare(ws_root: Path, say) -> tuple[str, Path]:
@@ -150,7 +152,7 @@ def main() -> None:
     parser.add_argument("--baseline-run", help="a baseline run folder (bench/baseline_cpu.py) for the mirroring Dice")
     parser.add_argument("--cli", action="store_true", help="also time nnU-Net's own CLI on the 2d model")
     parser.add_argument("--workspace", type=Path, help="keep (and reuse) the trained workspace here")
-    parser.add_argument("--models", default="nnunet_2d,nnunet_3d_fullres,nnunet_ensemble,unet2d__dice_ce")
+    parser.add_argument("--models", default="unet2d__dice_ce,nnunet_2d,nnunet_3d_fullres,nnunet_ensemble")
     args = parser.parse_args()
 
     def say(text: str) -> None:
@@ -165,6 +167,8 @@ def main() -> None:
         root = Path(tmp)
         ws_root = args.workspace or root / "ws"
         trainer, pkl = prepare(ws_root, say)
+        dice_note = tta_dice(Path(args.baseline_run)) if args.baseline_run else "(pass --baseline-run to measure it)"
+        say(f"Dice difference mirroring makes for the baseline: {dice_note}")
         ws = Workspace.open(ws_root)
 
         def ours_cmd(model: str, tta: bool, scans: list[Path], out: str) -> list[str]:
@@ -197,18 +201,20 @@ def main() -> None:
                     ["nnUNetv2_apply_postprocessing", "-i", str(root / "nnunet-out"), "-o", str(root / "nnunet-pp"),
                      "-pp_pkl_file", str(pkl), "-np", "1",
                      "-plans_json", str(model_folder(ws, "2d", trainer) / "plans.json")]]))
-            for model in models:  # cheapest first per model: no mirroring, then mirroring
-                for tta in (False, True):
+            # cheapest first, so that a run cut short has the most rows: every model without mirroring (the
+            # baseline's 1 scan and 8 scans side by side), then every model with it
+            for tta in (False, True):
+                for model in models:
                     key = f"{model} {'tta' if tta else 'no tta'}"
                     note(key, timed(ours_cmd(model, tta, [SCAN], f"out-{key}-{repeat}")))
-            note("unet2d__dice_ce no tta, 8 scans, per scan",
-                 timed(ours_cmd("unet2d__dice_ce", False, [eight], f"out-eight-{repeat}")) / 8)
+                    if model == "unet2d__dice_ce" and not tta:
+                        note("unet2d__dice_ce no tta, 8 scans, per scan",
+                             timed(ours_cmd(model, False, [eight], f"out-eight-{repeat}")) / 8)
         volumes = {}
         for model in models:
             row = open(root / f"out-{model} no tta-0" / "volumes.csv").read().splitlines()
             header, values = row[0].split(","), row[1].split(",")
             volumes[model] = {k: round(float(values[header.index(k)]), 1) for k in ("CSF_ml", "GM_ml", "WM_ml")}
-        dice_note = tta_dice(Path(args.baseline_run)) if args.baseline_run else "(pass --baseline-run to measure it)"
 
     print(f"\nfull-size scan {SCAN.name} (256x128x256), CPU, {os.cpu_count()} cores, load average "
           f"{os.getloadavg()[0]:.1f}; best of {args.repeats}; whole `segment` commands")

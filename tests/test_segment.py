@@ -237,6 +237,23 @@ def test_a_1mm_isotropic_scan_is_still_sliced_across_the_training_axis(trained, 
     assert seen == [(y, x, z)] and labels.shape == array.shape
 
 
+def test_ibsr_cases_come_out_of_baseline_predict_unchanged_by_the_orientation_step(trained):
+    """The workspace's own cases are already in the training orientation: `baseline predict` (Predictor) gives
+    exactly the map of the bare sliding window across the recorded axis."""
+    from baselines.data import zscore
+    from baselines.infer import Predictor, predict_array
+    from ibsr_nnunet.data.volumes import read_volume
+
+    _, image, _ = trained.cases("heldout")[0]
+    volume = read_volume(image)
+    predictor = Predictor(trained.baselines / MODEL, device="cpu")
+    labels, _ = predictor(volume)
+    bare = predict_array(predictor.model, np.ascontiguousarray(np.moveaxis(zscore(np.asarray(volume.array)), 1, 0)),
+                         predictor.window, amp=predictor.amp)
+    np.testing.assert_array_equal(labels, np.moveaxis(bare, 0, 1))
+    assert (labels > 0).any()
+
+
 def test_an_oblique_scan_is_segmented_in_the_nearest_orientation_with_a_warning(trained, phantom_root, tmp_path):
     source = phantom_root / "misa" / "Test_Set" / "IBSR_08" / "IBSR_08.nii.gz"
     image = nib.load(str(source))
