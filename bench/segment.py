@@ -152,7 +152,8 @@ def main() -> None:
     parser.add_argument("--baseline-run", help="a baseline run folder (bench/baseline_cpu.py) for the mirroring Dice")
     parser.add_argument("--cli", action="store_true", help="also time nnU-Net's own CLI on the 2d model")
     parser.add_argument("--workspace", type=Path, help="keep (and reuse) the trained workspace here")
-    parser.add_argument("--models", default="unet2d__dice_ce,nnunet_2d,nnunet_3d_fullres,nnunet_ensemble")
+    parser.add_argument("--models", default="unet2d__dice_ce,nnunet_2d,nnunet_3d_fullres,nnunet_ensemble",
+                        help="comma-separated models to time")
     args = parser.parse_args()
 
     def say(text: str) -> None:
