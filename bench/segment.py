@@ -10,7 +10,7 @@ a fresh process (start-up, reading, staging, prediction, postprocessing and writ
 Shortcuts that change nothing the timings see: the nnU-Net folds are trained without nnU-Net's validation pass (two
 full-size cases with mirroring: about half an hour of CPU for 3d_fullres), so there is no cross-validation to pick
 a postprocessing from; every nnU-Net model gets the same one-step postprocessing (keep the largest connected
-component of GM and WM, as nnU-Net chooses for IBSR), written as nnU-Net's postprocessing.pkl.
+component of GM and WM), written as nnU-Net's postprocessing.pkl.
 
 Also in the same run: the baseline's seconds per scan for 1 scan and for 8 scans (one command; the next scan is
 read and preprocessed on a thread while one is predicted); with `--cli`, the same nnU-Net 2d model through
