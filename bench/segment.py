@@ -8,7 +8,7 @@ averaged) as `ensemble` would, then segments one real Test_Set scan (256×128×2
 a fresh process (start-up, reading, staging, prediction, postprocessing and writing included), best of --repeats.
 
 Shortcuts that change nothing the timings see: the nnU-Net folds are trained without nnU-Net's validation pass (two
-full-size cases with mirroring: about half an hour of CPU for 3d_fullres), so there is no cross-validation to pick
+full-size cases predicted with 8-pass mirroring in 3d_fullres, the slowest step on a CPU), so there is no cross-validation to pick
 a postprocessing from; every nnU-Net model gets the same one-step postprocessing (keep the largest connected
 component of GM and WM), written as nnU-Net's postprocessing.pkl.
 
