@@ -7,10 +7,10 @@ averaged) as `ensemble` would, then segments one real Test_Set scan (256×128×2
 `ibsr-nnunet segment`, with and without test-time mirroring (`--tta/--no-tta`). Every timing is a whole command in
 a fresh process (start-up, reading, staging, prediction, postprocessing and writing included), best of --repeats.
 
-Shortcuts that change nothing the timings see: the nnU-Net folds are trained without nnU-Net's validation pass (two
-full-size cases predicted with 8-pass mirroring in 3d_fullres, the slowest step on a CPU), so there is no cross-validation to pick
-a postprocessing from; every nnU-Net model gets the same one-step postprocessing (keep the largest connected
-component of GM and WM), written as nnU-Net's postprocessing.pkl.
+Shortcuts that change nothing the timings see: the nnU-Net folds are trained without nnU-Net's validation pass
+(two full-size cases predicted with 8-pass mirroring in 3d_fullres, the slowest step on a CPU), so there is no
+cross-validation to pick a postprocessing from; every nnU-Net model gets the same one-step postprocessing (keep the
+largest connected component of GM and WM), written as nnU-Net's postprocessing.pkl.
 
 Also in the same run: the baseline's seconds per scan for 1 scan and for 8 scans (one command; the next scan is
 read and preprocessed on a thread while one is predicted); with `--cli`, the same nnU-Net 2d model through
