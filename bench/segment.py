@@ -100,7 +100,8 @@ def tta_dice(run: Path) -> str:
             scores.append([row["dice"] for row in case_metrics(reference.array.astype(np.uint8), labels,
                                                                 reference.spacing)])
         means[tta] = np.mean(scores, axis=0)
-    per_class = ", ".join(f"{c} {means[False][i]:.4f} -> {means[True][i]:.4f}" for i, c in enumerate(("CSF", "GM", "WM")))
+    per_class = ", ".join(f"{c} {means[False][i]:.4f} -> {means[True][i]:.4f}"
+                          for i, c in enumerate(("CSF", "GM", "WM")))
     return (f"mean Dice over {', '.join(held_out)} {means[False].mean():.4f} without, {means[True].mean():.4f} with "
             f"({means[True].mean() - means[False].mean():+.4f}; {per_class})")
 
