@@ -65,7 +65,7 @@ def test_training_scripts_carry_the_requeue_contract():
     final = CASES["final-gpu.sbatch"]()
     assert "--requeue" not in final and "--signal" not in final and "ensemble --trainer IbsrTrainer" in final
     gpus = sbatch.render_fold_array(WS, CLI, sbatch.Resources(gpus_per_job=2, gpu_option="gpus"), configuration="2d", epochs=1, iterations=1, device="cuda")
-    assert "#SBATCH --gpus=2" in gpus and "gres" not in gpus
+    assert "#SBATCH --gpus=2" in gpus and "--gres" not in gpus
 
 
 def test_resources_reject_what_would_break_a_script(tmp_path):
