@@ -78,6 +78,7 @@ def test_the_scratch_folder_is_local_scratch_then_slurm_tmpdir_then_tmpdir(monke
         staging.scratch_folder()
 
 
+@pytest.mark.integration
 def test_train_reads_the_staged_copy_and_writes_results_to_the_workspace(planned_copy, tmp_path):
     scratch = tmp_path / "node local"
     done = cli(planned_copy, "train", "--fold", "0", "--config", "2d", "--epochs", "1", "--iterations-per-epoch", "1",
