@@ -74,9 +74,11 @@ def _matches(copy: Path, expected: list[list]) -> bool:
         return False
     if stored != expected:
         return False
-    dataset = next((p for p in (copy / "nnUNet_preprocessed").iterdir() if p.is_dir()), None)
-    return dataset is not None and all((dataset / name).is_file() and (dataset / name).stat().st_size == size
-                                       for name, size, _ in expected)
+    try:
+        dataset = next((p for p in (copy / "nnUNet_preprocessed").iterdir() if p.is_dir()), None)
+        return dataset is not None and all((dataset / name).stat().st_size == size for name, size, _ in expected)
+    except OSError:  # a file of the copy is gone: copy afresh
+        return False
 
 
 def stage(ws: Workspace, data_identifier: str, *, local_scratch: Optional[Path] = None) -> Staged:
