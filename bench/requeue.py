@@ -8,6 +8,11 @@ it; per slot, the seconds spent on useful (completed) epochs, as a share of the 
 its overhead from the last completed epoch of one run to the first epoch of the next: the lost part-epoch (+ save
 and exit), SLURM's requeue, and the next run's start-up and loading (Python, torch, nnU-Net, checkpoint, data
 workers), in seconds and as a share of a 24-hour slot (one requeue per slot).
+Measured 2026-11-30, --time 2 --grace 60, 3 slots, on the 2-core machine under heavy load (a test suite and other
+benches beside it): USR1 came 40-51 s into each run (SLURM checks limits on its own tick, so it comes early);
+start-up + loading took 36-62 s, so the first slot gave 9.2 s of epochs (7.7 % of the 120 s slot) and the next two
+none (stopped before their first epoch); overhead per requeue 84.6 / 85.3 / 71.7 s (lost part-epoch + exit 17-19 s,
+requeue 6-13 s, start-up + loading 45-62 s): median 84.6 s = 0.098 % of a 24-hour slot.
 
 Starts slurm/local-cluster.sh (unless a cluster runs), plans a phantom workspace, submits one 2d fold with
 `ibsr-nnunet submit` (CPU, 1 CPU per job) and interrupts it mid-training, alternating the two paths:
@@ -159,16 +164,20 @@ def time_limited(ws: Path, options) -> list[dict]:
     slots = []
     for k in range(options.slots):
         run, epochs, following = runs[k], trained[k], trained[k + 1]
-        overhead = following["first_epoch"] - epochs["last_end"]
+        # the part of the run after its last completed epoch is lost (redone); with no epoch completed, from the
+        # start of the epoch it was in (the time before that is start-up, counted with the previous requeue)
+        useful_until = next((t for t in (epochs["last_end"], epochs["first_epoch"]) if t == t), run["end"])
+        lost = run["end"] - useful_until
+        requeue = runs[k + 1]["start"] - run["end"]
+        startup = following["first_epoch"] - runs[k + 1]["start"]
+        overhead = lost + requeue + startup
         slots.append({
             "slot": k, "epochs": epochs["epochs"], "useful_s": round(epochs["useful"], 1),
-            "useful_share_of_slot": round(epochs["useful"] / limit, 3),
-            "run_s": run["end"] - run["start"], "useful_share_of_run": round(epochs["useful"] / (run["end"] - run["start"]), 3),
+            "useful_share_of_slot": round(epochs["useful"] / limit, 3), "run_s": run["end"] - run["start"],
+            "useful_share_of_run": round(epochs["useful"] / (run["end"] - run["start"]), 3),
             "usr1_after_s": run.get("usr1", float("nan")) - run["start"],
-            "startup_loading_s": round(epochs["first_epoch"] - run["start"], 1) if k == 0 else None,
-            "lost_part_epoch_and_exit_s": round(run["end"] - epochs["last_end"], 1),
-            "requeue_s": runs[k + 1]["start"] - run["end"],
-            "next_startup_loading_s": round(following["first_epoch"] - runs[k + 1]["start"], 1),
+            "lost_part_epoch_and_exit_s": round(lost, 1), "requeue_s": requeue,
+            "next_startup_loading_s": round(startup, 1),
             "overhead_s": round(overhead, 1), "overhead_share_of_24h": round(overhead / 86400, 5),
         })
         print(json.dumps(slots[-1]), flush=True)
