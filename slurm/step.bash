@@ -22,9 +22,10 @@ trap 'forward USR1' USR1
 trap 'forward TERM' TERM
 requeue() {
   if [ "${SLURM_RESTART_COUNT:-0}" -ge "$MAX_RESTARTS" ]; then
-    log "step ended with exit code $1 after SIG${signalled:-NONE}, but this job was requeued ${SLURM_RESTART_COUNT:-0}" \
-      "times already (--max-restarts $MAX_RESTARTS): not requeued, the job fails; if its runs end before they save" \
-      "progress, submit again with a longer --time or a smaller --signal-grace, else with a larger --max-restarts"
+    log "step ended with exit code $1 after SIG${signalled:-NONE}, but this job was requeued" \
+      "${SLURM_RESTART_COUNT:-0} times already (--max-restarts $MAX_RESTARTS): not requeued, the job fails; if its" \
+      "runs end before they save progress, submit again with a longer --time or a smaller --signal-grace, else" \
+      "with a larger --max-restarts"
     exit "$1"
   fi
   log "step ended with exit code $1 after SIG${signalled:-NONE}: requeueing; the next run resumes from its checkpoint"
