@@ -1,6 +1,18 @@
 """Requeue latency and epochs lost: an nnU-Net fold job on the local SLURM cluster, interrupted again and again.
 
     python bench/requeue.py [--rounds 6] [--keep]
+    python bench/requeue.py --time-limited [--slots 3] [--time 2] [--grace 60] [--keep]
+
+--time-limited: a fold with a real `--time` limit, stopped by SLURM's own USR1 warning `--grace` seconds before
+it; per slot, the seconds spent on useful (completed) epochs, as a share of the slot and of the run; per requeue,
+its overhead from the last completed epoch of one run to the first epoch of the next: the lost part-epoch (+ save
+and exit), SLURM's requeue, and the next run's start-up and loading (Python, torch, nnU-Net, checkpoint, data
+workers), in seconds and as a share of a 24-hour slot (one requeue per slot).
+Measured 2026-11-30, --time 2 --grace 60, 3 slots, on the 2-core machine under heavy load (a test suite and other
+benches beside it): USR1 came 40-51 s into each run (SLURM checks limits on its own tick, so it comes early);
+start-up + loading took 36-62 s, so the first slot gave 9.2 s of epochs (7.7 % of the 120 s slot) and the next two
+none (stopped before their first epoch); overhead per requeue 84.6 / 85.3 / 71.7 s (lost part-epoch + exit 17-19 s,
+requeue 6-13 s, start-up + loading 45-62 s): median 84.6 s = 0.098 % of a 24-hour slot.
 
 Starts slurm/local-cluster.sh (unless a cluster runs), plans a phantom workspace, submits one 2d fold with
 `ibsr-nnunet submit` (CPU, 1 CPU per job) and interrupts it mid-training, alternating the two paths:
@@ -37,6 +49,7 @@ Targets: ≤ 10 s from signal to running again (the cluster's cred_expire=5; SLU
 from __future__ import annotations
 
 import argparse
+import calendar
 import json
 import os
 import re
@@ -95,9 +108,99 @@ def wait_for(predicate, timeout: float, what: str, poll: float = 0.05):
     raise SystemExit(f"timed out waiting for {what}")
 
 
+JOB_LOG_LINE = re.compile(r"^\[ibsr-nnunet (\S+)Z\] job \S+(?: \(\S+\))? restart (\d+): (.*)$", re.MULTILINE)
+NNUNET_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+): (Epoch \d+|Epoch time: ([\d.]+) s)\s*$", re.MULTILINE)
+
+
+def run_events(job_log: str) -> dict[int, dict[str, float]]:
+    """Per run (restart count): start, USR1 and end (requeue) times, epoch seconds, from the job log (UTC)."""
+    runs: dict[int, dict[str, float]] = {}
+    for stamp, restart, message in JOB_LOG_LINE.findall(job_log):
+        t = calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S"))
+        run = runs.setdefault(int(restart), {})
+        if ": train " in message:
+            run.setdefault("start", t)
+        elif "received SIGUSR1" in message:
+            run.setdefault("usr1", t)
+        elif "requeueing" in message or "not requeued" in message:
+            run["end"] = t
+    return runs
+
+
+def epochs_of(training_log: Path) -> dict[str, float]:
+    """First epoch start, last completed epoch end, and the seconds of completed epochs in one run's nnU-Net log."""
+    starts, ends, useful = [], [], 0.0
+    for stamp, what, seconds in NNUNET_LINE.findall(training_log.read_text()):
+        t = time.mktime(time.strptime(stamp.split(".")[0], "%Y-%m-%d %H:%M:%S")) + float("0." + stamp.split(".")[1])
+        if seconds:
+            ends.append(t)
+            useful += float(seconds)
+        else:
+            starts.append(t)
+    return {"first_epoch": starts[0] if starts else float("nan"), "last_end": ends[-1] if ends else float("nan"),
+            "useful": useful, "epochs": len(ends)}
+
+
+def time_limited(ws: Path, options) -> list[dict]:
+    """Submit one 2d fold with a real --time; let SLURM warn, save and requeue it `slots` times; measure."""
+    limit = options.time * 60
+    cli(ws, "submit", "--configs", "2d", "--folds", "0", "--epochs", "1000", "--iterations-per-epoch",
+        str(ITERATIONS), "--device", "cpu", "--gpus-per-job", "0", "--cpus-per-task", "1", "--time", str(options.time),
+        "--signal-grace", str(options.grace))
+    record = json.loads((ws / "slurm" / "jobs.json").read_text())["jobs"][0]
+    fold_job = f"{record['job_id']}_0"
+    log = ws / "slurm" / "logs" / f"nnunet-2d_{record['job_id']}_0.out"
+    try:
+        wait_for(lambda: int(job(fold_job).get("Restarts", "0")) >= options.slots
+                 and job(fold_job).get("JobState") == "RUNNING" and len(resumes(log)) >= options.slots,
+                 (limit + 120) * (options.slots + 1), f"{options.slots} time-limited slots", 1)
+        time.sleep(20)  # the last run reaches its first epochs
+    finally:
+        for other in json.loads((ws / "slurm" / "jobs.json").read_text())["jobs"]:  # the fold and the final job
+            subprocess.run(["scancel", other["job_id"]], capture_output=True)
+    runs = run_events(log.read_text())
+    folder = fold_folder(Workspace.open(ws), "2d", 0, trainer=trainer_name(1000, ITERATIONS))
+    trained = [epochs_of(p) for p in sorted(folder.glob("training_log_*.txt"))]
+    slots = []
+    for k in range(options.slots):
+        run, epochs, following = runs[k], trained[k], trained[k + 1]
+        # the part of the run after its last completed epoch is lost (redone); with no epoch completed, from the
+        # start of the epoch it was in (the time before that is start-up, counted with the previous requeue)
+        useful_until = next((t for t in (epochs["last_end"], epochs["first_epoch"]) if t == t), run["end"])
+        lost = run["end"] - useful_until
+        requeue = runs[k + 1]["start"] - run["end"]
+        startup = following["first_epoch"] - runs[k + 1]["start"]
+        overhead = lost + requeue + startup
+        slots.append({
+            "slot": k, "epochs": epochs["epochs"], "useful_s": round(epochs["useful"], 1),
+            "useful_share_of_slot": round(epochs["useful"] / limit, 3), "run_s": run["end"] - run["start"],
+            "useful_share_of_run": round(epochs["useful"] / (run["end"] - run["start"]), 3),
+            "usr1_after_s": run.get("usr1", float("nan")) - run["start"],
+            "lost_part_epoch_and_exit_s": round(lost, 1), "requeue_s": requeue,
+            "next_startup_loading_s": round(startup, 1),
+            "overhead_s": round(overhead, 1), "overhead_share_of_24h": round(overhead / 86400, 5),
+        })
+        print(json.dumps(slots[-1]), flush=True)
+    overheads = [s["overhead_s"] for s in slots]
+    print(f"\n--time {options.time} min, --signal-grace {options.grace} s, {len(slots)} slots: useful epochs "
+          f"{statistics.median([s['useful_s'] for s in slots]):.1f} s per slot (median; share of the "
+          f"{limit} s slot {statistics.median([s['useful_share_of_slot'] for s in slots]):.2f}, of the run "
+          f"{statistics.median([s['useful_share_of_run'] for s in slots]):.2f}); overhead per requeue median "
+          f"{statistics.median(overheads):.1f} s (lost part-epoch + exit "
+          f"{statistics.median([s['lost_part_epoch_and_exit_s'] for s in slots]):.1f} s, requeue "
+          f"{statistics.median([s['requeue_s'] for s in slots]):.1f} s, start-up + loading "
+          f"{statistics.median([s['next_startup_loading_s'] for s in slots]):.1f} s) = "
+          f"{100 * statistics.median(overheads) / 86400:.3f} % of a 24-hour slot")
+    return slots
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--time-limited", action="store_true", help="measure slots of a real --time limit instead")
+    parser.add_argument("--slots", type=int, default=3)
+    parser.add_argument("--time", type=int, default=2, help="--time in minutes (with --time-limited)")
+    parser.add_argument("--grace", type=int, default=60, help="--signal-grace in seconds (with --time-limited)")
     parser.add_argument("--keep", action="store_true", help="keep the workspace and leave the cluster running")
     options = parser.parse_args()
 
@@ -112,6 +215,9 @@ def main() -> None:
         ws = Workspace.open(root / "ws")
         convert(root / "source", ws, ConvertOptions(jobs=2))
         cli(ws.root, "plan", "--configs", "2d", "--jobs", "2")
+        if options.time_limited:
+            time_limited(ws.root, options)
+            return
         cli(ws.root, "submit", "--configs", "2d", "--folds", "0", "--epochs", str(EPOCHS), "--iterations-per-epoch",
             str(ITERATIONS), "--device", "cpu", "--gpus-per-job", "0", "--cpus-per-task", "1")
         records = json.loads((ws.slurm / "jobs.json").read_text())["jobs"]

@@ -2,11 +2,11 @@
 # run_step CMD...: run CMD in the background so that a trapped USR1/TERM is handled at once (a foreground child
 # would delay the trap), forward the signal to it, wait until it is gone, then act on its exit code:
 #   0 -> go on;  75 ("saved, requeue me") or any failure after USR1 -> `scontrol requeue` this job, whose next
-#   run resumes from the last checkpoint;  after SIGTERM -> exit: SLURM is cancelling (scancel), requeueing
-#   (scontrol requeue, preemption) or ending the job, and it alone decides which (requeueing here would undo a
-#   scancel);  73 (another writer holds the lock, named in the step's output) -> the job fails, no requeue;
-#   76 (two runs in a row were stopped by USR1 before finishing an epoch) -> the job fails, no requeue;
-#   anything else -> a real error: the job fails once, no requeue.
+#   run resumes from the last checkpoint, unless the job was requeued MAX_RESTARTS times already: then it fails;
+#   after SIGTERM -> exit: SLURM is cancelling (scancel), requeueing (scontrol requeue, preemption) or ending the
+#   job, and it alone decides which (requeueing here would undo a scancel);  73 (another writer holds the lock,
+#   named in the step's output) -> the job fails, no requeue;  76 (two runs in a row were stopped by USR1 before
+#   finishing an epoch) -> the job fails, no requeue;  anything else -> a real error: the job fails once, no requeue.
 log() {
   printf '[ibsr-nnunet %s] job %s%s restart %s: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "${SLURM_JOB_ID:-none}" \
     "${SLURM_ARRAY_JOB_ID:+ (${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID:-})}" "${SLURM_RESTART_COUNT:-0}" "$*"
@@ -21,6 +21,13 @@ forward() {
 trap 'forward USR1' USR1
 trap 'forward TERM' TERM
 requeue() {
+  if [ "${SLURM_RESTART_COUNT:-0}" -ge "$MAX_RESTARTS" ]; then
+    log "step ended with exit code $1 after SIG${signalled:-NONE}, but this job was requeued" \
+      "${SLURM_RESTART_COUNT:-0} times already (--max-restarts $MAX_RESTARTS): not requeued, the job fails; if its" \
+      "runs end before they save progress, submit again with a longer --time or a smaller --signal-grace, else" \
+      "with a larger --max-restarts"
+    exit "$1"
+  fi
   log "step ended with exit code $1 after SIG${signalled:-NONE}: requeueing; the next run resumes from its checkpoint"
   if [ -n "${SLURM_JOB_ID:-}" ] && scontrol requeue "$SLURM_JOB_ID"; then exit 0; fi
   log "scontrol requeue failed: leaving the job to fail with exit code $1"

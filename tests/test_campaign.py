@@ -181,3 +181,43 @@ def test_cli_status_without_a_campaign(converted_copy, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{fake_scontrol(tmp_path / 'bin', '')}:{os.environ['PATH']}")
     result = invoke(converted_copy, "status")
     assert result.exit_code == 0 and "no campaign recorded" in said(result) and "ibsr-nnunet submit" in said(result)
+
+
+def test_a_hand_submitted_fold_registers_itself_and_submit_never_submits_it_again(planned_ws, tmp_path, monkeypatch):
+    from ibsr_nnunet.campaign import jobs
+
+    ws = planned_workspace(planned_ws, tmp_path)
+    monkeypatch.setenv("SLURM_JOB_ID", "200")
+    record = jobs.register_running_fold(ws, "2d", 0, trainer=trainer_name(3, 2), epochs=3, iterations=2)
+    assert (record["job_id"], record["folds"], record["array"], record["array_parallel"]) == ("200", [0], False, None)
+    assert jobs.register_running_fold(ws, "2d", 0, trainer=trainer_name(3, 2), epochs=3, iterations=2) is None
+    assert jobs.state_key(record, 0) == "200" and not (ws.slurm / ".jobs.json.lock").exists()
+
+    slurm = FakeSlurm()
+    slurm.states["200"] = "RUNNING"
+    plan = submit.SubmitPlan(configs=("2d",), folds=(0, 1, 2), epochs=3, iterations=2, device="cpu",
+                             resources=sbatch.Resources(gpus_per_job=0, array_parallel=2))
+    result = submit.submit(ws, plan, cli=CLI, run=slurm, say=lambda _: None)
+    assert [(s.kind, s.folds) for s in result.submitted] == [("fold", [1, 2]), ("final", [])]
+    assert "--array=1,2%2" in result.submitted[0].argv
+    assert "2d fold 0: job 200 is RUNNING" in result.skipped
+    assert f"--dependency=afterok:{result.submitted[0].job_id}:200" in result.submitted[1].argv
+    records = json.loads((ws.slurm / "jobs.json").read_text())["jobs"]
+    assert [(r["job_id"], r["array_parallel"]) for r in records] == [("200", None), ("101", 2), ("102", None)]
+
+
+def test_cli_script_prints_one_fold_and_refuses_a_fold_that_does_not_exist(planned_copy, tmp_path):
+    done = invoke(planned_copy, "script", "--fold", "1", "--config", "3d_fullres", "--epochs", "3",
+                  "--iterations-per-epoch", "2", "--setup", "module load cuda/12.4", "--time", "2:00:00",
+                  "--stage-data")
+    assert done.exit_code == 0, done.output
+    assert done.stdout.startswith("#!/bin/bash\n") and "FOLD=1\n" in done.stdout and "--array" not in done.stdout
+    assert "module load cuda/12.4\nset -u\n" in done.stdout and " --stage-data\n" in done.stdout
+    assert "slurm-<job id>.out" in done.stderr and str(planned_copy.slurm / "jobs.json") in " ".join(done.stderr.split())
+    subprocess.run(["bash", "-n"], input=done.stdout, text=True, check=True)
+    bad = invoke(planned_copy, "script", "--fold", "7", "--config", "2d")
+    assert bad.exit_code != 0 and "--folds 7 do not exist" in bad.output
+    grace = invoke(planned_copy, "script", "--fold", "0", "--config", "2d", "--time", "5", "--signal-grace", "300")
+    assert grace.exit_code != 0 and "is not less than --time" in grace.output
+    unregistered = invoke(planned_copy, "register-job", "--fold", "0", "--config", "2d", env={"SLURM_JOB_ID": ""})
+    assert unregistered.exit_code != 0 and "SLURM_JOB_ID is not set" in unregistered.output

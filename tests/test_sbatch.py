@@ -21,12 +21,17 @@ GOLDEN = Path(__file__).parent / "golden"
 WS = Path("/scratch/ibsr/ws")
 CLI = ["/opt/venv/bin/python", "-m", "ibsr_nnunet"]
 GPU = sbatch.resources_from(partition="gpu", account="proj42", time="24:00:00", gpus_per_job=1, cpus_per_task=8,
-                            mem="32G", signal_grace=600, extra_sbatch=["--qos=long", "#SBATCH --constraint=a100"])
+                            mem="32G", signal_grace=600, extra_sbatch=["--qos=long", "#SBATCH --constraint=a100"],
+                            setup=["module load cuda/12.4", "source /opt/venv/bin/activate"], max_restarts=20)
+GPU_STAGED = sbatch.resources_from(partition="gpu", time="1-00:00:00", gpus_per_job=1, setup=["module load cuda/12.4"],
+                                   stage_data=True, local_scratch="/local scratch/ibsr")
 CPU = sbatch.Resources(gpus_per_job=0, cpus_per_task=1, signal_grace=300)
 
 CASES = {
     "nnunet-fold-3d_fullres-gpu.sbatch": lambda: sbatch.render_fold_array(WS, CLI, GPU, configuration="3d_fullres", epochs=1000, iterations=250, device="auto"),
     "nnunet-fold-2d-cpu.sbatch": lambda: sbatch.render_fold_array(WS, CLI, CPU, configuration="2d", epochs=3, iterations=2, device="cpu"),
+    "nnunet-fold-3d_fullres-fold0-gpu-staged.sbatch": lambda: sbatch.render_fold(WS, CLI, GPU_STAGED, configuration="3d_fullres", fold=0, epochs=1000, iterations=250, device="cuda"),
+    "nnunet-fold-2d-fold3-cpu.sbatch": lambda: sbatch.render_fold(WS, CLI, CPU, configuration="2d", fold=3, epochs=3, iterations=2, device="cpu"),
     "baseline-unet2d__dice_ce-gpu.sbatch": lambda: sbatch.render_baseline(WS, CLI, GPU, model="unet2d", loss="dice_ce", epochs=50, iterations=100, device="cuda"),
     "final-gpu.sbatch": lambda: sbatch.render_final(WS, CLI, GPU, trainer="IbsrTrainer", device="auto"),
     "final-cpu.sbatch": lambda: sbatch.render_final(WS, CLI, CPU, trainer="IbsrTrainer_3ep_2it", device="cpu"),
@@ -56,11 +61,11 @@ def test_training_scripts_carry_the_requeue_contract():
             assert f"#SBATCH {option}" in head, option
         assert "scontrol requeue" in text and "trap 'forward USR1' USR1" in text and f"EXIT_REQUEUE={EXIT_REQUEUE}" in text
     cpu = CASES["nnunet-fold-2d-cpu.sbatch"]()
-    assert "gres" not in cpu and "--gpus" not in cpu and "#SBATCH --signal=B:USR1@300" in cpu
+    assert "--gres" not in cpu and "--gpus" not in cpu and "#SBATCH --signal=B:USR1@300" in cpu
     final = CASES["final-gpu.sbatch"]()
     assert "--requeue" not in final and "--signal" not in final and "ensemble --trainer IbsrTrainer" in final
     gpus = sbatch.render_fold_array(WS, CLI, sbatch.Resources(gpus_per_job=2, gpu_option="gpus"), configuration="2d", epochs=1, iterations=1, device="cuda")
-    assert "#SBATCH --gpus=2" in gpus and "gres" not in gpus
+    assert "#SBATCH --gpus=2" in gpus and "--gres" not in gpus
 
 
 def test_resources_reject_what_would_break_a_script(tmp_path):
@@ -145,17 +150,18 @@ def test_hostile_workspace_paths_are_data_never_code(tmp_path, hostile):
                                           ["leaderboard"]]
 
 
-def run_fold_script(tmp_path: Path, exit_code: int) -> subprocess.CompletedProcess:
+def run_fold_script(tmp_path: Path, exit_code: int, resources: sbatch.Resources = CPU,
+                    **env: str) -> subprocess.CompletedProcess:
     """The fold script with a fake train and a fake scontrol that logs what it was asked."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     scontrol = bin_dir / "scontrol"
     scontrol.write_text(f"#!/bin/bash\necho \"$*\" >> {shlex.quote(str(tmp_path / 'scontrol.log'))}\n")
     scontrol.chmod(0o755)
-    text = sbatch.render_fold_array(tmp_path / "ws", fake_cli(tmp_path, tmp_path / "argv", exit_code), CPU,
+    text = sbatch.render_fold_array(tmp_path / "ws", fake_cli(tmp_path, tmp_path / "argv", exit_code), resources,
                                     configuration="2d", epochs=3, iterations=2, device="cpu")
     (tmp_path / "fold.sbatch").write_text(text)
-    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_ARRAY_TASK_ID": "0", "SLURM_JOB_ID": "42"}
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_ARRAY_TASK_ID": "0", "SLURM_JOB_ID": "42", **env}
     return subprocess.run(["bash", str(tmp_path / "fold.sbatch")], env=env, capture_output=True, text=True, timeout=60)
 
 
@@ -214,3 +220,90 @@ def test_usr1_requeues_after_the_step_saves_and_term_leaves_it_to_slurm(tmp_path
         assert process.returncode == EXIT_REQUEUE, output
         assert not (tmp_path / "scontrol.log").exists(), "a TERM (e.g. scancel) must not requeue the job"
         assert "left to SLURM" in output
+
+
+def test_requeues_stop_after_max_restarts_and_the_job_fails_naming_why(tmp_path):
+    """--max-restarts 3: the run after the 2nd restart still requeues; the run after the 3rd does not, says why,
+    and exits non-zero (FAILED). A TERM-driven requeue is SLURM's and is not counted here."""
+    three = sbatch.Resources(gpus_per_job=0, cpus_per_task=1, signal_grace=300, max_restarts=3)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    again = run_fold_script(tmp_path / "a", EXIT_REQUEUE, three, SLURM_RESTART_COUNT="2")
+    assert again.returncode == 0 and (tmp_path / "a" / "scontrol.log").read_text() == "requeue 42\n", again.stdout
+    last = run_fold_script(tmp_path / "b", EXIT_REQUEUE, three, SLURM_RESTART_COUNT="3")
+    assert last.returncode == EXIT_REQUEUE, last.stdout + last.stderr
+    assert not (tmp_path / "b" / "scontrol.log").exists()
+    said = " ".join(last.stdout.split())
+    assert "was requeued 3 times already (--max-restarts 3): not requeued, the job fails" in said
+    assert "longer --time or a smaller --signal-grace" in said
+
+
+def test_max_restarts_is_recorded_in_every_training_script_with_50_by_default():
+    assert "MAX_RESTARTS=20\n" in CASES["nnunet-fold-3d_fullres-gpu.sbatch"]()
+    assert "MAX_RESTARTS=20\n" in CASES["baseline-unet2d__dice_ce-gpu.sbatch"]()
+    assert "MAX_RESTARTS=50\n" in CASES["nnunet-fold-2d-cpu.sbatch"]() and sbatch.DEFAULT_MAX_RESTARTS == 50
+    with pytest.raises(InputError, match="max_restarts"):
+        sbatch.resources_from(max_restarts=-1)
+
+
+def test_a_signal_grace_not_below_the_time_limit_is_refused():
+    with pytest.raises(InputError, match="--signal-grace 120 s is not less than --time 2 \\(120 s\\)"):
+        sbatch.resources_from(time="2", signal_grace=120)
+    assert sbatch.resources_from(time="2", signal_grace=60).signal_grace == 60
+
+
+def test_setup_lines_come_verbatim_right_after_the_sbatch_block_in_every_script():
+    for name, render in CASES.items():
+        lines = render().splitlines()
+        last_sbatch = max(i for i, line in enumerate(lines) if line.startswith("#SBATCH"))
+        setup = (["module load cuda/12.4"] if "staged" in name else
+                 ["module load cuda/12.4", "source /opt/venv/bin/activate"] if "gpu" in name else [])
+        assert lines[last_sbatch + 1:last_sbatch + 1 + len(setup)] == setup, name
+        assert lines[last_sbatch + 1 + len(setup)] in ("set -u", "set -eu"), name
+    with pytest.raises(InputError, match="holds a line break; give each shell line as its own --setup"):
+        sbatch.resources_from(setup=["module load a\nrm -rf /"])
+
+
+def test_setup_and_the_new_keys_from_a_config_file(tmp_path):
+    config = tmp_path / "slurm.toml"
+    config.write_text('setup = ["module load cuda/12.4", "source /v/bin/activate"]\nmax_restarts = 5\n'
+                      'array_parallel = 2\nstage_data = true\nlocal_scratch = "/local"\n')
+    r = sbatch.resources_from(config, setup=["module load extra"])
+    assert (r.setup, r.max_restarts, r.array_parallel, r.stage_data, r.local_scratch) == (
+        ("module load extra",), 5, 2, True, "/local")
+    assert sbatch.resources_from(config).setup == ("module load cuda/12.4", "source /v/bin/activate")
+    config.write_text('setup = "module load a\\nmodule load b"\n')
+    with pytest.raises(InputError, match="no line may hold a newline"):
+        sbatch.resources_from(config)
+    config.write_text('local_scratch = "relative"\n')
+    with pytest.raises(InputError, match="local_scratch"):
+        sbatch.resources_from(config)
+
+
+def test_array_parallel_throttles_the_array():
+    argv = sbatch.sbatch_argv(Path("/w/x.sbatch"), "/w/l_%A_%a.out", Path("/w"), array=[0, 2, 4], array_parallel=2)
+    assert "--array=0,2,4%2" in argv
+
+
+def test_the_hand_script_embeds_its_fold_records_itself_first_and_passes_staging_on(tmp_path):
+    """Run as sbatch would (no array variables): register-job first, then train with the embedded fold."""
+    record = tmp_path / "argv"
+    staged = sbatch.Resources(gpus_per_job=0, cpus_per_task=1, signal_grace=300, stage_data=True,
+                              local_scratch="/node local/$(touch CANARY)")
+    text = sbatch.render_fold(tmp_path / "ws", fake_cli(tmp_path, record), staged, configuration="3d_fullres", fold=2,
+                              epochs=3, iterations=2, device="cpu")
+    assert "--array" not in text and "SLURM_ARRAY_TASK_ID:?" not in text and "FOLD=2\n" in text
+    assert not any(line.startswith("#SBATCH --output") for line in text.splitlines())
+    (tmp_path / "fold2.sbatch").write_text(text)
+    env = {"PATH": os.environ["PATH"], "SLURM_JOB_ID": "77", "HOME": str(tmp_path)}
+    result = subprocess.run(["bash", str(tmp_path / "fold2.sbatch")], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    seen = calls(record)
+    assert [c[2:] for c in seen] == [
+        ["register-job", "--config", "3d_fullres", "--fold", "2", "--epochs", "3", "--iterations-per-epoch", "2"],
+        ["train", "--fold", "2", "--config", "3d_fullres", "--epochs", "3", "--iterations-per-epoch", "2", "--device",
+         "cpu", "--stage-data", "--local-scratch", "/node local/$(touch CANARY)"]]
+    assert not list(tmp_path.rglob("CANARY"))
+    with pytest.raises(InputError):
+        sbatch.render_fold(WS, CLI, CPU, configuration="2d", fold=-1, epochs=1, iterations=1, device="cpu")

@@ -237,3 +237,44 @@ def test_a_killed_trainers_lock_is_taken_over_by_the_requeued_run(cluster, plann
     log = " ".join(next(ws.slurm.glob("logs/nnunet-2d_*_0.out")).read_text().split())
     assert f"took over the lock on 2d fold 0 ({TRAINER}) from PID {trainer.pid}" in log
     assert "resuming" in log and (folder / "checkpoint_final.pth").is_file() and not lock_path(folder).exists()
+
+
+def test_a_fold_script_sbatched_by_hand_registers_requeues_after_usr1_and_finishes(cluster, planned, tmp_path):
+    """`script --fold 0 --config 2d > fold0.sbatch && sbatch fold0.sbatch`: the job records itself in jobs.json
+    (once, though it runs twice), `submit` then leaves fold 0 alone, USR1 requeues it, and it finishes; with
+    --stage-data each run reads node-local data (the second reuses the first's copy)."""
+    ws = copy_workspace(planned, tmp_path / "by hand")
+    scratch = tmp_path / "node disk"
+    options = [o for o in TINY if o != "--signal-grace" and o != "300"] + [
+        "--time", "10", "--signal-grace", "60", "--stage-data", "--local-scratch", str(scratch)]
+    rendered = cli(ws.root, "script", "--fold", "0", "--config", "2d", *options)
+    assert rendered.returncode == 0, rendered.stdout + rendered.stderr
+    script = tmp_path / "fold0.sbatch"
+    script.write_text(rendered.stdout)
+    job = subprocess.run(["sbatch", "--parsable", str(script)], cwd=tmp_path, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    log = tmp_path / f"slurm-{job}.out"  # sbatch's default log, in the folder it ran from
+    folder = fold_dir(ws, "2d", 0)
+
+    def recorded() -> list[dict]:
+        path = ws.slurm / "jobs.json"
+        return [r for r in json.loads(path.read_text())["jobs"] if r["job_id"] == job] if path.is_file() else []
+    wait_for(recorded, 180, "the job to record itself in jobs.json", 0.5)
+    dry = cli(ws.root, "submit", "--configs", "2d", "--folds", "0", *TINY, "--dry-run")
+    assert dry.returncode == 0 and f"2d fold 0: job {job} is RUNNING" in " ".join(dry.stdout.split()), dry.stdout
+    assert "# ===== fold" not in dry.stdout
+
+    wait_for(lambda: (folder / "checkpoint_latest.pth").is_file(), 300, "the first checkpoint", 0.1)
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True)
+    wait_for(lambda: job_state(job).get("JobState") in ("COMPLETED", "FAILED", "CANCELLED"), 420, "the job to end", 1)
+    state = job_state(job)
+    text = " ".join(log.read_text().split())
+    assert state["JobState"] == "COMPLETED" and int(state["Restarts"]) == 1, (state, text[-3000:])
+    assert "received SIGUSR1" in text and "after SIGUSR1: requeueing" in text and "resuming" in text
+    assert f"recorded job {job} (2d fold 0)" in text
+    assert len(recorded()) == 1 and recorded()[0]["array"] is False
+    assert (folder / "checkpoint_final.pth").is_file()
+    assert text.count("staged the preprocessed data (nnUNetPlans_2d) on node-local disk") == 2
+    assert "copied" in text and "an identical copy was there" in text
+    debug = json.loads((folder / "debug.json").read_text())
+    assert debug["preprocessed_dataset_folder"].startswith(str(scratch / "ibsr-nnunet-staged"))

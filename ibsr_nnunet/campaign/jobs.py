@@ -1,13 +1,19 @@
-"""What each `submit` did, in `<workspace>/slurm/jobs.json`: written atomically after every sbatch."""
+"""The campaign's job records, `<workspace>/slurm/jobs.json`: read, and appended under its lock, atomically."""
 
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
+from typing import Callable, Optional
 
 from ..core.atomic import write_json
 from ..core.errors import InputError
+from ..core.locks import Lock, LockedError, lock_path
 from ..core.workspace import Workspace
+
+LOCK_WAIT_SECONDS = 60  # writers hold the lock for milliseconds: wait for it rather than fail
 
 
 def jobs_file(ws: Workspace) -> Path:
@@ -27,3 +33,61 @@ def load_jobs(ws: Workspace) -> list[dict]:
 
 def save_jobs(ws: Workspace, jobs: list[dict]) -> None:
     write_json(jobs_file(ws), {"jobs": jobs})
+
+
+def _locked(ws: Workspace, command: str, say: Callable[[str], None]) -> Lock:
+    """The jobs lock, waited for (a writer holds it for milliseconds; a dead one is taken over)."""
+    deadline = time.time() + LOCK_WAIT_SECONDS
+    while True:
+        try:
+            return Lock(lock_path(jobs_file(ws)), f"the job records {jobs_file(ws)}", command, say=say).acquire()
+        except LockedError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def append_job(ws: Workspace, record: dict, *, say: Callable[[str], None] = print) -> list[dict]:
+    """Add one record to jobs.json (reread under the lock, so concurrent writers never lose one); all records."""
+    ws.slurm.mkdir(parents=True, exist_ok=True)
+    lock = _locked(ws, "ibsr-nnunet submit", say)
+    try:
+        jobs = load_jobs(ws)
+        jobs.append(record)
+        save_jobs(ws, jobs)
+        return jobs
+    finally:
+        lock.release()
+
+
+def state_key(record: dict, fold: Optional[int]) -> str:
+    """The key of a record's job (or of one fold's array task) in `slurm.query_states`' answer."""
+    if fold is not None and record.get("array", True):
+        return f"{record['job_id']}_{fold}"
+    return str(record["job_id"])
+
+
+def register_running_fold(ws: Workspace, configuration: str, fold: int, *, trainer: str, epochs: int,
+                          iterations: int, say: Callable[[str], None] = print) -> Optional[dict]:
+    """Record the running fold job (a script submitted by hand), once per job ID; None when it was already there.
+
+    Run by the job itself, first: `submit` then never submits the fold again, and `status` shows it."""
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if not job_id:
+        raise InputError("register-job records the SLURM job it runs in, but SLURM_JOB_ID is not set; it is run by "
+                         "the script of `ibsr-nnunet script`, inside the job.")
+    ws.slurm.mkdir(parents=True, exist_ok=True)
+    lock = _locked(ws, f"ibsr-nnunet register-job --config {configuration} --fold {fold}", say)
+    try:
+        jobs = load_jobs(ws)
+        if any(r["kind"] == "fold" and str(r["job_id"]) == job_id and not r.get("array", True) for r in jobs):
+            return None  # a requeued run of a job already recorded
+        record = {"kind": "fold", "name": configuration, "job_id": job_id, "folds": [fold], "array": False,
+                  "array_parallel": None, "trainer": trainer, "epochs": epochs, "iterations": iterations,
+                  "script": "(sbatch by hand)", "argv": [], "by_hand": True,
+                  "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        jobs.append(record)
+        save_jobs(ws, jobs)
+        return record
+    finally:
+        lock.release()

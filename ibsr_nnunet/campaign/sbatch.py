@@ -5,8 +5,9 @@ by pyproject.toml, so there is one copy of each) and are read with importlib.res
 Everything here is a pure function of its arguments (the templates are read, nothing else is touched):
 the same inputs give byte-identical scripts, which the golden files in tests/golden pin. Every value that reaches
 bash is either checked against a strict pattern (configuration, model, numbers) or passed through `shlex.quote`
-(workspace path, command prefix, trainer name); paths never go into `#SBATCH` lines (the log path travels as an
-argument of the sbatch command line, see `sbatch_argv`).
+(workspace path, command prefix, trainer name, scratch folder); paths never go into `#SBATCH` lines (the log path
+travels as an argument of the sbatch command line, see `sbatch_argv`). The one exception is `setup`: shell lines
+the user writes (`module load ...`), rendered verbatim because running them is their purpose.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ PLACEHOLDER = re.compile(r"\{\{([A-Z_]+)\}\}")
 SAFE_VALUE = re.compile(r"[A-Za-z0-9_.:,+@/=-]+")  # partition, account, time, mem: no blanks, quotes or $
 SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # configuration, model, loss, device, trainer
 DEFAULT_SIGNAL_GRACE = 600
+DEFAULT_MAX_RESTARTS = 50
 
 
 SLURM_TIME = re.compile(r"(?:(?P<days>\d+)-(?P<dh>\d+)(?::(?P<dm>\d+)(?::(?P<ds>\d+))?)?"
@@ -68,7 +70,16 @@ RULES = {
     "signal_grace": (_whole(60), "whole seconds, at least 60 (SLURM sends the signal on a ~60 s tick)"),
     "extra_sbatch": (lambda v: isinstance(v, tuple) and all(isinstance(x, str) for x in v),
                      'a list of sbatch options, e.g. ["--qos=long"]'),
+    "setup": (lambda v: isinstance(v, tuple) and all(isinstance(x, str) and not any(c in x for c in "\n\r\0")
+                                                     for x in v),
+              'a list of single shell lines, e.g. ["module load cuda/12.4"] (no line may hold a newline)'),
+    "max_restarts": (_whole(0), "a whole number of requeues, 0 or more"),
+    "array_parallel": (_whole(1), "a whole number of array tasks running at once, 1 or more"),
+    "stage_data": (lambda v: isinstance(v, bool), "true or false"),
+    "local_scratch": (lambda v: isinstance(v, str) and v.startswith("/") and not any(c in v for c in "\n\r\0"),
+                      "an absolute folder on each node's local disk, e.g. /local/scratch"),
 }
+LISTS = ("extra_sbatch", "setup")  # settings given as repeated options or TOML lists
 
 
 def check_setting(key: str, value: Any, origin: str) -> None:
@@ -91,8 +102,16 @@ class Resources:
     mem: Optional[str] = None  # e.g. 32G
     signal_grace: int = DEFAULT_SIGNAL_GRACE  # seconds before the time limit that USR1 arrives
     extra_sbatch: tuple[str, ...] = ()  # further `#SBATCH` lines, e.g. "--constraint=a100" or "--qos=long"
+    setup: tuple[str, ...] = ()  # shell lines run first in every job, e.g. "module load cuda/12.4" (trusted: verbatim)
+    max_restarts: int = DEFAULT_MAX_RESTARTS  # requeues a training job may ask for; then it ends FAILED
+    array_parallel: Optional[int] = None  # array tasks running at once (--array=...%N); none: no throttle
+    stage_data: bool = False  # nnU-Net folds copy the preprocessed data to node-local disk first
+    local_scratch: Optional[str] = None  # node-local folder for --stage-data; none: $SLURM_TMPDIR, then $TMPDIR
 
     def __post_init__(self) -> None:
+        for line in self.setup if isinstance(self.setup, tuple) else ():
+            if isinstance(line, str) and any(c in line for c in "\n\r\0"):
+                raise InputError(f"--setup {line!r} holds a line break; give each shell line as its own --setup.")
         for f in fields(self):
             value = getattr(self, f.name)
             if value is not None:
@@ -138,7 +157,8 @@ RESOURCE_KEYS = {f.name for f in fields(Resources)}
 
 def load_config_file(path: Path) -> dict[str, Any]:
     """Resource settings from a TOML file: top-level keys or a [slurm] table, named like the Resources fields
-    (partition, account, time, gpus_per_job, gpu_option, cpus_per_task, mem, signal_grace, extra_sbatch)."""
+    (partition, account, time, gpus_per_job, gpu_option, cpus_per_task, mem, signal_grace, extra_sbatch, setup,
+    max_restarts, array_parallel, stage_data, local_scratch)."""
     try:
         data = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as err:
@@ -149,9 +169,10 @@ def load_config_file(path: Path) -> dict[str, Any]:
     if unknown:
         raise InputError(f"--config-file {path}: unknown keys {', '.join(unknown)}; "
                          f"known: {', '.join(sorted(RESOURCE_KEYS))}.")
-    if isinstance(settings.get("extra_sbatch"), (str, list)):
-        extra = settings["extra_sbatch"]
-        settings["extra_sbatch"] = tuple([extra] if isinstance(extra, str) else extra)
+    for key in LISTS:
+        if isinstance(settings.get(key), (str, list)):
+            value = settings[key]
+            settings[key] = tuple([value] if isinstance(value, str) else value)
     for key, value in settings.items():
         check_setting(key, value, f"--config-file {path}")
     return settings
@@ -163,9 +184,9 @@ def resources_from(config_file: Optional[Path] = None, **options: Any) -> Resour
     for key, value in options.items():
         if key not in RESOURCE_KEYS:
             raise TypeError(key)
-        if value is None or (key == "extra_sbatch" and not value):
+        if value is None or (key in LISTS and not value):
             continue
-        settings[key] = tuple(value) if key == "extra_sbatch" else value
+        settings[key] = tuple(value) if key in LISTS else value
     try:
         return replace(Resources(), **settings)
     except TypeError as err:
@@ -204,7 +225,9 @@ def _common(workspace: Path, cli: Sequence[str], resources: Resources, job_name:
         "WORKSPACE": shlex.quote(str(workspace)),
         "CLI": " ".join(shlex.quote(part) for part in cli),
         "SBATCH_LINES": "\n".join(resources.sbatch_lines()),
+        "SETUP_LINES": "\n".join(resources.setup),  # trusted shell lines of the user's, verbatim
         "SIGNAL_GRACE": str(int(resources.signal_grace)),
+        "MAX_RESTARTS": str(int(resources.max_restarts)),
         "EXIT_REQUEUE": str(EXIT_REQUEUE),
         "EXIT_LOCKED": str(EXIT_LOCKED),
         "EXIT_STALLED": str(EXIT_STALLED),
@@ -218,14 +241,57 @@ def _schedule(epochs: int, iterations: int, device: str) -> dict[str, str]:
     return {"EPOCHS": str(int(epochs)), "ITERATIONS": str(int(iterations)), "DEVICE": _name(device, "--device")}
 
 
+def _train_options(resources: Resources) -> str:
+    """What `train` is told beyond its schedule: node-local staging of the preprocessed data."""
+    if not resources.stage_data:
+        return ""
+    scratch = f" --local-scratch {shlex.quote(resources.local_scratch)}" if resources.local_scratch else ""
+    return " --stage-data" + scratch
+
+
+def _fold(workspace: Path, cli: Sequence[str], resources: Resources, configuration: str, *, epochs: int,
+          iterations: int, device: str, fold: Optional[int]) -> str:
+    config = _name(configuration, "configuration")
+    values = {**_common(workspace, cli, resources, f"ibsr-nnunet-{config}" + ("" if fold is None else f"-fold{fold}")),
+              **_schedule(epochs, iterations, device), "CONFIG": config, "TRAIN_OPTIONS": _train_options(resources)}
+    if fold is None:
+        values.update({
+            "HEADER": f"# ibsr-nnunet: nnU-Net {config} training, one array task per fold (SLURM_ARRAY_TASK_ID is "
+                      f"the fold).\n# Rendered by `ibsr-nnunet submit` from slurm/nnunet-fold.sbatch: run submit "
+                      f"again rather than editing this file.",
+            "FOLD": "${SLURM_ARRAY_TASK_ID:?submit this script as an array job, --array=FOLDS}",
+            "REGISTER": "",
+        })
+        return fill(load_template("nnunet-fold.sbatch"), values)
+    if not isinstance(fold, int) or fold < 0:
+        raise InputError(f"--fold {fold!r} must be a whole number, 0 or more.")
+    values.update({
+        "HEADER": f"# ibsr-nnunet: nnU-Net {config} training of fold {fold}, submitted by hand: sbatch THIS_FILE.\n"
+                  f"# Its log is sbatch's default, slurm-<job id>.out in the folder sbatch runs from (or sbatch "
+                  f"--output=FILE).\n# It records itself in the workspace's slurm/jobs.json when it starts, so "
+                  f"`ibsr-nnunet submit` and `status` see it.\n# Rendered by `ibsr-nnunet script` from "
+                  f"slurm/nnunet-fold.sbatch: render it again rather than editing this file.",
+        "FOLD": str(fold),
+        "REGISTER": (f'"${{IBSR_NNUNET[@]}}" --workspace "$WORKSPACE" register-job --config {config} --fold "$FOLD" '
+                     f'--epochs {values["EPOCHS"]} --iterations-per-epoch {values["ITERATIONS"]} \\\n'
+                     f'  || log "could not record this job in $WORKSPACE/slurm/jobs.json (why: above); training '
+                     f'anyway"'),
+    })
+    return fill(load_template("nnunet-fold.sbatch"), values)
+
+
 def render_fold_array(workspace: Path, cli: Sequence[str], resources: Resources, *, configuration: str,
                       epochs: int, iterations: int, device: str) -> str:
     """One array job per nnU-Net configuration; the array index is the fold."""
-    return fill(load_template("nnunet-fold.sbatch"), {
-        **_common(workspace, cli, resources, f"ibsr-nnunet-{configuration}"),
-        **_schedule(epochs, iterations, device),
-        "CONFIG": _name(configuration, "configuration"),
-    })
+    return _fold(workspace, cli, resources, configuration, epochs=epochs, iterations=iterations, device=device,
+                 fold=None)
+
+
+def render_fold(workspace: Path, cli: Sequence[str], resources: Resources, *, configuration: str, fold: int,
+                epochs: int, iterations: int, device: str) -> str:
+    """One fold as a self-contained job to `sbatch` by hand (no array): it records itself in jobs.json first."""
+    return _fold(workspace, cli, resources, configuration, epochs=epochs, iterations=iterations, device=device,
+                 fold=fold)
 
 
 def render_baseline(workspace: Path, cli: Sequence[str], resources: Resources, *, model: str, loss: str,
@@ -253,11 +319,13 @@ def log_pattern(folder: Path, name: str) -> str:
 
 
 def sbatch_argv(script: Path, log: str, chdir: Path, *, array: Optional[Sequence[int]] = None,
-                dependency: Sequence[str] = (), sbatch: str = "sbatch") -> list[str]:
-    """The exact sbatch command line (an argv list: no shell ever parses it)."""
+                array_parallel: Optional[int] = None, dependency: Sequence[str] = (),
+                sbatch: str = "sbatch") -> list[str]:
+    """The exact sbatch command line (an argv list: no shell ever parses it); `array_parallel` throttles the array."""
     argv = [sbatch, "--parsable", f"--output={log}", f"--chdir={chdir}"]
     if array:
-        argv.append("--array=" + ",".join(str(int(i)) for i in array))
+        argv.append("--array=" + ",".join(str(int(i)) for i in array)
+                    + (f"%{int(array_parallel)}" if array_parallel else ""))
     if dependency:
         argv.append("--dependency=afterok:" + ":".join(dependency))
         argv.append("--kill-on-invalid-dep=yes")  # a failed job cancels what waits on it

@@ -25,7 +25,7 @@ from ..core.vocabulary import BASELINE_SEPARATOR, CONFIGURATIONS, N_FOLDS
 from ..core.workspace import Workspace
 from ..nnunet.paths import FULL_EPOCHS, FULL_ITERATIONS, fold_finished, fold_folder, plans_file, trainer_name
 from . import sbatch as render
-from .jobs import load_jobs, save_jobs
+from .jobs import append_job, load_jobs, state_key
 from .progress import baseline_progress
 from .slurm import Cluster, JobState, Runner, query_cluster, query_states, sbatch, scancel
 
@@ -122,7 +122,7 @@ class _Campaign:
                 continue
             if fold is not None and fold not in record.get("folds", []):
                 continue
-            key = f"{record['job_id']}_{fold}" if fold is not None else record["job_id"]
+            key = state_key(record, fold)
             state = self.states.get(key)
             if state is not None and state.active:
                 return key
@@ -208,7 +208,7 @@ def _fold_arrays(c: _Campaign) -> list[Submission]:
                                             epochs=c.plan.epochs, iterations=c.plan.iterations, device=c.plan.device)
             script = c.scripts / f"nnunet-{config}-{c.stamp}.sbatch"
             argv = render.sbatch_argv(script, render.log_pattern(c.logs, f"nnunet-{config}_%A_%a.out"),
-                                      c.ws.slurm, array=todo)
+                                      c.ws.slurm, array=todo, array_parallel=c.plan.resources.array_parallel)
             submissions.append(Submission("fold", config, script, argv, text, folds=todo))
     return submissions
 
@@ -257,11 +257,12 @@ def _final_argv(c: _Campaign, final: Submission, dependencies: list[str]) -> lis
                               dependency=dependencies + c.still_active())
 
 
-def _record(c: _Campaign, sub: Submission) -> None:
-    c.jobs.append({"kind": sub.kind, "name": sub.name, "job_id": sub.job_id, "folds": sub.folds,
-                   "trainer": c.trainer, "epochs": c.plan.epochs, "iterations": c.plan.iterations,
-                   "script": str(sub.script), "argv": sub.argv, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    save_jobs(c.ws, c.jobs)  # after every sbatch: a crash later never loses a job ID
+def _record(c: _Campaign, sub: Submission, say: Callable[[str], None]) -> None:
+    throttle = c.plan.resources.array_parallel if sub.kind == "fold" else None
+    c.jobs = append_job(c.ws, {  # after every sbatch: a crash later never loses a job ID
+        "kind": sub.kind, "name": sub.name, "job_id": sub.job_id, "folds": sub.folds, "array": sub.kind == "fold",
+        "array_parallel": throttle, "trainer": c.trainer, "epochs": c.plan.epochs, "iterations": c.plan.iterations,
+        "script": str(sub.script), "argv": sub.argv, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")}, say=say)
 
 
 def submit(ws: Workspace, plan: SubmitPlan, *, cli: Optional[Sequence[str]] = None, run: Runner = subprocess.run,
@@ -297,7 +298,7 @@ def submit(ws: Workspace, plan: SubmitPlan, *, cli: Optional[Sequence[str]] = No
             sub.argv = _final_argv(c, sub, [s.job_id for s in training if s.job_id])
         write_text(sub.script, sub.text)
         sub.job_id = sbatch(run, sub.argv)
-        _record(c, sub)
+        _record(c, sub, say)
         say(f"submitted {sub.kind} {sub.name}" + (f" folds {','.join(map(str, sub.folds))}" if sub.folds else "")
             + f": job {sub.job_id}")
     return SubmitResult(submitted, c.skipped, dry_run=False)
@@ -305,7 +306,7 @@ def submit(ws: Workspace, plan: SubmitPlan, *, cli: Optional[Sequence[str]] = No
 
 def _active_keys(states: dict[str, JobState], record: dict) -> list[str]:
     """The record's jobs still queued or running: array tasks as 'ID_TASK' (a dependency names just those)."""
-    keys = [f"{record['job_id']}_{f}" for f in record["folds"]] if record.get("folds") else [record["job_id"]]
+    keys = [state_key(record, f) for f in record["folds"]] if record.get("folds") else [state_key(record, None)]
     return [k for k in keys if (s := states.get(k)) is not None and s.active]
 
 
@@ -323,3 +324,12 @@ def _baseline_done(c: _Campaign, name: str) -> bool:
     state = c.states.get(records[-1]["job_id"]) if records else None
     done = (state is not None and state.state == "COMPLETED") or baseline_progress(c.ws, name).finished
     return done and c.current(c.ws.baselines / name)
+
+
+def fold_script(ws: Workspace, configuration: str, fold: int, *, epochs: int, iterations: int, device: str,
+                resources: render.Resources, cli: Optional[Sequence[str]] = None) -> str:
+    """One fold's script to `sbatch` by hand, after the same checks as `submit` (planned, the fold exists)."""
+    _check_planned(ws, SubmitPlan(configs=(configuration,), folds=(fold,), epochs=epochs, iterations=iterations,
+                                  device=device, resources=resources))
+    return render.render_fold(ws.root, list(cli or render.default_cli()), resources, configuration=configuration,
+                              fold=fold, epochs=epochs, iterations=iterations, device=device)

@@ -6,17 +6,34 @@ import json
 import shlex
 from dataclasses import asdict
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 from rich.table import Table
 
 from ..core.vocabulary import CONFIGURATIONS
 from ..nnunet.paths import FULL_EPOCHS, FULL_ITERATIONS
-from .common import (ALL_FOLDS, ArchiveStaleOption, Device, DeviceOption, baselines_list, configs_or_none, console, folds_list, number, refusals,
+from .common import (ALL_FOLDS, ArchiveStaleOption, Configuration, Device, DeviceOption, baselines_list, configs_or_none, console, folds_list, number, refusals,
                      stage_app, workspace_of)
 
 app = stage_app("The SLURM campaign: submit every job, follow their state.")
+
+# the resource options of `submit` and `script` (the same names as the --config-file keys)
+Partition = Annotated[Optional[str], typer.Option("--partition", help="SLURM partition.")]
+Account = Annotated[Optional[str], typer.Option("--account", help="SLURM account.")]
+TimeLimit = Annotated[Optional[str], typer.Option("--time", help="Time limit of each job run, e.g. 24:00:00 (a requeued run gets it again).")]
+GpusPerJob = Annotated[Optional[int], typer.Option("--gpus-per-job", help="GPUs per job (default 1; 0 = CPU-only cluster, no GPU request).")]
+CpusPerTask = Annotated[Optional[int], typer.Option("--cpus-per-task", help="CPUs per job (default 8).")]
+Mem = Annotated[Optional[str], typer.Option("--mem", help="Memory per job, e.g. 32G (default: the partition's).")]
+SignalGrace = Annotated[Optional[int], typer.Option("--signal-grace", help="Seconds before the time limit that USR1 asks a job to save and requeue (default 600; less than --time).")]
+ExtraSbatch = Annotated[Optional[List[str]], typer.Option("--extra-sbatch", help="Another #SBATCH option, e.g. --qos=long (repeatable).")]
+Setup = Annotated[Optional[List[str]], typer.Option("--setup", help="A shell line every job runs first, e.g. 'module load cuda/12.4' (repeatable; trusted shell, written verbatim).")]
+MaxRestarts = Annotated[Optional[int], typer.Option("--max-restarts", help="Requeues a training job may ask for before it ends FAILED (default 50).")]
+StageData = Annotated[Optional[bool], typer.Option("--stage-data/--no-stage-data", help="nnU-Net folds copy the preprocessed data to node-local disk first (default: no).")]
+LocalScratch = Annotated[Optional[str], typer.Option("--local-scratch", help="Node-local folder for --stage-data (default: $SLURM_TMPDIR, else $TMPDIR).")]
+ConfigFile = Annotated[Optional[Path], typer.Option("--config-file", help="TOML with these settings (partition, account, time, gpus_per_job, gpu_option, cpus_per_task, mem, signal_grace, extra_sbatch, setup, max_restarts, array_parallel, stage_data, local_scratch); options win.")]
+Epochs = Annotated[int, typer.Option("--epochs", min=1, help="Epochs of every training job.")]
+Iterations = Annotated[int, typer.Option("--iterations-per-epoch", min=1, help="Iterations per epoch of every training job.")]
 
 
 @app.command()
@@ -26,18 +43,23 @@ def submit(
     configs: str = typer.Option(",".join(CONFIGURATIONS), "--configs", callback=configs_or_none, help="nnU-Net configurations: one array job each ('' for none)."),
     folds: str = typer.Option(ALL_FOLDS, "--folds", callback=folds_list, help="Folds: the array indices of every configuration."),
     baselines: str = typer.Option("", "--baselines", callback=baselines_list, help="Baseline jobs as MODEL__LOSS, comma-separated, e.g. unet2d__dice_ce."),
-    epochs: int = typer.Option(FULL_EPOCHS, "--epochs", min=1, help="Epochs of every training job."),
-    iterations: int = typer.Option(FULL_ITERATIONS, "--iterations-per-epoch", min=1, help="Iterations per epoch of every training job."),
+    epochs: Epochs = FULL_EPOCHS,
+    iterations: Iterations = FULL_ITERATIONS,
     device: DeviceOption = Device.auto,
-    partition: Optional[str] = typer.Option(None, "--partition", help="SLURM partition."),
-    account: Optional[str] = typer.Option(None, "--account", help="SLURM account."),
-    time_limit: Optional[str] = typer.Option(None, "--time", help="Time limit of each job run, e.g. 24:00:00 (a requeued run gets it again)."),
-    gpus_per_job: Optional[int] = typer.Option(None, "--gpus-per-job", help="GPUs per job (default 1; 0 = CPU-only cluster, no GPU request)."),
-    cpus_per_task: Optional[int] = typer.Option(None, "--cpus-per-task", help="CPUs per job (default 8)."),
-    mem: Optional[str] = typer.Option(None, "--mem", help="Memory per job, e.g. 32G (default: the partition's)."),
-    signal_grace: Optional[int] = typer.Option(None, "--signal-grace", help="Seconds before the time limit that USR1 asks a job to save and requeue (default 600)."),
-    extra_sbatch: Optional[List[str]] = typer.Option(None, "--extra-sbatch", help="Another #SBATCH option, e.g. --qos=long (repeatable)."),
-    config_file: Optional[Path] = typer.Option(None, "--config-file", help="TOML with these resource settings (partition, account, time, gpus_per_job, gpu_option, cpus_per_task, mem, signal_grace, extra_sbatch); options win."),
+    partition: Partition = None,
+    account: Account = None,
+    time_limit: TimeLimit = None,
+    gpus_per_job: GpusPerJob = None,
+    cpus_per_task: CpusPerTask = None,
+    mem: Mem = None,
+    signal_grace: SignalGrace = None,
+    extra_sbatch: ExtraSbatch = None,
+    setup: Setup = None,
+    max_restarts: MaxRestarts = None,
+    array_parallel: Annotated[Optional[int], typer.Option("--array-parallel", help="Fold array tasks running at once per configuration (--array=...%N; default: no limit).")] = None,
+    stage_data: StageData = None,
+    local_scratch: LocalScratch = None,
+    config_file: ConfigFile = None,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the scripts and sbatch command lines; submit nothing."),
     archive_stale: ArchiveStaleOption = False,
 ) -> None:
@@ -49,7 +71,9 @@ def submit(
     ws = workspace_of(ctx)
     resources = resources_from(config_file, partition=partition, account=account, time=time_limit,
                                gpus_per_job=gpus_per_job, cpus_per_task=cpus_per_task, mem=mem,
-                               signal_grace=signal_grace, extra_sbatch=extra_sbatch)
+                               signal_grace=signal_grace, extra_sbatch=extra_sbatch, setup=setup,
+                               max_restarts=max_restarts, array_parallel=array_parallel, stage_data=stage_data,
+                               local_scratch=local_scratch)
     plan = SubmitPlan(
         configs=tuple(configs), folds=tuple(int(f) for f in folds), baselines=tuple(baselines), epochs=epochs, iterations=iterations,
         device=device.value, resources=resources, dry_run=dry_run, archive_stale=archive_stale)
@@ -67,6 +91,67 @@ def submit(
         console.print(f"recorded in {jobs_file(ws)}; follow with `ibsr-nnunet status`", markup=False)
     else:
         console.print("nothing to submit: every job is finished, queued or running.")
+
+
+@app.command()
+@refusals
+def script(
+    ctx: typer.Context,
+    fold: Annotated[int, typer.Option("--fold", min=0, help="Cross-validation fold.")],
+    config: Annotated[Configuration, typer.Option("--config", help="nnU-Net configuration.")],
+    epochs: Epochs = FULL_EPOCHS,
+    iterations: Iterations = FULL_ITERATIONS,
+    device: DeviceOption = Device.auto,
+    partition: Partition = None,
+    account: Account = None,
+    time_limit: TimeLimit = None,
+    gpus_per_job: GpusPerJob = None,
+    cpus_per_task: CpusPerTask = None,
+    mem: Mem = None,
+    signal_grace: SignalGrace = None,
+    extra_sbatch: ExtraSbatch = None,
+    setup: Setup = None,
+    max_restarts: MaxRestarts = None,
+    stage_data: StageData = None,
+    local_scratch: LocalScratch = None,
+    config_file: ConfigFile = None,
+) -> None:
+    """Print one fold's job script to sbatch by hand (`script ... > fold0.sbatch && sbatch fold0.sbatch`)."""
+    from ..campaign.jobs import jobs_file
+    from ..campaign.sbatch import resources_from
+    from ..campaign.submit import fold_script
+
+    ws = workspace_of(ctx)
+    resources = resources_from(config_file, partition=partition, account=account, time=time_limit,
+                               gpus_per_job=gpus_per_job, cpus_per_task=cpus_per_task, mem=mem,
+                               signal_grace=signal_grace, extra_sbatch=extra_sbatch, setup=setup,
+                               max_restarts=max_restarts, stage_data=stage_data, local_scratch=local_scratch)
+    text = fold_script(ws, config.value, fold, epochs=epochs, iterations=iterations, device=device.value,
+                       resources=resources)
+    typer.echo(text, nl=False)  # the script alone on stdout; what to know about it on stderr
+    typer.echo(f"# {config.value} fold {fold}: `sbatch` this script; its log is slurm-<job id>.out in the folder you "
+               f"run sbatch from (or pass sbatch --output=FILE); once it starts it is recorded in {jobs_file(ws)}.",
+               err=True)
+
+
+@app.command("register-job", hidden=True)
+@refusals
+def register_job(
+    ctx: typer.Context,
+    fold: Annotated[int, typer.Option("--fold", min=0)],
+    config: Annotated[Configuration, typer.Option("--config")],
+    epochs: Epochs = FULL_EPOCHS,
+    iterations: Iterations = FULL_ITERATIONS,
+) -> None:
+    """Record the running fold job in slurm/jobs.json (the first step of a script from `ibsr-nnunet script`)."""
+    from ..campaign.jobs import jobs_file, register_running_fold
+    from ..nnunet.paths import trainer_name
+
+    ws = workspace_of(ctx)
+    record = register_running_fold(ws, config.value, fold, trainer=trainer_name(epochs, iterations), epochs=epochs,
+                                   iterations=iterations, say=console.print)
+    if record is not None:
+        console.print(f"recorded job {record['job_id']} ({config.value} fold {fold}) in {jobs_file(ws)}", markup=False)
 
 
 @app.command()

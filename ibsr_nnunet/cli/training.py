@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -54,6 +55,8 @@ def train(
     device: DeviceOption = Device.auto,
     save_every: Annotated[int, typer.Option("--save-every", min=1, help="Write a checkpoint every N epochs.")] = 1,
     archive_stale: ArchiveStaleOption = False,
+    stage_data: Annotated[bool, typer.Option("--stage-data", help="Copy the preprocessed data to node-local disk first and read it there (results stay in the workspace).")] = False,
+    local_scratch: Annotated[Optional[Path], typer.Option("--local-scratch", help="Node-local folder for --stage-data (default: $SLURM_TMPDIR, else $TMPDIR).")] = None,
 ) -> None:
     """Train one fold; resumes by itself, and exits 75 after saving when SIGUSR1/SIGTERM asks it to stop."""
     from ..nnunet.environment import configure
@@ -62,7 +65,8 @@ def train(
     ws = workspace_of(ctx)
     configure(ws, cores(0))
     result = run_train(ws, config.value, fold, epochs=epochs, iterations=iterations, device=device.value,
-                       save_every=save_every, archive_stale=archive_stale, say=console.print)
+                       save_every=save_every, archive_stale=archive_stale, stage_data=stage_data,
+                       local_scratch=local_scratch, say=console.print)
     if result.status == "already finished":
         console.print(f"{config.value} fold {fold} is already finished: {result.fold_folder}")
         return

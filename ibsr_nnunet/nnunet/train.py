@@ -16,6 +16,7 @@ from ..core.signals import StopSignals
 from ..core.workspace import Workspace
 from .environment import resolve_device
 from .paths import FULL_EPOCHS, FULL_ITERATIONS, fold_finished, fold_folder, plan_stamp, plans_file, trainer_name
+from .staging import staged_preprocessed
 from .trainer import trainer_class
 
 CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_previous.pth")  # newest first
@@ -88,6 +89,7 @@ def _announce(signum: int) -> None:
 
 def train(ws: Workspace, configuration: str, fold: int, *, epochs: int = FULL_EPOCHS,
           iterations: int = FULL_ITERATIONS, device: str = "auto", save_every: int = 1, archive_stale: bool = False,
+          stage_data: bool = False, local_scratch: Optional[Path] = None,
           say: Callable[[str], None] = print) -> TrainResult:
     """Train (or resume, or skip) one fold, then write nnU-Net's validation with probabilities (--npz).
 
@@ -108,8 +110,10 @@ def train(ws: Workspace, configuration: str, fold: int, *, epochs: int = FULL_EP
                 return TrainResult(folder, "already finished", None, epochs, [])
             folder.mkdir(parents=True, exist_ok=True)
             record(folder, fingerprint, configuration=configuration, fold=fold, trainer=name)
-            return _train_fold(ws, plans, configuration, fold, folder=folder, name=name, device=device,
-                               save_every=save_every, stop=stop, say=say)
+            with staged_preprocessed(ws, plans["configurations"][configuration]["data_identifier"],
+                                     enabled=stage_data, local_scratch=local_scratch, say=say):
+                return _train_fold(ws, plans, configuration, fold, folder=folder, name=name, device=device,
+                                   save_every=save_every, stop=stop, say=say)
 
 
 def _train_fold(ws: Workspace, plans: dict, configuration: str, fold: int, *, folder: Path, name: str, device: str,
