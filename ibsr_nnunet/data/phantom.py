@@ -27,14 +27,14 @@ LAYOUT_CODES = {"misa": (0, 1, 2, 3), "nitrc": (0, 128, 192, 254), "analyze": (0
 class Anatomy:
     """What a size changes: the grid, and how wide the CSF is (grooves, outer layer, ventricles).
 
-    small and full draw IBSR's thin CSF: about 6 % of the brain, in sulci and a layer thinner than one 3.75 mm
-    voxel of the small grid, blurred into the grey matter. At the demo's budgets (60 nnU-Net iterations, 8 short
-    baseline epochs) most models then predict no CSF at all. The demo size keeps the small grid and the same
-    random draws but widens the sulci (0.06 instead of 0.03), thickens the outer CSF layer (from 0.96 of the
-    radius, not 0.992), scales the ventricles by 1.5 and blurs less (0.5 voxel), so that CSF is about 19 % of the
-    brain, in sheets (97 % of its voxels touch another CSF voxel; 63 % in small), with sharper CSF/GM contrast. It stays IBSR-like in its order: CSF is
-    the smallest class (GM ≈ 48 %, WM ≈ 32 %). IBSR18's own CSF is about 1 % of the brain at 1 mm; at 4 mm it
-    would be sub-voxel.
+    small and full draw IBSR's thin CSF: about 6 % of the brain, in sulci and a layer thinner than one 3.75 mm voxel
+    of the small grid, blurred into the grey matter. At the demo's budgets (60 nnU-Net iterations, 8 short baseline
+    epochs) most models then predict no CSF at all. The demo size keeps the small grid and the same random draws but
+    widens the sulci (0.06 instead of 0.03), thickens the outer CSF layer (from 0.96 of the radius, not 0.992),
+    scales the ventricles by 1.5 and blurs less (0.5 voxel), so that CSF is about 19 % of the brain, in sheets (97 %
+    of its voxels touch another CSF voxel; 63 % in small), with sharper CSF/GM contrast. It stays IBSR-like in its
+    order: CSF is the smallest class (GM ≈ 48 %, WM ≈ 32 %). IBSR18's own CSF is about 1 % of the brain at 1 mm; at
+    4 mm it would be sub-voxel.
     """
 
     shape: tuple[int, int, int]
