@@ -75,7 +75,7 @@ def _folding(theta: np.ndarray, phi: np.ndarray, rng: np.random.Generator, terms
 def make_subject(index: int, size: str = "small", seed: int = 0) -> PhantomSubject:
     """Subject `index` (1-based) of a phantom set: deterministic for (index, size, seed)."""
     if size not in SIZES:
-        raise InputError(f"--size {size} is unknown; use small or full.")
+        raise InputError(f"--size {size} is unknown; use {', '.join(SIZES)}.")
     rng = np.random.default_rng([seed, index])
     full_spacing = FULL_SPACINGS[(index - 1) % len(FULL_SPACINGS)]
     anatomy = ANATOMY[size]
