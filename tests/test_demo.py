@@ -18,7 +18,8 @@ def test_demo_runs_the_pipeline_to_a_leaderboard(tmp_path):
     board = pd.read_csv(ws / "leaderboard.csv")
     assert set(board["model"]) == MODELS and len(board) == len(MODELS)
     assert board["rank"].tolist() == list(range(1, len(MODELS) + 1))
-    assert (board["cases"] == "IBSR_06;IBSR_07").all() and (board["n_cases"] == 2).all()
+    # the demo phantom's Validation_Set: 5 held-out cases, the fewest for which the leaderboard gives intervals
+    assert (board["cases"] == "IBSR_06;IBSR_07;IBSR_08;IBSR_09;IBSR_10").all() and (board["n_cases"] == 5).all()
     assert board["mean_dice"].is_monotonic_decreasing
     for tissue in ("CSF", "GM", "WM"):
         assert board[f"{tissue}_dice_mean"].between(0, 1).all()
@@ -26,8 +27,10 @@ def test_demo_runs_the_pipeline_to_a_leaderboard(tmp_path):
         for metric in ("hd", "hd95"):  # inf when a model predicts none of a tissue: allowed, never negative
             assert (board[f"{tissue}_{metric}_mean"] >= 0).all()
     assert (board["train_seconds"] > 0).all() and np.isfinite(board["train_seconds"]).all()
-    # the trained nnU-Net learned something even from 3 tiny epochs: white matter is the easy tissue
-    assert board.set_index("model").loc["nnunet_3d_fullres", "WM_dice_mean"] > 0.5
+    # a comparison, not only a pipeline that runs: every model segments all three tissues, CSF included
+    dice = board.set_index("model")
+    assert (dice["CSF_dice_mean"] >= 0.3).all(), dice["CSF_dice_mean"].to_dict()
+    assert (dice[["GM_dice_mean", "WM_dice_mean"]] >= 0.5).all().all(), dice[["GM_dice_mean", "WM_dice_mean"]]
     for png in ("dice_boxplot.png", "overlay_IBSR_06.png", "training_curves.png"):
         assert (ws / "figures" / png).stat().st_size > 10_000
     assert "leaderboard:" in result.output and "nnunet_ensemble" in result.output

@@ -20,7 +20,8 @@ def phantom(
     out: Annotated[Path, typer.Argument(help="Folder to write the synthetic subjects into.")],
     subjects: Annotated[int, typer.Option("--subjects", min=1, help="How many subjects.")] = 6,
     layout: Annotated[Layout, typer.Option("--layout", help="Source layout to write.")] = Layout.misa,
-    size: Annotated[PhantomSize, typer.Option("--size", help="small (64×32×64) or full (256×128×256).")] = PhantomSize.small,
+    size: Annotated[PhantomSize, typer.Option(
+        "--size", help="small (64×32×64), full (256×128×256), or demo (64×32×64, wider CSF).")] = PhantomSize.small,
     seed: Annotated[int, typer.Option("--seed", help="Same seed, same subjects.")] = 0,
 ) -> None:
     """Write synthetic IBSR-like subjects in one of the source layouts."""

@@ -6,6 +6,6 @@ N_FOLDS = 5  # nnU-Net's cross-validation
 CONFIGURATIONS = ("2d", "3d_fullres")  # what nnU-Net plans for IBSR-sized images (3d_lowres is dropped)
 NNUNET_PREFIX = "nnunet_"  # leaderboard / prediction-set names of nnU-Net models: nnunet_2d, nnunet_ensemble, ...
 NNUNET_MODELS = {key: f"{NNUNET_PREFIX}{key}" for key in (*CONFIGURATIONS, "ensemble")}
-PHANTOM_SIZES = ("small", "full")  # synthetic subjects: 64×32×64, or 256×128×256 like IBSR18
+PHANTOM_SIZES = ("small", "full", "demo")  # synthetic subjects: 64×32×64, 256×128×256 like IBSR18, or the demo's
 NSD_TOLERANCE = 1.0  # mm: default tolerance tau of the normalised surface distance (evaluate, leaderboard)
 BASELINE_SEPARATOR = "__"  # a baseline's name is MODEL__LOSS, e.g. unet2d__dice_ce

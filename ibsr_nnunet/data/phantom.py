@@ -15,11 +15,37 @@ from .layouts import LAYOUTS
 
 FULL_SHAPE = (256, 128, 256)  # the 1.5 mm axis second, as in IBSR18
 SMALL_SHAPE = (64, 32, 64)
+DEMO_SHAPE = (64, 32, 64)
 # IBSR18's three in-plane resolutions; the slice axis is always 1.5 mm.
 FULL_SPACINGS = ((0.9375, 1.5, 0.9375), (1.0, 1.5, 1.0), (0.8370536, 1.5, 0.8370536))
 # T1 contrast: CSF dark, GM mid, WM bright (before the subject's intensity scale).
 TISSUE_INTENSITY = {1: 30.0, 2: 72.0, 3: 105.0}
 LAYOUT_CODES = {"misa": (0, 1, 2, 3), "nitrc": (0, 128, 192, 254), "analyze": (0, 128, 192, 254)}
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    """What a size changes: the grid, and how wide the CSF is (grooves, outer layer, ventricles).
+
+    small and full draw IBSR's thin CSF: about 6 % of the brain, in sulci and a layer thinner than one 3.75 mm voxel
+    of the small grid, blurred into the grey matter. At the demo's budgets (60 nnU-Net iterations, 8 short baseline
+    epochs) most models then predict no CSF at all. The demo size keeps the small grid and the same random draws but
+    widens the sulci (0.06 instead of 0.03), thickens the outer CSF layer (from 0.96 of the radius, not 0.992),
+    scales the ventricles by 1.5 and blurs less (0.5 voxel), so that CSF is about 19 % of the brain, in sheets (97 %
+    of its voxels touch another CSF voxel; 63 % in small), with sharper CSF/GM contrast. It stays IBSR-like in its
+    order: CSF is the smallest class (GM ≈ 48 %, WM ≈ 32 %). IBSR18's own CSF is about 1 % of the brain at 1 mm; at
+    4 mm it would be sub-voxel.
+    """
+
+    shape: tuple[int, int, int]
+    groove: float = 0.03  # sulci where |sin·sin| of the groove pattern is below this
+    outer: float = 0.992  # outer CSF layer where the normalised radius q exceeds this
+    ventricles: float = 1.0  # scale of the lateral ventricles' radii
+    blur: float = 0.6  # partial volume at tissue borders, in voxels
+
+
+ANATOMY = {"small": Anatomy(SMALL_SHAPE), "full": Anatomy(FULL_SHAPE),
+           "demo": Anatomy(DEMO_SHAPE, groove=0.06, outer=0.96, ventricles=1.5, blur=0.5)}
 
 
 @dataclass(frozen=True)
@@ -49,10 +75,11 @@ def _folding(theta: np.ndarray, phi: np.ndarray, rng: np.random.Generator, terms
 def make_subject(index: int, size: str = "small", seed: int = 0) -> PhantomSubject:
     """Subject `index` (1-based) of a phantom set: deterministic for (index, size, seed)."""
     if size not in SIZES:
-        raise InputError(f"--size {size} is unknown; use small or full.")
+        raise InputError(f"--size {size} is unknown; use {', '.join(SIZES)}.")
     rng = np.random.default_rng([seed, index])
     full_spacing = FULL_SPACINGS[(index - 1) % len(FULL_SPACINGS)]
-    shape = FULL_SHAPE if size == "full" else SMALL_SHAPE
+    anatomy = ANATOMY[size]
+    shape = anatomy.shape
     factor = FULL_SHAPE[0] / shape[0]
     spacing = tuple(s * factor for s in full_spacing)  # same field of view at either size
     x, y, z = _grid(shape, spacing)
@@ -73,11 +100,12 @@ def make_subject(index: int, size: str = "small", seed: int = 0) -> PhantomSubje
         labels[((x - side * 11) / 8) ** 2 + (y / 10) ** 2 + ((z + 4) / 8) ** 2 < 1] = 2
     # sulci: narrow CSF grooves cutting into the ribbon, plus a thin outer CSF layer
     grooves = np.abs(np.sin(rng.integers(7, 11) * theta + rng.uniform(0, 6.3)) * np.sin(rng.integers(5, 9) * phi))
-    sulcal = brain & (q > wm_surface + 0.04) & ((grooves < 0.03) | (q > 0.992))
+    sulcal = brain & (q > wm_surface + 0.04) & ((grooves < anatomy.groove) | (q > anatomy.outer))
     labels[sulcal] = 1
     # lateral ventricles
+    v = anatomy.ventricles
     for side in (-1, 1):
-        labels[((x - side * 8) / 5) ** 2 + ((y + 4) / 24) ** 2 + ((z - 8) / 9) ** 2 < 1] = 1
+        labels[((x - side * 8 * v) / (5 * v)) ** 2 + ((y + 4) / (24 * v)) ** 2 + ((z - 8) / (9 * v)) ** 2 < 1] = 1
     labels_fill = labels.copy()
     labels_fill[sulcal] = 2
 
@@ -85,7 +113,7 @@ def make_subject(index: int, size: str = "small", seed: int = 0) -> PhantomSubje
     intensity = np.zeros(q.shape, dtype=np.float32)
     for tissue, value in TISSUE_INTENSITY.items():
         intensity[labels == tissue] = value * scale
-    intensity = ndimage.gaussian_filter(intensity, 0.6)  # partial volume at tissue borders
+    intensity = ndimage.gaussian_filter(intensity, anatomy.blur)  # partial volume at tissue borders
     c = rng.uniform(-1, 1, size=5)
     xr, yr, zr = x / x.max(), y / y.max(), z / z.max()
     bias = np.exp(0.12 * (c[0] * xr + c[1] * yr + c[2] * zr + c[3] * xr * yr + c[4] * zr**2))
@@ -115,23 +143,30 @@ def _save(array3d: np.ndarray, affine: np.ndarray, path: Path, analyze: bool) ->
     nib.save(image, str(path))
 
 
-def misa_split(count: int) -> list[str]:
-    """MISA's proportions (10 train / 5 validation / 3 test of 18) for `count` subjects, in subject order."""
+def misa_split(count: int, *, validation: int | None = None) -> list[str]:
+    """MISA's proportions (10 train / 5 validation / 3 test of 18) for `count` subjects, in subject order;
+    `validation` sets the Validation_Set's size instead (the held-out cases)."""
     n_test = round(count * 3 / 18) if count >= 4 else 0
     n_val = round(count * 5 / 18) if count >= 4 else 0
+    if validation is not None:
+        n_val = validation
+        if count - n_test - n_val < 2:
+            raise InputError(f"--subjects {count} is too few to hold {validation} out, test {n_test} and train at "
+                             f"least 2; add subjects.")
     n_train = count - n_test - n_val
     return ["Training_Set"] * n_train + ["Validation_Set"] * n_val + ["Test_Set"] * n_test
 
 
 def write_phantoms(out: str | Path, subjects: int = 6, *, layout: str = "misa", size: str = "small", seed: int = 0,
-                   on_subject_done=lambda subject_id: None) -> list[Path]:
-    """Write `subjects` phantom subjects under `out` in `layout`; returns the image paths."""
+                   validation: int | None = None, on_subject_done=lambda subject_id: None) -> list[Path]:
+    """Write `subjects` phantom subjects under `out` in `layout` (MISA: `validation` held out, see misa_split);
+    returns the image paths."""
     if layout not in LAYOUTS:
         raise InputError(f"--layout {layout} is unknown; use {', '.join(LAYOUTS)}.")
     if subjects < 1:
         raise InputError(f"--subjects {subjects} must be at least 1.")
     out = Path(out)
-    splits = misa_split(subjects)
+    splits = misa_split(subjects, validation=validation)
     images = []
     for index in range(1, subjects + 1):
         subject = make_subject(index, size, seed)
