@@ -11,8 +11,9 @@ import numpy as np
 from ibsr_nnunet.core.atomic import write_json
 from ibsr_nnunet.core.errors import InputError
 from ibsr_nnunet.core.orientation import training_axcodes
-from ibsr_nnunet.core.locks import Lock, lock_path
+from ibsr_nnunet.core.locks import Lock, LockedError, lock_path
 from ibsr_nnunet.core.provenance import dataset_fingerprint, ensure_current, record, staleness
+from ibsr_nnunet.core.runlog import record_locked
 from ibsr_nnunet.core.workspace import Workspace
 
 from .data import slicing_axis
@@ -28,15 +29,19 @@ def train_in_workspace(ws: Workspace, options: TrainOptions, *, archive_stale: b
     """Train (or resume) the run of `options.model` + `options.loss` on the workspace's training cases."""
     fingerprint = dataset_fingerprint(ws)
     folder = run_dir(ws, options.model, options.loss)
-    with Lock(lock_path(folder), f"baseline run {folder.name}",
-              f"ibsr-nnunet baseline train --model {options.model} --loss {options.loss}", say=say):
-        ensure_current(ws, folder, what=f"baseline run {folder.name}", fingerprint=fingerprint,
-                       archive_stale=archive_stale, say=say)
-        folder.mkdir(parents=True, exist_ok=True)
-        record(folder, fingerprint, model=options.model, loss=options.loss)
-        write_json(folder / ORIENTATION, training_orientation(ws))
-        return train(folder, ws.cases("train"), options, on_epoch=on_epoch, on_iteration=on_iteration,
-                     on_start=on_start)
+    try:
+        with Lock(lock_path(folder), f"baseline run {folder.name}",
+                  f"ibsr-nnunet baseline train --model {options.model} --loss {options.loss}", say=say):
+            ensure_current(ws, folder, what=f"baseline run {folder.name}", fingerprint=fingerprint,
+                           archive_stale=archive_stale, say=say)
+            folder.mkdir(parents=True, exist_ok=True)
+            record(folder, fingerprint, model=options.model, loss=options.loss)
+            write_json(folder / ORIENTATION, training_orientation(ws))
+            return train(folder, ws.cases("train"), options, on_epoch=on_epoch, on_iteration=on_iteration,
+                         on_start=on_start)
+    except LockedError:
+        record_locked(folder, "baseline train")  # our own history: this run was refused
+        raise
 
 
 def training_orientation(ws: Workspace) -> dict:
