@@ -10,7 +10,8 @@ Start line: event "start", run (id shared with the end line), start (UTC ISO tim
 device_name (the GPU or CPU model), epoch_start, epochs_redone (finished epochs before this run that it repeats),
 compile (nnU-Net's torch.compile, None for the baselines), log (nnU-Net's training log file of this run), command.
 End line: event "end", run, end (UTC; None for `killed`), reason (END_REASONS), exit_code, epoch_end, seconds,
-startup_seconds (from the run's start to its first finished epoch), stalled.
+startup_seconds (from the run's start to its first finished epoch: loading, torch.compile, the epoch itself),
+since_last_epoch_seconds (the unsaved part-epoch a `usr1`/`term` run leaves to be redone, and the save), stalled.
 """
 
 from __future__ import annotations
@@ -45,9 +46,13 @@ def utc(seconds: Optional[float]) -> Optional[str]:
 
 
 def parse_utc(text: Optional[str]) -> Optional[float]:
-    if not text:
-        return None
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+    """An ISO UTC time, with or without fractions of a second, as time.time(); None when it is not one."""
+    for form in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ"):
+        try:
+            return datetime.strptime(text or "", form).replace(tzinfo=timezone.utc).timestamp()
+        except ValueError:
+            pass
+    return None
 
 
 def append_line(folder: Path, record: dict) -> None:
@@ -156,6 +161,7 @@ class RunLog:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     epoch: Optional[int] = None  # the epochs finished so far: set by `begin`, then by `epoch_finished`
     first_epoch_at: Optional[float] = None
+    last_epoch_at: Optional[float] = None
     begun: bool = False
     ended: bool = False
     start_line: dict = field(default_factory=dict)
@@ -180,9 +186,9 @@ class RunLog:
 
     def epoch_finished(self, epochs_done: int) -> None:
         """An epoch ended: `epochs_done` are finished now (what a resume would start from)."""
-        self.epoch = epochs_done
+        self.epoch, self.last_epoch_at = epochs_done, time.time()
         if self.first_epoch_at is None:
-            self.first_epoch_at = time.time()
+            self.first_epoch_at = self.last_epoch_at
 
     def end(self, reason: str, *, exit_code: Optional[int] = None) -> bool:
         """Append the end line; True when this run and the one before it both ended by USR1 without finishing an
@@ -195,7 +201,7 @@ class RunLog:
         line = {"event": "end", "run": self.run_id, "end": utc(now), "reason": reason, "exit_code": exit_code,
                 "epoch_end": self.epoch, "seconds": round(now - self.started, 3),
                 "startup_seconds": None if self.first_epoch_at is None else round(self.first_epoch_at - self.started, 3),
-                "stalled": False}
+                "since_last_epoch_seconds": round(now - (self.last_epoch_at or self.started), 3), "stalled": False}
         if reason == "usr1":
             history = read_runs(self.folder)
             ids = [r.run_id for r in history]
