@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import io
@@ -230,10 +231,11 @@ def _check_same_run(folder: Path, saved: dict, options: TrainOptions) -> None:
 
 def train(folder: Path, train_files: list[tuple[str, Path, Path]], options: TrainOptions, *,
           on_epoch: Callable[[dict], None] | None = None, on_iteration: Callable[[], None] | None = None,
-          on_start: Callable[[int, int | None], None] | None = None) -> TrainResult:
+          on_start: Callable[[int, int | None], None] | None = None, stop: StopSignals | None = None) -> TrainResult:
     """Train (or resume) the run in `folder` on labelled (id, image, label) files; an internal validation split
     is taken from these files only. on_start(start_epoch, total_epochs), on_iteration() and on_epoch(log row)
-    report progress. Each call that trains is recorded in the folder's runs.jsonl (core/runlog.py)."""
+    report progress. Each call that trains is recorded in the folder's runs.jsonl (core/runlog.py). `stop`: the
+    caller's active StopSignals, entered earlier (default: one entered here)."""
     began, started = time.perf_counter(), time.time()
     folder = Path(folder)
     state = _load_checkpoint(folder)
@@ -243,7 +245,7 @@ def train(folder: Path, train_files: list[tuple[str, Path, Path]], options: Trai
             return TrainResult("already finished", folder, state["epoch"], state["epoch"], state["best_val_loss"],
                                state["best_val_dice"], state["train_seconds"], state["log"])
     record = RunLog(folder, "baseline train", started=started)
-    with StopSignals() as stop:  # from here on, SIGUSR1/SIGTERM (start-up included) stop after a checkpoint
+    with (contextlib.nullcontext(stop) if stop is not None else StopSignals()) as stop:  # start-up included
         try:
             result = _train(folder, train_files, options, state, began=began, record=record, stop=stop,
                             on_epoch=on_epoch, on_iteration=on_iteration, on_start=on_start)
