@@ -191,3 +191,17 @@ def test_eta_formulas():
     assert campaign_eta([(50.0, False)], 0, 0.0) == 50.0
     assert final_job_seconds([]) == FINAL_JOB_SECONDS
     assert final_job_seconds(["[ibsr-nnunet 2026-11-30T10:00:00Z] job 1: ensemble\n"]) == FINAL_JOB_SECONDS
+
+
+def test_a_fold_not_started_yet_borrows_the_eta_of_its_measured_siblings(campaign):
+    jobs = json.loads((campaign.slurm / "jobs.json").read_text())
+    jobs["jobs"][0]["folds"] = [0, 1, 2]
+    (campaign.slurm / "jobs.json").write_text(json.dumps(jobs))
+    report = status(campaign, run=answering(RUNNING))
+    fold2 = next(r for r in report.rows if r.fold == 2)
+    # 100 epochs left, not running: with fold 0's numbers 310 × 100 + 140 × 10 = 32400, with fold 1's
+    # 300 × 100 + 200 × 10 = 32000; median 32200
+    assert (fold2.eta_seconds, fold2.eta_from, fold2.seconds_per_epoch) == (32200.0, "siblings", None)
+    # slots: fold 0 (24230) and the baseline (196) run; fold 1 follows the baseline (28996), fold 2 fold 0:
+    # 24230 + 32200 = 56430; + 750 for the final job
+    assert report.eta_seconds == 57180.0

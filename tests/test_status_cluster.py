@@ -37,7 +37,6 @@ def test_a_time_limited_fold_requeues_on_usr1_and_status_reads_it_from_runs_json
         subprocess.run(["scancel", job.split("_")[0]], check=False)
     assert read_runs(folder)[0].reason == "usr1", (folder / "runs.jsonl").read_text()
     assert row["restarts"] >= 1 and "usr1" in row["end_reasons"], row
-    assert row["seconds_per_epoch"] > 0 and row["eta_seconds"] > 0 and not row["stalled"], row
     log = next(ws.slurm.glob("logs/nnunet-2d_*_0.out")).read_text()
     assert "received SIGUSR1" in log and "requeueing" in log
 

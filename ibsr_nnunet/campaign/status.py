@@ -13,7 +13,7 @@ from ..core.provenance import dataset_fingerprint, staleness
 from ..core.runlog import STALL_FIX, median, utc
 from ..core.workspace import Workspace
 from ..nnunet.paths import fold_folder
-from .eta import campaign_eta, final_job_seconds, job_eta, summarize
+from .eta import History, campaign_eta, final_job_seconds, job_eta, summarize
 from .jobs import load_jobs
 from .progress import Progress, baseline_progress, fold_progress
 from .slurm import JobState, Runner, query_states
@@ -46,6 +46,7 @@ class StatusRow:
     seconds_per_epoch: Optional[float] = None  # median of the recent epochs on the current device
     eta_seconds: Optional[float] = None
     eta_utc: Optional[str] = None
+    eta_from: str = "own"  # "own": its own epochs; "siblings": the measured folds of its configuration
     running: bool = False
 
 
@@ -88,7 +89,7 @@ def _latest_records(jobs: list[dict]) -> list[tuple[tuple[str, str, Optional[int
     return sorted(latest.items(), key=lambda kv: (order[kv[0][0]], kv[0][1], kv[0][2] or 0))
 
 
-def _add_history(row: StatusRow, progress: Progress, state: Optional[JobState], now: float) -> None:
+def _add_history(row: StatusRow, progress: Progress, state: Optional[JobState], now: float) -> History:
     """Restarts, end reasons, redone work, GPU-hours, stall and ETA from the run history and the epoch times."""
     history = summarize(progress.runs, now)
     row.restarts = max(history.restarts, state.restarts if state else 0)
@@ -106,6 +107,23 @@ def _add_history(row: StatusRow, progress: Progress, state: Optional[JobState], 
         eta = job_eta(history, spe, row.epochs_total - (row.epochs_done or 0), running=row.running)
         row.eta_seconds = None if eta is None else round(eta, 1)
     row.eta_utc = utc(now + row.eta_seconds) if row.eta_seconds is not None else None
+    return history
+
+
+def _borrow_etas(rows: list[StatusRow], histories: dict[int, History], now: float) -> None:
+    """A job that has not finished an epoch yet (a fold still queued) gets the median ETA its measured siblings
+    (the other folds of its configuration) would give for its epochs left."""
+    for row in rows:
+        if row.eta_seconds is not None or row.stalled or row.epochs_total is None or row.kind != "fold":
+            continue
+        left = row.epochs_total - (row.epochs_done or 0)
+        etas = [job_eta(histories[id(other)], other.seconds_per_epoch, left, running=row.running)
+                for other in rows if other.kind == row.kind and other.name == row.name
+                and other.seconds_per_epoch is not None and id(other) in histories]
+        if etas:
+            row.eta_seconds = round(median(etas), 1)
+            row.eta_utc = utc(now + row.eta_seconds)
+            row.eta_from = "siblings"
 
 
 def _parallel(jobs: list[dict], rows: list[StatusRow]) -> int:
@@ -150,6 +168,7 @@ def status(ws: Workspace, run: Runner = subprocess.run) -> CampaignStatus:
     states = states or {}
     fingerprint = _fingerprint(ws)
     rows: list[StatusRow] = []
+    histories: dict[int, History] = {}
     jobs = load_jobs(ws)
     for (kind, name, fold), record in _latest_records(jobs):
         key = f"{record['job_id']}_{fold}" if fold is not None else record["job_id"]
@@ -165,10 +184,11 @@ def status(ws: Workspace, run: Runner = subprocess.run) -> CampaignStatus:
                                                                    progress.validation_dice)
             completed = kind == "baseline" and state is not None and state.state == "COMPLETED"
             row.finished = (progress.finished or completed) and not row.stale
-            _add_history(row, progress, state, now)
+            histories[id(row)] = _add_history(row, progress, state, now)
         else:
             row.finished = (state is not None and state.state == "COMPLETED") or (state is None and ws.leaderboard.is_file())
         rows.append(row)
+    _borrow_etas(rows, histories, now)
     report = CampaignStatus(rows, answered)
     if rows:
         _campaign(report, ws, jobs, now)
