@@ -23,10 +23,10 @@ def fold_job(ws) -> str:
 
 
 def test_a_time_limited_fold_requeues_on_usr1_and_status_reads_it_from_runs_jsonl(cluster, planned, tmp_path):
-    """2-minute slots, USR1 30 s before the end: the first run saves at the warning and the job requeues."""
+    """2-minute slots, USR1 60 s before the end: the first run saves at the warning and the job requeues."""
     ws = copy_workspace(planned, tmp_path / "limited")
     submitted = cli(ws.root, "submit", "--configs", "2d", "--folds", "0", "--epochs", "1000",
-                    "--iterations-per-epoch", "2", *CPU, "--time", "2", "--signal-grace", "30")
+                    "--iterations-per-epoch", "2", *CPU, "--time", "2", "--signal-grace", "60")
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     job = fold_job(ws)
     folder = ws.results_dataset / f"{trainer_name(1000, 2)}__nnUNetPlans__2d" / "fold_0"
