@@ -94,7 +94,9 @@ def _add_history(row: StatusRow, progress: Progress, state: Optional[JobState], 
     history = summarize(progress.runs, now)
     row.restarts = max(history.restarts, state.restarts if state else 0)
     row.end_reasons, row.epochs_redone = history.end_reasons, history.epochs_redone
-    row.gpu_hours, row.stalled = round(history.gpu_hours, 4), history.stalled and not row.finished
+    exited_stalled = state is not None and state.exit_code.split(":")[0] == str(EXIT_STALLED)
+    row.gpu_hours = round(history.gpu_hours, 4)
+    row.stalled = (history.stalled or exited_stalled) and not row.finished
     # an open last run is running unless SLURM says otherwise (it answered and the job is not running)
     row.running = history.running and (state is None or state.state == "RUNNING") and not row.finished
     if row.stalled:
