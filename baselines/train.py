@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import io
@@ -17,6 +18,8 @@ import torch
 from ibsr_nnunet.core.atomic import atomic_path, write_json, write_text
 from ibsr_nnunet.core.devices import DEVICES, torch_device
 from ibsr_nnunet.core.errors import InputError
+from ibsr_nnunet.core.exitcodes import EXIT_REQUEUE
+from ibsr_nnunet.core.runlog import RunLog, cpu_name
 from ibsr_nnunet.core.signals import StopSignals
 from ibsr_nnunet.core.workspace import Workspace
 
@@ -146,6 +149,8 @@ class TrainResult:
     best_val_dice: float
     train_seconds: float
     log: list[dict] = field(default_factory=list)
+    signal: str = ""  # the stop signal of an interrupted run: "SIGUSR1" | "SIGTERM"
+    stalled: bool = False  # interrupted by SIGUSR1 before finishing an epoch, twice in a row (core/runlog.py)
 
 
 def run_dir(ws: Workspace, model: str, loss: str) -> Path:
@@ -226,11 +231,12 @@ def _check_same_run(folder: Path, saved: dict, options: TrainOptions) -> None:
 
 def train(folder: Path, train_files: list[tuple[str, Path, Path]], options: TrainOptions, *,
           on_epoch: Callable[[dict], None] | None = None, on_iteration: Callable[[], None] | None = None,
-          on_start: Callable[[int, int | None], None] | None = None) -> TrainResult:
+          on_start: Callable[[int, int | None], None] | None = None, stop: StopSignals | None = None) -> TrainResult:
     """Train (or resume) the run in `folder` on labelled (id, image, label) files; an internal validation split
     is taken from these files only. on_start(start_epoch, total_epochs), on_iteration() and on_epoch(log row)
-    report progress."""
-    began = time.perf_counter()
+    report progress. Each call that trains is recorded in the folder's runs.jsonl (core/runlog.py). `stop`: the
+    caller's active StopSignals, entered earlier (default: one entered here)."""
+    began, started = time.perf_counter(), time.time()
     folder = Path(folder)
     state = _load_checkpoint(folder)
     if state is not None:
@@ -238,27 +244,52 @@ def train(folder: Path, train_files: list[tuple[str, Path, Path]], options: Trai
         if state["finished"]:
             return TrainResult("already finished", folder, state["epoch"], state["epoch"], state["best_val_loss"],
                                state["best_val_dice"], state["train_seconds"], state["log"])
+    record = RunLog(folder, "baseline train", started=started)
+    with (contextlib.nullcontext(stop) if stop is not None else StopSignals()) as stop:  # start-up included
+        try:
+            result = _train(folder, train_files, options, state, began=began, record=record, stop=stop,
+                            on_epoch=on_epoch, on_iteration=on_iteration, on_start=on_start)
+        except BaseException as err:
+            if record.begun or folder.is_dir():  # bad input refused before the folder exists leaves nothing behind
+                record.end_after(err)
+            raise
+    if result.status == "interrupted":
+        reason = "usr1" if result.signal == "SIGUSR1" else "term"
+        result.stalled = record.end(reason, exit_code=EXIT_REQUEUE)
+    else:
+        record.end("finished")
+    return result
+
+
+def _train(folder: Path, train_files: list[tuple[str, Path, Path]], options: TrainOptions, state: dict | None, *,
+           began: float, record: RunLog, stop: StopSignals, on_epoch, on_iteration, on_start) -> TrainResult:
+    """The training loop of `train`, recorded in `record` from its start on."""
     run = _start_run(folder, train_files, options, began)
     if state is not None:
         run.restore(state)
     start_epoch = run.epoch
     folder.mkdir(parents=True, exist_ok=True)
+    device = run.device
+    record.begin(epoch=start_epoch, device=device.type,
+                 device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name())
     if on_start:
         on_start(start_epoch, options.epochs)
     finished = run.budget_spent()
     if finished:  # resumed with a budget already spent: record that the run is complete
         run.save(finished=True)
-    with StopSignals() as stop:
-        while not finished:
-            losses = _train_epoch(run, stop, on_iteration)
-            if stop.requested:  # the partial epoch is redone on resume; its updates stay in the weights
-                run.save(finished=False)
-                return run.result("interrupted", start_epoch)
-            row = _end_epoch(run, losses)
-            finished = run.budget_spent() or run.bad_epochs >= options.patience
-            run.save(finished)
-            if on_epoch:
-                on_epoch(row)
+    while not finished:
+        losses = _train_epoch(run, stop, on_iteration)
+        if stop.requested:  # the partial epoch is redone on resume; its updates stay in the weights
+            run.save(finished=False)
+            result = run.result("interrupted", start_epoch)
+            result.signal = stop.name
+            return result
+        row = _end_epoch(run, losses)
+        finished = run.budget_spent() or run.bad_epochs >= options.patience
+        run.save(finished)
+        record.epoch_finished(run.epoch)
+        if on_epoch:
+            on_epoch(row)
     return run.result("finished", start_epoch)
 
 

@@ -11,8 +11,10 @@ import numpy as np
 from ibsr_nnunet.core.atomic import write_json
 from ibsr_nnunet.core.errors import InputError
 from ibsr_nnunet.core.orientation import training_axcodes
-from ibsr_nnunet.core.locks import Lock, lock_path
+from ibsr_nnunet.core.locks import Lock, LockedError, lock_path
 from ibsr_nnunet.core.provenance import dataset_fingerprint, ensure_current, record, staleness
+from ibsr_nnunet.core.runlog import record_locked
+from ibsr_nnunet.core.signals import StopSignals
 from ibsr_nnunet.core.workspace import Workspace
 
 from .data import slicing_axis
@@ -26,17 +28,29 @@ def train_in_workspace(ws: Workspace, options: TrainOptions, *, archive_stale: b
                        on_start: Optional[Callable[[int, Optional[int]], None]] = None,
                        say: Callable[[str], None] = print) -> TrainResult:
     """Train (or resume) the run of `options.model` + `options.loss` on the workspace's training cases."""
+    with StopSignals() as stop:  # SIGUSR1/SIGTERM from the start on: saved and stopped, never lost
+        return _train_locked(ws, options, archive_stale=archive_stale, on_epoch=on_epoch, on_iteration=on_iteration,
+                             on_start=on_start, say=say, stop=stop)
+
+
+def _train_locked(ws: Workspace, options: TrainOptions, *, archive_stale: bool, on_epoch, on_iteration, on_start,
+                  say: Callable[[str], None], stop: StopSignals) -> TrainResult:
+    """train_in_workspace under the run folder's lock; a run refused by the lock is recorded in runs.jsonl."""
     fingerprint = dataset_fingerprint(ws)
     folder = run_dir(ws, options.model, options.loss)
-    with Lock(lock_path(folder), f"baseline run {folder.name}",
-              f"ibsr-nnunet baseline train --model {options.model} --loss {options.loss}", say=say):
-        ensure_current(ws, folder, what=f"baseline run {folder.name}", fingerprint=fingerprint,
-                       archive_stale=archive_stale, say=say)
-        folder.mkdir(parents=True, exist_ok=True)
-        record(folder, fingerprint, model=options.model, loss=options.loss)
-        write_json(folder / ORIENTATION, training_orientation(ws))
-        return train(folder, ws.cases("train"), options, on_epoch=on_epoch, on_iteration=on_iteration,
-                     on_start=on_start)
+    try:
+        with Lock(lock_path(folder), f"baseline run {folder.name}",
+                  f"ibsr-nnunet baseline train --model {options.model} --loss {options.loss}", say=say):
+            ensure_current(ws, folder, what=f"baseline run {folder.name}", fingerprint=fingerprint,
+                           archive_stale=archive_stale, say=say)
+            folder.mkdir(parents=True, exist_ok=True)
+            record(folder, fingerprint, model=options.model, loss=options.loss)
+            write_json(folder / ORIENTATION, training_orientation(ws))
+            return train(folder, ws.cases("train"), options, on_epoch=on_epoch, on_iteration=on_iteration,
+                         on_start=on_start, stop=stop)
+    except LockedError:
+        record_locked(folder, "baseline train")  # our own history: this run was refused
+        raise
 
 
 def training_orientation(ws: Workspace) -> dict:

@@ -17,7 +17,8 @@ from baselines.models import MODELS, build_model
 from baselines.threads import ThreadTuner
 from baselines.train import TrainOptions, device_defaults, run_dir, split_validation, train
 from ibsr_nnunet.core.errors import InputError
-from ibsr_nnunet.core.exitcodes import EXIT_REQUEUE
+from ibsr_nnunet.core.exitcodes import EXIT_REQUEUE, EXIT_STALLED
+from ibsr_nnunet.core.runlog import RUNS_FILE, read_runs
 from ibsr_nnunet.core.workspace import Workspace
 
 from helpers import CLI, copy_workspace, interrupt_when, invoke, said
@@ -208,6 +209,28 @@ def test_sigusr1_saves_exits_75_and_the_next_call_resumes(baseline_ws):
 
     done = subprocess.run(args, capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
     assert done.returncode == 0 and "already finished" in done.stdout
+
+    # our own history: the USR1 run and the run that finished (the no-op call above records nothing)
+    first, second = read_runs(checkpoint.parent)
+    assert (first.reason, first.epoch_start, first.epoch_end, first.end["exit_code"]) == (
+        "usr1", 0, saved["epoch"], EXIT_REQUEUE)
+    assert (second.reason, second.epoch_start, second.epoch_end) == ("finished", saved["epoch"], 4)
+    assert second.start["device"] == "cpu" and second.start["command"] == "baseline train"
+
+
+def test_two_usr1_runs_without_a_finished_epoch_stall_with_76(baseline_ws):
+    """USR1 as soon as the run has recorded its start: twice in a row no epoch ends, so the second run exits 76."""
+    args = [*CLI, "--workspace", str(baseline_ws.root), "baseline", "train", "--model", "unet2d", "--loss", "dice",
+            "--epochs", "2", "--iterations-per-epoch", "400", *TINY]
+    runs = run_dir(baseline_ws, "unet2d", "dice") / RUNS_FILE
+    codes = []
+    for count in (1, 2):
+        code, output = interrupt_when(args, lambda: runs.is_file() and runs.read_text().count('"event":"start"') == count,
+                                      timeout=240, wait=60, env={"COLUMNS": "200"})
+        codes.append(code)
+    assert codes == [EXIT_REQUEUE, EXIT_STALLED], output
+    assert "longer --time or a smaller --signal-grace" in " ".join(output.split())
+    assert [(r.reason, r.epoch_start, r.epoch_end) for r in read_runs(runs.parent)] == [("usr1", 0, 0)] * 2
 
 
 # inference

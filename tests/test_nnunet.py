@@ -4,6 +4,7 @@ Training tests are integration tests; the refusal without plans runs in-process 
 
 import json
 import math
+import os
 import re
 import subprocess
 import time
@@ -12,7 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ibsr_nnunet.core.exitcodes import EXIT_REQUEUE
+from ibsr_nnunet.core.exitcodes import EXIT_REQUEUE, EXIT_STALLED
+from ibsr_nnunet.core.locks import lock_path
+from ibsr_nnunet.core.runlog import read_runs
 from ibsr_nnunet.nnunet.paths import trainer_name
 from ibsr_nnunet.core.workspace import Workspace
 
@@ -67,7 +70,7 @@ def test_sigusr1_saves_exits_75_and_resumes_at_next_epoch(planned):
     saved = checkpoint_epoch(folder / "checkpoint_latest.pth")
     assert 1 <= saved < epochs
     assert not [line for line in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
-                if "-m ibsr_nnunet" in line and "train" in line]  # no orphans
+                if "-m ibsr_nnunet" in line and "train" in line and str(planned.root) in line]  # no orphans
 
     resumed = cli(planned.root, *args)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -91,6 +94,49 @@ def test_sigusr1_saves_exits_75_and_resumes_at_next_epoch(planned):
     done = cli(planned.root, *args)
     assert done.returncode == 0 and "already finished" in done.stdout
     assert time.perf_counter() - start < 15
+
+    # our own history: the USR1 run and the run that finished (the no-op call above records nothing)
+    first, second = read_runs(folder)
+    assert (first.reason, first.epoch_start, first.epoch_end, first.end["exit_code"]) == ("usr1", 0, saved, EXIT_REQUEUE)
+    assert (second.reason, second.epoch_start, second.epoch_end, second.start["epochs_redone"]) == (
+        "finished", saved, epochs, 0)
+    for run in (first, second):
+        assert run.start["device"] == "cpu" and run.start["compile"] is False  # nnU-Net never compiles on CPU
+        assert (folder / run.start["log"]).is_file() and run.seconds > 0 and run.end["startup_seconds"] > 0
+
+
+@pytest.mark.integration
+def test_two_usr1_runs_without_a_finished_epoch_stall_with_76(planned):
+    """USR1 as soon as the run holds its lock (a slot shorter than start-up plus one epoch): the first run saves and
+    asks for a requeue, the second sees the same and exits 76 instead."""
+    folder, args = tiny_fold(planned, 0, 3, 40)
+    codes = []
+    for _ in range(2):
+        code, output = interrupt_when(planned, [*args, "--no-compile"], lock_path(folder))
+        codes.append(code)
+    assert codes == [EXIT_REQUEUE, EXIT_STALLED], output
+    assert "longer --time or a smaller --signal-grace" in " ".join(output.split())
+    runs = read_runs(folder)
+    assert [(r.reason, r.epoch_start, r.epoch_end, r.end["stalled"]) for r in runs] == [
+        ("usr1", 0, 0, False), ("usr1", 0, 0, True)]
+    assert runs[1].end["exit_code"] == EXIT_STALLED
+
+
+def test_compile_is_set_for_the_run_only(monkeypatch):
+    from ibsr_nnunet.nnunet.train import COMPILE_DEFAULT, _compile_setting
+
+    monkeypatch.delenv("nnUNet_compile", raising=False)
+    with _compile_setting(False):
+        assert os.environ["nnUNet_compile"] == "false"
+    assert "nnUNet_compile" not in os.environ
+    with _compile_setting(None):
+        assert os.environ["nnUNet_compile"] == ("true" if COMPILE_DEFAULT else "false")
+    monkeypatch.setenv("nnUNet_compile", "0")  # the user's own choice stands when no option is given
+    with _compile_setting(None):
+        assert os.environ["nnUNet_compile"] == "false"
+    with _compile_setting(True):
+        assert os.environ["nnUNet_compile"] == "true"
+    assert os.environ["nnUNet_compile"] == "0"
 
 
 @pytest.mark.integration

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from ..core.runlog import Run, read_runs
 from ..core.workspace import Workspace
 from ..evaluation.history import nnunet_fold_curve
 from ..nnunet.paths import fold_finished
+from ..nnunet.train import logged_epochs
+
+RECENT_EPOCHS = 20  # seconds_per_epoch: the median of this many latest epochs on the current device
 
 
 @dataclass
@@ -20,11 +24,29 @@ class Progress:
     val_loss: Optional[float] = None
     validation_dice: Optional[float] = None  # mean foreground Dice of nnU-Net's final validation
     finished: bool = False
+    runs: list[Run] = field(default_factory=list)  # runs.jsonl
+    epoch_seconds: list[float] = field(default_factory=list)  # recent finished epochs on the current device
+
+
+def current_device(runs: list[Run]) -> Optional[str]:
+    """The device model of the latest run that recorded one."""
+    names = [run.start.get("device_name") for run in runs if run.start.get("device_name")]
+    return names[-1] if names else None
+
+
+def _fold_epoch_seconds(folder: Path, runs: list[Run]) -> list[float]:
+    """Durations of the latest epochs on the current device, from the training log each run recorded (every log
+    when no run recorded one: a fold trained by nnU-Net's own command)."""
+    device = current_device(runs)
+    logs = [run.start["log"] for run in runs if run.start.get("log") and run.start.get("device_name") == device]
+    paths = [folder / log for log in logs] if logs else sorted(folder.glob("training_log_*.txt"))
+    return [seconds for path in paths for _, seconds in logged_epochs(path)][-RECENT_EPOCHS:]
 
 
 def fold_progress(folder: Path, epochs: int) -> Progress:
-    """Read progress from nnU-Net's own files (training logs, validation summary): no torch needed."""
-    progress = Progress(finished=fold_finished(folder))
+    """Read progress from nnU-Net's own files (training logs, validation summary) and runs.jsonl: no torch needed."""
+    progress = Progress(finished=fold_finished(folder), runs=read_runs(folder))
+    progress.epoch_seconds = _fold_epoch_seconds(folder, progress.runs)
     curve = nnunet_fold_curve(folder)
     completed = curve.dropna(subset=["train_loss"])  # an epoch's losses are logged when it ends
     progress.epochs_done = epochs if progress.finished else (int(completed["epoch"].max()) + 1 if len(completed) else 0)
@@ -43,8 +65,8 @@ def fold_progress(folder: Path, epochs: int) -> Progress:
 
 def baseline_progress(ws: Workspace, name: str) -> Progress:
     """From the baseline's own run.json and log.csv (baselines/train.py writes them at every save)."""
-    progress = Progress()
     folder = ws.baselines / name
+    progress = Progress(runs=read_runs(folder))
     try:
         run = json.loads((folder / "run.json").read_text())
     except (OSError, ValueError):
@@ -55,10 +77,33 @@ def baseline_progress(ws: Workspace, name: str) -> Progress:
     progress.finished = bool(run.get("finished")) and predictions.is_dir() and any(predictions.glob("*.nii.gz"))
     try:
         with open(folder / "log.csv", newline="") as handle:
-            last = list(csv.DictReader(handle))[-1:]
+            rows = list(csv.DictReader(handle))
+        last = rows[-1:]
         if last:
             progress.val_loss = float(last[0]["val_loss"]) if last[0].get("val_loss") else None
             progress.pseudo_dice = float(last[0]["val_dice"]) if last[0].get("val_dice") else None
+        progress.epoch_seconds = _baseline_epoch_seconds(rows, progress.runs)
     except (OSError, ValueError, KeyError):
         pass
     return progress
+
+
+def _baseline_epoch_seconds(rows: list[dict], runs: list[Run]) -> list[float]:
+    """Durations of the latest epochs on the current device, from log.csv's `seconds` (training time summed
+    across runs, at each epoch's end). A run's first epoch is left out: its difference spans the restart."""
+    elapsed = {int(row["epoch"]): float(row["seconds"]) for row in rows}
+    device = current_device(runs)
+    first_of_run = {run.epoch_start + 1 for run in runs if run.epoch_start is not None}
+    own = set()
+    for i, run in enumerate(runs):
+        if run.start.get("device_name") != device or run.epoch_start is None:
+            continue
+        last = run.epoch_end
+        if last is None:  # running, or killed: until the next run's start, else the log's end
+            later = [r.epoch_start for r in runs[i + 1:] if r.epoch_start is not None]
+            last = later[0] if later else max(elapsed, default=0)
+        own.update(range(run.epoch_start + 1, last + 1))
+    if not runs:  # trained before runs were recorded: every epoch
+        own = set(elapsed)
+    return [elapsed[e] - elapsed[e - 1] for e in sorted(own)
+            if e in elapsed and e - 1 in elapsed and e not in first_of_run][-RECENT_EPOCHS:]

@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from ..core.errors import InputError
-from ..core.exitcodes import EXIT_REQUEUE
+from ..core.exitcodes import EXIT_REQUEUE, EXIT_STALLED
+from ..core.runlog import stall_message
 from .common import (ArchiveStaleOption, BaselineModel, Device, DeviceOption, Loss, Optimizer, Schedule, console, progress_bar, refusals,
                      stage_app, workspace_of)
 
@@ -45,7 +46,8 @@ def train_command(
     seed: int = typer.Option(0, "--seed", help="Same seed, same split, patches and initialisation."),
     archive_stale: ArchiveStaleOption = False,
 ) -> None:
-    """Train one baseline; resumes by itself, and exits 75 after saving when SIGUSR1/SIGTERM asks it to stop.
+    """Train one baseline; resumes by itself, and exits 75 after saving when SIGUSR1/SIGTERM asks it to stop (76
+    when two runs in a row were stopped by SIGUSR1 before finishing an epoch).
 
     Options left out take the defaults tuned for the device (see baselines.train.device_defaults)."""
     from baselines.train import TrainOptions, device_defaults, run_dir
@@ -81,6 +83,9 @@ def train_command(
     if result.status == "already finished":
         console.print(f"{model} + {loss} is already finished ({result.epochs_done} epochs): {folder}")
         return
+    if result.stalled:
+        console.print(stall_message(result.epochs_done), markup=False)
+        raise typer.Exit(EXIT_STALLED)
     if result.status == "interrupted":
         console.print(f"interrupted: checkpoint saved at epoch {result.epochs_done} in {folder}; run the same "
                       f"command again to resume.")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..core.vocabulary import CONFIGURATIONS
@@ -93,6 +94,32 @@ def submit(
         console.print("nothing to submit: every job is finished, queued or running.")
 
 
+def duration(seconds: Optional[float]) -> str:
+    """1d 02:03 / 2:03:04 / 3:04 (minutes:seconds)."""
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d {hours:02d}:{minutes:02d}"
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _eta(seconds: Optional[float], at: Optional[str]) -> str:
+    if seconds is None:
+        return "-"
+    return "done" if seconds == 0 else f"{duration(seconds)} ({at[:16].replace('T', ' ')} UTC)"
+
+
+def _ended_by(reasons: list[str]) -> str:
+    """['usr1', 'usr1', 'killed', 'finished'] -> 'usr1×2, killed, finished'."""
+    counts: dict[str, int] = {}
+    for reason in reasons:
+        counts[reason] = counts.get(reason, 0) + 1
+    return ", ".join(f"{reason}×{n}" if n > 1 else reason for reason, n in counts.items()) or "-"
+
+
 @app.command()
 @refusals
 def script(
@@ -160,15 +187,18 @@ def status(
     ctx: typer.Context,
     as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
 ) -> None:
-    """Every fold, baseline and the final job: SLURM state, restarts, epochs, last pseudo-Dice, finished."""
+    """Every fold, baseline and the final job: SLURM state, restarts and why runs ended, epochs, time per epoch,
+    ETA, GPU-hours, last pseudo-Dice, finished; and when the campaign ends."""
     from ..campaign.jobs import jobs_file
     from ..campaign.status import status as run_status
 
     ws = workspace_of(ctx)
-    rows, answered = run_status(ws)
+    report = run_status(ws)
+    rows = report.rows
     if as_json:
-        print(json.dumps({"workspace": str(ws.root), "slurm_answered": answered, "jobs": [asdict(r) for r in rows]},
-                         indent=2))
+        campaign = {k: v for k, v in asdict(report).items() if k not in ("rows", "slurm_answered")}
+        print(json.dumps({"workspace": str(ws.root), "slurm_answered": report.slurm_answered, "campaign": campaign,
+                          "jobs": [asdict(r) for r in rows]}, indent=2))
         return
     if not rows:
         console.print(f"no campaign recorded in {jobs_file(ws)}: run `ibsr-nnunet submit` first.", markup=False)
@@ -176,6 +206,9 @@ def status(
     table = Table(title=f"{ws.dataset_name}: SLURM campaign")
     for column in ("job", "fold", "SLURM job", "state", "restarts", "epoch", "pseudo-Dice", "val loss", "finished"):
         table.add_column(column)
+    times = Table(title="time (from each run folder's runs.jsonl and training logs)")
+    for column in ("job", "fold", "runs ended by", "redone", "s/epoch", "ETA", "GPU h"):
+        times.add_column(column)
     for r in rows:
         state = r.state + (f" ({r.reason})" if r.reason and r.reason != "None" else "")
         epoch = f"{r.epochs_done}/{r.epochs_total}" if r.epochs_done is not None else "-"
@@ -183,9 +216,18 @@ def status(
         if r.validation_dice is not None and not r.stale:
             finished += f" (val Dice {r.validation_dice:.4f})"
         name = {"fold": f"nnU-Net {r.name}", "baseline": f"baseline {r.name}", "final": "ensemble + leaderboard"}[r.kind]
-        table.add_row(name, "-" if r.fold is None else str(r.fold), r.job_id or "-", state,
-                      "-" if r.restarts is None else str(r.restarts), epoch, number(r.pseudo_dice),
-                      number(r.val_loss), finished)
+        fold = "-" if r.fold is None else str(r.fold)
+        table.add_row(name, fold, r.job_id or "-", escape(state), "-" if r.restarts is None else str(r.restarts),
+                      epoch, number(r.pseudo_dice), number(r.val_loss), finished)
+        if r.kind != "final":
+            times.add_row(name, fold, _ended_by(r.end_reasons), f"{r.epochs_redone} ep", number(r.seconds_per_epoch, 1),
+                          _eta(r.eta_seconds, r.eta_utc), f"{r.gpu_hours:.2f}")
     console.print(table)
-    if not answered:
+    console.print(times)
+    if report.eta_seconds is not None:
+        console.print(f"campaign: {_eta(report.eta_seconds, report.eta_utc)}, with {report.parallel} job(s) at once "
+                      f"and {duration(report.final_seconds)} for ensemble + leaderboard", markup=False)
+    elif report.eta_note:
+        console.print(f"campaign ETA: {report.eta_note}", markup=False)
+    if not report.slurm_answered:
         console.print("SLURM did not answer (scontrol show job failed): states are unknown; progress is from the files.")

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from ..core.vocabulary import CONFIGURATIONS
 from ..nnunet.paths import FULL_EPOCHS, FULL_ITERATIONS
+from ..nnunet.train import COMPILE_DEFAULT
 from .common import (ArchiveStaleOption, Configuration, Device, DeviceOption, JobsOption, configs_list, console, cores, refusals,
                      stage_app, workspace_of)
 
@@ -57,8 +58,12 @@ def train(
     archive_stale: ArchiveStaleOption = False,
     stage_data: Annotated[bool, typer.Option("--stage-data", help="Copy the preprocessed data to node-local disk first and read it there (results stay in the workspace).")] = False,
     local_scratch: Annotated[Optional[Path], typer.Option("--local-scratch", help="Node-local folder for --stage-data (default: $SLURM_TMPDIR, else $TMPDIR).")] = None,
+    compile_network: Annotated[Optional[bool], typer.Option(
+        "--compile/--no-compile", help="nnU-Net's torch.compile on CUDA (never on CPU); a requeued run compiles again. "
+        f"Default: nnUNet_compile when set, else {'on' if COMPILE_DEFAULT else 'off'}.")] = None,
 ) -> None:
-    """Train one fold; resumes by itself, and exits 75 after saving when SIGUSR1/SIGTERM asks it to stop."""
+    """Train one fold; resumes by itself, and exits 75 after saving when SIGUSR1/SIGTERM asks it to stop (76 when
+    two runs in a row were stopped by SIGUSR1 before finishing an epoch)."""
     from ..nnunet.environment import configure
     from ..nnunet.train import train as run_train
 
@@ -66,7 +71,7 @@ def train(
     configure(ws, cores(0))
     result = run_train(ws, config.value, fold, epochs=epochs, iterations=iterations, device=device.value,
                        save_every=save_every, archive_stale=archive_stale, stage_data=stage_data,
-                       local_scratch=local_scratch, say=console.print)
+                       local_scratch=local_scratch, compile=compile_network, say=console.print)
     if result.status == "already finished":
         console.print(f"{config.value} fold {fold} is already finished: {result.fold_folder}")
         return

@@ -3,23 +3,35 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 from ..core.errors import InputError
 from ..core.jsonfile import read_json
-from ..core.locks import Lock, lock_path
+from ..core.exitcodes import EXIT_STALLED
+from ..core.locks import Lock, LockedError, lock_path
 from ..core.provenance import dataset_fingerprint, ensure_current, record, short
+from ..core.runlog import RunLog, cpu_name, record_locked, stall_message
 from ..core.signals import StopSignals
 from ..core.workspace import Workspace
 from .environment import resolve_device
 from .paths import FULL_EPOCHS, FULL_ITERATIONS, fold_finished, fold_folder, plan_stamp, plans_file, trainer_name
 from .staging import staged_preprocessed
-from .trainer import trainer_class
+from .trainer import TrainingStalled, trainer_class
 
 CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_previous.pth")  # newest first
+# nnU-Net's torch.compile on CUDA (nnUNet_compile; always off on CPU). bench/gpu_check.py measures its compile time
+# against the faster epochs it buys: a requeued run compiles again, so the choice depends on the slot length.
+COMPILE_DEFAULT = True
+STAMP = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: "
+EPOCH_LINE = re.compile(STAMP + r"Epoch (\d+)\s*$", re.MULTILINE)
+EPOCH_TIME_LINE = re.compile(STAMP + r"Epoch time: ([\d.]+) s\s*$", re.MULTILINE)
 
 
 @dataclass
@@ -80,6 +92,54 @@ def _newest_readable(folder: Path, device, say: Callable[[str], None]) -> tuple[
     return None, notes
 
 
+def logged_epochs(log: Path) -> list[tuple[int, float]]:
+    """(epoch, seconds) of each epoch one nnU-Net training log records as finished ("Epoch N" ... "Epoch time")."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return []
+    marks = sorted([(m.start(), "epoch", m[1]) for m in EPOCH_LINE.finditer(text)]
+                   + [(m.start(), "time", m[1]) for m in EPOCH_TIME_LINE.finditer(text)])
+    finished, epoch = [], None
+    for _, kind, value in marks:
+        if kind == "epoch":
+            epoch = int(value)
+        elif epoch is not None:
+            finished.append((epoch, float(value)))
+            epoch = None
+    return finished
+
+
+def _epochs_reached(folder: Path) -> Optional[int]:
+    """The most epochs any run of this fold finished, from its training logs (None when none did)."""
+    ends = [epoch + 1 for log in folder.glob("training_log_*.txt") for epoch, _ in logged_epochs(log)]
+    return max(ends) if ends else None
+
+
+@contextmanager
+def _compile_setting(compile: Optional[bool]):
+    """nnU-Net reads nnUNet_compile while it builds and trains: set for this run only, then restored. None: a
+    value the user exported, else COMPILE_DEFAULT."""
+    previous = os.environ.get("nnUNet_compile")
+    if compile is None:
+        compile = COMPILE_DEFAULT if previous is None else previous.lower() in ("true", "1", "t")
+    os.environ["nnUNet_compile"] = "true" if compile else "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("nnUNet_compile", None)
+        else:
+            os.environ["nnUNet_compile"] = previous
+
+
+def device_name(device) -> str:
+    """The GPU's model for a CUDA device, else the CPU's."""
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+
+
 def _announce(signum: int) -> None:
     import signal
 
@@ -89,12 +149,16 @@ def _announce(signum: int) -> None:
 
 def train(ws: Workspace, configuration: str, fold: int, *, epochs: int = FULL_EPOCHS,
           iterations: int = FULL_ITERATIONS, device: str = "auto", save_every: int = 1, archive_stale: bool = False,
-          stage_data: bool = False, local_scratch: Optional[Path] = None,
+          stage_data: bool = False, local_scratch: Optional[Path] = None, compile: Optional[bool] = None,
           say: Callable[[str], None] = print) -> TrainResult:
     """Train (or resume, or skip) one fold, then write nnU-Net's validation with probabilities (--npz).
 
     One writer per fold (a lock); a fold made from another dataset is refused, or archived with `archive_stale`.
-    SIGUSR1/SIGTERM at any point (start-up included) end it after a checkpoint, with EXIT_REQUEUE."""
+    SIGUSR1/SIGTERM at any point (start-up included) end it after a checkpoint, with EXIT_REQUEUE; EXIT_STALLED
+    instead when this run and the one before were both stopped by SIGUSR1 before finishing an epoch. Each run
+    that trains is recorded in the fold's runs.jsonl (core/runlog.py). `compile`: nnU-Net's torch.compile on CUDA
+    (None: see _compile_setting)."""
+    began = time.time()
     with StopSignals(on_signal=_announce) as stop:
         if epochs < 1 or iterations < 1 or save_every < 1:
             raise InputError("--epochs, --iterations-per-epoch and --save-every must be at least 1.")
@@ -102,23 +166,37 @@ def train(ws: Workspace, configuration: str, fold: int, *, epochs: int = FULL_EP
         plans = _read_plans(ws, configuration, fold, fingerprint)
         name = trainer_name(epochs, iterations)
         folder = fold_folder(ws, configuration, fold, trainer=name)
-        with Lock(lock_path(folder), f"{configuration} fold {fold} ({name})",
-                  f"ibsr-nnunet train --fold {fold} --config {configuration}", say=say):
-            ensure_current(ws, folder, what=f"{configuration} fold {fold} of {name}", fingerprint=fingerprint,
-                           archive_stale=archive_stale, say=say)
-            if fold_finished(folder):
-                return TrainResult(folder, "already finished", None, epochs, [])
-            folder.mkdir(parents=True, exist_ok=True)
-            record(folder, fingerprint, configuration=configuration, fold=fold, trainer=name)
-            with staged_preprocessed(ws, plans["configurations"][configuration]["data_identifier"],
-                                     enabled=stage_data, local_scratch=local_scratch, say=say):
-                return _train_fold(ws, plans, configuration, fold, folder=folder, name=name, device=device,
-                                   save_every=save_every, stop=stop, say=say)
+        command = f"ibsr-nnunet train --fold {fold} --config {configuration}"
+        try:
+            with Lock(lock_path(folder), f"{configuration} fold {fold} ({name})", command, say=say):
+                ensure_current(ws, folder, what=f"{configuration} fold {fold} of {name}", fingerprint=fingerprint,
+                               archive_stale=archive_stale, say=say)
+                if fold_finished(folder):
+                    return TrainResult(folder, "already finished", None, epochs, [])
+                folder.mkdir(parents=True, exist_ok=True)
+                record(folder, fingerprint, configuration=configuration, fold=fold, trainer=name)
+                run = RunLog(folder, "train", started=began)
+                try:
+                    with _compile_setting(compile), staged_preprocessed(
+                            ws, plans["configurations"][configuration]["data_identifier"], enabled=stage_data,
+                            local_scratch=local_scratch, say=say):
+                        result = _train_fold(ws, plans, configuration, fold, folder=folder, name=name, device=device,
+                                             save_every=save_every, stop=stop, run=run, say=say)
+                except BaseException as err:
+                    if run.end_after(err, signal_name=stop.name):
+                        say(stall_message(run.epoch))
+                        raise TrainingStalled(EXIT_STALLED) from None
+                    raise
+                run.end_after(None)
+                return result
+        except LockedError:
+            record_locked(folder, "train")
+            raise
 
 
 def _train_fold(ws: Workspace, plans: dict, configuration: str, fold: int, *, folder: Path, name: str, device: str,
-                save_every: int, stop: StopSignals, say: Callable[[str], None]) -> TrainResult:
-    """Build our trainer, resume from the newest readable checkpoint, train, validate."""
+                save_every: int, stop: StopSignals, run: RunLog, say: Callable[[str], None]) -> TrainResult:
+    """Build our trainer, resume from the newest readable checkpoint, record the run's start, train, validate."""
     torch_device = resolve_device(device)
     resume_from, notes = _newest_readable(folder, torch_device, say)
     dataset_json = json.loads((ws.preprocessed_dataset / "dataset.json").read_text())
@@ -127,10 +205,13 @@ def _train_fold(ws: Workspace, plans: dict, configuration: str, fold: int, *, fo
                                   dataset_json=dataset_json, device=torch_device)
     trainer.save_every = save_every
     trainer.stop_signals = stop
+    trainer.run_log = run
     if resume_from:
         trainer.load_checkpoint(str(folder / resume_from))
         say(f"resuming {name} {configuration} fold {fold} from {resume_from} at epoch {trainer.current_epoch}")
     start_epoch = trainer.current_epoch
+    run.begin(epoch=start_epoch, device=torch_device.type, device_name=device_name(torch_device),
+              reached=_epochs_reached(folder), compile=trainer._do_i_compile(), log=Path(trainer.log_file).name)
     if resume_from != "checkpoint_final.pth":
         trainer.run_training()
     # `--npz`: probabilities for nnU-Net's best-configuration search and ensembling

@@ -3,8 +3,9 @@
 `IbsrTrainer` is the full schedule (1000 epochs × 250 iterations); `IbsrTrainer_<E>ep_<I>it` a short one, so a smoke
 run can never be mistaken for a full one. nnU-Net builds trainers with exactly its five constructor arguments (and
 copies them from `locals()`), so settings of ours are attributes set after construction by `train`:
-`save_every` (1 here, also under nnU-Net's own `nnUNetv2_train -tr Ibsr…`; nnU-Net's default is 50) and
-`stop_signals` (None under `nnUNetv2_train`: no save-and-stop on signals there).
+`save_every` (1 here, also under nnU-Net's own `nnUNetv2_train -tr Ibsr…`; nnU-Net's default is 50),
+`stop_signals` (None under `nnUNetv2_train`: no save-and-stop on signals there) and `run_log` (the run's entry in
+runs.jsonl; None under `nnUNetv2_train`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Optional
 from ..core import provenance
 from ..core.atomic import fsync_dir
 from ..core.exitcodes import EXIT_REQUEUE
+from ..core.runlog import RunLog
 from ..core.signals import StopSignals
 from .paths import trainer_schedule
 
@@ -87,6 +89,10 @@ class TrainingInterrupted(SystemExit):
     """Raised after the checkpoint is safe: the process exits with EXIT_REQUEUE."""
 
 
+class TrainingStalled(SystemExit):
+    """Raised instead of TrainingInterrupted when a requeue would loop: the process exits with EXIT_STALLED."""
+
+
 @functools.lru_cache(maxsize=None)
 def trainer_class(name: str):
     """The nnUNetTrainer subclass called `name` (IbsrTrainer or IbsrTrainer_<E>ep_<I>it); AttributeError otherwise."""
@@ -108,6 +114,7 @@ def trainer_class(name: str):
             self.num_val_iterations_per_epoch = max(1, round(iterations / 5))
             self.save_every = 1
             self.stop_signals: Optional[StopSignals] = None
+            self.run_log: Optional[RunLog] = None
 
         def on_train_start(self):
             record_provenance(Path(self.output_folder), self.plans_manager.dataset_name,
@@ -145,6 +152,8 @@ def trainer_class(name: str):
 
         def on_epoch_end(self):
             super().on_epoch_end()  # saves checkpoint_latest every `save_every` epochs, then counts the epoch
+            if self.run_log is not None:
+                self.run_log.epoch_finished(self.current_epoch)
             if self._stop_requested() and self.current_epoch < self.num_epochs:
                 self.current_epoch -= 1
                 self._stop_for_requeue()
