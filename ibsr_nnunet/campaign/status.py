@@ -14,7 +14,7 @@ from ..core.runlog import STALL_FIX, median, utc
 from ..core.workspace import Workspace
 from ..nnunet.paths import fold_folder
 from .eta import History, campaign_eta, final_job_seconds, job_eta, summarize
-from .jobs import load_jobs
+from .jobs import load_jobs, state_key
 from .progress import Progress, baseline_progress, fold_progress
 from .slurm import JobState, Runner, query_states
 
@@ -173,8 +173,8 @@ def status(ws: Workspace, run: Runner = subprocess.run) -> CampaignStatus:
     histories: dict[int, History] = {}
     jobs = load_jobs(ws)
     for (kind, name, fold), record in _latest_records(jobs):
-        key = f"{record['job_id']}_{fold}" if fold is not None else record["job_id"]
-        state = states.get(key) or (states.get(record["job_id"]) if fold is None else None)
+        key = state_key(record, fold)
+        state = states.get(key)
         row = StatusRow(kind, name, fold, key, state.state if state else "unknown", _reason(state),
                         state.restarts if state else None)
         if kind in ("fold", "baseline"):
