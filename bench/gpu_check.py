@@ -10,12 +10,12 @@ One call on one GPU, about 8 minutes; it keeps to --budget seconds by leaving ou
 
 Steps, each through the real command line (`python -m ibsr_nnunet`) except the baselines, which are timed in-process:
 1. `convert` and `plan --configs 2d,3d_fullres`;
-2. `train` fold 0 of 2d and 3d_fullres with --no-compile, then fold 1 with --compile, EPOCHS epochs of ITERATIONS
-   iterations each. Seconds per 250-iteration epoch = the median of the epochs after the first × 250/ITERATIONS
+2. `train` fold 0 of 2d and 3d_fullres with --no-compile, and fold 1 with --compile, EPOCHS epochs of ITERATIONS
+   iterations each (2d's compiled run comes after the baselines: the least needed number is measured last). Seconds per 250-iteration epoch = the median of the epochs after the first × 250/ITERATIONS
    (our trainer runs ITERATIONS/5 validation iterations per epoch, the same share as nnU-Net's 250/50). The compile
    cost is the first epoch's excess over the steady epochs, with compile minus without;
-3. unet2d and unet3d (dice_ce) with the device's defaults and mixed precision: iterations per second from the median
-   gap between training iterations after the first 10 (validation pauses left out);
+3. unet2d and unet3d (dice_ce), one epoch of BASELINE_ITERATIONS with the device's defaults and mixed precision:
+   iterations per second from the median gap between training iterations after the first 10;
 4. `segment --device D` of one scan with the unet2d run, and, when there is time, `ensemble` (2d + 3d_fullres on
    folds 0 and 1) then `segment --model nnunet_ensemble`.
 Peak memory is the card's memory in use (nvidia-smi, CUDA context included), polled every 0.5 s during each step.
@@ -201,25 +201,34 @@ def check(args: argparse.Namespace, report: Report, root: Path, write) -> None:
     scale = FULL_ITERATIONS / args.iterations
     steady: dict[tuple[str, bool], tuple[float, float]] = {}
     # estimated seconds each training run may take, to stop before the budget runs out (generous on a GPU)
-    train_estimate = {"2d": 60.0, "3d_fullres": 120.0} if gpu else {"2d": 0.0, "3d_fullres": 0.0}
-    # nnU-Net never compiles on CPU: a smoke run there leaves the pair with --compile out
-    for compiled in (False, True) if gpu or not args.smoke else (False,):
+    train_estimate = {"2d": 60.0, "3d_fullres": 90.0} if gpu else {"2d": 0.0, "3d_fullres": 0.0}
+
+    def train(configuration: str, compiled: bool) -> None:
         fold = 1 if compiled else 0
-        for configuration in ("2d", "3d_fullres"):
-            label = f"nnU-Net {configuration} {'--compile' if compiled else '--no-compile'}"
-            if not budget.allows(train_estimate[configuration] * (2 if compiled else 1)):
-                report.skipped.append(f"{label} (no time left)")
-                continue
-            row = step(label, "train", "--fold", str(fold), "--config", configuration, "--epochs", str(args.epochs),
-                       "--iterations-per-epoch", str(args.iterations), "--device", device,
-                       "--compile" if compiled else "--no-compile")
-            if row is None:
-                continue
-            first, median = first_and_steady(epoch_seconds(fold_folder(ws, configuration, fold, trainer=name)))
-            steady[(configuration, compiled)] = (first, median)
-            row.result = (f"**{median * scale:.1f} s** per 250-iteration epoch (median of epochs 2-{args.epochs} of "
-                          f"{args.iterations} iterations: {median:.2f} s); first epoch {first:.2f} s")
-            write()
+        label = f"nnU-Net {configuration} {'--compile' if compiled else '--no-compile'}"
+        if not budget.allows(train_estimate[configuration] * (2 if compiled else 1)):
+            report.skipped.append(f"{label} (no time left)")
+            return
+        row = step(label, "train", "--fold", str(fold), "--config", configuration, "--epochs", str(args.epochs),
+                   "--iterations-per-epoch", str(args.iterations), "--device", device,
+                   "--compile" if compiled else "--no-compile")
+        if row is None:
+            return
+        first, median = first_and_steady(epoch_seconds(fold_folder(ws, configuration, fold, trainer=name)))
+        steady[(configuration, compiled)] = (first, median)
+        row.result = (f"**{median * scale:.1f} s** per 250-iteration epoch (median of epochs 2-{args.epochs} of "
+                      f"{args.iterations} iterations: {median:.2f} s); first epoch {first:.2f} s")
+        write()
+
+    # the order puts what matters most first: 3d_fullres's compile cost (its jobs are the long ones) before the
+    # baselines, 2d's compile cost after them
+    train("2d", False)
+    train("3d_fullres", False)
+    if gpu or not args.smoke:  # nnU-Net never compiles on CPU: a smoke run there leaves the pair with --compile out
+        train("3d_fullres", True)
+    trained = baselines(args, report, ws, budget, write)
+    if gpu or not args.smoke:
+        train("2d", True)
     for configuration in ("2d", "3d_fullres"):
         if (configuration, False) in steady and (configuration, True) in steady:
             report.notes.append(compile_note(configuration, steady[(configuration, False)],
@@ -227,7 +236,6 @@ def check(args: argparse.Namespace, report: Report, root: Path, write) -> None:
             write()
         elif not gpu:
             report.skipped.append(f"nnU-Net {configuration} --compile (nnU-Net never compiles on CPU)")
-    trained = baselines(args, report, ws, budget, write)
     scan = segment_scan(Path(args.source))
     out = root / "segmented"
     if "unet2d" in trained:
@@ -284,12 +292,12 @@ def baselines(args: argparse.Namespace, report: Report, ws, budget: Budget, writ
 
     trained = []
     for model in ("unet2d", "unet3d"):
-        if not budget.allows(args.baseline_seconds + 20):
+        if not budget.allows(60.0 if args.device == "cuda" else 0.0):
             report.skipped.append(f"{model} baseline (no time left)")
             continue
         stamps: list[float] = []
         options = TrainOptions(**{**device_defaults(args.device, model=model), "model": model, "loss": "dice_ce",
-                                  "epochs": None, "minutes": args.baseline_seconds / 60, "device": args.device,
+                                  "epochs": 1, "iterations_per_epoch": args.baseline_iterations, "device": args.device,
                                   "seed": 0, "val_cases": 1, "amp": True})
         started = time.perf_counter()
         label = f"{model} dice_ce, {args.device}, mixed precision"
@@ -297,13 +305,15 @@ def baselines(args: argparse.Namespace, report: Report, ws, budget: Budget, writ
             try:
                 result = train_in_workspace(ws, options, on_iteration=lambda: stamps.append(time.perf_counter()),
                                             say=lambda _: None)
+                if result.status != "finished":
+                    raise RuntimeError(f"{result.status} in {result.run_dir}: nothing to time (use a new --keep)")
+                rate = iterations_per_second(stamps)
             except Exception as err:  # noqa: BLE001 - reported in the row; the other steps still run
                 report.rows.append(Row(label, f"FAILED: {type(err).__name__}: {err}", time.perf_counter() - started,
                                        memory.text))
                 write()
                 continue
         seconds = time.perf_counter() - started
-        rate = iterations_per_second(stamps, skip=min(10, max(0, len(stamps) - 3)))
         report.rows.append(Row(
             label, f"**{rate:.2f} it/s** (batch {options.batch_size}, "
             f"patch {options.patch_size}, width {options.width}); {len(stamps)} iterations, {result.epochs_done} epochs",
@@ -327,7 +337,8 @@ def main() -> None:
     parser.add_argument("--source", type=Path, help="an IBSR18 tree (default: ../shared/data/ibsr18; smoke: a phantom)")
     parser.add_argument("--epochs", type=int, help="epochs per nnU-Net run (default 3; smoke 2)")
     parser.add_argument("--iterations", type=int, help="iterations per epoch (default 50; smoke 2)")
-    parser.add_argument("--baseline-seconds", type=float, help="training seconds per baseline (default 40; smoke 5)")
+    parser.add_argument("--baseline-iterations", type=int,
+                        help="training iterations per baseline, one epoch (default 300; smoke 14)")
     parser.add_argument("--budget", type=float, help="seconds; steps that would overrun it are left out (default 480 "
                         "on a GPU, none in a smoke run)")
     parser.add_argument("--out", type=Path, help="the report (default bench/GPU.md; smoke: beside the workspace)")
@@ -335,7 +346,9 @@ def main() -> None:
     args = parser.parse_args()
     args.epochs = args.epochs or (2 if args.smoke else 3)
     args.iterations = args.iterations or (2 if args.smoke else 50)
-    args.baseline_seconds = args.baseline_seconds or (5.0 if args.smoke else 40.0)
+    args.baseline_iterations = args.baseline_iterations or (14 if args.smoke else 300)
+    if args.baseline_iterations < 12:
+        parser.error("--baseline-iterations must be at least 12 (the first 10 are warm-up)")
     args.budget = args.budget or (float("inf") if args.smoke else 480.0)
     if args.epochs < 2:
         parser.error("--epochs must be at least 2 (the first epoch is warm-up)")
