@@ -24,7 +24,7 @@ from .metrics import case_metrics
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 METRICS = ("dice", "hd", "hd95", "avd")
-COLUMNS = ["model", "case", "class", "label", *METRICS, "ref_voxels", "pred_voxels"]
+COLUMNS = ["model", "case", "class", "label", *METRICS, "ref_voxels", "pred_voxels", "ref_ml", "pred_ml"]
 AFFINE_TOLERANCE = 1e-3  # mm: float32 headers round-trip with ~1e-5 error; anything larger is another grid
 
 
@@ -50,7 +50,9 @@ def _score_case(case: str, reference: Path, prediction: Path) -> list[dict]:
         raise InputError(f"{prediction}: holds labels {values.tolist()}, expected only 0 (background), 1 (CSF), "
                          f"2 (GM), 3 (WM); map the labels before evaluating.")
     rows = case_metrics(ref.array.astype(np.uint8), pred.array.astype(np.uint8), ref.spacing)
-    return [{"case": case, **row} for row in rows]
+    voxel_ml = float(np.prod(ref.spacing)) / 1000.0  # mm³ -> mL: volumes for the agreement statistics
+    return [{"case": case, **row, "ref_ml": row["ref_voxels"] * voxel_ml, "pred_ml": row["pred_voxels"] * voxel_ml}
+            for row in rows]
 
 
 @dataclass
