@@ -45,8 +45,8 @@ def uncertainty_notes(models: int, cases: int) -> list[str]:
                 f"(a MISA-layout tree holds out its 5 Validation_Set cases; a tree without one holds out 20 %)."]
     if models < 2:
         return []
-    return [f"smallest attainable p_vs_best with {models} models and {cases} cases: (m−1)·2⁻ⁿ = "
-            f"{models - 1}·2⁻{cases} = {statistics.smallest_p(models, cases):.3g} (exact one-sided Wilcoxon, Holm); "
+    return [f"smallest attainable p_vs_best with {models} models and {cases} cases: "
+            f"{statistics.smallest_p_text(models, cases)} (exact one-sided Wilcoxon, Holm); "
             f"'≈' marks a model that cannot be told apart from rank 1 (p_vs_best ≥ {statistics.ALPHA})."]
 
 

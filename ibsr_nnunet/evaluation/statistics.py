@@ -107,6 +107,14 @@ def smallest_p(models: int, cases: int, *, comparisons: int | None = None) -> fl
     return min(1.0, max(1, family) * 2.0 ** -cases)
 
 
+def smallest_p_text(models: int, cases: int, *, comparisons: int | None = None) -> str:
+    """'(m−1)·2⁻ⁿ = 6·2⁻⁵ = 0.188': the formula of `smallest_p`, its numbers and its value."""
+    family = models - 1 if comparisons is None else comparisons
+    formula = "(m−1)·2⁻ⁿ" if comparisons is None else "m(m−1)·2⁻ⁿ"
+    exponent = str(cases).translate(str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹"))
+    return f"{formula} = {family}·2⁻{exponent} = {smallest_p(models, cases, comparisons=comparisons):.3g}"
+
+
 @dataclass
 class Agreement:
     bias: float  # mean of prediction minus reference
