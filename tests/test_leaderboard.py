@@ -234,7 +234,8 @@ def summary_json(dice_per_case: list[tuple[float, float, float]]) -> dict:
                                        "n_pred": 0, "n_ref": 0} for label, d in zip((1, 2, 3), dice)},
               "prediction_file": f"/x/validation/IBSR_{i:02d}.nii.gz", "reference_file": f"/gt/IBSR_{i:02d}.nii.gz"}
              for i, dice in enumerate(dice_per_case)]
-    means = {str(label): {"Dice": float(np.nanmean([c[label - 1] for c in dice_per_case]))} for label in (1, 2, 3)}
+    defined = {label: [c[label - 1] for c in dice_per_case if not math.isnan(c[label - 1])] for label in (1, 2, 3)}
+    means = {str(label): {"Dice": float(np.mean(v)) if v else math.nan} for label, v in defined.items()}
     return {"foreground_mean": {"Dice": float(np.mean([m["Dice"] for m in means.values()]))}, "mean": means,
             "metric_per_case": cases}
 
@@ -285,6 +286,8 @@ def test_crossval_dice_after_chosen_postprocessing_and_baseline_internal_validat
     assert row["cv_n"] == 4 and row["cv_dice_mean"] == pytest.approx(0.8)
     assert [row[f"{t}_cv_dice_mean"] for t in ("CSF", "GM", "WM")] == pytest.approx([0.6, 0.85, 0.95])
     assert math.isnan(row["internal_val_dice"])
+    found = crossval_dice(ws, json.loads((ws.predictions / "nnunet_ensemble" / "model.json").read_text()))
+    assert found.postprocessed and found.source == source / "postprocessing.json"
     baseline = board.loc["unet2d__dice_ce"]
     assert baseline["internal_val_dice"] == 0.99 and math.isnan(baseline["cv_dice_mean"])
     assert math.isnan(baseline["cv_n"])
@@ -304,3 +307,15 @@ def test_figures_with_five_cases(tmp_path):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     fewer = per_case[per_case["case"] != "IBSR_05"]
     assert figures.significance_map(rank(fewer, "s", {}), fewer, tmp_path / "none.png") is None
+
+
+def test_readme_explains_every_leaderboard_column():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### Reading the leaderboard", 1)[1].split("\n### ", 1)[0]
+    board = rank(synthetic_per_case({"a": [0.9] * 5, "b": [0.8] * 5}), "s", {})
+    for column in board.columns:
+        generic = column
+        for tissue in ("CSF", "GM", "WM"):
+            generic = generic.replace(f"{tissue}_", "<T>_", 1) if generic.startswith(f"{tissue}_") else generic
+        wildcard = generic.rsplit("_", 1)[0] + "_*"
+        assert f"`{generic}`" in section or f"`{wildcard}`" in section, column

@@ -31,7 +31,7 @@ from .paths import fold_folder
 class CrossValidation:
     dice: dict[str, float]  # tissue name -> pooled mean Dice over the validation cases
     n: int  # validation cases pooled
-    postprocessed: bool  # the numbers are after nnU-Net's chosen postprocessing
+    postprocessed: bool  # nnU-Net chose a postprocessing, and the numbers are after it
     source: Path  # the summary read
 
     @property
@@ -60,9 +60,10 @@ def crossval_dice(ws: Workspace, record: dict) -> Optional[CrossValidation]:
         dice, n = pooled_dice([source / "summary.json"])
         chosen = source / "postprocessing.json"
         if chosen.is_file():
-            means = json.loads(chosen.read_text())["postprocessed"]["mean"]
+            record_pp = json.loads(chosen.read_text())
+            means = record_pp["postprocessed"]["mean"]
             dice = {name: float(means[str(label)]["Dice"]) for label, name in TISSUES.items()}
-            return CrossValidation(dice, n, True, chosen)
+            return CrossValidation(dice, n, bool(record_pp.get("postprocessing_fns")), chosen)
         return CrossValidation(dice, n, False, source / "summary.json")
     configurations = record.get("configurations", [])
     if len(configurations) != 1:
