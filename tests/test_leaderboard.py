@@ -319,3 +319,17 @@ def test_readme_explains_every_leaderboard_column():
             generic = generic.replace(f"{tissue}_", "<T>_", 1) if generic.startswith(f"{tissue}_") else generic
         wildcard = generic.rsplit("_", 1)[0] + "_*"
         assert f"`{generic}`" in section or f"`{wildcard}`" in section, column
+
+
+def test_evaluations_with_other_columns_are_redone_or_named(ws):
+    write_model(ws, "perfect")
+    write_model(ws, "orphan")
+    build(ws)
+    for model in ("perfect", "orphan"):  # as an older version wrote them: no volumes in mL
+        old = pd.read_csv(ws.evaluation / f"{model}.csv").drop(columns=["ref_ml", "pred_ml"])
+        old.to_csv(ws.evaluation / f"{model}.csv", index=False)
+    shutil.rmtree(ws.predictions / "orphan")  # its predictions are gone: it cannot be redone here
+    again = build(ws)
+    assert again.evaluated_now == ["perfect"] and again.board["model"].tolist() == ["perfect"]
+    assert again.left_out == ["orphan: its evaluation was made with another metric set (other columns); evaluate it "
+                              "again to rank it"]
