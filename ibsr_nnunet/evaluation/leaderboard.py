@@ -42,7 +42,8 @@ def uncertainty_notes(models: int, cases: int) -> list[str]:
     if cases < statistics.MIN_CASES:
         return [f"{cases} held-out case(s), below {statistics.MIN_CASES}: no interval, rank1_share, p_vs_best, "
                 f"volume r or significance map; with so few cases the ranking cannot tell the models apart "
-                f"(a MISA-layout tree holds out its 5 Validation_Set cases; a tree without one holds out 20 %)."]
+                f"(IBSR18's MISA split holds out its 5 Validation_Set cases; a tree without a Validation_Set holds out "
+                f"20 % of the labelled subjects, 2 of 10)."]
     if models < 2:
         return []
     return [f"smallest attainable p_vs_best with {models} models and {cases} cases: "
