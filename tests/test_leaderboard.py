@@ -160,7 +160,8 @@ def test_cli_evaluate_and_leaderboard_with_figures(ws):
     result = invoke(ws, "leaderboard", "--jobs", "1")
     assert result.exit_code == 0, result.output
     assert "evaluated now: csf_as_gm" in result.output
-    assert "2 held-out case(s), below 5: no interval, rank1_share, p_vs_best, volume r or significance map" in said(result)
+    assert ("2 held-out case(s), below 5: no interval, rank1_share, p_vs_best, volume r or significance map"
+            in said(result))
     assert said(result).count("≈") == 1  # csf_as_gm cannot be told apart from rank 1: 2 cases allow no test
     for png in ("dice_boxplot.png", "overlay_IBSR_06.png", "mean_dice_ci.png", "volume_agreement.png"):
         data = (ws.figures / png).read_bytes()

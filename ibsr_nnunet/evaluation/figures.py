@@ -1,4 +1,4 @@
-"""The leaderboard's pictures: Dice boxplots and intervals, pairwise significance, volume agreement, overlays, training curves."""
+"""The leaderboard's pictures: Dice boxplots and intervals, significance map, volume agreement, overlays, curves."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""How sure a ranking is: paired bootstrap intervals and rank stability, exact one-sided Wilcoxon tests, Holm, volume agreement.
+"""How sure a ranking is: paired bootstrap intervals, rank stability, exact one-sided Wilcoxon, Holm, volume agreement.
 
 Every function takes scores as a (models × cases) array, the cases in the same order for every model, so resamples
 and tests are paired. Conventions, as challengeR uses them:

@@ -1,4 +1,4 @@
-"""nnU-Net's own cross-validation Dice of a model, read from its validation summaries and pooled over cases (no nnunetv2 import).
+"""nnU-Net's own cross-validation Dice of a model, from its validation summaries, pooled over cases (no nnunetv2).
 
 Where it is read from, first found wins:
 
