@@ -26,7 +26,7 @@ def evaluate(
     jobs: JobsOption = 0,
     nsd_tolerance: NsdToleranceOption = NSD_TOLERANCE,
 ) -> None:
-    """Score predictions on every held-out case: Dice, HD, HD95, AVD and NSD per tissue class."""
+    """Score predictions on every held-out case: Dice, HD, HD95, AVD, NSD and volumes per tissue class."""
     from ..evaluation.evaluate import evaluate as run_evaluate
 
     ws = workspace_of(ctx)
@@ -61,18 +61,23 @@ def leaderboard(
                        on_model=lambda m: status.update(f"evaluating {m}"))
     tissues = list(TISSUES.values())
     table = Table(title=f"leaderboard — {result.split}")
-    for column in ("rank", "model", "mean Dice", *(f"{t} Dice" for t in tissues),
-                   "HD95 mm (CSF/GM/WM)", "AVD (CSF/GM/WM)", f"NSD {nsd_tolerance:g} mm (CSF/GM/WM)", "train"):
+    for column in ("rank", "model", "mean Dice [95% CI]", "#1 share", "p vs #1", *(f"{t} Dice" for t in tissues),
+                   "HD95 mm (CSF/GM/WM)", f"NSD {nsd_tolerance:g} mm (CSF/GM/WM)", "vol bias mL (CSF/GM/WM)",
+                   "validation Dice", "train"):
         table.add_column(column, justify="right" if column != "model" else "left")
     for _, row in result.board.iterrows():
         table.add_row(
-            str(row["rank"]), row["model"], f"{row['mean_dice']:.4f}",
+            str(row["rank"]), row["model"], _with_interval(row), _number(row["rank1_share"], "{:.2f}"),
+            _versus_best(row),
             *(f"{row[f'{t}_dice_mean']:.3f}±{row[f'{t}_dice_std']:.3f}" for t in tissues),
             "/".join(f"{row[f'{t}_hd95_mean']:.1f}" for t in tissues),
-            "/".join(f"{row[f'{t}_avd_mean']:.3f}" for t in tissues),
             "/".join(f"{row[f'{t}_nsd_mean']:.3f}" for t in tissues),
+            "/".join(f"{row[f'{t}_vol_bias_ml']:+.1f}" for t in tissues),
+            _validation(row),
             "-" if row["train_seconds"] != row["train_seconds"] else f"{row['train_seconds'] / 60:.1f} min")
     console.print(table)
+    for line in result.notes:
+        console.print(line, markup=False)
     now = f" (evaluated now: {', '.join(result.evaluated_now)})" if result.evaluated_now else ""
     console.print(f"wrote {result.csv}{now}")
     if result.redone_line():
@@ -84,3 +89,33 @@ def leaderboard(
 
         drawn = leaderboard_figures(ws, result.board, result.per_case)
         console.print("figures: " + ", ".join(map(str, drawn)))
+
+
+def _number(value: float, form: str) -> str:
+    return "-" if value != value else form.format(value)
+
+
+def _with_interval(row) -> str:
+    if row["mean_dice_ci_low"] != row["mean_dice_ci_low"]:
+        return f"{row['mean_dice']:.4f}"
+    return f"{row['mean_dice']:.4f} [{row['mean_dice_ci_low']:.3f}, {row['mean_dice_ci_high']:.3f}]"
+
+
+def _versus_best(row) -> str:
+    """'≈' where the model cannot be told apart from rank 1 (no test below 5 cases: nothing can)."""
+    from ..evaluation.statistics import ALPHA
+
+    if row["rank"] == 1:
+        return "rank 1"
+    if row["p_vs_best"] != row["p_vs_best"]:
+        return "≈ (no test)"
+    return f"≈ {row['p_vs_best']:.3f}" if row["p_vs_best"] >= ALPHA else f"{row['p_vs_best']:.3f}"
+
+
+def _validation(row) -> str:
+    """nnU-Net's pooled cross-validation Dice, or a baseline's internal validation Dice (not cross-validation)."""
+    if row["cv_dice_mean"] == row["cv_dice_mean"]:
+        return f"CV {row['cv_dice_mean']:.3f} (n={int(row['cv_n'])})"
+    if row["internal_val_dice"] == row["internal_val_dice"]:
+        return f"internal {row['internal_val_dice']:.3f}"
+    return "-"

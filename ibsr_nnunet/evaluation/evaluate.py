@@ -24,10 +24,12 @@ from .metrics import NSD_TOLERANCE, case_metrics, check_tolerance
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 METRICS = ("dice", "hd", "hd95", "avd", "nsd")
-# Bumped whenever a metric is added or changes: an evaluation recorded with another version is redone. Version 1
-# (no version in the summary) had dice, hd, hd95 and avd; version 2 adds nsd.
-METRICS_VERSION = 2
-COLUMNS = ["model", "case", "class", "label", *METRICS, "ref_voxels", "pred_voxels"]
+# Bumped whenever a metric or a recorded column is added or changes: an evaluation recorded with another version is
+# redone. Version 1 (no version in the summary) had dice, hd, hd95 and avd; version 2 adds nsd; version 3 adds the
+# reference and predicted volumes in mL (ref_ml, pred_ml) behind the leaderboard's volume agreement.
+METRICS_VERSION = 3
+ADDED = {2: "nsd", 3: "volumes in mL"}  # what each version added
+COLUMNS = ["model", "case", "class", "label", *METRICS, "ref_voxels", "pred_voxels", "ref_ml", "pred_ml"]
 AFFINE_TOLERANCE = 1e-3  # mm: float32 headers round-trip with ~1e-5 error; anything larger is another grid
 
 
@@ -54,7 +56,9 @@ def _score_case(case: str, reference: Path, prediction: Path, nsd_tolerance: flo
                          f"2 (GM), 3 (WM); map the labels before evaluating.")
     rows = case_metrics(ref.array.astype(np.uint8), pred.array.astype(np.uint8), ref.spacing,
                         nsd_tolerance=nsd_tolerance)
-    return [{"case": case, **row} for row in rows]
+    voxel_ml = float(np.prod(ref.spacing)) / 1000.0  # mm³ -> mL: volumes for the agreement statistics
+    return [{"case": case, **row, "ref_ml": row["ref_voxels"] * voxel_ml, "pred_ml": row["pred_voxels"] * voxel_ml}
+            for row in rows]
 
 
 @dataclass
@@ -172,7 +176,7 @@ def outdated_metrics(recorded: dict, *, nsd_tolerance: float = NSD_TOLERANCE) ->
     version = recorded.get("metrics_version", 1)
     if version != METRICS_VERSION:
         metrics = recorded.get("metrics", ["dice", "hd", "hd95", "avd"])
-        added = [m for m in METRICS if m not in metrics]
+        added = [ADDED[v] for v in range(version + 1, METRICS_VERSION + 1) if v in ADDED]
         return (f"scored with metric set v{version} ({', '.join(metrics)}), not v{METRICS_VERSION}"
                 + (f" (adds {', '.join(added)})" if added else ""))
     scored_at = recorded.get("nsd_tolerance_mm")

@@ -1,4 +1,4 @@
-"""The leaderboard's pictures: Dice boxplots, reference/prediction overlays on representative slices, training curves."""
+"""The leaderboard's pictures: Dice boxplots and intervals, significance map, volume agreement, overlays, curves."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ from matplotlib.patches import Patch
 from ..core.atomic import atomic_path
 from ..core.vocabulary import NNUNET_MODELS, TISSUES
 from ..core.workspace import Workspace
+from . import statistics
 from .history import training_curves
 from ..data.volumes import read_volume
 
 TISSUE_COLOURS = {1: "#2f7fd6", 2: "#e8a33d", 3: "#f4f1de"}  # CSF blue, GM orange, WM ivory
+TISSUE_COLOURS_DARK = {"CSF": "#1f5fa8", "GM": "#b8741a", "WM": "#6b6b5a"}  # readable on white, unlike WM's ivory
 ENSEMBLE = NNUNET_MODELS["ensemble"]
 LABEL_MAP = ListedColormap(["none", *TISSUE_COLOURS.values()])
 
@@ -45,6 +47,96 @@ def dice_boxplots(per_case: pd.DataFrame, order: list[str], target: Path) -> Pat
     axes[0].invert_yaxis()
     figure.suptitle("Dice per held-out case")
     return save_figure(figure, target)
+
+
+def mean_dice_intervals(board: pd.DataFrame, per_case: pd.DataFrame, target: Path) -> Path:
+    """The models in rank order: mean Dice over the tissues with its 95 % bootstrap interval, and each held-out
+    case's mean Dice; without intervals (too few cases) the caption says why."""
+    from .leaderboard import case_scores
+
+    order = board["model"].tolist()
+    scores, cases = case_scores(per_case, order)
+    figure, axis = plt.subplots(figsize=(7, 0.45 * len(order) + 1.6))
+    rows = np.arange(len(order))
+    for row, values in zip(rows, scores):
+        axis.scatter(values, np.full(len(values), row), s=12, color="grey", alpha=0.6, zorder=2)
+    has_ci = board["mean_dice_ci_low"].notna().to_numpy()
+    low, high = board["mean_dice_ci_low"].to_numpy(), board["mean_dice_ci_high"].to_numpy()
+    mean = board["mean_dice"].to_numpy()
+    axis.errorbar(mean[has_ci], rows[has_ci], xerr=[mean[has_ci] - low[has_ci], high[has_ci] - mean[has_ci]],
+                  fmt="none", ecolor="black", capsize=4, zorder=3)
+    axis.scatter(mean, rows, marker="D", color="#c0392b", zorder=4, label="mean Dice")
+    axis.set_yticks(rows, order)
+    axis.invert_yaxis()
+    axis.set_xlabel("mean Dice over CSF, GM, WM")
+    axis.grid(axis="x", alpha=0.3)
+    n = len(cases)
+    if has_ci.any():
+        caption = (f"{n} held-out cases (grey); bars: 95 % paired percentile bootstrap interval "
+                   f"({statistics.RESAMPLES} resamples)")
+    else:
+        caption = f"{n} held-out case(s) (grey): below {statistics.MIN_CASES}, no interval is drawn"
+    axis.set_title(f"Mean Dice by model\n{caption}", fontsize=9)
+    return save_figure(figure, target)
+
+
+def significance_map(board: pd.DataFrame, per_case: pd.DataFrame, target: Path) -> Path | None:
+    """challengeR's significance map: cell (row, column) holds the p that the row's model beats the column's,
+    all ordered pairs one family; None below MIN_CASES cases or with a single model."""
+    from .leaderboard import case_scores
+
+    order = board["model"].tolist()
+    scores, cases = case_scores(per_case, order)
+    m, n = len(order), len(cases)
+    if n < statistics.MIN_CASES or m < 2:
+        return None
+    p = statistics.pairwise(scores)
+    figure, axis = plt.subplots(figsize=(0.8 * m + 3, 0.7 * m + 2.2))
+    significant = np.where(np.isnan(p), np.nan, (p < statistics.ALPHA).astype(float))
+    axis.imshow(significant, cmap=ListedColormap(["#eeeeee", "#2e8b57"]), vmin=0, vmax=1)
+    for i in range(m):
+        for j in range(m):
+            if i != j:
+                axis.text(j, i, f"{p[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                          color="white" if p[i, j] < statistics.ALPHA else "black")
+    axis.set_xticks(range(m), order, rotation=45, ha="right", fontsize=8)
+    axis.set_yticks(range(m), order, fontsize=8)
+    axis.set_xlabel("... than this model")
+    axis.set_ylabel("this model is better ...")
+    axis.set_title("Pairwise significance (challengeR style): green where p < 0.05\n"
+                   f"exact one-sided paired Wilcoxon on per-case mean Dice, Holm over all {m * (m - 1)} ordered pairs;"
+                   f"\na separate family from p_vs_best. {n} cases: smallest attainable p = "
+                   f"{statistics.smallest_p_text(m, n, comparisons=m * (m - 1))}", fontsize=8)
+    return save_figure(figure, target)
+
+
+def volume_agreement(board: pd.DataFrame, per_case: pd.DataFrame, target: Path) -> Path:
+    """One panel per tissue: each model's volume errors (prediction minus reference, mL) per case, its bias and
+    Bland–Altman 95 % limits of agreement."""
+    order = board["model"].tolist()
+    figure, axes = plt.subplots(1, len(TISSUES), figsize=(4.4 * len(TISSUES), 0.45 * len(order) + 1.8), sharey=True)
+    rows = np.arange(len(order))
+    for axis, name in zip(axes, TISSUES.values()):
+        axis.axvline(0, color="black", linewidth=0.8)
+        for row, model in zip(rows, order):
+            values = per_case[(per_case["model"] == model) & (per_case["class"] == name)]
+            errors = (values["pred_ml"] - values["ref_ml"]).to_numpy()
+            axis.scatter(errors, np.full(len(errors), row), s=12, color="grey", alpha=0.6, zorder=2)
+            line = board.set_index("model").loc[model]
+            low, high = line[f"{name}_vol_loa_low_ml"], line[f"{name}_vol_loa_high_ml"]
+            if np.isfinite(low) and np.isfinite(high):
+                axis.plot([low, high], [row, row], color=TISSUE_COLOURS_DARK[name], linewidth=2, zorder=3)
+            axis.scatter([line[f"{name}_vol_bias_ml"]], [row], marker="D", color="#c0392b", zorder=4)
+        axis.set_title(name)
+        axis.set_xlabel("prediction − reference (mL)")
+        axis.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(rows, order)
+    axes[0].invert_yaxis()
+    figure.suptitle("Volume agreement on the held-out cases: cases (grey), bias (diamond), "
+                    "Bland–Altman 95 % limits of agreement (bar)", fontsize=10)
+    figure.tight_layout()
+    return save_figure(figure, target)
+
 
 
 def representative_slices(labels: np.ndarray, axis: int, count: int = 3) -> list[int]:
@@ -113,12 +205,19 @@ def curves(ws: Workspace, models: list[str], target: Path) -> Path | None:
 
 
 def leaderboard_figures(ws: Workspace, board: pd.DataFrame, per_case: pd.DataFrame) -> list[Path]:
-    """The leaderboard's figures: Dice boxplots, overlays of the first held-out case, training curves."""
+    """The leaderboard's figures: Dice boxplots, mean Dice intervals, volume agreement, the significance map (from
+    MIN_CASES cases on), overlays of the first held-out case, training curves."""
     from .evaluate import references
     from .leaderboard import prediction_sets
 
     order = board["model"].tolist()
-    drawn = [dice_boxplots(per_case, order, ws.figures / "dice_boxplot.png")]
+    drawn = [dice_boxplots(per_case, order, ws.figures / "dice_boxplot.png"),
+             mean_dice_intervals(board, per_case, ws.figures / "mean_dice_ci.png"),
+             volume_agreement(board, per_case, ws.figures / "volume_agreement.png")]
+    significance = ws.figures / "significance.png"
+    drawn.append(significance_map(board, per_case, significance))
+    if drawn[-1] is None and significance.exists():  # an old map must not outlive the cases it was drawn from
+        significance.unlink()
     case, reference = next(iter(references(ws).items()))
     sets = prediction_sets(ws)
     drawn.append(overlays(ws.raw_dataset / "imagesTs" / f"{case}_0000.nii.gz", reference,

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import pandas as pd
 
 from ..core import provenance
 from ..core.atomic import atomic_path
 from ..core.errors import InputError
 from ..core.locks import Lock, lock_path
-from ..core.vocabulary import TISSUES
+from ..core.vocabulary import NNUNET_PREFIX, TISSUES
 from ..core.workspace import Workspace
+from ..nnunet.validation import crossval_dice
+from . import statistics
 from .evaluate import COLUMNS, METRICS, evaluate, is_current, outdated_metrics, recorded_summary
 from .history import training_seconds
 from .metrics import NSD_TOLERANCE
@@ -28,11 +32,34 @@ def prediction_sets(ws: Workspace) -> dict[str, Path]:
             if p.is_dir() and not p.name.startswith(".") and any(p.glob("*.nii.gz"))}
 
 
-def rank(per_case: pd.DataFrame, split: str, seconds: dict[str, float], *, fingerprint: str = "",
-         nsd_tolerance: float = NSD_TOLERANCE) -> pd.DataFrame:
-    """One row per model: mean and std per class of each metric, mean Dice over the tissues, cases, time, rank.
+def case_scores(per_case: pd.DataFrame, models: list[str]) -> tuple[np.ndarray, list[str]]:
+    """(models × cases) per-case mean Dice over the tissues, rows in `models` order, and the cases in column order."""
+    table = per_case.pivot_table(index="model", columns="case", values="dice", aggfunc="mean")
+    return table.loc[models].to_numpy(dtype=float), [str(c) for c in table.columns]
 
-    Ranked by mean Dice (higher first); ties go to the lower mean HD95 over the tissues.
+
+def uncertainty_notes(models: int, cases: int) -> list[str]:
+    """What the intervals and p-values can say with `cases` held-out cases and `models` models, in a line or two."""
+    if cases < statistics.MIN_CASES:
+        return [f"{cases} held-out case(s), below {statistics.MIN_CASES}: no interval, rank1_share, p_vs_best, "
+                f"volume r or significance map; with so few cases the ranking cannot tell the models apart "
+                f"(IBSR18's MISA split holds out its 5 Validation_Set cases; a tree without a Validation_Set holds out "
+                f"20 % of the labelled subjects, 2 of 10)."]
+    if models < 2:
+        return []
+    return [f"smallest attainable p_vs_best with {models} models and {cases} cases: "
+            f"{statistics.smallest_p_text(models, cases)} (exact one-sided Wilcoxon, Holm); "
+            f"'≈' marks a model that cannot be told apart from rank 1 (p_vs_best ≥ {statistics.ALPHA})."]
+
+
+def rank(per_case: pd.DataFrame, split: str, seconds: dict[str, float], *, fingerprint: str = "",
+         validation: Optional[dict[str, dict[str, float]]] = None,
+         nsd_tolerance: float = NSD_TOLERANCE) -> pd.DataFrame:
+    """One row per model: mean and std per class of each metric, mean Dice over the tissues with its bootstrap
+    interval, rank1_share and p_vs_best, volume agreement per tissue, cases, time, rank; `validation` adds each
+    model's cross-validation (or internal validation) columns, which never enter the ranking.
+
+    Ranked by mean Dice over the held-out cases (higher first); ties go to the lower mean HD95 over the tissues.
     """
     rows = []
     for model, table in per_case.groupby("model", sort=False):
@@ -47,14 +74,71 @@ def rank(per_case: pd.DataFrame, split: str, seconds: dict[str, float], *, finge
         row["mean_dice"] = sum(row[f"{n}_dice_mean"] for n in TISSUES.values()) / len(TISSUES)
         row["mean_hd95"] = sum(row[f"{n}_hd95_mean"] for n in TISSUES.values()) / len(TISSUES)
         cases = sorted(table["case"].unique())
+        row.update(_volume_agreement(table, len(cases)))
+        row.update((validation or {}).get(model, {}))
         row.update(n_cases=len(cases), cases=";".join(cases), train_seconds=seconds.get(model, math.nan), split=split,
                    nsd_tolerance_mm=nsd_tolerance, dataset_fingerprint=fingerprint)
         rows.append(row)
     board = pd.DataFrame(rows).sort_values(["mean_dice", "mean_hd95"], ascending=[False, True], kind="stable")
+    board = board.reset_index(drop=True)
     board.insert(0, "rank", range(1, len(board) + 1))
-    first = ["rank", "model", "mean_dice", "n_cases", "train_seconds"]
-    board = board[first + [c for c in board.columns if c not in first and c != "mean_hd95"]]
-    return board.reset_index(drop=True)
+    for column in UNCERTAINTY:
+        board[column] = math.nan
+    scores, cases = case_scores(per_case, board["model"].tolist())
+    if len(cases) >= statistics.MIN_CASES:
+        drawn = statistics.bootstrap(scores)
+        board["mean_dice_ci_low"], board["mean_dice_ci_high"] = drawn.low, drawn.high
+        board["rank1_share"] = drawn.rank1_share
+        board["p_vs_best"] = statistics.p_vs_best(scores, 0)
+    for column in (*VALIDATION, *(f"{t}_cv_dice_mean" for t in TISSUES.values())):
+        if column not in board:
+            board[column] = math.nan
+    first = ["rank", "model", "mean_dice", *UNCERTAINTY, "n_cases", "train_seconds"]
+    return board[first + [c for c in board.columns if c not in first and c != "mean_hd95"]]
+
+
+UNCERTAINTY = ("mean_dice_ci_low", "mean_dice_ci_high", "rank1_share", "p_vs_best")
+VALIDATION = ("cv_dice_mean", "cv_n", "internal_val_dice")
+
+
+def _volume_agreement(table: pd.DataFrame, cases: int) -> dict[str, float]:
+    """<T>_vol_bias_ml, _vol_loa_low_ml, _vol_loa_high_ml, _vol_r (prediction minus reference, over the cases);
+    r only from MIN_CASES cases on."""
+    row = {}
+    for name in TISSUES.values():
+        values = table[table["class"] == name]
+        found = statistics.agreement(values["ref_ml"].to_numpy(), values["pred_ml"].to_numpy())
+        row.update({f"{name}_vol_bias_ml": found.bias, f"{name}_vol_loa_low_ml": found.loa_low,
+                    f"{name}_vol_loa_high_ml": found.loa_high,
+                    f"{name}_vol_r": found.r if cases >= statistics.MIN_CASES else math.nan})
+    return row
+
+
+def validation_columns(ws: Workspace, models: list[str]) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """model -> its validation columns: nnU-Net's pooled cross-validation Dice (cv_dice_mean, <T>_cv_dice_mean,
+    cv_n) from the folds behind it, or a baseline's internal validation Dice from its run record; and a sentence
+    for each summary that could not be read."""
+    found: dict[str, dict[str, float]] = {}
+    unreadable: list[str] = []
+    for model in models:
+        if model.startswith(NNUNET_PREFIX):
+            record = ws.predictions / model / "model.json"
+            try:
+                crossval = crossval_dice(ws, json.loads(record.read_text())) if record.is_file() else None
+            except (ValueError, KeyError, TypeError) as broken:  # a summary cut short: no number, no crash
+                crossval = None
+                unreadable.append(f"{model}: nnU-Net's validation summaries are unreadable ({broken!r}); "
+                                  f"cv_dice_mean left empty, run `ibsr-nnunet ensemble` again to rewrite them.")
+            if crossval:
+                found[model] = {"cv_dice_mean": crossval.mean, "cv_n": crossval.n,
+                                **{f"{t}_cv_dice_mean": d for t, d in crossval.dice.items()}}
+        elif (run := ws.baselines / model / "run.json").is_file():
+            try:
+                value = json.loads(run.read_text()).get("best_val_dice")
+            except ValueError:
+                value = None
+            found[model] = {"internal_val_dice": math.nan if value is None else float(value)}
+    return found, unreadable
 
 
 class NothingToRank(InputError):
@@ -69,6 +153,7 @@ class Leaderboard:
     evaluated_now: list[str]
     split: str
     left_out: list[str]  # one sentence per model not ranked because it was made from another dataset
+    notes: list[str]  # what the intervals and p-values can say with this many held-out cases
     redone: dict[str, str] = field(default_factory=dict)  # model -> why its evaluation was redone (older metrics)
 
     def redone_line(self) -> Optional[str]:
@@ -105,11 +190,15 @@ def build(ws: Workspace, *, jobs: int = 1, nsd_tolerance: float = NSD_TOLERANCE,
         manifest = ws.read_manifest()
         split = f"{manifest['split']['policy']}: {', '.join(manifest['split']['heldout'])}"
         seconds = {model: training_seconds(ws, model) for model in per_case["model"].unique()}
-        board = rank(per_case, split, seconds, fingerprint=fingerprint, nsd_tolerance=nsd_tolerance)
+        models = list(per_case["model"].unique())
+        validation, unreadable = validation_columns(ws, models)
+        board = rank(per_case, split, seconds, fingerprint=fingerprint, validation=validation,
+                     nsd_tolerance=nsd_tolerance)
         with atomic_path(ws.leaderboard) as tmp:
             board.to_csv(tmp, index=False)
     return Leaderboard(board, per_case, ws.leaderboard, evaluated_now, split,
-                       [f"{model}: {why}" for model, why in left_out.items()], redone=redone)
+                       [f"{model}: {why}" for model, why in left_out.items()],
+                       uncertainty_notes(len(board), int(board["n_cases"].iloc[0])) + unreadable, redone=redone)
 
 
 def _evaluate_new(ws: Workspace, fingerprint: str, *, jobs: int, nsd_tolerance: float,

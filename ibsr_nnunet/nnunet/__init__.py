@@ -2,6 +2,6 @@
 
 paths: names and folders of trainers, models and folds (no nnunetv2 needed); environment: nnU-Net's variables and
 process pools; integrity: its dataset check; plan; trainer: our durable trainer classes; train; predict: best
-configuration, prediction, ensembling, postprocessing; ensemble: the `ensemble` step. ext_trainers/ points
-nnU-Net's own CLI at our trainers.
+configuration, prediction, ensembling, postprocessing; ensemble: the `ensemble` step; validation: its pooled
+cross-validation Dice, read from its summaries. ext_trainers/ points nnU-Net's own CLI at our trainers.
 """
