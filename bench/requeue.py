@@ -8,11 +8,11 @@ it; per slot, the seconds spent on useful (completed) epochs, as a share of the 
 its overhead from the last completed epoch of one run to the first epoch of the next: the lost part-epoch (+ save
 and exit), SLURM's requeue, and the next run's start-up and loading (Python, torch, nnU-Net, checkpoint, data
 workers), in seconds and as a share of a 24-hour slot (one requeue per slot).
-Measured 2026-11-30, --time 2 --grace 60, 3 slots, on the 2-core machine under heavy load (a test suite and other
-benches beside it): USR1 came 40-51 s into each run (SLURM checks limits on its own tick, so it comes early);
-start-up + loading took 36-62 s, so the first slot gave 9.2 s of epochs (7.7 % of the 120 s slot) and the next two
-none (stopped before their first epoch); overhead per requeue 84.6 / 85.3 / 71.7 s (lost part-epoch + exit 17-19 s,
-requeue 6-13 s, start-up + loading 45-62 s): median 84.6 s = 0.098 % of a 24-hour slot.
+Measured 2026-11-30, --time 2 --grace 60, 3 slots, on the quiet 2-core AMD EPYC machine: USR1 came 49-53 s into
+each run (SLURM checks limits on its own tick, so it comes early); each slot gave 13.0-16.6 s of epochs (median
+15.0 s: 12 % of the 120 s slot, 28 % of the run); overhead per requeue median 22.4 s (lost part-epoch + exit 4.6 s,
+requeue 7.0 s, start-up + loading 11.2 s) = 0.026 % of a 24-hour slot. Under heavy load (a test suite and other
+benches beside it) start-up + loading took 45-62 s, the overhead 72-85 s, and slots 2-3 finished no epoch.
 
 Starts slurm/local-cluster.sh (unless a cluster runs), plans a phantom workspace, submits one 2d fold with
 `ibsr-nnunet submit` (CPU, 1 CPU per job) and interrupts it mid-training, alternating the two paths:
