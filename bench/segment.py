@@ -113,7 +113,7 @@ def prepare(ws_root: Path, say) -> tuple[str, Path]:
     from ibsr_nnunet.core.vocabulary import NNUNET_MODELS
     from ibsr_nnunet.core.workspace import Workspace
     from ibsr_nnunet.nnunet.ensemble import model_record
-    from ibsr_nnunet.nnunet.paths import fold_folder, model_folder, plans_file, trainer_name
+    from ibsr_nnunet.nnunet.paths import fold_folder, plans_file, trainer_name
 
     ws = Workspace.open(ws_root)
     if not ws.manifest.is_file():
