@@ -323,13 +323,6 @@ def baselines(args: argparse.Namespace, report: Report, ws, budget: Budget, writ
     return trained
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
@@ -357,7 +350,9 @@ def main() -> None:
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here: run with --device cpu --smoke, or on a GPU machine")
-    gpu = torch.cuda.get_device_name(0) if args.device == "cuda" else cpu_model()
+    from ibsr_nnunet.core.runlog import cpu_name
+
+    gpu = torch.cuda.get_device_name(0) if args.device == "cuda" else cpu_name()
     root = args.keep or Path(tempfile.mkdtemp(prefix="gpu_check_"))
     root.mkdir(parents=True, exist_ok=True)
     if args.source is None:
