@@ -88,6 +88,7 @@ def test_sigusr1_saves_exits_75_and_resumes_at_next_epoch(planned):
     lr_line = next(line for line in second.splitlines() if "Current learning rate" in line)
     assert math.isclose(float(lr_line.split(":")[-1]), expected_lr, rel_tol=1e-3)
     assert (folder / "validation" / "summary.json").is_file()
+    assert "Using torch.compile" not in resumed.stdout  # its CPU validation predicts with the plain network
     assert list((folder / "validation").glob("*.npz"))  # probabilities, as --npz
 
     start = time.perf_counter()
@@ -126,15 +127,17 @@ def test_compile_is_set_for_the_run_only(monkeypatch):
     from ibsr_nnunet.nnunet.train import COMPILE_DEFAULT, _compile_setting
 
     monkeypatch.delenv("nnUNet_compile", raising=False)
-    with _compile_setting(False):
+    with _compile_setting(False, cuda=True):
         assert os.environ["nnUNet_compile"] == "false"
     assert "nnUNet_compile" not in os.environ
-    with _compile_setting(None):
+    with _compile_setting(None, cuda=True):
         assert os.environ["nnUNet_compile"] == ("true" if COMPILE_DEFAULT else "false")
-    monkeypatch.setenv("nnUNet_compile", "0")  # the user's own choice stands when no option is given
-    with _compile_setting(None):
+    with _compile_setting(True, cuda=False):  # never on CPU: nnU-Net's validation predictor would compile there
         assert os.environ["nnUNet_compile"] == "false"
-    with _compile_setting(True):
+    monkeypatch.setenv("nnUNet_compile", "0")  # the user's own choice stands when no option is given
+    with _compile_setting(None, cuda=True):
+        assert os.environ["nnUNet_compile"] == "false"
+    with _compile_setting(True, cuda=True):
         assert os.environ["nnUNet_compile"] == "true"
     assert os.environ["nnUNet_compile"] == "0"
 
