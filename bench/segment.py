@@ -175,7 +175,7 @@ def main() -> None:
 
         def ours_cmd(model: str, tta: bool, scans: list[Path], out: str) -> list[str]:
             return [sys.executable, "-m", "ibsr_nnunet", "--workspace", str(ws.root), "segment", *map(str, scans),
-                    "--output", str(root / out), "--model", model, "--device", "cpu", "--jobs", "1", "--no-qc",
+                    "--output", str(root / out), "--model", model, "--device", "cpu", "--no-qc",
                     "--tta" if tta else "--no-tta"]
 
         eight = root / "eight"

@@ -237,8 +237,9 @@ class SegmentResult:
 
 @dataclass(frozen=True)
 class SegmentOptions:
-    """How to segment. tta None: on for CUDA, off for the CPU (mirroring costs 4-8x there); step_size: the sliding
-    window's step as a fraction of its size (nnU-Net's tile step; a baseline's overlap is 1 - step_size)."""
+    """How to segment. tta None: on for CUDA, off for the CPU (mirroring costs 2-6x there: bench/segment.py);
+    step_size: the sliding window's step as a fraction of its size (nnU-Net's tile step; a baseline's overlap is
+    1 - step_size)."""
 
     tta: Optional[bool] = None
     step_size: float = 0.5

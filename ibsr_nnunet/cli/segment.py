@@ -24,7 +24,7 @@ def segment(
     device: DeviceOption = Device.auto,
     jobs: JobsOption = 0,
     tta: Annotated[Optional[bool], typer.Option(
-        "--tta/--no-tta", help="Test-time mirroring (default: on for CUDA, off for the CPU, where it costs 4-8x).")] = None,
+        "--tta/--no-tta", help="Test-time mirroring (default: on for CUDA, off for the CPU, where it costs 2-6x).")] = None,
     step_size: Annotated[float, typer.Option(
         "--step-size", help="Sliding-window step as a fraction of the window (nnU-Net's tile step; a baseline's "
                             "overlap is 1 - step).")] = 0.5,

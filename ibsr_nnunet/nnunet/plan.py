@@ -13,6 +13,7 @@ from ..core.atomic import write_json
 from ..core.errors import InputError
 from ..core.vocabulary import CONFIGURATIONS
 from ..core.workspace import Workspace
+from .environment import fork_pools
 from .paths import plan_stamp, plans_file
 
 PLANNABLE = (*CONFIGURATIONS, "3d_lowres")
@@ -71,12 +72,14 @@ def plan(ws: Workspace, configurations: tuple[str, ...] = CONFIGURATIONS, *, job
     if not force and (plans := _planned(ws, wanted)) is not None:
         return _result(plans, configurations, up_to_date=True)
 
+    import nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor as fingerprinting
+    import nnunetv2.preprocessing.preprocessors.default_preprocessor as preprocessing
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprints, plan_experiments,
                                                                        preprocess)
 
     chatter = io.StringIO()
     try:
-        with contextlib.redirect_stdout(chatter):
+        with contextlib.redirect_stdout(chatter), fork_pools(fingerprinting), fork_pools(preprocessing):
             extract_fingerprints([ws.dataset_id], num_processes=jobs, check_dataset_integrity=True, clean=True)
             plan_experiments([ws.dataset_id])
             plans = json.loads(plans_json.read_text())
