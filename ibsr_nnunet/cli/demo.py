@@ -28,7 +28,8 @@ def demo(
     baseline_minutes: Annotated[Optional[float], typer.Option(
         "--baseline-minutes", help="Training budget of each baseline (phantom: 8 short epochs, real: 12 min).")] = None,
 ) -> None:
-    """The whole pipeline: convert, plan, train 2d + 3d_fullres (phantom: fold 0, real: folds 0-1), ensemble, baselines, leaderboard."""
+    """The whole pipeline: convert, plan, train 2d + 3d_fullres (phantom: fold 0, real tree: folds 0-1), ensemble,
+    baselines, leaderboard."""
     import pandas as pd
 
     from ..demo import budget_for, run

@@ -180,11 +180,13 @@ def train(ws: Workspace, configuration: str, fold: int, *, epochs: int = FULL_EP
                 record(folder, fingerprint, configuration=configuration, fold=fold, trainer=name)
                 run = RunLog(folder, "train", started=began)
                 try:
-                    with _compile_setting(compile, cuda=resolve_device(device).type == "cuda"), staged_preprocessed(
+                    torch_device = resolve_device(device)
+                    with _compile_setting(compile, cuda=torch_device.type == "cuda"), staged_preprocessed(
                             ws, plans["configurations"][configuration]["data_identifier"], enabled=stage_data,
                             local_scratch=local_scratch, say=say):
-                        result = _train_fold(ws, plans, configuration, fold, folder=folder, name=name, device=device,
-                                             save_every=save_every, stop=stop, run=run, say=say)
+                        result = _train_fold(ws, plans, configuration, fold, folder=folder, name=name,
+                                             torch_device=torch_device, save_every=save_every, stop=stop, run=run,
+                                             say=say)
                 except BaseException as err:
                     if run.end_after(err, signal_name=stop.name):
                         say(stall_message(run.epoch))
@@ -197,10 +199,9 @@ def train(ws: Workspace, configuration: str, fold: int, *, epochs: int = FULL_EP
             raise
 
 
-def _train_fold(ws: Workspace, plans: dict, configuration: str, fold: int, *, folder: Path, name: str, device: str,
+def _train_fold(ws: Workspace, plans: dict, configuration: str, fold: int, *, folder: Path, name: str, torch_device,
                 save_every: int, stop: StopSignals, run: RunLog, say: Callable[[str], None]) -> TrainResult:
     """Build our trainer, resume from the newest readable checkpoint, record the run's start, train, validate."""
-    torch_device = resolve_device(device)
     resume_from, notes = _newest_readable(folder, torch_device, say)
     dataset_json = json.loads((ws.preprocessed_dataset / "dataset.json").read_text())
     plans["continue_training"] = resume_from is not None
