@@ -118,6 +118,15 @@ def read_holder(path: Path) -> Optional[Holder]:
                       command="unreadable lock file", heartbeat=0.0)
 
 
+def current_holder(path: Path) -> Optional[Holder]:
+    """The live holder of the lock file `path` (someone is writing what it guards), or None when it is free or
+    its holder is gone."""
+    holder = read_holder(Path(path))
+    if holder is None or why_stale(holder, Holder.me("")) is not None:
+        return None
+    return holder
+
+
 def lock_path(target: Path) -> Path:
     """The lock file of a folder or file: hidden beside it, so globs over the folder's siblings never see it."""
     return Path(target).with_name(f".{Path(target).name}.lock")
