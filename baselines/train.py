@@ -231,11 +231,13 @@ def _check_same_run(folder: Path, saved: dict, options: TrainOptions) -> None:
 
 def train(folder: Path, train_files: list[tuple[str, Path, Path]], options: TrainOptions, *,
           on_epoch: Callable[[dict], None] | None = None, on_iteration: Callable[[], None] | None = None,
-          on_start: Callable[[int, int | None], None] | None = None, stop: StopSignals | None = None) -> TrainResult:
+          on_start: Callable[[int, int | None], None] | None = None, stop: StopSignals | None = None,
+          before_save: Callable[[], None] | None = None) -> TrainResult:
     """Train (or resume) the run in `folder` on labelled (id, image, label) files; an internal validation split
     is taken from these files only. on_start(start_epoch, total_epochs), on_iteration() and on_epoch(log row)
     report progress. Each call that trains is recorded in the folder's runs.jsonl (core/runlog.py). `stop`: the
-    caller's active StopSignals, entered earlier (default: one entered here)."""
+    caller's active StopSignals, entered earlier (default: one entered here). `before_save()` runs before each
+    checkpoint and may raise to stop without writing it (the folder's lock, lost)."""
     began, started = time.perf_counter(), time.time()
     folder = Path(folder)
     state = _load_checkpoint(folder)
@@ -248,7 +250,8 @@ def train(folder: Path, train_files: list[tuple[str, Path, Path]], options: Trai
     with (contextlib.nullcontext(stop) if stop is not None else StopSignals()) as stop:  # start-up included
         try:
             result = _train(folder, train_files, options, state, began=began, record=record, stop=stop,
-                            on_epoch=on_epoch, on_iteration=on_iteration, on_start=on_start)
+                            on_epoch=on_epoch, on_iteration=on_iteration, on_start=on_start,
+                            before_save=before_save or (lambda: None))
         except BaseException as err:
             if record.begun or folder.is_dir():  # bad input refused before the folder exists leaves nothing behind
                 record.end_after(err)
@@ -262,7 +265,8 @@ def train(folder: Path, train_files: list[tuple[str, Path, Path]], options: Trai
 
 
 def _train(folder: Path, train_files: list[tuple[str, Path, Path]], options: TrainOptions, state: dict | None, *,
-           began: float, record: RunLog, stop: StopSignals, on_epoch, on_iteration, on_start) -> TrainResult:
+           began: float, record: RunLog, stop: StopSignals, on_epoch, on_iteration, on_start,
+           before_save: Callable[[], None]) -> TrainResult:
     """The training loop of `train`, recorded in `record` from its start on."""
     run = _start_run(folder, train_files, options, began)
     if state is not None:
@@ -276,16 +280,19 @@ def _train(folder: Path, train_files: list[tuple[str, Path, Path]], options: Tra
         on_start(start_epoch, options.epochs)
     finished = run.budget_spent()
     if finished:  # resumed with a budget already spent: record that the run is complete
+        before_save()
         run.save(finished=True)
     while not finished:
         losses = _train_epoch(run, stop, on_iteration)
         if stop.requested:  # the partial epoch is redone on resume; its updates stay in the weights
+            before_save()
             run.save(finished=False)
             result = run.result("interrupted", start_epoch)
             result.signal = stop.name
             return result
         row = _end_epoch(run, losses)
         finished = run.budget_spent() or run.bad_epochs >= options.patience
+        before_save()
         run.save(finished)
         record.epoch_finished(run.epoch)
         if on_epoch:

@@ -11,7 +11,7 @@ import numpy as np
 from ibsr_nnunet.core.atomic import write_json
 from ibsr_nnunet.core.errors import InputError
 from ibsr_nnunet.core.orientation import training_axcodes
-from ibsr_nnunet.core.locks import Lock, LockedError, lock_path
+from ibsr_nnunet.core.locks import Lock, LockedError, LockLost, lock_path
 from ibsr_nnunet.core.provenance import dataset_fingerprint, ensure_current, record, staleness
 from ibsr_nnunet.core.runlog import record_locked
 from ibsr_nnunet.core.signals import StopSignals
@@ -40,14 +40,16 @@ def _train_locked(ws: Workspace, options: TrainOptions, *, archive_stale: bool, 
     folder = run_dir(ws, options.model, options.loss)
     try:
         with Lock(lock_path(folder), f"baseline run {folder.name}",
-                  f"ibsr-nnunet baseline train --model {options.model} --loss {options.loss}", say=say):
+                  f"ibsr-nnunet baseline train --model {options.model} --loss {options.loss}", say=say) as lock:
             ensure_current(ws, folder, what=f"baseline run {folder.name}", fingerprint=fingerprint,
                            archive_stale=archive_stale, say=say)
             folder.mkdir(parents=True, exist_ok=True)
             record(folder, fingerprint, model=options.model, loss=options.loss)
             write_json(folder / ORIENTATION, training_orientation(ws))
             return train(folder, ws.cases("train"), options, on_epoch=on_epoch, on_iteration=on_iteration,
-                         on_start=on_start, stop=stop)
+                         on_start=on_start, stop=stop, before_save=lock.verify)
+    except LockLost:
+        raise  # the folder is another writer's now: write nothing more there
     except LockedError:
         record_locked(folder, "baseline train")  # our own history: this run was refused
         raise

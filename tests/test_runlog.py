@@ -9,7 +9,7 @@ import multiprocessing
 import pytest
 
 from ibsr_nnunet.core.exitcodes import EXIT_LOCKED, EXIT_REQUEUE, EXIT_STALLED
-from ibsr_nnunet.core.locks import Holder, LockedError
+from ibsr_nnunet.core.locks import Holder, LockedError, LockLost
 from ibsr_nnunet.core.runlog import (RUNS_FILE, RunLog, append_line, parse_utc, read_runs, record_locked, stalled,
                                      utc)
 
@@ -81,7 +81,7 @@ def test_lines_cut_short_are_skipped(tmp_path):
     (LockedError("held", Holder(1, "h", "", None, None, 0, "c", 0.0)), "", "locked", EXIT_LOCKED),
     (RuntimeError("CUDA out of memory"), "", "crash", 1),
     (SystemExit(3), "", "crash", 3),
-    (KeyboardInterrupt(), "", "crash", 130),
+    (KeyboardInterrupt(), "", "interrupt", 130),
 ])
 def test_the_end_reason_follows_how_the_run_left(tmp_path, error, signal_name, reason, code):
     log = RunLog(tmp_path, "baseline train")
@@ -90,6 +90,15 @@ def test_the_end_reason_follows_how_the_run_left(tmp_path, error, signal_name, r
     log.end_after(error, signal_name=signal_name)
     [run] = read_runs(tmp_path)
     assert (run.reason, run.end["exit_code"], run.epoch_end) == (reason, code, 2)
+
+
+def test_a_run_that_lost_its_lock_writes_no_end_line(tmp_path):
+    """The folder is another writer's once the lock is lost: the old holder appends nothing to its history."""
+    log = RunLog(tmp_path, "train")
+    log.begin(epoch=1, device="cpu", device_name="cpu")
+    before = (tmp_path / RUNS_FILE).read_bytes()
+    assert log.end_after(LockLost("lost the lock on fold 0: ...")) is False
+    assert (tmp_path / RUNS_FILE).read_bytes() == before
 
 
 @pytest.mark.parametrize("history,expected", [

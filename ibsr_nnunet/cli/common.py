@@ -18,8 +18,7 @@ from baselines.registry import LOSSES, MODELS, OPTIMIZERS, SCHEDULES
 from ..core.devices import DEVICES
 from ..core.environment import available_cores
 from ..core.errors import InputError
-from ..core.exitcodes import EXIT_LOCKED
-from ..core.locks import LockedError
+from ..core.exitcodes import EXIT_INTERRUPTED
 from ..core.vocabulary import BASELINE_SEPARATOR, CONFIGURATIONS, N_FOLDS, PHANTOM_SIZES
 from ..core.workspace import WORKSPACE_ENV, Workspace
 from ..data.layouts import LAYOUTS
@@ -85,15 +84,19 @@ def cores(jobs: int) -> int:
 
 
 def refusals(command):
-    """Turn an InputError into its one sentence on stderr and exit code 1 (EXIT_LOCKED when another writer holds
-    what the command would write)."""
+    """Turn an InputError into its one sentence on stderr and its exit code (1, or EXIT_LOCKED when another writer
+    holds what the command would write), and Ctrl-C into one line and EXIT_INTERRUPTED."""
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
         except InputError as err:
             errors.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
-            raise typer.Exit(EXIT_LOCKED if isinstance(err, LockedError) else 1) from None
+            raise typer.Exit(getattr(err, "exit_code", 1)) from None
+        except KeyboardInterrupt:
+            errors.print("interrupted (Ctrl-C): stopped where it was; what was saved stays, and running the same "
+                         "command again resumes or redoes the rest.", soft_wrap=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
     return wrapper
 
 

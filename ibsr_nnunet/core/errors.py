@@ -2,4 +2,7 @@
 
 
 class InputError(Exception):
-    """Bad input or state the user can fix; str(error) names the file, what is wrong and the fix."""
+    """Bad input or state the user can fix; str(error) names the file, what is wrong and the fix. `exit_code` is
+    the command's exit status when it is refused."""
+
+    exit_code = 1

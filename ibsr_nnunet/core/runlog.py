@@ -27,10 +27,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
-from .exitcodes import EXIT_LOCKED, EXIT_REQUEUE, EXIT_STALLED
+from .exitcodes import EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_REQUEUE, EXIT_STALLED
+from .locks import LockLost
 
 RUNS_FILE = "runs.jsonl"
-END_REASONS = ("finished", "usr1", "term", "locked", "crash", "killed")
+END_REASONS = ("finished", "usr1", "term", "locked", "interrupt", "crash", "killed")
 STALL_FIX = "submit again with a longer --time or a smaller --signal-grace"
 
 
@@ -222,12 +223,17 @@ class RunLog:
         code = error.code if isinstance(error, SystemExit) else None
         if code == EXIT_REQUEUE and signal_name in ("SIGUSR1", "SIGTERM"):
             return self.end("usr1" if signal_name == "SIGUSR1" else "term", exit_code=code)
+        if isinstance(error, LockLost):
+            self.ended = True  # the folder is another writer's now: its history is not ours to write
+            return False
         if getattr(error, "exit_code", None) == EXIT_LOCKED:
             return self.end("locked", exit_code=EXIT_LOCKED)
+        if isinstance(error, KeyboardInterrupt):
+            return self.end("interrupt", exit_code=EXIT_INTERRUPTED)
         if isinstance(error, SystemExit):
             exit_code = code if isinstance(code, int) else (0 if code is None else 1)
         else:
-            exit_code = 130 if isinstance(error, KeyboardInterrupt) else 1
+            exit_code = 1
         return self.end("crash", exit_code=exit_code)
 
 

@@ -15,7 +15,7 @@ from typing import Callable, Optional
 from ..core.errors import InputError
 from ..core.jsonfile import read_json
 from ..core.exitcodes import EXIT_STALLED
-from ..core.locks import Lock, LockedError, lock_path
+from ..core.locks import Lock, LockedError, LockLost, lock_path
 from ..core.provenance import dataset_fingerprint, ensure_current, record, short
 from ..core.runlog import RunLog, cpu_name, record_locked, stall_message
 from ..core.signals import StopSignals
@@ -171,7 +171,7 @@ def train(ws: Workspace, configuration: str, fold: int, *, epochs: int = FULL_EP
         folder = fold_folder(ws, configuration, fold, trainer=name)
         command = f"ibsr-nnunet train --fold {fold} --config {configuration}"
         try:
-            with Lock(lock_path(folder), f"{configuration} fold {fold} ({name})", command, say=say):
+            with Lock(lock_path(folder), f"{configuration} fold {fold} ({name})", command, say=say) as lock:
                 ensure_current(ws, folder, what=f"{configuration} fold {fold} of {name}", fingerprint=fingerprint,
                                archive_stale=archive_stale, say=say)
                 if fold_finished(folder):
@@ -186,7 +186,7 @@ def train(ws: Workspace, configuration: str, fold: int, *, epochs: int = FULL_EP
                             local_scratch=local_scratch, say=say):
                         result = _train_fold(ws, plans, configuration, fold, folder=folder, name=name,
                                              torch_device=torch_device, save_every=save_every, stop=stop, run=run,
-                                             say=say)
+                                             lock=lock, say=say)
                 except BaseException as err:
                     if run.end_after(err, signal_name=stop.name):
                         say(stall_message(run.epoch))
@@ -194,13 +194,15 @@ def train(ws: Workspace, configuration: str, fold: int, *, epochs: int = FULL_EP
                     raise
                 run.end_after(None)
                 return result
+        except LockLost:
+            raise  # the fold is another writer's now: write nothing more there
         except LockedError:
             record_locked(folder, "train")
             raise
 
 
 def _train_fold(ws: Workspace, plans: dict, configuration: str, fold: int, *, folder: Path, name: str, torch_device,
-                save_every: int, stop: StopSignals, run: RunLog, say: Callable[[str], None]) -> TrainResult:
+                save_every: int, stop: StopSignals, run: RunLog, lock: Lock, say: Callable[[str], None]) -> TrainResult:
     """Build our trainer, resume from the newest readable checkpoint, record the run's start, train, validate."""
     resume_from, notes = _newest_readable(folder, torch_device, say)
     dataset_json = json.loads((ws.preprocessed_dataset / "dataset.json").read_text())
@@ -210,6 +212,7 @@ def _train_fold(ws: Workspace, plans: dict, configuration: str, fold: int, *, fo
     trainer.save_every = save_every
     trainer.stop_signals = stop
     trainer.run_log = run
+    trainer.lock = lock
     if resume_from:
         trainer.load_checkpoint(str(folder / resume_from))
         say(f"resuming {name} {configuration} fold {fold} from {resume_from} at epoch {trainer.current_epoch}")

@@ -4,8 +4,9 @@
 run can never be mistaken for a full one. nnU-Net builds trainers with exactly its five constructor arguments (and
 copies them from `locals()`), so settings of ours are attributes set after construction by `train`:
 `save_every` (1 here, also under nnU-Net's own `nnUNetv2_train -tr Ibsr…`; nnU-Net's default is 50),
-`stop_signals` (None under `nnUNetv2_train`: no save-and-stop on signals there) and `run_log` (the run's entry in
-runs.jsonl; None under `nnUNetv2_train`).
+`stop_signals` (None under `nnUNetv2_train`: no save-and-stop on signals there), `run_log` (the run's entry in
+runs.jsonl; None under `nnUNetv2_train`) and `lock` (the fold's lock, verified before every checkpoint; None under
+`nnUNetv2_train`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Optional
 from ..core import provenance
 from ..core.atomic import fsync_dir
 from ..core.exitcodes import EXIT_REQUEUE
+from ..core.locks import Lock, LockLost
 from ..core.runlog import RunLog
 from ..core.signals import StopSignals
 from .paths import trainer_schedule
@@ -115,6 +117,7 @@ def trainer_class(name: str):
             self.save_every = 1
             self.stop_signals: Optional[StopSignals] = None
             self.run_log: Optional[RunLog] = None
+            self.lock: Optional[Lock] = None
 
         def on_train_start(self):
             record_provenance(Path(self.output_folder), self.plans_manager.dataset_name,
@@ -126,6 +129,12 @@ def trainer_class(name: str):
             """Write to a temporary file, fsync, keep the previous good checkpoint, then rename into place."""
             if self.local_rank != 0:
                 return
+            if self.lock is not None:
+                try:
+                    self.lock.verify()  # taken over or deleted: stop before writing into another writer's fold
+                except LockLost:
+                    self._finish_loaders()
+                    raise
             started = time.perf_counter()
             target = Path(filename)
             partial = target.with_name(f".{target.name}.partial")
@@ -162,12 +171,15 @@ def trainer_class(name: str):
             super().on_train_end()  # writes checkpoint_final.pth and deletes checkpoint_latest.pth
             Path(self.output_folder, "checkpoint_previous.pth").unlink(missing_ok=True)
 
-        def _stop_for_requeue(self):
-            self.save_checkpoint(os.path.join(self.output_folder, "checkpoint_latest.pth"))
-            self.current_epoch += 1
+        def _finish_loaders(self):
             for loader in (self.dataloader_train, self.dataloader_val):
                 if hasattr(loader, "_finish"):
                     loader._finish()
+
+        def _stop_for_requeue(self):
+            self.save_checkpoint(os.path.join(self.output_folder, "checkpoint_latest.pth"))
+            self.current_epoch += 1
+            self._finish_loaders()
             self.print_to_log_file(f"{self.stop_signals.name}: saved checkpoint_latest.pth at epoch "
                                    f"{self.current_epoch}; exiting with {EXIT_REQUEUE} (requeue me)")
             raise TrainingInterrupted(EXIT_REQUEUE)
