@@ -47,11 +47,12 @@ def said(result) -> str:
     return " ".join(text.split())
 
 
-def cli(ws: Union[Path, Workspace], *args: str, timeout: int = 600, columns: int = 200) -> subprocess.CompletedProcess:
+def cli(ws: Union[Path, Workspace], *args: str, timeout: int = 600, columns: int = 200,
+        env: Optional[dict] = None) -> subprocess.CompletedProcess:
     """`python -m ibsr_nnunet --workspace WS ARGS...` in a subprocess (nnU-Net's pools need a __main__ guard)."""
     root = ws.root if isinstance(ws, Workspace) else ws
     return subprocess.run([*CLI, "--workspace", str(root), *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "COLUMNS": str(columns)})
+                          env={**os.environ, "COLUMNS": str(columns), **(env or {})})
 
 
 def console_script(name: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ import pytest
 
 from helpers import CLI, cli, said, invoke
 from ibsr_nnunet.core.exitcodes import EXIT_LOCKED
-from ibsr_nnunet.core.locks import Lock, lock_path, read_holder
+from ibsr_nnunet.core.locks import Holder, Lock, lock_path, read_holder
 from ibsr_nnunet.core.workspace import Workspace
 from ibsr_nnunet.data.phantom import write_phantoms
 from ibsr_nnunet.nnunet.paths import fold_folder, trainer_name
@@ -154,3 +155,95 @@ def test_kill_9_of_baseline_training_then_a_rerun_resumes(converted_copy):
     assert resumed.returncode == 0, text
     assert f"resuming {run} at epoch {done_before}" in text and done_before >= 1
     assert json.loads((run / "run.json").read_text())["epochs_done"] == 6
+
+
+BASELINE_ARGS = ["baseline", "train", "--model", "unet2d", "--loss", "dice", "--device", "cpu", "--epochs", "40",
+                 "--iterations-per-epoch", "5", "--width", "8", "--depth", "3", "--patch-size", "32",
+                 "--batch-size", "2"]
+
+
+def epochs_done(run: Path) -> int:
+    try:
+        return json.loads((run / "run.json").read_text())["epochs_done"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+@pytest.mark.integration
+def test_a_stopped_baseline_training_keeps_its_lock_and_finishes_alone(converted_copy):
+    """`kill -STOP` of a training for 20 heartbeats (1 s each): a second training of the same run is refused with
+    exit 73 naming the stopped one; after `kill -CONT` the first finishes, and the run's history has one run."""
+    ws = converted_copy
+    run = ws.baselines / "unet2d__dice"
+    args = [*BASELINE_ARGS[:9], "12", *BASELINE_ARGS[10:]]
+    first = start(ws.root, *args, env={"IBSR_LOCK_HEARTBEAT": "1"})
+    try:
+        assert wait_for(lambda: epochs_done(run) >= 1, 300)
+        os.kill(first.pid, signal.SIGSTOP)
+        time.sleep(20)
+        second = cli(ws, *args, env={"IBSR_LOCK_HEARTBEAT": "1"})
+        assert second.returncode == EXIT_LOCKED, second.stdout + second.stderr
+        assert f"is being written by PID {first.pid}" in " ".join(second.stderr.split())
+        os.kill(first.pid, signal.SIGCONT)
+        output, _ = first.communicate(timeout=600)
+    finally:
+        if first.poll() is None:
+            os.kill(first.pid, signal.SIGCONT)
+            first.kill()
+    assert first.returncode == 0, output
+    assert "took over" not in output and epochs_done(run) == 12
+    lines = [json.loads(line) for line in (run / "runs.jsonl").read_text().splitlines()]
+    assert [(line["event"], line.get("reason")) for line in lines] == [
+        ("start", None), ("start", None), ("end", "locked"), ("end", "finished")]
+
+
+@pytest.mark.integration
+def test_a_baseline_training_whose_lock_is_taken_over_stops_before_its_next_checkpoint(converted_copy):
+    """Another host takes the run's lock over (as after a long pause there): the training stops at its next
+    checkpoint with exit 73 and one sentence, and writes nothing more into the run."""
+    ws = converted_copy
+    run = ws.baselines / "unet2d__dice"
+    first = start(ws.root, *BASELINE_ARGS, env={"IBSR_LOCK_HEARTBEAT": "0.2"})
+    try:
+        assert wait_for(lambda: epochs_done(run) >= 1, 300)
+        other = Holder(pid=4242, host="node7", boot_id="another-boot", start_time="1", slurm_job_id=None,
+                       slurm_restart_count=0, command="ibsr-nnunet baseline train", heartbeat=time.time())
+        (run.parent / "replacement").write_bytes(other.record())
+        os.rename(run.parent / "replacement", lock_path(run))
+        taken_at = epochs_done(run)
+        output, _ = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    text = " ".join(output.split())
+    assert first.returncode == EXIT_LOCKED, text
+    assert f"lost the lock on baseline run unet2d__dice: {lock_path(run)} now names PID 4242 on node7" in text
+    assert epochs_done(run) <= taken_at + 1 < 40  # at most the epoch under way when it was taken
+    assert read_holder(lock_path(run)).token == other.token
+    assert json.loads((run / "runs.jsonl").read_text().splitlines()[-1])["event"] == "start"  # no end line of ours
+
+
+@pytest.mark.integration
+def test_ctrl_c_of_train_is_an_interrupt_in_one_line(planned_copy):
+    """SIGINT after the first checkpoint: exit 130 with one line (no traceback), the run recorded as `interrupt`,
+    the lock released, and no process left behind."""
+    ws = planned_copy
+    args = ["train", "--fold", "0", "--config", "2d", "--epochs", "6", "--iterations-per-epoch", "6", "--device", "cpu"]
+    folder = fold_folder(ws, "2d", 0, trainer=trainer_name(6, 6))
+    first = start(ws.root, *args, env={"nnUNet_n_proc_DA": "2"})
+    try:
+        assert wait_for(lambda: (folder / "checkpoint_latest.pth").exists(), 300), first.stdout.read()
+        workers = children(first.pid)
+        os.kill(first.pid, signal.SIGINT)
+        output, _ = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 130, output
+    assert "Traceback" not in output
+    assert "interrupted (Ctrl-C): stopped where it was" in " ".join(output.split())
+    ends = [json.loads(line) for line in (folder / "runs.jsonl").read_text().splitlines()
+            if json.loads(line)["event"] == "end"]
+    assert [(end["reason"], end["exit_code"]) for end in ends] == [("interrupt", 130)]
+    assert not lock_path(folder).exists()
+    assert wait_for(lambda: not any(alive(pid) for pid in workers), 10)
