@@ -37,7 +37,8 @@ def naive_loop(source: Path, out: Path) -> None:
 
 
 def lock_seconds(folder: Path, repeats: int = 200) -> float:
-    """Seconds to take and release one lock (O_EXCL create + fsync, heartbeat thread start and join, unlink)."""
+    """Seconds to take and release one lock (record written and fsynced, linked into place, heartbeat thread
+    started and joined, unlinked)."""
     start = time.perf_counter()
     for _ in range(repeats):
         with Lock(folder / ".dataset.lock", "dataset", "bench"):
