@@ -247,3 +247,33 @@ def test_ctrl_c_of_train_is_an_interrupt_in_one_line(planned_copy):
     assert [(end["reason"], end["exit_code"]) for end in ends] == [("interrupt", 130)]
     assert not lock_path(folder).exists()
     assert wait_for(lambda: not any(alive(pid) for pid in workers), 10)
+
+
+@pytest.mark.integration
+def test_an_nnunet_fold_whose_lock_is_taken_over_stops_before_its_next_checkpoint(planned_copy):
+    """The same for nnU-Net's trainer: exit 73 and one sentence, no checkpoint written after the takeover, no
+    end line of its own in runs.jsonl, and no data-augmentation worker left."""
+    ws = planned_copy
+    args = ["train", "--fold", "0", "--config", "2d", "--epochs", "20", "--iterations-per-epoch", "6", "--device",
+            "cpu"]
+    folder = fold_folder(ws, "2d", 0, trainer=trainer_name(20, 6))
+    first = start(ws.root, *args, env={"nnUNet_n_proc_DA": "2", "IBSR_LOCK_HEARTBEAT": "0.2"})
+    try:
+        assert wait_for(lambda: (folder / "checkpoint_latest.pth").exists(), 300), first.stdout.read()
+        workers = children(first.pid)
+        other = Holder(pid=4242, host="node7", boot_id="another-boot", start_time="1", slurm_job_id=None,
+                       slurm_restart_count=0, command="ibsr-nnunet train --fold 0 --config 2d", heartbeat=time.time())
+        (folder.parent / "replacement").write_bytes(other.record())
+        os.rename(folder.parent / "replacement", lock_path(folder))
+        taken = (folder / "checkpoint_latest.pth").stat().st_mtime_ns
+        output, _ = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    text = " ".join(output.split())
+    assert first.returncode == EXIT_LOCKED, text
+    assert f"lost the lock on 2d fold 0 ({trainer_name(20, 6)}): {lock_path(folder)} now names PID 4242" in text
+    assert (folder / "checkpoint_latest.pth").stat().st_mtime_ns == taken
+    assert not (folder / "checkpoint_final.pth").exists()
+    assert json.loads((folder / "runs.jsonl").read_text().splitlines()[-1])["event"] == "start"
+    assert wait_for(lambda: not any(alive(pid) for pid in workers), 10)
