@@ -35,8 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Distributions to carry (normalised names), with the versions installed beside the checkout used when packing.
 CARRY = ("acvl-utils", "batchgenerators", "batchgeneratorsv2", "blosc2", "connected-components-3d",
-         "dynamic-network-architectures", "ibsr-nnunet", "isal", "ndindex", "nibabel", "nnunetv2", "numexpr",
-         "simpleitk")
+         "dynamic-network-architectures", "ibsr-nnunet", "isal", "ndindex", "nibabel", "nnunetv2", "simpleitk")
 BUILT_HERE = ("acvl-utils", "ibsr-nnunet")  # no wheel on PyPI: acvl-utils is an sdist, ibsr-nnunet is the checkout
 # What the GPU image already holds (normalised names; torch, numpy, scipy, pandas, matplotlib, scikit-image, ...).
 IMAGE = frozenset("""
