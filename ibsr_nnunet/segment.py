@@ -24,7 +24,7 @@ from .core.atomic import atomic_path, write_json
 from .core.locks import Lock, lock_path
 from .core.orientation import OBLIQUE_DEGREES, Reorientation, obliquity_degrees, towards, training_axcodes
 from .core.errors import InputError
-from .core.provenance import dataset_fingerprint, staleness, weights_signature
+from .core.provenance import dataset_fingerprint, recorded_weights, staleness, weights_changed, weights_signature
 from .core.vocabulary import NNUNET_PREFIX, TISSUES
 from .core.workspace import Workspace
 from .data.preprocess import Preprocessing, apply
@@ -112,8 +112,9 @@ class Model:
 
 
 def choose_model(ws: Workspace, name: Optional[str]) -> Model:
-    """`name`, or the leaderboard's best model, with its held-out scores; refused when it was made from another
-    dataset than the workspace's, or when its training (a baseline run, an nnU-Net fold) has not finished."""
+    """`name`, or the leaderboard's best model, with its held-out scores (none when they were made with other weights
+    than it holds now); refused when it was made from another dataset than the workspace's, or when its training (a
+    baseline run, an nnU-Net fold) has not finished."""
     board = pd.read_csv(ws.leaderboard) if ws.leaderboard.is_file() else None
     if board is not None and "dataset_fingerprint" in board and not board.empty:
         if set(board["dataset_fingerprint"].astype(str)) != {dataset_fingerprint(ws)}:
@@ -121,12 +122,19 @@ def choose_model(ws: Workspace, name: Optional[str]) -> Model:
     if name is None and board is None and ws.leaderboard.is_file():
         raise InputError(f"{ws.leaderboard} ranks models of another dataset; run `ibsr-nnunet leaderboard` again, "
                          f"or pass --model.")
-    if name is None:
+    best = name is None  # the leaderboard's best
+    if best:
         if board is None or board.empty:
             raise InputError(f"no leaderboard at {ws.leaderboard} to pick the best model from; "
                              f"run `ibsr-nnunet leaderboard`, or pass --model (e.g. nnunet_ensemble or unet2d__dice_ce).")
         name = str(board.sort_values("rank").iloc[0]["model"])
     scores = None
+    predicted = recorded_weights(ws.predictions / name)
+    if predicted and (changed := weights_changed(ws, predicted)):
+        if best:
+            raise InputError(f"the leaderboard's best model {name} was scored with other weights than it holds now "
+                             f"({changed}); predict it again and run `ibsr-nnunet leaderboard`, or pass --model.")
+        board = None  # its scores were made with other weights than the model holds now
     if board is not None and name in set(board["model"]):
         scores = board.set_index("model").loc[name].to_dict()
     if name.startswith(NNUNET_PREFIX):

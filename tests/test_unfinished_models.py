@@ -139,3 +139,17 @@ def test_a_set_predicted_with_other_weights_is_left_out_redone_and_re_segmented(
     assert recorded[0]["sha256"] == provenance.file_sha256(run / "best.pt")
     board = invoke(ws, "leaderboard", "--no-figures")
     assert board.exit_code == 0 and sorted(pd.read_csv(ws.leaderboard)["model"]) == ["copied", MODEL], said(board)
+
+
+def test_segment_shows_no_scores_made_with_other_weights(trained_copy):
+    from ibsr_nnunet.core.errors import InputError
+    from ibsr_nnunet.segment import choose_model
+
+    ws = trained_copy
+    assert invoke(ws, "leaderboard", "--no-figures").exit_code == 0
+    assert choose_model(ws, None).name == MODEL and choose_model(ws, MODEL).scores["mean_dice"] >= 0
+    retrain(ws.baselines / MODEL)  # leaderboard.csv still ranks it, with the scores of the weights before
+    assert choose_model(ws, MODEL).scores is None
+    with pytest.raises(InputError, match=rf"the leaderboard's best model {MODEL} was scored with other weights than "
+                                         rf"it holds now \(baselines/{MODEL}/best.pt changed at .*\); predict it again"):
+        choose_model(ws, None)
