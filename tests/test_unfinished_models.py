@@ -1,6 +1,7 @@
 """Nothing is scored or used from a model that is not finished: a baseline run being trained (or never finished) is
-refused by `baseline predict` and `segment`, and a prediction set whose weights changed since it was predicted is
-left off the leaderboard, redone by `baseline predict`, and re-segmented by `segment`."""
+refused by `baseline predict` and `segment`, and a prediction set whose weights (a baseline's best.pt, an nnU-Net
+fold's checkpoint) changed since it was predicted is left off the leaderboard, redone by `baseline predict`, and
+re-segmented by `segment`."""
 
 import json
 import os
@@ -43,8 +44,8 @@ def test_a_baseline_being_trained_is_refused_until_it_finishes(converted_copy, p
     ws, run = converted_copy, converted_copy.baselines / MODEL
     scans, out = scan_folder(phantom_root, tmp_path), tmp_path / "out"
     invoke(ws, "--help")  # the command line imported before the race: the refusals below take milliseconds
-    training = subprocess.Popen([*CLI, "--workspace", str(ws.root), "baseline", "train", *BASELINE, "--epochs", "40",
-                                 "--iterations-per-epoch", "5", "--patience", "40", *TINY],
+    training = subprocess.Popen([*CLI, "--workspace", str(ws.root), "baseline", "train", *BASELINE, "--epochs", "10",
+                                 "--iterations-per-epoch", "5", "--patience", "10", *TINY],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env={**os.environ, "COLUMNS": "200"})
     try:
@@ -65,7 +66,7 @@ def test_a_baseline_being_trained_is_refused_until_it_finishes(converted_copy, p
         if training.poll() is None:
             training.kill()
             training.communicate()
-    assert training.returncode == 0 and "finished after 40 epochs" in " ".join(output.split()), output[-3000:]
+    assert training.returncode == 0 and "finished after 10 epochs" in " ".join(output.split()), output[-3000:]
     assert not (ws.predictions / MODEL).exists() and not list(out.glob("*_tissue.nii.gz"))
     done = predict(ws)
     assert done.exit_code == 0 and "wrote 3 predictions" in said(done), said(done)
@@ -153,3 +154,24 @@ def test_segment_shows_no_scores_made_with_other_weights(trained_copy):
     with pytest.raises(InputError, match=rf"the leaderboard's best model {MODEL} was scored with other weights than "
                                          rf"it holds now \(baselines/{MODEL}/best.pt changed at .*\); predict it again"):
         choose_model(ws, None)
+
+
+def test_an_nnunet_set_whose_fold_was_retrained_is_left_out(converted_copy):
+    from ibsr_nnunet.nnunet.paths import fold_folder
+
+    ws = converted_copy
+    checkpoint = fold_folder(ws, "2d", 0, trainer="IbsrTrainer") / "checkpoint_final.pth"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"fold 0")
+    out = ws.predictions / "nnunet_2d"
+    out.mkdir(parents=True)
+    for case in ws.cases("heldout"):  # the references: what the set scores does not matter here
+        shutil.copy(case.label, out / f"{case.id}.nii.gz")
+    provenance.record(out, provenance.dataset_fingerprint(ws), weights=provenance.weights_signature(ws, [checkpoint]))
+    assert invoke(ws, "leaderboard", "--no-figures").exit_code == 0
+    assert pd.read_csv(ws.leaderboard)["model"].tolist() == ["nnunet_2d"]
+    checkpoint.write_bytes(b"fold 0, retrained")
+    board = invoke(ws, "leaderboard", "--no-figures")
+    assert board.exit_code == 1 and pd.read_csv(ws.leaderboard).empty  # no score of the old weights survives
+    assert (f"nnunet_2d: its predictions were made with other weights ({checkpoint.relative_to(ws.root)} changed at "
+            in said(board) and "run `ibsr-nnunet ensemble` to rank it" in said(board)), said(board)
