@@ -6,6 +6,7 @@ import contextlib
 import csv
 import functools
 import io
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -30,6 +31,7 @@ from .registry import LOSSES, MODELS, OPTIMIZERS, SCHEDULES
 from .threads import ThreadTuner
 
 CHECKPOINT = "checkpoint.pt"  # everything a resume needs
+RUN_RECORD = "run.json"  # what the run is and how far it got, rewritten after every epoch
 LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds")
 # options that define what is learnt: a run folder refuses to resume under different ones
 IDENTITY = ("model", "loss", "width", "depth", "dropout", "patch_size", "batch_size", "optimizer", "schedule", "seed")
@@ -155,6 +157,14 @@ class TrainResult:
 
 def run_dir(ws: Workspace, model: str, loss: str) -> Path:
     return ws.baselines / f"{model}__{loss}"
+
+
+def run_finished(folder: Path) -> bool:
+    """Whether the run's record says its training ended (budget spent or stopped early), not merely paused."""
+    try:
+        return json.loads((Path(folder) / RUN_RECORD).read_text()).get("finished") is True
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def split_validation(case_ids: list[str], count: int, seed: int) -> tuple[list[str], list[str]]:
@@ -371,7 +381,7 @@ class _Run:
         with atomic_path(self.folder / CHECKPOINT) as tmp:
             torch.save(checkpoint, tmp)
         _write_log(self.folder, self.log)
-        write_json(self.folder / "run.json", {
+        write_json(self.folder / RUN_RECORD, {
             "model": options.model, "loss": options.loss, "options": asdict(options), "train_cases": self.train_ids,
             "val_cases": self.val_ids, "epochs_done": self.epoch,
             "best_val_loss": self.best_val_loss if self.log else None,

@@ -1,5 +1,5 @@
-"""The baselines inside an ibsr-nnunet workspace: one writer per run and prediction set, and nothing reused that
-was made from another dataset."""
+"""The baselines inside an ibsr-nnunet workspace: one writer per run and prediction set, nothing used from a run
+that is still training, and nothing reused that was made from another dataset or from other weights."""
 
 from __future__ import annotations
 
@@ -11,15 +11,16 @@ import numpy as np
 from ibsr_nnunet.core.atomic import write_json
 from ibsr_nnunet.core.errors import InputError
 from ibsr_nnunet.core.orientation import training_axcodes
-from ibsr_nnunet.core.locks import Lock, LockedError, LockLost, lock_path
-from ibsr_nnunet.core.provenance import dataset_fingerprint, ensure_current, record, staleness
+from ibsr_nnunet.core.locks import Lock, LockedError, LockLost, current_holder, lock_path
+from ibsr_nnunet.core.provenance import (dataset_fingerprint, ensure_current, record, recorded_weights,
+                                         staleness, weights_changed, weights_signature)
 from ibsr_nnunet.core.runlog import record_locked
 from ibsr_nnunet.core.signals import StopSignals
 from ibsr_nnunet.core.workspace import Workspace
 
 from .data import slicing_axis
 from .infer import ORIENTATION, predict_files
-from .train import TrainOptions, TrainResult, run_dir, train
+from .train import TrainOptions, TrainResult, run_dir, run_finished, train
 
 
 def train_in_workspace(ws: Workspace, options: TrainOptions, *, archive_stale: bool = False,
@@ -64,17 +65,33 @@ def training_orientation(ws: Workspace) -> dict:
     return {"axcodes": list(training_axcodes(manifest)), "slicing_axis": slicing_axis(spacing)}
 
 
+def unfinished(run: Path) -> Optional[str]:
+    """None when the baseline run's training has finished and nobody trains it now; else why it cannot be used yet
+    and what to do, as a clause ("is being trained ...: wait for it to finish")."""
+    holder = current_holder(lock_path(run))
+    if holder is not None:
+        return f"is being trained right now by {holder.describe()}: wait for it to finish"
+    if not run_finished(run):
+        model, _, loss = run.name.partition("__")
+        return (f"has not finished training (its run.json does not say finished): run `ibsr-nnunet baseline train "
+                f"--model {model} --loss {loss}` with the options it was started with to finish it")
+    return None
+
+
 def predict_in_workspace(ws: Workspace, model: str, loss: str, *, device: str = "auto", overlap: float = 0.5,
                          on_case: Optional[Callable[[str, bool], None]] = None,
                          say: Callable[[str], None] = print) -> Path:
     """Predict every held-out and test case into <workspace>/predictions/<model>__<loss>/; predictions made from
-    another dataset are redone, a run trained on another dataset is refused."""
+    another dataset or other weights are redone, a run trained on another dataset, or not finished, is refused. The
+    set records the signature of the weights (best.pt) it came from."""
     fingerprint = dataset_fingerprint(ws)
     run = run_dir(ws, model, loss)
     why = staleness(run, fingerprint)
     if why:
         raise InputError(f"{run} (baseline run) is stale: {why}; train it again with `ibsr-nnunet baseline train "
                          f"--model {model} --loss {loss} --archive-stale`, then predict.")
+    if run.is_dir() and (why := unfinished(run)):
+        raise InputError(f"baseline run {run.name} ({run}) {why}, then predict.")
     out = ws.predictions / run.name
     cases = [(case.id, case.image) for role in ("heldout", "test") for case in ws.cases(role)]
     with Lock(lock_path(out), f"prediction set {out.name}", f"ibsr-nnunet baseline predict --model {model} "
@@ -82,6 +99,10 @@ def predict_in_workspace(ws: Workspace, model: str, loss: str, *, device: str = 
         stale = staleness(out, fingerprint)
         if stale:
             say(f"{out} is stale ({stale}): predicting every case again")
+        elif (earlier := recorded_weights(out)) is not None and (changed := weights_changed(ws, earlier)):
+            stale = f"predicted with other weights: {changed}"
+            say(f"{out} was {stale}: predicting every case again")
         predict_files(run, cases, out, device=device, overlap=overlap, reuse=stale is None, on_case=on_case)
-        record(out, fingerprint, model=run.name, run=str(run))
+        # a finished run nobody trains: its best.pt is still the file the predictions were made with
+        record(out, fingerprint, model=run.name, run=str(run), weights=weights_signature(ws, [run / "best.pt"]))
     return out

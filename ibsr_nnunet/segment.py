@@ -24,7 +24,7 @@ from .core.atomic import atomic_path, write_json
 from .core.locks import Lock, lock_path
 from .core.orientation import OBLIQUE_DEGREES, Reorientation, obliquity_degrees, towards, training_axcodes
 from .core.errors import InputError
-from .core.provenance import dataset_fingerprint, staleness
+from .core.provenance import dataset_fingerprint, recorded_weights, staleness, weights_changed, weights_signature
 from .core.vocabulary import NNUNET_PREFIX, TISSUES
 from .core.workspace import Workspace
 from .data.preprocess import Preprocessing, apply
@@ -112,8 +112,9 @@ class Model:
 
 
 def choose_model(ws: Workspace, name: Optional[str]) -> Model:
-    """`name`, or the leaderboard's best model, with its held-out scores; refused when it was made from another
-    dataset than the workspace's."""
+    """`name`, or the leaderboard's best model, with its held-out scores (none when they were made with other weights
+    than it holds now); refused when it was made from another dataset than the workspace's, or when its training (a
+    baseline run, an nnU-Net fold) has not finished."""
     board = pd.read_csv(ws.leaderboard) if ws.leaderboard.is_file() else None
     if board is not None and "dataset_fingerprint" in board and not board.empty:
         if set(board["dataset_fingerprint"].astype(str)) != {dataset_fingerprint(ws)}:
@@ -121,12 +122,19 @@ def choose_model(ws: Workspace, name: Optional[str]) -> Model:
     if name is None and board is None and ws.leaderboard.is_file():
         raise InputError(f"{ws.leaderboard} ranks models of another dataset; run `ibsr-nnunet leaderboard` again, "
                          f"or pass --model.")
-    if name is None:
+    best = name is None  # the leaderboard's best
+    if best:
         if board is None or board.empty:
             raise InputError(f"no leaderboard at {ws.leaderboard} to pick the best model from; "
                              f"run `ibsr-nnunet leaderboard`, or pass --model (e.g. nnunet_ensemble or unet2d__dice_ce).")
         name = str(board.sort_values("rank").iloc[0]["model"])
     scores = None
+    predicted = recorded_weights(ws.predictions / name)
+    if predicted and (changed := weights_changed(ws, predicted)):
+        if best:
+            raise InputError(f"the leaderboard's best model {name} was scored with other weights than it holds now "
+                             f"({changed}); predict it again and run `ibsr-nnunet leaderboard`, or pass --model.")
+        board = None  # its scores were made with other weights than the model holds now
     if board is not None and name in set(board["model"]):
         scores = board.set_index("model").loc[name].to_dict()
     if name.startswith(NNUNET_PREFIX):
@@ -134,13 +142,32 @@ def choose_model(ws: Workspace, name: Optional[str]) -> Model:
         if not record.is_file():
             raise InputError(f"model {name} has no record at {record}; run `ibsr-nnunet ensemble` first.")
         _refuse_stale(ws, ws.predictions / name, name, "ibsr-nnunet ensemble")
-        return Model(name, scores, json.loads(record.read_text()))
+        info = json.loads(record.read_text())
+        _refuse_unfinished_folds(ws, name, info)
+        return Model(name, scores, info)
+    from baselines.workspace import unfinished
+
     run = ws.baselines / name
     if not (run / "best.pt").is_file():
         raise InputError(f"model {name} is not trained in this workspace (no {run / 'best.pt'}); pick a model of "
                          f"the leaderboard or train it with `ibsr-nnunet baseline train`.")
     _refuse_stale(ws, run, name, "ibsr-nnunet baseline train --archive-stale")
+    if why := unfinished(run):
+        raise InputError(f"model {name} ({run}) {why}, then segment.")
     return Model(name, scores, {"run": str(run)})
+
+
+def _refuse_unfinished_folds(ws: Workspace, name: str, info: dict) -> None:
+    """Refuse an nnU-Net model one of whose folds a live `train` writes, or whose training has not finished."""
+    from .nnunet.paths import fold_folder, fold_unready
+
+    for configuration in info["configurations"]:
+        for fold in info["folds"]:
+            folder = fold_folder(ws, configuration, fold, trainer=info["trainer"])
+            if why := fold_unready(folder):
+                raise InputError(f"model {name} uses {configuration} fold {fold} ({folder}), which {why}; let its "
+                                 f"`ibsr-nnunet train --fold {fold} --config {configuration}` finish (run it again "
+                                 f"if it stopped), then segment.")
 
 
 def _refuse_stale(ws: Workspace, folder: Path, name: str, fix: str) -> None:
@@ -273,8 +300,8 @@ def model_axcodes(ws: Workspace, model: Model) -> tuple[str, ...]:
 
 
 def model_signature(ws: Workspace, model: Model) -> str:
-    """Changes whenever the model's weights, postprocessing or dataset change: a re-run redoes the scans then."""
-    parts = [model.name, dataset_fingerprint(ws)]
+    """Changes whenever the model's weights (their bytes, size or mtime), postprocessing or dataset change: a re-run
+    redoes the scans then."""
     if model.name.startswith(NNUNET_PREFIX):
         from .nnunet.paths import fold_folder
 
@@ -283,10 +310,8 @@ def model_signature(ws: Workspace, model: Model) -> str:
         files.append(Path(model.info["postprocessing_file"]))
     else:
         files = [Path(model.info["run"]) / "best.pt"]
-    for path in files:
-        stat = path.stat()
-        parts.append(f"{path}:{stat.st_size}:{stat.st_mtime_ns}")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    identity = {"model": model.name, "dataset": dataset_fingerprint(ws), "weights": weights_signature(ws, files)}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
 def input_signature(path: Path) -> str:

@@ -1,5 +1,6 @@
 """`ensemble` on real nnunetv2: 2d and 3d_fullres folds 0 and 1 (one through nnU-Net's own CLI), three prediction sets."""
 
+import contextlib
 import json
 import os
 import re
@@ -16,7 +17,9 @@ from ibsr_nnunet.nnunet.ensemble import select
 from ibsr_nnunet.core import provenance
 from ibsr_nnunet.core.errors import InputError
 from ibsr_nnunet.nnunet.environment import EXT_TRAINER_FOLDER
-from ibsr_nnunet.nnunet.paths import trainer_name
+from ibsr_nnunet.core.locks import Lock, lock_path
+from ibsr_nnunet.nnunet.paths import fold_folder, trainer_name
+from ibsr_nnunet.segment import choose_model
 from ibsr_nnunet.data.phantom import write_phantoms
 from ibsr_nnunet.core.workspace import Workspace
 
@@ -80,6 +83,12 @@ def test_ensemble_writes_three_prediction_sets_with_input_geometry(ensembled):
         assert sorted(p.name for p in folder.iterdir()) == sorted([f"{c}.nii.gz" for c in cases] +
                                                                   ["ibsr_provenance.json", "model.json"])
         assert provenance.recorded(folder) == provenance.dataset_fingerprint(ws)
+        configurations = ("2d", "3d_fullres") if model == "nnunet_ensemble" else (model.removeprefix("nnunet_"),)
+        weights = provenance.recorded_weights(folder)  # each fold's final checkpoint it was predicted with
+        assert [(ws.root / w["path"]).resolve() for w in weights] == [
+            (fold_folder(ws, c, f, trainer=TRAINER) / "checkpoint_final.pth").resolve()
+            for c in configurations for f in (0, 1)]
+        assert all(w["sha256"] == provenance.file_sha256(ws.root / w["path"]) for w in weights)
         for image in images:
             reference = nib.load(image)
             prediction = nib.load(folder / image.name.replace("_0000", ""))
@@ -162,6 +171,52 @@ def test_select_uses_common_folds_and_says_why(converted_copy):
     fake_fold(ws, "IbsrTrainer", "2d", 4)
     with pytest.raises(InputError, match="none in common"):
         select(ws, "IbsrTrainer")
+
+
+def test_ensemble_leaves_out_a_fold_being_trained(converted_copy):
+    ws = converted_copy
+    for config in ("2d", "3d_fullres"):
+        for fold in (0, 1):
+            fake_fold(ws, "IbsrTrainer", config, fold)
+    busy = fold_folder(ws, "3d_fullres", 1, trainer="IbsrTrainer")
+    with Lock(lock_path(busy), "3d_fullres fold 1", "ibsr-nnunet train --fold 1 --config 3d_fullres"):
+        selection = select(ws)
+        assert selection.folds == (0,)
+        assert any(f"folds being trained left out: IbsrTrainer__nnUNetPlans__3d_fullres/fold_1 (is being trained "
+                   f"right now by PID {os.getpid()} on " in w and "run `ibsr-nnunet ensemble` again when they finish"
+                   in w for w in selection.warnings), selection.warnings
+    assert select(ws).folds == (0, 1)  # its training ended: it is used again
+
+
+def nnunet_model(ws: Workspace) -> str:
+    """An nnunet_2d prediction set recorded as made from folds 0 and 1 of IbsrTrainer (fake, finished folds)."""
+    for fold in (0, 1):
+        fake_fold(ws, "IbsrTrainer", "2d", fold)
+    folder = ws.predictions / "nnunet_2d"
+    folder.mkdir(parents=True)
+    (folder / "model.json").write_text(json.dumps({"model": "nnunet_2d", "trainer": "IbsrTrainer",
+                                                   "configurations": ["2d"], "folds": [0, 1]}))
+    provenance.record(folder, provenance.dataset_fingerprint(ws))
+    return "nnunet_2d"
+
+
+@pytest.mark.parametrize("unfinish, why", [
+    ("lock", r"is being trained right now by PID \d+ on .*`ibsr-nnunet train --fold 1 --config 2d`"),
+    ("no final checkpoint", r"has no checkpoint_final\.pth \(its training has not finished\)"),
+])
+def test_segment_refuses_an_nnunet_model_whose_fold_is_not_finished(converted_copy, unfinish, why):
+    ws = converted_copy
+    model = nnunet_model(ws)
+    assert choose_model(ws, model).info["folds"] == [0, 1]
+    fold = fold_folder(ws, "2d", 1, trainer="IbsrTrainer")
+    sentence = rf"model nnunet_2d uses 2d fold 1 \({fold}\), which {why}; let its `ibsr-nnunet train --fold 1 "
+    with contextlib.ExitStack() as held:
+        if unfinish == "lock":
+            held.enter_context(Lock(lock_path(fold), "2d fold 1", "ibsr-nnunet train --fold 1 --config 2d"))
+        else:
+            (fold / "checkpoint_final.pth").unlink()
+        with pytest.raises(InputError, match=sentence):
+            choose_model(ws, model)
 
 
 @pytest.mark.integration

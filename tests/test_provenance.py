@@ -62,6 +62,29 @@ def test_record_staleness_and_contradiction(tmp_path):
     assert provenance.staleness(folder, "b" * 64) is None
 
 
+def test_weights_signature_and_what_changes_it(tmp_path):
+    import hashlib
+    import os
+
+    ws = Workspace(tmp_path / "ws")
+    best = ws.baselines / "unet2d__dice" / "best.pt"
+    best.parent.mkdir(parents=True)
+    best.write_bytes(b"weights")
+    [entry] = signature = provenance.weights_signature(ws, [best])
+    assert entry == {"path": "baselines/unet2d__dice/best.pt", "size": 7, "mtime_ns": best.stat().st_mtime_ns,
+                     "sha256": hashlib.sha256(b"weights").hexdigest()}
+    assert provenance.weights_changed(ws, signature) is None
+    os.utime(best, ns=(entry["mtime_ns"] + 10**9, entry["mtime_ns"] + 10**9))  # touched, the same bytes
+    assert provenance.weights_changed(ws, signature) is None
+    best.write_bytes(b"WEIGHTS")  # the same size, other bytes: a retrained run
+    assert provenance.weights_changed(ws, signature).startswith("baselines/unet2d__dice/best.pt changed at ")
+    best.unlink()
+    assert provenance.weights_changed(ws, signature) == "baselines/unet2d__dice/best.pt is gone"
+    provenance.record(best.parent, "a" * 64, weights=signature)
+    assert provenance.recorded_weights(best.parent) == signature
+    assert provenance.recorded_weights(tmp_path) is None  # no record: no weights to judge by
+
+
 def test_archive_moves_and_deletes_nothing(tmp_path):
     ws = Workspace(tmp_path / "ws")
     run = ws.baselines / "unet2d__dice"

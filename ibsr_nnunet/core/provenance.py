@@ -1,8 +1,10 @@
-"""Which dataset each result was made from: the conversion's fingerprint, recorded beside every artifact and checked
-before anything is reused, so that nothing made from another dataset is ever taken for current."""
+"""Which dataset (and, for predictions, which weights) each result was made from: the conversion's fingerprint and
+the weights' signature, recorded beside every artifact and checked before anything is reused, so that nothing made
+from another dataset or from other weights is ever taken for current."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -15,6 +17,7 @@ from .workspace import Workspace
 
 PROVENANCE_FILE = "ibsr_provenance.json"  # in every fold folder, baseline run and prediction set
 KEY = "dataset_fingerprint"
+WEIGHTS = "weights"  # in a prediction set's record (record(..., weights=...)): the weights files it was predicted with
 
 
 def dataset_fingerprint(ws: Workspace) -> str:
@@ -39,6 +42,54 @@ def recorded(folder: Path) -> Optional[str]:
         return json.loads((Path(folder) / PROVENANCE_FILE).read_text()).get(KEY)
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _workspace_relative(ws: Workspace, path: Path) -> str:
+    path, root = Path(path).resolve(), ws.root.resolve()
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
+def weights_signature(ws: Workspace, paths: list[Path]) -> list[dict]:
+    """Each weights file's identity: its path relative to the workspace, size, mtime_ns and the sha256 of its bytes."""
+    signature = []
+    for path in paths:
+        stat = Path(path).stat()
+        signature.append({"path": _workspace_relative(ws, path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                          "sha256": file_sha256(Path(path))})
+    return signature
+
+
+def recorded_weights(folder: Path) -> Optional[list[dict]]:
+    """The weights signature recorded in `folder`, or None when it records none (or its record is unreadable)."""
+    try:
+        weights = json.loads((Path(folder) / PROVENANCE_FILE).read_text()).get(WEIGHTS)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return weights if isinstance(weights, list) else None
+
+
+def weights_changed(ws: Workspace, signature: list[dict]) -> Optional[str]:
+    """None while every weights file of `signature` holds the bytes it held; else which one changed, in words. A
+    file of the same size and mtime is taken as unchanged without reading it; one only touched (same bytes) is too."""
+    for entry in signature:
+        path = ws.root / entry["path"]  # an absolute recorded path stays itself
+        try:
+            stat = path.stat()
+        except OSError:
+            return f"{entry['path']} is gone"
+        if (stat.st_size, stat.st_mtime_ns) == (entry["size"], entry["mtime_ns"]):
+            continue
+        if stat.st_size != entry["size"] or file_sha256(path) != entry["sha256"]:
+            return f"{entry['path']} changed at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(stat.st_mtime))}"
+    return None
 
 
 def staleness(folder: Path, fingerprint: str) -> Optional[str]:

@@ -152,7 +152,7 @@ class Leaderboard:
     csv: Path
     evaluated_now: list[str]
     split: str
-    left_out: list[str]  # one sentence per model not ranked because it was made from another dataset
+    left_out: list[str]  # one sentence per model not ranked: made from another dataset or other weights
     notes: list[str]  # what the intervals and p-values can say with this many held-out cases
     redone: dict[str, str] = field(default_factory=dict)  # model -> why its evaluation was redone (older metrics)
 
@@ -172,7 +172,7 @@ def build(ws: Workspace, *, jobs: int = 1, nsd_tolerance: float = NSD_TOLERANCE,
           on_model: Optional[Callable[[str], None]] = None) -> Leaderboard:
     """Evaluate every current prediction set not yet (or no longer) evaluated, redo evaluations scored with older
     metrics or another NSD tolerance, then rank all evaluations made on this dataset and write leaderboard.csv;
-    stale prediction sets and evaluations are left out, and said so."""
+    stale prediction sets (another dataset, or weights changed since) and evaluations are left out, and said so."""
     fingerprint = provenance.dataset_fingerprint(ws)
     with Lock(lock_path(ws.leaderboard), "the leaderboard", "ibsr-nnunet leaderboard"):
         evaluated_now, left_out, redone = _evaluate_new(ws, fingerprint, jobs=jobs, nsd_tolerance=nsd_tolerance,
@@ -224,6 +224,8 @@ def _evaluate_new(ws: Workspace, fingerprint: str, *, jobs: int, nsd_tolerance: 
         why = provenance.contradicts(folder, fingerprint)
         if why:
             left_out[model] = f"its predictions are stale ({why}); predict again to rank it"
+        elif other_weights := predicted_with_other_weights(ws, model, folder):
+            left_out[model] = other_weights
         elif not is_current(ws, folder, model, fingerprint=fingerprint, nsd_tolerance=nsd_tolerance):
             run(model, folder)
     # evaluations of prediction folders outside the workspace (`evaluate --predictions` elsewhere)
@@ -243,6 +245,21 @@ def _evaluate_new(ws: Workspace, fingerprint: str, *, jobs: int, nsd_tolerance: 
             else:
                 run(summary.stem, folder)
     return evaluated_now, left_out, redone
+
+
+def predicted_with_other_weights(ws: Workspace, model: str, folder: Path) -> Optional[str]:
+    """Why the prediction set in `folder` is not made with the weights there now (retrained or replaced since), with
+    what to do, in a sentence; None when the weights it records are unchanged, or it records none."""
+    signature = provenance.recorded_weights(folder)
+    changed = provenance.weights_changed(ws, signature) if signature else None
+    if changed is None:
+        return None
+    if model.startswith(NNUNET_PREFIX):
+        again = "ibsr-nnunet ensemble"
+    else:
+        name, _, loss = model.partition("__")
+        again = f"ibsr-nnunet baseline predict --model {name} --loss {loss}"
+    return f"its predictions were made with other weights ({changed}); run `{again}` to rank it"
 
 
 def _current_evaluations(ws: Workspace, fingerprint: str, left_out: dict[str, str], *,

@@ -18,37 +18,41 @@ from ..core.atomic import swap_in, write_json
 from ..core.errors import InputError
 from ..core.locks import Lock, lock_path
 from ..core.orientation import towards, training_axcodes
-from ..core.provenance import dataset_fingerprint, record, staleness
+from ..core.provenance import dataset_fingerprint, record, staleness, weights_signature
 from ..core.vocabulary import CONFIGURATIONS, N_FOLDS
 from ..core.workspace import Workspace
-from .paths import MODEL_FOLDER, MODEL_NAMES, TRAINER_BASE, fold_finished, model_folder
+from .paths import MODEL_FOLDER, MODEL_NAMES, TRAINER_BASE, fold_finished, fold_folder, fold_unready, model_folder
 from .predict import apply_postprocessing, ensemble_folders, find_best_configuration, postprocessing_summary, predict
 
 
-def finished_folds(model: Path, fingerprint: str, stale: list[str]) -> set[int]:
+def finished_folds(model: Path, fingerprint: str, stale: list[str], training: list[str]) -> set[int]:
     """Folds whose training ended and whose validation (with probabilities) was written, made from the dataset
-    `fingerprint`; a finished fold made from another one is named in `stale` instead."""
+    `fingerprint`, that no live `train` writes now; a finished fold made from another one is named in `stale`
+    instead, one being trained again in `training`."""
     folds = set()
     for fold in sorted(model.glob("fold_*")):
         if fold_finished(fold) and any((fold / "validation").glob("*.npz")):
             why = staleness(fold, fingerprint)
             if why:
                 stale.append(f"{model.name}/{fold.name} ({why})")
+            elif busy := fold_unready(fold):
+                training.append(f"{model.name}/{fold.name} ({busy})")
             else:
                 folds.add(int(fold.name.removeprefix("fold_")))
     return folds
 
 
-def trained_models(ws: Workspace, fingerprint: str,
-                   stale: Optional[list[str]] = None) -> dict[str, dict[str, set[int]]]:
+def trained_models(ws: Workspace, fingerprint: str, stale: Optional[list[str]] = None,
+                   training: Optional[list[str]] = None) -> dict[str, dict[str, set[int]]]:
     """trainer name -> configuration -> finished current folds, for everything under the workspace's nnU-Net
-    results; stale finished folds are named in `stale`."""
+    results; stale finished folds are named in `stale`, folds a live `train` writes in `training`."""
     found: dict[str, dict[str, set[int]]] = {}
     stale = [] if stale is None else stale
+    training = [] if training is None else training
     if ws.results_dataset.is_dir():
         for folder in sorted(ws.results_dataset.iterdir()):
             match = MODEL_FOLDER.fullmatch(folder.name)
-            if match and (folds := finished_folds(folder, fingerprint, stale)):
+            if match and (folds := finished_folds(folder, fingerprint, stale, training)):
                 found.setdefault(match["trainer"], {})[match["configuration"]] = folds
     return found
 
@@ -62,11 +66,15 @@ class Selection:
 
 
 def select(ws: Workspace, trainer: Optional[str] = None) -> Selection:
-    """Which trainer, configurations and folds to search over: the current folds finished in every configuration."""
+    """Which trainer, configurations and folds to search over: the current folds finished in every configuration
+    that no live `train` writes."""
     stale: list[str] = []
-    models = trained_models(ws, dataset_fingerprint(ws), stale)
+    training: list[str] = []
+    models = trained_models(ws, dataset_fingerprint(ws), stale, training)
     left_out = (f"; stale folds left out: {', '.join(stale)}, retrain them with `ibsr-nnunet train "
                 f"--archive-stale`" if stale else "")
+    left_out += (f"; folds being trained left out: {', '.join(training)}, run `ibsr-nnunet ensemble` again when "
+                 f"they finish" if training else "")
     if not models:
         raise InputError(f"no finished nnU-Net fold made from this dataset under {ws.results_dataset}; "
                          f"run `ibsr-nnunet train --fold 0 --config 2d` (and 3d_fullres) first{left_out}.")
@@ -79,6 +87,9 @@ def select(ws: Workspace, trainer: Optional[str] = None) -> Selection:
     configurations = tuple(c for c in CONFIGURATIONS if c in per_config)
     folds = tuple(sorted(set.intersection(*(per_config[c] for c in configurations))))
     warnings = [f"stale folds left out: {', '.join(stale)}"] if stale else []
+    if training:
+        warnings.append(f"folds being trained left out: {', '.join(training)}; run `ibsr-nnunet ensemble` again "
+                        f"when they finish")
     if len(configurations) > 1 and not folds:
         raise InputError(f"{trainer}: 2d has folds {sorted(per_config['2d'])} and 3d_fullres has folds "
                          f"{sorted(per_config['3d_fullres'])} finished, none in common; train a common fold.")
@@ -193,6 +204,9 @@ def _predict_all(ws: Workspace, selection: Selection, images: Path, fingerprint:
             f"({selection.trainer}, folds {', '.join(map(str, selection.folds))})")
         search = find_best_configuration(ws, selection.trainer, selection.configurations, folds=selection.folds,
                                          jobs=jobs, log=log)
+        # the weights each set is predicted with: a set whose folds are retrained later is known to be stale
+        weights = {c: weights_signature(ws, [fold_folder(ws, c, f, trainer=selection.trainer) / "checkpoint_final.pth"
+                                             for f in selection.folds]) for c in selection.configurations}
         raw: dict[str, Path] = {}
         plans_json = model_folder(ws, selection.configurations[0], selection.trainer) / "plans.json"
         axcodes = training_axcodes(ws.read_manifest())
@@ -223,7 +237,8 @@ def _predict_all(ws: Workspace, selection: Selection, images: Path, fingerprint:
             write_json(built / "model.json",
                        model_record(model, selection.trainer, configurations=configurations, folds=selection.folds,
                                     postprocessing_pkl=pkl, crossval_dice=search["results"][key], axcodes=axcodes))
-            record(built, fingerprint, model=model, trainer=selection.trainer, folds=list(selection.folds))
+            record(built, fingerprint, model=model, trainer=selection.trainer, folds=list(selection.folds),
+                   weights=[entry for c in configurations for entry in weights[c]])
             predictions[model] = ws.predictions / model
         for model, final in predictions.items():
             swap_in(scratch / model, final)
