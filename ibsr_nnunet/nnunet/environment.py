@@ -61,7 +61,8 @@ def _bound_worker_start(parent_pid: int, initializer, initargs: tuple) -> None:
 
 class _ForkContext:
     """The fork context, except that its pools' workers die with the process that opened the pool (they would
-    go on writing after a killed parent otherwise)."""
+    go on writing after a killed parent otherwise). The kernel ties that to the opening thread: open pools from a
+    thread that outlives them (nnU-Net opens them in the calling one)."""
 
     def __init__(self):
         self._context = multiprocessing.get_context("fork")
