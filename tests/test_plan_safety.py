@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import CLI, cli, invoke, said
-from ibsr_nnunet.core.errors import InputError
+from helpers import cli, invoke, said
 from ibsr_nnunet.core.exitcodes import EXIT_LOCKED
 from ibsr_nnunet.core.locks import LockedError, lock_path
 from ibsr_nnunet.core.readwrite import readers_folder, reading, writing
@@ -97,20 +96,25 @@ def hold(side: str, ws: Workspace) -> subprocess.Popen:
     return process
 
 
-def test_plan_is_refused_while_a_train_reads_the_preprocessed_data(planned_copy):
+@pytest.mark.parametrize("side, refusal", [
+    ("reader", "{dataset} is being read by PID {pid} on "),
+    ("writer", "nnU-Net's plans and preprocessed data of Dataset501_IBSR18 is being written by PID {pid} on "),
+], ids=["a-train-reads", "another-plan-writes"])
+def test_plan_is_refused_while_a_train_reads_or_another_plan_writes(planned_copy, side, refusal):
     ws = planned_copy
     before = plans_file(ws).read_bytes(), plan_stamp(ws).read_bytes()
-    reader = hold("reader", ws)
+    holder = hold(side, ws)
     try:
         result = invoke(ws, "plan", "--force")
     finally:
-        reader.kill()
-        reader.wait()
+        holder.kill()
+        holder.wait()
     assert result.exit_code == EXIT_LOCKED, result.output
-    assert (f"{ws.preprocessed_dataset} is being read by PID {reader.pid} on " in said(result)
-            and "`ibsr-nnunet train --fold 3 --config 2d`" in said(result)), said(result)
+    assert refusal.format(dataset=ws.preprocessed_dataset, pid=holder.pid) in said(result), said(result)
+    if side == "reader":  # and the refused plan let go of its own lock
+        assert "`ibsr-nnunet train --fold 3 --config 2d`" in said(result)
+        assert not lock_path(ws.preprocessed_dataset).exists()
     assert (plans_file(ws).read_bytes(), plan_stamp(ws).read_bytes()) == before
-    assert not lock_path(ws.preprocessed_dataset).exists()
 
 
 def test_train_is_refused_while_a_plan_writes_the_preprocessed_data(planned_copy):
@@ -123,7 +127,8 @@ def test_train_is_refused_while_a_plan_writes_the_preprocessed_data(planned_copy
         writer.wait()
     text = " ".join(result.stderr.split())
     assert result.returncode == EXIT_LOCKED, result.stdout + result.stderr
-    assert f"{ws.preprocessed_dataset} is being written by PID {writer.pid} on " in text and "`ibsr-nnunet plan`" in text
+    assert f"{ws.preprocessed_dataset} is being written by PID {writer.pid} on " in text
+    assert "`ibsr-nnunet plan`" in text
     assert "Traceback" not in result.stderr
     assert not ws.results_dataset.exists(), "a refused train made its fold folder"
 
@@ -159,13 +164,18 @@ def test_pool_workers_opened_through_fork_pools_die_with_a_killed_parent():
 
 # ---- cut-short or odd files ---------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("damage, sentence", [
+    (lambda text: text[:200], "is not valid JSON (cut short or edited by hand: "),
+    (lambda text: "[]", 'holds no nnU-Net plans (no "configurations" table)'),
+    (lambda text: '{"configurations": [1]}', 'holds no nnU-Net plans (no "configurations" table)'),
+], ids=["cut-short", "a-list", "configurations-a-list"])
 @pytest.mark.parametrize("command", [TRAIN, ["ensemble"], SUBMIT], ids=["train", "ensemble", "submit"])
-def test_cut_short_plans_are_refused_in_the_same_sentence(planned_copy, command):
+def test_damaged_plans_are_refused_in_the_same_sentence(planned_copy, command, damage, sentence):
     ws = planned_copy
-    plans_file(ws).write_text(plans_file(ws).read_text()[:200])
+    plans_file(ws).write_text(damage(plans_file(ws).read_text()))
     result = invoke(ws, *command)
     assert result.exit_code == 1, result.output
-    assert f"{plans_file(ws)} is not valid JSON (cut short or edited by hand: " in said(result)
+    assert f"{plans_file(ws)} {sentence}" in said(result)
     assert said(result).endswith(REPLAN) and "Traceback" not in result.output
 
 
@@ -266,7 +276,8 @@ def test_a_running_train_refuses_plan_and_a_running_plan_refuses_train(planned_c
             planning.communicate()
     text = " ".join(refused.stderr.split())
     assert refused.returncode == EXIT_LOCKED, refused.stdout + refused.stderr
-    assert f"{ws.preprocessed_dataset} is being written by PID {planning.pid} on " in text and "`ibsr-nnunet plan`" in text
+    assert f"{ws.preprocessed_dataset} is being written by PID {planning.pid} on " in text
+    assert "`ibsr-nnunet plan`" in text
     assert planning.returncode == 0, output
     assert not (ws.results_dataset / "IbsrTrainer_1ep_1it__nnUNetPlans__2d").exists()
 
