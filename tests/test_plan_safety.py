@@ -23,6 +23,7 @@ from ibsr_nnunet.core.locks import LockedError, lock_path
 from ibsr_nnunet.core.readwrite import readers_folder, reading, writing
 from ibsr_nnunet.core.workspace import Workspace
 from ibsr_nnunet.nnunet.paths import plan_stamp, plans_file, splits_file
+from test_ensemble import fake_fold
 from test_one_writer import alive, children, start, wait_for
 
 REPLAN = "run `ibsr-nnunet plan --force` to plan and preprocess again."
@@ -172,6 +173,8 @@ def test_pool_workers_opened_through_fork_pools_die_with_a_killed_parent():
 @pytest.mark.parametrize("command", [TRAIN, ["ensemble"], SUBMIT], ids=["train", "ensemble", "submit"])
 def test_damaged_plans_are_refused_in_the_same_sentence(planned_copy, command, damage, sentence):
     ws = planned_copy
+    if command == ["ensemble"]:
+        fake_fold(ws, "IbsrTrainer", "2d", 0)  # a finished fold, so that ensemble goes on to nnU-Net's plans
     plans_file(ws).write_text(damage(plans_file(ws).read_text()))
     result = invoke(ws, *command)
     assert result.exit_code == 1, result.output

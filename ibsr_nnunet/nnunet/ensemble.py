@@ -156,8 +156,8 @@ def run(ws: Workspace, trainer: Optional[str] = None, *, jobs: int = 1, device: 
     images = ws.raw_dataset / "imagesTs"
     if not images.is_dir() or not any(images.glob("*_0000.nii.gz")):
         raise InputError(f"{images} holds no held-out or test images; run `ibsr-nnunet convert` first.")
-    read_plans(ws)  # nnU-Net's search reads them: refused here in one sentence when cut short
     selection = select(ws, trainer)
+    read_plans(ws)  # nnU-Net's search reads them: refused here in one sentence when cut short
     for warning in selection.warnings:
         say(f"warning: {warning}")
     fingerprint = dataset_fingerprint(ws)
