@@ -312,6 +312,7 @@ def test_a_full_disk_during_plan_is_one_sentence(converted_copy):
     finally:
         subprocess.run(["umount", str(folder)], check=True)
     text = " ".join(result.stderr.split())
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert text.startswith(f"error: no space left on the disk of {ws.preprocessed_dataset} while writing ")
-    assert text.endswith("run `ibsr-nnunet plan --force`.") and "Traceback" not in result.stderr
+    assert result.returncode == 1 and "error: " in text, result.stdout + result.stderr
+    error = text[text.index("error: "):]  # after nnU-Net's progress bars
+    assert error.startswith(f"error: no space left on the disk of {ws.preprocessed_dataset} while writing ")
+    assert error.endswith("run `ibsr-nnunet plan --force`.") and "Traceback" not in result.stderr
