@@ -6,6 +6,7 @@ Regenerate the golden files after a deliberate template change with IBSR_UPDATE_
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import stat
 import subprocess
@@ -76,6 +77,12 @@ def test_resources_reject_what_would_break_a_script(tmp_path):
             sbatch.resources_from(**bad)
     with pytest.raises(InputError):
         sbatch.render_fold_array(WS, CLI, CPU, configuration="2d; rm -rf /", epochs=1, iterations=1, device="cpu")
+
+
+@pytest.mark.parametrize("value", ["24:00:00\n", " 24:00:00", "24:00:00 ", "24:00:00\r", "\t90", "1-00:00:00\x00"])
+def test_a_time_with_blanks_or_control_characters_is_refused_not_written(value):
+    with pytest.raises(InputError, match=re.escape(f"--time: time = {value!r} is refused; expected a SLURM time")):
+        sbatch.resources_from(time=value)
 
 
 def test_config_file_then_options(tmp_path):

@@ -61,8 +61,8 @@ def _text(v) -> bool:
 RULES = {
     "partition": (_text, "a name of letters, digits and . : , + @ / = - (no blanks, quotes or $)"),
     "account": (_text, "a name of letters, digits and . : , + @ / = - (no blanks, quotes or $)"),
-    "time": (lambda v: isinstance(v, str) and slurm_seconds(v) is not None,
-             "a SLURM time such as 24:00:00, 1-00:00:00 or 90 (minutes)"),
+    "time": (lambda v: isinstance(v, str) and SLURM_TIME.fullmatch(v) is not None,  # as written: no blanks
+             "a SLURM time such as 24:00:00, 1-00:00:00 or 90 (minutes), without blanks or line breaks"),
     "gpus_per_job": (_whole(0), "a whole number of GPUs, 0 or more (0 = no GPU request)"),
     "gpu_option": (lambda v: v in ("gres", "gpus"), "gres (--gres=gpu:N) or gpus (--gpus=N)"),
     "cpus_per_task": (_whole(1), "a whole number of CPUs, 1 or more"),

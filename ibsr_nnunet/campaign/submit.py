@@ -7,7 +7,6 @@ Running it again skips what is finished, queued or running.
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 import subprocess
@@ -23,7 +22,9 @@ from ..core.errors import InputError
 from ..core.provenance import archive, dataset_fingerprint, staleness
 from ..core.vocabulary import BASELINE_SEPARATOR, CONFIGURATIONS, N_FOLDS
 from ..core.workspace import Workspace
-from ..nnunet.paths import FULL_EPOCHS, FULL_ITERATIONS, fold_finished, fold_folder, plans_file, trainer_name
+from ..nnunet.paths import (FULL_EPOCHS, FULL_ITERATIONS, fold_finished, fold_folder, plans_file, splits_file,
+                            trainer_name)
+from ..nnunet.plans import read_plans, read_splits
 from . import sbatch as render
 from .jobs import append_job, load_jobs, state_key
 from .progress import baseline_progress
@@ -73,13 +74,12 @@ def _check_planned(ws: Workspace, plan: SubmitPlan) -> None:
     if not plans_json.is_file():
         raise InputError(f"{plans_json} does not exist: plan first with `ibsr-nnunet --workspace "
                          f"{shlex.quote(str(ws.root))} plan --configs {configs}`, then submit again.")
-    planned = json.loads(plans_json.read_text())["configurations"]
+    planned = read_plans(ws)["configurations"]
     missing = [c for c in plan.configs if c not in planned]
     if missing:
         raise InputError(f"--configs {','.join(missing)} not in {plans_json.name} (has {', '.join(planned)}); "
                          f"run `ibsr-nnunet plan --configs {configs}` or drop them from --configs.")
-    splits_file = ws.preprocessed_dataset / "splits_final.json"
-    n_folds = len(json.loads(splits_file.read_text())) if splits_file.is_file() else N_FOLDS
+    n_folds = len(read_splits(ws)) if splits_file(ws).is_file() else N_FOLDS
     wrong = [f for f in plan.folds if not 0 <= f < n_folds]
     if wrong:
         raise InputError(f"--folds {','.join(map(str, wrong))} do not exist: the dataset has folds 0..{n_folds - 1}.")

@@ -32,7 +32,7 @@ def plan(
     ws = workspace_of(ctx)
     configure(ws, cores(jobs))
     with console.status("nnU-Net: fingerprint, plans, preprocessing"):
-        result = run_plan(ws, tuple(configs), jobs=cores(jobs), force=force)
+        result = run_plan(ws, tuple(configs), jobs=cores(jobs), force=force, say=console.print)
     title = f"{ws.dataset_name}: nnU-Net plans" + (" (up to date, nothing redone)" if result.up_to_date else "")
     table = Table(title=title)
     for column in ("configuration", "patch size", "batch size", "spacing (mm)", "stages", "median shape"):

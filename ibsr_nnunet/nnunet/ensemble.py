@@ -22,6 +22,7 @@ from ..core.provenance import dataset_fingerprint, record, staleness, weights_si
 from ..core.vocabulary import CONFIGURATIONS, N_FOLDS
 from ..core.workspace import Workspace
 from .paths import MODEL_FOLDER, MODEL_NAMES, TRAINER_BASE, fold_finished, fold_folder, fold_unready, model_folder
+from .plans import read_plans
 from .predict import apply_postprocessing, ensemble_folders, find_best_configuration, postprocessing_summary, predict
 
 
@@ -167,6 +168,7 @@ def run(ws: Workspace, trainer: Optional[str] = None, *, jobs: int = 1, device: 
     if not images.is_dir() or not any(images.glob("*_0000.nii.gz")):
         raise InputError(f"{images} holds no held-out or test images; run `ibsr-nnunet convert` first.")
     selection = select(ws, trainer)
+    read_plans(ws)  # nnU-Net's search reads them: refused here in one sentence when cut short
     for warning in selection.warnings:
         say(f"warning: {warning}")
     fingerprint = dataset_fingerprint(ws)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
 import os
+import signal
 import types
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from ..core.devices import torch_device
 from ..core.workspace import Workspace
 
 EXT_TRAINER_FOLDER = Path(__file__).parent / "ext_trainers"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def configure_worker_counts(cores: int) -> None:
@@ -39,10 +42,44 @@ def resolve_device(device: str):
     return resolved
 
 
+def die_with(parent_pid: int) -> None:
+    """Make this process end when `parent_pid` does, whatever kills it (SIGKILL included): the kernel sends SIGKILL
+    on the parent's death (prctl), and a parent already gone before that call (the race) ends us here."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the SLURM job's final SIGKILL still ends the workers
+        pass
+    if os.getppid() != parent_pid:
+        os._exit(0)
+
+
+def _bound_worker_start(parent_pid: int, initializer, initargs: tuple) -> None:
+    die_with(parent_pid)
+    if initializer is not None:
+        initializer(*initargs)
+
+
+class _ForkContext:
+    """The fork context, except that its pools' workers die with the process that opened the pool (they would
+    go on writing after a killed parent otherwise). The kernel ties that to the opening thread: open pools from a
+    thread that outlives them (nnU-Net opens them in the calling one)."""
+
+    def __init__(self):
+        self._context = multiprocessing.get_context("fork")
+
+    def Pool(self, processes=None, initializer=None, initargs=(), *args, **kwargs):
+        return self._context.Pool(processes, _bound_worker_start, (os.getpid(), initializer, initargs),
+                                  *args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._context, name)
+
+
 @contextlib.contextmanager
 def fork_pools(module: types.ModuleType):
-    """nnU-Net opens *spawn* pools whose workers each re-import torch (~3 s apiece); fork workers inherit it."""
-    fork_only = types.SimpleNamespace(get_context=lambda method=None: multiprocessing.get_context("fork"))
+    """nnU-Net opens *spawn* pools whose workers each re-import torch (~3 s apiece); fork workers inherit it, and
+    end with us."""
+    fork_only = types.SimpleNamespace(get_context=lambda method=None: _ForkContext())
     original = module.multiprocessing
     module.multiprocessing = fork_only
     try:

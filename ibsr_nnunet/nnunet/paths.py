@@ -40,6 +40,11 @@ def plans_file(ws: Workspace) -> Path:
     return ws.preprocessed_dataset / f"{PLANS}.json"
 
 
+def splits_file(ws: Workspace) -> Path:
+    """nnU-Net's cross-validation folds; `convert` writes them into the raw dataset too, and nnU-Net copies them."""
+    return ws.preprocessed_dataset / "splits_final.json"
+
+
 def plan_stamp(ws: Workspace) -> Path:
     """What `plan` did last: the raw dataset's fingerprint and the configurations (so it can tell when to redo)."""
     return ws.preprocessed_dataset / "ibsr_plan.json"

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
-from ..core.atomic import write_json
+from ..core.atomic import fsync_dir, write_json
 from ..core.errors import InputError
+from ..core.readwrite import writing
 from ..core.vocabulary import CONFIGURATIONS
 from ..core.workspace import Workspace
 from .environment import fork_pools
-from .paths import plan_stamp, plans_file
+from .paths import plan_stamp, plans_file, splits_file
+from .plans import read_plans
 
 PLANNABLE = (*CONFIGURATIONS, "3d_lowres")
 
@@ -51,27 +54,64 @@ def _planned(ws: Workspace, wanted: dict) -> Optional[dict]:
     another dataset or configurations, or a stamp or plans file cut short."""
     try:
         recorded = json.loads(plan_stamp(ws).read_text())
-        plans = json.loads(plans_file(ws).read_text())
-    except (OSError, ValueError):
+        plans = read_plans(ws)
+    except (OSError, ValueError, InputError):
         return None
-    return plans if {k: recorded.get(k) for k in wanted} == wanted else None
+    return plans if isinstance(recorded, dict) and {k: recorded.get(k) for k in wanted} == wanted else None
+
+
+def _invalidate(ws: Workspace) -> None:
+    """Before planning again: remove the stamp first, so a plan killed from here on is seen as unfinished by the next
+    `plan` and by `train`; then the files nnU-Net would merge with or check against instead of rewriting (its
+    planner keeps configurations of an old plans file and crashes on a cut-short one; the raw dataset's splits are
+    copied again)."""
+    plan_stamp(ws).unlink(missing_ok=True)
+    if ws.preprocessed_dataset.is_dir():
+        fsync_dir(ws.preprocessed_dataset)
+    plans_file(ws).unlink(missing_ok=True)
+    if (ws.raw_dataset / splits_file(ws).name).is_file():
+        splits_file(ws).unlink(missing_ok=True)
+
+
+def _no_space(err: OSError, ws: Workspace) -> InputError:
+    what = err.filename or "nnU-Net's fingerprint, plans and preprocessed data"
+    return InputError(f"no space left on the disk of {ws.preprocessed_dataset} while writing {what}; free space "
+                      f"there (or put the workspace on a larger disk) and run `ibsr-nnunet plan --force`.")
 
 
 def plan(ws: Workspace, configurations: tuple[str, ...] = CONFIGURATIONS, *, jobs: int = 1,
-         force: bool = False) -> PlanResult:
+         force: bool = False, say: Callable[[str], None] = print) -> PlanResult:
     """nnU-Net fingerprint, plans and preprocessing (with its integrity check); skipped when already done for
-    exactly this raw dataset and these configurations."""
+    exactly this raw dataset and these configurations.
+
+    Holds the preprocessed dataset as its only writer (core/readwrite.py): refused while another `plan` writes it or
+    a `train` reads it. The stamp is written last: a plan cut short is redone by the next one."""
     if not ws.manifest.is_file():
         raise InputError(f"{ws.raw_dataset}: no converted dataset in this workspace; run `ibsr-nnunet convert SOURCE` first.")
     unknown = [c for c in configurations if c not in PLANNABLE]
     if unknown:
         raise InputError(f"--configs {','.join(unknown)} unknown; use {', '.join(PLANNABLE)}.")
     fingerprint = ws.read_manifest()["fingerprint"]
-    plans_json = plans_file(ws)
     wanted = {"raw_fingerprint": fingerprint, "configurations": sorted(configurations)}
     if not force and (plans := _planned(ws, wanted)) is not None:
         return _result(plans, configurations, up_to_date=True)
+    with writing(ws.preprocessed_dataset, f"nnU-Net's plans and preprocessed data of {ws.dataset_name}",
+                 "ibsr-nnunet plan", say=say):
+        if not force and (plans := _planned(ws, wanted)) is not None:  # another `plan` made them while we waited
+            return _result(plans, configurations, up_to_date=True)
+        _invalidate(ws)
+        try:
+            plans = _build(ws, configurations, jobs)
+            write_json(plan_stamp(ws), {**wanted, "planned": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        except OSError as err:
+            if err.errno == errno.ENOSPC:  # from nnU-Net's pool workers too: they raise it again in this process
+                raise _no_space(err, ws) from None
+            raise
+    return _result(plans, configurations, up_to_date=False)
 
+
+def _build(ws: Workspace, configurations: tuple[str, ...], jobs: int) -> dict:
+    """nnU-Net's fingerprint, plans and preprocessing of the configurations it keeps; its plans."""
     import nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor as fingerprinting
     import nnunetv2.preprocessing.preprocessors.default_preprocessor as preprocessing
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprints, plan_experiments,
@@ -82,11 +122,10 @@ def plan(ws: Workspace, configurations: tuple[str, ...] = CONFIGURATIONS, *, job
         with contextlib.redirect_stdout(chatter), fork_pools(fingerprinting), fork_pools(preprocessing):
             extract_fingerprints([ws.dataset_id], num_processes=jobs, check_dataset_integrity=True, clean=True)
             plan_experiments([ws.dataset_id])
-            plans = json.loads(plans_json.read_text())
+            plans = json.loads(plans_file(ws).read_text())
             present = [c for c in configurations if c in plans["configurations"]]
             preprocess([ws.dataset_id], configurations=present, num_processes=[jobs] * len(present))
     except (AssertionError, RuntimeError) as err:
         details = " ".join(f"{err}".split())[:400]
         raise InputError(f"{ws.raw_dataset}: nnU-Net planning failed ({details}); fix the dataset and convert again.") from None
-    write_json(plan_stamp(ws), {**wanted, "planned": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    return _result(plans, configurations, up_to_date=False)
+    return plans

@@ -10,18 +10,20 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 from ..core.errors import InputError
 from ..core.jsonfile import read_json
 from ..core.exitcodes import EXIT_STALLED
 from ..core.locks import Lock, LockedError, LockLost, lock_path
+from ..core.readwrite import reading, refuse_while_written
 from ..core.provenance import dataset_fingerprint, ensure_current, record, short
 from ..core.runlog import RunLog, cpu_name, record_locked, stall_message
 from ..core.signals import StopSignals
 from ..core.workspace import Workspace
 from .environment import resolve_device
 from .paths import FULL_EPOCHS, FULL_ITERATIONS, fold_finished, fold_folder, plan_stamp, plans_file, trainer_name
+from .plans import REPLAN, read_plans, read_splits
 from .staging import staged_preprocessed
 from .trainer import TrainingStalled, trainer_class
 
@@ -57,25 +59,47 @@ def _readable_checkpoint(path: Path, device) -> Optional[str]:
 
 
 def _read_plans(ws: Workspace, configuration: str, fold: int, fingerprint: str) -> dict:
-    """nnU-Net's plans, refused in one sentence when they are missing, unreadable, made from another dataset, or
-    lack the configuration or the fold."""
+    """nnU-Net's plans, refused in one sentence while a `plan` writes them (LockedError), or when they are missing,
+    unreadable, left by a `plan` that did not finish, made from another dataset, or lack the configuration (planned
+    and preprocessed) or the fold."""
+    refuse_while_written(ws.preprocessed_dataset)
     path = plans_file(ws)
     if not path.is_file():
         raise InputError(f"{path}: no nnU-Net plans for this workspace; run `ibsr-nnunet plan` first.")
-    replan = "run `ibsr-nnunet plan --force` to plan and preprocess again"
-    planned_from = read_json(plan_stamp(ws), replan).get("raw_fingerprint") if plan_stamp(ws).is_file() else None
+    stamp = plan_stamp(ws)
+    if not stamp.is_file():
+        raise InputError(f"{ws.preprocessed_dataset} is incomplete: it has no {stamp.name}, so `ibsr-nnunet plan` "
+                         f"did not finish there; run `ibsr-nnunet plan` to plan and preprocess again.")
+    recorded = read_json(stamp, REPLAN)
+    recorded = recorded if isinstance(recorded, dict) else {}
+    planned_from = recorded.get("raw_fingerprint")
     if planned_from != fingerprint:
         made = f"planned from dataset {short(planned_from)}" if planned_from else "not planned by ibsr-nnunet"
         raise InputError(f"{path} is stale: {made}, the workspace now holds {short(fingerprint)}; "
                          f"run `ibsr-nnunet plan` first.")
-    plans = read_json(path, replan)
+    plans = read_plans(ws)
     if configuration not in plans["configurations"]:
         raise InputError(f"--config {configuration} is not in {path.name} "
                          f"(has {', '.join(plans['configurations'])}); pick one of those or re-plan.")
-    splits = read_json(ws.preprocessed_dataset / "splits_final.json", replan)
+    preprocessed = recorded.get("configurations") or []
+    if configuration not in preprocessed:
+        raise InputError(f"--config {configuration} was not preprocessed by the last `ibsr-nnunet plan` (it did "
+                         f"{', '.join(map(str, preprocessed)) or 'none'}); run `ibsr-nnunet plan --configs "
+                         f"{','.join(sorted({*map(str, preprocessed), configuration}))}`.")
+    splits = read_splits(ws)
     if not 0 <= fold < len(splits):
         raise InputError(f"--fold {fold} does not exist: splits_final.json has folds 0..{len(splits) - 1}.")
     return plans
+
+
+@contextmanager
+def _reading_preprocessed(ws: Workspace, configuration: str, fold: int, fingerprint: str, *, name: str,
+                          command: str, say: Callable[[str], None]) -> Iterator[dict]:
+    """Hold this fold's reader lock of the preprocessed dataset, so no `plan` rewrites it under the training (a
+    running `plan` refuses us), and yield nnU-Net's plans, read under it."""
+    with reading(ws.preprocessed_dataset, f"{name}__{configuration}__fold_{fold}",
+                 f"{configuration} fold {fold} ({name}) reading {ws.preprocessed_dataset.name}", command, say=say):
+        yield _read_plans(ws, configuration, fold, fingerprint)
 
 
 def _newest_readable(folder: Path, device, say: Callable[[str], None]) -> tuple[Optional[str], list[str]]:
@@ -166,12 +190,14 @@ def train(ws: Workspace, configuration: str, fold: int, *, epochs: int = FULL_EP
         if epochs < 1 or iterations < 1 or save_every < 1:
             raise InputError("--epochs, --iterations-per-epoch and --save-every must be at least 1.")
         fingerprint = dataset_fingerprint(ws)
-        plans = _read_plans(ws, configuration, fold, fingerprint)
+        _read_plans(ws, configuration, fold, fingerprint)  # refused before any lock file is made
         name = trainer_name(epochs, iterations)
         folder = fold_folder(ws, configuration, fold, trainer=name)
         command = f"ibsr-nnunet train --fold {fold} --config {configuration}"
         try:
-            with Lock(lock_path(folder), f"{configuration} fold {fold} ({name})", command, say=say) as lock:
+            with Lock(lock_path(folder), f"{configuration} fold {fold} ({name})", command, say=say) as lock, \
+                    _reading_preprocessed(ws, configuration, fold, fingerprint, name=name, command=command,
+                                          say=say) as plans:
                 ensure_current(ws, folder, what=f"{configuration} fold {fold} of {name}", fingerprint=fingerprint,
                                archive_stale=archive_stale, say=say)
                 if fold_finished(folder):

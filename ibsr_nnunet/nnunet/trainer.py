@@ -11,11 +11,9 @@ runs.jsonl; None under `nnUNetv2_train`) and `lock` (the fold's lock, verified b
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import json
 import os
-import signal
 import time
 from pathlib import Path
 from typing import Optional
@@ -26,26 +24,13 @@ from ..core.exitcodes import EXIT_REQUEUE
 from ..core.locks import Lock, LockLost
 from ..core.runlog import RunLog
 from ..core.signals import StopSignals
+from .environment import die_with
 from .paths import trainer_schedule
-
-
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def _die_with(parent_pid: int) -> None:
-    """Make this process end when `parent_pid` does, whatever kills it (SIGKILL included): the kernel sends SIGKILL
-    on the parent's death (prctl), and a parent already gone before that call (the race) ends us here."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the SLURM job's final SIGKILL still ends the workers
-        pass
-    if os.getppid() != parent_pid:
-        os._exit(0)
 
 
 def _worker_bound_to_trainer(producer, trainer_pid: int, *args, **kwargs):
     """nnU-Net's data-augmentation worker, started by the trainer, bound to it first."""
-    _die_with(trainer_pid)
+    die_with(trainer_pid)
     return producer(*args, **kwargs)
 
 
