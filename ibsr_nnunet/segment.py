@@ -639,9 +639,9 @@ def _draw_sheet(scans: list[Scan], target: Path, model: str) -> Optional[Path]:
     return qc_sheet(shots, target) if shots else None
 
 
-VOLUME_COLUMNS = ["scan", "status", "input", "output", "model", "input_axcodes", "tta", "step_size", "CSF_ml", "GM_ml", "WM_ml",
-                  "total_ml", "GM_fraction", "WM_fraction", "BPF", "CSF_ml_soft", "GM_ml_soft", "WM_ml_soft", "qc",
-                  "seconds", "warnings", "error"]
+VOLUME_COLUMNS = ["scan", "status", "input", "output", "model", "input_axcodes", "tta", "step_size", "CSF_ml", "GM_ml",
+                  "WM_ml", "total_ml", "GM_fraction", "WM_fraction", "BPF", "CSF_ml_soft", "GM_ml_soft", "WM_ml_soft",
+                  "qc", "seconds", "warnings", "error"]
 MEASURES = ["CSF_ml", "GM_ml", "WM_ml", "total_ml", "GM_fraction", "WM_fraction", "BPF", "CSF_ml_soft", "GM_ml_soft",
             "WM_ml_soft"]
 
@@ -654,8 +654,9 @@ def _write_volumes_csv(scans: list[Scan], model: Model, output: Path, options: S
             rows.append({**s.reused, "status": "ok"})
             continue
         axes = "".join(s.reorientation.input_axcodes) if s.reorientation else ""
-        rows.append({"scan": _stem(s.input), "status": "failed" if s.error else "ok", "input": str(s.input), "output": "" if s.error else str(s.output),
-                     "model": model.name, "input_axcodes": axes, "tta": options.tta, "step_size": options.step_size,
+        rows.append({"scan": _stem(s.input), "status": "failed" if s.error else "ok", "input": str(s.input),
+                     "output": "" if s.error else str(s.output), "model": model.name, "input_axcodes": axes,
+                     "tta": options.tta, "step_size": options.step_size,
                      **{c: s.volumes.get(c, math.nan) for c in MEASURES}, "qc": str(s.qc) if s.qc else "",
                      "seconds": round(s.seconds, 3), "warnings": "; ".join(s.warnings), "error": s.error or ""})
     csv = output / "volumes.csv"

@@ -14,7 +14,7 @@ from ibsr_nnunet.core.workspace import Workspace
 
 from helpers import copy_workspace, invoke, said
 
-NOT_A_NAME = "is not a model name: use letters, digits"
+NOT_A_NAME = "is not a usable model name: use letters, digits"
 TOO_LONG = "is 300 characters long, more than the 100 a model name may have"
 NOT_NAMES = [("../x", NOT_A_NAME), ("/abs/dir", NOT_A_NAME), ("a/b", NOT_A_NAME), ("..", NOT_A_NAME),
              (".hidden", NOT_A_NAME), ("", NOT_A_NAME), ("a b", NOT_A_NAME), ("x" * 300, TOO_LONG)]
@@ -103,7 +103,8 @@ def write_record(ws: Workspace, **changes) -> Path:
     """predictions/nnunet_2d/model.json as `ensemble` writes it, with `changes`; recorded as made from this dataset."""
     folder = ws.predictions / "nnunet_2d"
     folder.mkdir(parents=True, exist_ok=True)
-    pkl = ws.results_dataset / "IbsrTrainer_3ep_10it__nnUNetPlans__2d" / "crossval_results_folds_0" / "postprocessing.pkl"
+    model = ws.results_dataset / "IbsrTrainer_3ep_10it__nnUNetPlans__2d"
+    pkl = model / "crossval_results_folds_0" / "postprocessing.pkl"
     info = {"model": "nnunet_2d", "trainer": "IbsrTrainer_3ep_10it", "configurations": ["2d"], "folds": [0],
             "postprocessing_file": str(pkl), "axcodes": ["R", "A", "S"], **changes}
     (folder / "model.json").write_text(json.dumps(info))

@@ -59,7 +59,8 @@ def segment(
         table.add_column(column, justify="left" if column in ("scan", "warnings") else "right")
     for scan in result.scans:
         if scan.error:
-            table.add_row(scan.input.name, "-", "-", "-", "-", f"{scan.seconds:.1f}", f"[red]failed: {escape(scan.error)}[/]")
+            table.add_row(scan.input.name, "-", "-", "-", "-", f"{scan.seconds:.1f}",
+                          f"[red]failed: {escape(scan.error)}[/]")
         else:
             v = scan.reused if scan.reused is not None else scan.volumes
             seconds = "reused" if scan.reused is not None else f"{scan.seconds:.1f}"

@@ -18,7 +18,8 @@ def name_problem(name: str) -> Optional[str]:
     if len(name) > MAX_NAME_LENGTH:
         return f"is {len(name)} characters long, more than the {MAX_NAME_LENGTH} a model name may have"
     if not MODEL_NAME.fullmatch(name):
-        return "is not a model name: use letters, digits, '_', '-' or '.', starting with a letter or digit (no '/')"
+        return ("is not a usable model name: use letters, digits, '_', '-' or '.', starting with a letter or digit "
+                "(no '/')")
     return None
 
 
