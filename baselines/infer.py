@@ -13,12 +13,13 @@ from ibsr_nnunet.core import devices
 from ibsr_nnunet.core.atomic import atomic_path
 from ibsr_nnunet.core.errors import InputError
 from ibsr_nnunet.core.orientation import towards
+from ibsr_nnunet.core.vocabulary import BASELINE_SEPARATOR
 from ibsr_nnunet.data.volumes import Volume, read_volume, write_volume
 
 from .data import slicing_axis, zscore
 from .models import UNet, build_model
 from .threads import ThreadTuner
-from .train import _autocast, options_from
+from .train import _autocast, options_from, read_checkpoint
 
 
 def gaussian_weights(window: tuple[int, ...], sigma_scale: float = 0.125) -> torch.Tensor:
@@ -135,10 +136,16 @@ def load_model(run: Path, device: torch.device) -> tuple[UNet, dict]:
     if not best.is_file():
         raise InputError(f"no trained model at {best}; run `ibsr-nnunet baseline train` with this model and loss "
                          f"first.")
-    saved = torch.load(best, map_location="cpu", weights_only=False)
+    model_name, _, loss = run.name.partition(BASELINE_SEPARATOR)
+    fix = f"delete {run} and train it again with `ibsr-nnunet baseline train --model {model_name} --loss {loss}`"
+    saved = read_checkpoint(best, fix)
     options = options_from(saved["options"])
     model = build_model(options.model, options.width, options.depth, dropout=options.dropout)
-    model.load_state_dict(saved["model"])
+    try:
+        model.load_state_dict(saved["model"])
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise InputError(f"{best} holds weights that do not fit a {options.model} of width {options.width} and "
+                         f"depth {options.depth} ({type(err).__name__}); {fix}.") from err
     model = model.to(device)
     if model.dims == 2:
         model = model.to(memory_format=torch.channels_last)

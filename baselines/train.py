@@ -8,6 +8,7 @@ import functools
 import io
 import json
 import math
+import pickle
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -313,7 +314,26 @@ def _train(folder: Path, train_files: list[tuple[str, Path, Path]], options: Tra
 def _load_checkpoint(folder: Path) -> dict | None:
     """The run's last checkpoint, or None when it has none yet."""
     path = folder / CHECKPOINT
-    return torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None
+    fix = f"delete it to train {folder.name} afresh"
+    return read_checkpoint(path, fix, keys=("options", "model", "optimizer", "epoch")) if path.is_file() else None
+
+
+def read_checkpoint(path: Path, fix: str, keys: tuple[str, ...] = ("options", "model")) -> dict:
+    """A checkpoint this tool wrote (best.pt, checkpoint.pt: plain dicts, tensors, numbers, strings, lists), loaded
+    with weights_only so nothing in the file can run. A file that would need full unpickling (an older format, or
+    not ours), is corrupt, or lacks `keys` is refused in one sentence ending in `fix`, never unpickled."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as err:
+        raise InputError(f"cannot read {path} ({err.strerror or err}); {fix}.") from err
+    except Exception as err:  # a damaged file: torch raises RuntimeError, KeyError, EOFError, ... depending on where
+        if isinstance(err, pickle.UnpicklingError) and "unsupported global" in str(err).lower():
+            raise InputError(f"{path} holds objects only full unpickling would rebuild (an older format, or a file "
+                             f"not written by ibsr-nnunet), so it is not loaded: that could run code; {fix}.") from err
+        raise InputError(f"{path} is corrupt or not a checkpoint ({type(err).__name__}); {fix}.") from err
+    if not isinstance(saved, dict) or not all(key in saved for key in keys):
+        raise InputError(f"{path} is not a checkpoint of ibsr-nnunet's baselines (it lacks {', '.join(keys)}); {fix}.")
+    return saved
 
 
 @dataclass

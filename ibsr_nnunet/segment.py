@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, Callable, Iterator, Optional
 import numpy as np
 import pandas as pd
 
-from .core.atomic import atomic_path, write_json
+from .core.atomic import FULL_DISK, NoSpaceError, atomic_path, no_space, write_json
 from .core.locks import Lock, lock_path
 from .core.orientation import OBLIQUE_DEGREES, Reorientation, obliquity_degrees, towards, training_axcodes
 from .core.errors import InputError
 from .core.provenance import dataset_fingerprint, recorded_weights, staleness, weights_changed, weights_signature
-from .core.vocabulary import NNUNET_PREFIX, TISSUES
+from .core.names import check_model_name
+from .core.vocabulary import CONFIGURATIONS, N_FOLDS, NNUNET_MODELS, NNUNET_PREFIX, TISSUES
 from .core.workspace import Workspace
 from .data.preprocess import Preprocessing, apply
 from .data.volumes import Volume, read_volume, write_volume
@@ -115,6 +116,8 @@ def choose_model(ws: Workspace, name: Optional[str]) -> Model:
     """`name`, or the leaderboard's best model, with its held-out scores (none when they were made with other weights
     than it holds now); refused when it was made from another dataset than the workspace's, or when its training (a
     baseline run, an nnU-Net fold) has not finished."""
+    if name is not None:
+        checked_model_name(name)
     board = pd.read_csv(ws.leaderboard) if ws.leaderboard.is_file() else None
     if board is not None and "dataset_fingerprint" in board and not board.empty:
         if set(board["dataset_fingerprint"].astype(str)) != {dataset_fingerprint(ws)}:
@@ -127,7 +130,7 @@ def choose_model(ws: Workspace, name: Optional[str]) -> Model:
         if board is None or board.empty:
             raise InputError(f"no leaderboard at {ws.leaderboard} to pick the best model from; "
                              f"run `ibsr-nnunet leaderboard`, or pass --model (e.g. nnunet_ensemble or unet2d__dice_ce).")
-        name = str(board.sort_values("rank").iloc[0]["model"])
+        name = _best_trained(ws, board)
     scores = None
     predicted = recorded_weights(ws.predictions / name)
     if predicted and (changed := weights_changed(ws, predicted)):
@@ -142,7 +145,7 @@ def choose_model(ws: Workspace, name: Optional[str]) -> Model:
         if not record.is_file():
             raise InputError(f"model {name} has no record at {record}; run `ibsr-nnunet ensemble` first.")
         _refuse_stale(ws, ws.predictions / name, name, "ibsr-nnunet ensemble")
-        info = json.loads(record.read_text())
+        info = nnunet_record(ws, record)
         _refuse_unfinished_folds(ws, name, info)
         return Model(name, scores, info)
     from baselines.workspace import unfinished
@@ -168,6 +171,61 @@ def _refuse_unfinished_folds(ws: Workspace, name: str, info: dict) -> None:
                 raise InputError(f"model {name} uses {configuration} fold {fold} ({folder}), which {why}; let its "
                                  f"`ibsr-nnunet train --fold {fold} --config {configuration}` finish (run it again "
                                  f"if it stopped), then segment.")
+
+
+def checked_model_name(name: str) -> str:
+    """`name` when it can name a model of a workspace (an nnU-Net model or MODEL__LOSS); an InputError otherwise."""
+    from baselines.registry import check_baseline_name
+
+    check_model_name(name, "--model")
+    if name.startswith(NNUNET_PREFIX):
+        if name not in NNUNET_MODELS.values():
+            raise InputError(f"--model {name!r} is not an nnU-Net model; pass one of "
+                             f"{', '.join(NNUNET_MODELS.values())}.")
+        return name
+    return check_baseline_name(name, "--model")
+
+
+def _trained_here(ws: Workspace, name: str) -> bool:
+    """Whether `name` is a model trained in this workspace (not an `evaluate --name` entry of outside predictions)."""
+    from baselines.registry import baseline_problem
+
+    if name.startswith(NNUNET_PREFIX):
+        return name in NNUNET_MODELS.values() and (ws.predictions / name / "model.json").is_file()
+    return baseline_problem(name) is None and (ws.baselines / name / "best.pt").is_file()
+
+
+def _best_trained(ws: Workspace, board: pd.DataFrame) -> str:
+    """The best-ranked leaderboard model that is a trained model of this workspace."""
+    ranked = [str(model) for model in board.sort_values("rank")["model"]]
+    for name in ranked:
+        if _trained_here(ws, name):
+            return name
+    raise InputError(f"none of the models on {ws.leaderboard} ({', '.join(ranked)}) is trained in this workspace; "
+                     f"pass --model, or train one (`ibsr-nnunet ensemble`, `ibsr-nnunet baseline train`).")
+
+
+def nnunet_record(ws: Workspace, record: Path) -> dict:
+    """The model.json of an nnU-Net prediction set, refused unless every file it names (folds, postprocessing) lies
+    inside this workspace's nnU-Net results: nnU-Net unpickles them."""
+    from .nnunet.paths import model_folder, trainer_schedule
+
+    results = ws.results_dataset.resolve()
+    try:
+        info = json.loads(record.read_text())
+        trainer, configurations, folds = info["trainer"], list(info["configurations"]), list(info["folds"])
+        trainer_schedule(trainer)  # one of our trainers' names, so a folder name, never a path
+        inside = (configurations and set(configurations) <= set(CONFIGURATIONS)
+                  and folds and all(isinstance(f, int) and 0 <= f < N_FOLDS for f in folds)
+                  and all(model_folder(ws, c, trainer).resolve().is_relative_to(results) for c in configurations)
+                  and Path(info["postprocessing_file"]).resolve().is_relative_to(results))
+    except (OSError, ValueError, KeyError, TypeError):
+        inside = False
+    if not inside:
+        raise InputError(f"{record} is not a model record of this workspace (it must name our trainer, configurations "
+                         f"{', '.join(CONFIGURATIONS)}, folds 0-{N_FOLDS - 1} and files inside {results}); run "
+                         f"`ibsr-nnunet ensemble` again.")
+    return info
 
 
 def _refuse_stale(ws: Workspace, folder: Path, name: str, fix: str) -> None:
@@ -331,8 +389,9 @@ def segment(ws: Workspace, inputs: list[Path], output: Path, *, model_name: Opti
     """Stage each scan (reoriented to the model's training orientation, preprocessed as in training), predict,
     carry the map back and write `<name>_tissue.nii.gz` on each input's exact grid, a QC picture, and volumes.csv.
 
-    A scan that cannot be read is reported in its row and skipped; the others finish. Scans already segmented
-    with the same input bytes, model and options are not redone.
+    A scan that fails (unreadable, its prediction or its QC picture) is reported in its row, leaves no files, and
+    the others go on; a full disk stops the run in one sentence. Scans already segmented with the same input bytes,
+    model and options are not redone.
     """
     output = Path(output)
     if output.exists() and not output.is_dir():
@@ -342,24 +401,40 @@ def segment(ws: Workspace, inputs: list[Path], output: Path, *, model_name: Opti
     options = options.resolved(device)
     names = output_names(files)
     scans = [Scan(input=f, name=names[f], output=output / f"{names[f]}_tissue.nii.gz") for f in files]
-    output.mkdir(parents=True, exist_ok=True)
-    with Lock(lock_path(output), f"segmentation output {output}", "ibsr-nnunet segment"):
-        signature = model_signature(ws, model)
-        record = _SegmentRecord.load(output)
-        for scan in scans:
-            scan.reused = record.reusable(scan, signature, options)
-        on_start(model, len(scans))
-        todo = [scan for scan in scans if scan.reused is None]
-        for scan in scans:
-            if scan.reused is not None:
-                on_scan_done(scan)
-        if todo:
-            context = _Context(ws, model, model_axcodes(ws, model), training_reference(ws), options, device, jobs)
-            _segment_all(context, todo, output, on_scan_done)
-        record.update(scans, signature, options)
-        csv = _write_volumes_csv(scans, model, output, options)
-        record.save(output)
-        sheet = _draw_sheet(scans, output / "qc_sheet.png", model.name) if options.qc_sheet else None
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot create the output folder {output} ({err.strerror}); pass --output a folder you "
+                         f"can write to.") from err
+    try:
+        with Lock(lock_path(output), f"segmentation output {output}", "ibsr-nnunet segment"):
+            return _segment_locked(ws, model, scans, output, device, jobs, options, on_start, on_scan_done)
+    except OSError as err:  # the lock file, or a write that names no file of ours
+        if err.errno not in FULL_DISK:
+            raise
+        raise no_space(err.filename or output) from err
+
+
+def _segment_locked(ws: Workspace, model: Model, scans: list[Scan], output: Path, device: str, jobs: int,
+                    options: SegmentOptions, on_start: Callable[[Model, int], None],
+                    on_scan_done: Callable[[Scan], None]) -> SegmentResult:
+    """`segment` while it holds the output folder: reuse what is current, segment the rest, write the tables."""
+    signature = model_signature(ws, model)
+    record = _SegmentRecord.load(output)
+    for scan in scans:
+        scan.reused = record.reusable(scan, signature, options)
+    on_start(model, len(scans))
+    todo = [scan for scan in scans if scan.reused is None]
+    for scan in scans:
+        if scan.reused is not None:
+            on_scan_done(scan)
+    if todo:
+        context = _Context(ws, model, model_axcodes(ws, model), training_reference(ws), options, device, jobs)
+        _segment_all(context, todo, output, on_scan_done)
+    record.update(scans, signature, options)
+    csv = _write_volumes_csv(scans, model, output, options)
+    record.save(output)
+    sheet = _draw_sheet(scans, output / "qc_sheet.png", model.name) if options.qc_sheet else None
     return SegmentResult(model, scans, csv, sheet)
 
 
@@ -421,10 +496,22 @@ def _stage(context: _Context, scan: Scan, images: Path) -> Scan:
             scan.staged = images / f"{scan.name}_0000.nii.gz"
             write_volume(scan.prepared.with_array(scan.prepared.array.astype(np.float32)), scan.staged)
             scan.prepared = None  # on disk now
-    except InputError as err:
-        scan.error = str(err)
+    except Exception as err:
+        scan.error = _failure("reading and preparing the scan", err, scan.staged)
     scan.seconds += time.perf_counter() - started
     return scan
+
+
+def _failure(what: str, err: Exception, target: Optional[Path]) -> str:
+    """One scan's error: an InputError's own sentence, anything else what failed and why. A full disk is no single
+    scan's fault: it stops the run (NoSpaceError naming the file written, `target` when the error names none)."""
+    if isinstance(err, NoSpaceError):
+        raise err
+    if isinstance(err, OSError) and err.errno in FULL_DISK:
+        raise no_space(err.filename or target or "the output folder") from err
+    if isinstance(err, InputError):
+        return str(err)
+    return f"{what} failed ({type(err).__name__}: {err})"
 
 
 def _predict_nnunet(context: _Context, staged: Iterator[Scan], scans: list[Scan], scratch: Path,
@@ -468,11 +555,17 @@ def _predict_nnunet(context: _Context, staged: Iterator[Scan], scans: list[Scan]
                          log=log)
     for scan in by_image.values():
         started = time.perf_counter()
-        predicted = read_volume(labels / f"{scan.name}.nii.gz").array
-        sums = None
-        if options.soft_volumes:  # the softmax nnU-Net exported (the ensemble's average), before postprocessing
-            with np.load(folder / f"{scan.name}.npz") as npz:
-                sums = npz["probabilities"].reshape(npz["probabilities"].shape[0], -1).sum(axis=1)
+        try:
+            predicted = read_volume(labels / f"{scan.name}.nii.gz").array
+            sums = None
+            if options.soft_volumes:  # the softmax nnU-Net exported (the ensemble's average), before postprocessing
+                with np.load(folder / f"{scan.name}.npz") as npz:
+                    sums = npz["probabilities"].reshape(npz["probabilities"].shape[0], -1).sum(axis=1)
+        except Exception as err:
+            scan.error = _failure("reading nnU-Net's prediction", err, None)
+            scan.volume = None
+            on_scan_done(scan)
+            continue
         scan.seconds += time.perf_counter() - started
         _finish(context, scan, scan.reorientation.undo(predicted.astype(np.uint8)), sums, on_scan_done)
 
@@ -490,26 +583,41 @@ def _predict_baseline(context: _Context, staged: Iterator[Scan], on_scan_done: C
             on_scan_done(scan)
             continue
         started = time.perf_counter()
-        labels, sums = predictor(scan.prepared, probabilities=options.soft_volumes)
+        try:
+            labels, sums = predictor(scan.prepared, probabilities=options.soft_volumes)
+        except Exception as err:
+            scan.error = _failure("the prediction", err, None)
         scan.prepared = None
         scan.seconds += time.perf_counter() - started
+        if scan.error:
+            scan.volume = None
+            on_scan_done(scan)
+            continue
         _finish(context, scan, scan.reorientation.undo(labels), sums, on_scan_done)
 
 
 def _finish(context: _Context, scan: Scan, tissue: np.ndarray, sums: Optional[np.ndarray],
             on_scan_done: Callable[[Scan], None]) -> None:
-    """Write one scan's map on its input's grid, its volumes, and its QC picture."""
+    """Write one scan's map on its input's grid, its volumes, and its QC picture; a scan that fails here keeps no
+    files (a re-run redoes it whole)."""
     started = time.perf_counter()
-    if tissue.shape != scan.volume.array.shape:
-        scan.error = f"prediction shape {tissue.shape} differs from the input's {scan.volume.array.shape}"
-    else:
+    step = "writing the tissue map"
+    try:
+        if tissue.shape != scan.volume.array.shape:
+            raise InputError(f"prediction shape {tissue.shape} differs from the input's {scan.volume.array.shape}")
         with atomic_path(scan.output) as tmp:
             write_volume(scan.volume.with_array(tissue), tmp)
         scan.volumes = tissue_volumes(tissue, scan.volume.spacing)
         if sums is not None:
             scan.volumes.update(soft_volumes(sums, scan.volume.spacing))
         if context.options.qc:
+            step = "drawing the QC picture"
             scan.qc = qc_picture(snapshot(scan, tissue, context.model.name), scan.output.with_name(f"{scan.name}_qc.png"))
+    except Exception as err:
+        for made in (scan.output, scan.output.with_name(f"{scan.name}_qc.png")):
+            made.unlink(missing_ok=True)
+        scan.volumes, scan.qc = {}, None
+        scan.error = _failure(step, err, None)
     scan.seconds += time.perf_counter() - started
     scan.volume = None  # free the voxels as we go
     on_scan_done(scan)
@@ -556,23 +664,24 @@ def _draw_sheet(scans: list[Scan], target: Path, model: str) -> Optional[Path]:
     return qc_sheet(shots, target) if shots else None
 
 
-VOLUME_COLUMNS = ["scan", "input", "output", "model", "input_axcodes", "tta", "step_size", "CSF_ml", "GM_ml", "WM_ml",
-                  "total_ml", "GM_fraction", "WM_fraction", "BPF", "CSF_ml_soft", "GM_ml_soft", "WM_ml_soft", "qc",
-                  "seconds", "warnings", "error"]
+VOLUME_COLUMNS = ["scan", "status", "input", "output", "model", "input_axcodes", "tta", "step_size", "CSF_ml", "GM_ml",
+                  "WM_ml", "total_ml", "GM_fraction", "WM_fraction", "BPF", "CSF_ml_soft", "GM_ml_soft", "WM_ml_soft",
+                  "qc", "seconds", "warnings", "error"]
 MEASURES = ["CSF_ml", "GM_ml", "WM_ml", "total_ml", "GM_fraction", "WM_fraction", "BPF", "CSF_ml_soft", "GM_ml_soft",
             "WM_ml_soft"]
 
 
 def _write_volumes_csv(scans: list[Scan], model: Model, output: Path, options: SegmentOptions) -> Path:
-    """output/volumes.csv: one row a scan (reused rows as they were), failed ones with their error."""
+    """output/volumes.csv: one row a scan (reused rows as they were), status "ok" or "failed" with its error."""
     rows = []
     for s in scans:
         if s.reused is not None:
-            rows.append(s.reused)
+            rows.append({**s.reused, "status": "ok"})
             continue
         axes = "".join(s.reorientation.input_axcodes) if s.reorientation else ""
-        rows.append({"scan": _stem(s.input), "input": str(s.input), "output": "" if s.error else str(s.output),
-                     "model": model.name, "input_axcodes": axes, "tta": options.tta, "step_size": options.step_size,
+        rows.append({"scan": _stem(s.input), "status": "failed" if s.error else "ok", "input": str(s.input),
+                     "output": "" if s.error else str(s.output), "model": model.name, "input_axcodes": axes,
+                     "tta": options.tta, "step_size": options.step_size,
                      **{c: s.volumes.get(c, math.nan) for c in MEASURES}, "qc": str(s.qc) if s.qc else "",
                      "seconds": round(s.seconds, 3), "warnings": "; ".join(s.warnings), "error": s.error or ""})
     csv = output / "volumes.csv"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from baselines.registry import LOSSES, MODELS
+from baselines.registry import check_baseline_name
 
 from ..core.atomic import write_text
 from ..core.errors import InputError
@@ -44,10 +44,7 @@ class SubmitPlan:
 
     def __post_init__(self) -> None:
         for name in self.baselines:
-            model, _, loss = name.partition(BASELINE_SEPARATOR)
-            if model not in MODELS or loss not in LOSSES:
-                raise InputError(f"--baselines {name!r}: write each as MODEL__LOSS with MODEL one of "
-                                 f"{', '.join(MODELS)} and LOSS one of {', '.join(LOSSES)}, e.g. unet2d__dice_ce.")
+            check_baseline_name(name, "--baselines")
 
 
 @dataclass

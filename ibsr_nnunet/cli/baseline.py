@@ -9,6 +9,7 @@ import typer
 from ..core.errors import InputError
 from ..core.exitcodes import EXIT_REQUEUE, EXIT_STALLED
 from ..core.runlog import stall_message
+from ..core.vocabulary import BASELINE_SEPARATOR
 from .common import (ArchiveStaleOption, BaselineModel, Device, DeviceOption, Loss, Optimizer, Schedule, console, progress_bar, refusals,
                      stage_app, workspace_of)
 
@@ -106,11 +107,13 @@ def predict_command(
     overlap: float = typer.Option(0.5, "--overlap", help="Fraction shared by neighbouring sliding windows."),
 ) -> None:
     """Predict every held-out and test case with a trained baseline into <workspace>/predictions/<model>__<loss>/."""
+    from baselines.registry import check_baseline_name
     from baselines.workspace import predict_in_workspace
 
     from ..core.devices import torch_device
 
     model, loss, device = model.value, loss.value, device.value
+    check_baseline_name(f"{model}{BASELINE_SEPARATOR}{loss}", "--model/--loss")  # it names a workspace folder
     torch_device(device)
     if not 0 <= overlap < 1:
         raise InputError(f"--overlap {overlap} is outside [0, 1); pass e.g. 0.5.")

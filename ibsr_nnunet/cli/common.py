@@ -13,13 +13,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from baselines.registry import LOSSES, MODELS, OPTIMIZERS, SCHEDULES
+from baselines.registry import BASELINE_FORM, LOSSES, MODELS, OPTIMIZERS, SCHEDULES, baseline_problem
 
 from ..core.devices import DEVICES
 from ..core.environment import available_cores
 from ..core.errors import InputError
 from ..core.exitcodes import EXIT_INTERRUPTED
-from ..core.vocabulary import BASELINE_SEPARATOR, CONFIGURATIONS, N_FOLDS, PHANTOM_SIZES
+from ..core.vocabulary import CONFIGURATIONS, N_FOLDS, PHANTOM_SIZES
 from ..core.workspace import WORKSPACE_ENV, Workspace
 from ..data.layouts import LAYOUTS
 from ..nnunet.plan import PLANNABLE
@@ -58,17 +58,11 @@ def comma_list(valid: Callable[[str], bool], option: str, known: str, *, allow_e
     return parse
 
 
-def _is_baseline(name: str) -> bool:
-    model, _, loss = name.partition(BASELINE_SEPARATOR)
-    return model in MODELS and loss in LOSSES
-
-
 configs_list = comma_list(lambda c: c in PLANNABLE, "--configs", ", ".join(PLANNABLE))
 configs_or_none = comma_list(lambda c: c in PLANNABLE, "--configs", ", ".join(PLANNABLE), allow_empty=True)
 ALL_FOLDS = ",".join(map(str, range(N_FOLDS)))
 folds_list = comma_list(lambda f: f.isdigit() and int(f) < N_FOLDS, "--folds", ", ".join(ALL_FOLDS.split(",")))
-baselines_list = comma_list(_is_baseline, "--baselines",
-                            f"MODEL__LOSS with MODEL in {', '.join(MODELS)} and LOSS in {', '.join(LOSSES)}",
+baselines_list = comma_list(lambda name: baseline_problem(name) is None, "--baselines", BASELINE_FORM,
                             allow_empty=True)
 
 # options that several commands share, spelled once
@@ -84,8 +78,8 @@ def cores(jobs: int) -> int:
 
 
 def refusals(command):
-    """Turn an InputError into its one sentence on stderr and its exit code (1, or EXIT_LOCKED when another writer
-    holds what the command would write), and Ctrl-C into one line and EXIT_INTERRUPTED."""
+    """Turn an InputError into its one sentence on stderr and its exit code (1, or 73 when another writer holds what
+    the command would write), and Ctrl-C into one line and EXIT_INTERRUPTED."""
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:

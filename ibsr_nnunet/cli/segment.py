@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .common import Device, DeviceOption, JobsOption, console, cores, errors, progress_bar, refusals, stage_app, workspace_of
@@ -58,7 +59,8 @@ def segment(
         table.add_column(column, justify="left" if column in ("scan", "warnings") else "right")
     for scan in result.scans:
         if scan.error:
-            table.add_row(scan.input.name, "-", "-", "-", "-", f"{scan.seconds:.1f}", f"[red]failed: {scan.error}[/]")
+            table.add_row(scan.input.name, "-", "-", "-", "-", f"{scan.seconds:.1f}",
+                          f"[red]failed: {escape(scan.error)}[/]")
         else:
             v = scan.reused if scan.reused is not None else scan.volumes
             seconds = "reused" if scan.reused is not None else f"{scan.seconds:.1f}"
@@ -78,6 +80,8 @@ def segment(
         console.print(f"QC contact sheet: {result.sheet}")
     console.print(f"wrote {result.csv}")
     if result.failed:
-        errors.print(f"[bold red]error:[/] {len(result.failed)} of {len(result.scans)} scans failed "
-                     f"(first: {result.failed[0].error})", soft_wrap=True)
+        names = ", ".join(scan.input.name for scan in result.failed)
+        errors.print(f"[bold red]error:[/] {len(result.failed)} of {len(result.scans)} scans failed: {escape(names)} "
+                     f"(first: {escape(result.failed[0].error)}); each error is in its row of {result.csv}",
+                     soft_wrap=True)
         raise typer.Exit(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -11,24 +12,55 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import InputError
+
+
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+
+
+class NoSpaceError(InputError):
+    """The disk (or the user's quota) filled up while a file was written."""
+
+
+def no_space(target: str | os.PathLike) -> NoSpaceError:
+    """The one sentence for a full disk met while writing `target`."""
+    target = Path(target)
+    return NoSpaceError(f"no space left on {mount_point(target)} while writing {target}; free space there, or "
+                        f"write somewhere else.")
+
+
+def mount_point(path: Path) -> Path:
+    """The mount point of the file system that holds (or would hold) `path`."""
+    path = path.absolute()
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
 
 @contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; on success fsync it and rename it onto `target`."""
+    """Yield a temporary path beside `target`; on success fsync it and rename it onto `target`. A full disk is a
+    NoSpaceError naming `target`, and leaves nothing behind."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600: results must stay readable by the user's group
+    tmp_path = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600: results must stay readable by the user's group
         yield tmp_path
         with open(tmp_path, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp_path, target)
         fsync_dir(target.parent)
+    except OSError as err:
+        if err.errno in FULL_DISK:
+            raise no_space(target) from err
+        raise
     finally:
-        tmp_path.unlink(missing_ok=True)
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
 
 
 def swap_in(build: Path, target: Path) -> None:

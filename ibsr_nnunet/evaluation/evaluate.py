@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -16,13 +15,13 @@ import pandas as pd
 from ..core.atomic import atomic_path, write_json
 from ..core import provenance
 from ..core.errors import InputError
+from ..core.names import check_model_name
 from ..core.locks import Lock, lock_path
 from ..core.provenance import dataset_fingerprint
 from ..core.workspace import Workspace
 from ..data.volumes import read_volume
 from .metrics import NSD_TOLERANCE, case_metrics, check_tolerance
 
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 METRICS = ("dice", "hd", "hd95", "avd", "nsd")
 # Bumped whenever a metric or a recorded column is added or changes: an evaluation recorded with another version is
 # redone. Version 1 (no version in the summary) had dice, hd, hd95 and avd; version 2 adds nsd; version 3 adds the
@@ -87,8 +86,7 @@ def evaluate(ws: Workspace, predictions: Path, name: str, *, jobs: int = 1, nsd_
     missing case, another grid, or predictions recorded as made from another dataset."""
     started = time.perf_counter()
     check_tolerance(nsd_tolerance)
-    if not NAME.fullmatch(name):
-        raise InputError(f"--name {name!r} is not a usable model name; use letters, digits, '_', '-' or '.'.")
+    check_model_name(name, "--name")
     predictions = Path(predictions)
     if not predictions.is_dir():
         raise InputError(f"{predictions} is not a folder of predictions; pass the folder that holds <case>.nii.gz.")

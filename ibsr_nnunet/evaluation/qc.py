@@ -52,11 +52,21 @@ def _views(snapshot: Snapshot) -> list[tuple[np.ndarray, np.ndarray, float]]:
     return [(*_crop(snapshot.image[cut].T, snapshot.labels[cut].T), aspect) for cut, aspect in cuts]
 
 
+def grey_window(image: np.ndarray) -> tuple[float, float]:
+    """(black, white) intensities of the picture: 0 (the background of a skull-stripped scan) or the brain's 0.5th
+    percentile when that is lower, up to its 99.5th; any range works, negative or constant included."""
+    brain = image[np.isfinite(image) & (image != 0)]
+    if not brain.size:
+        return 0.0, 1.0
+    low, high = (float(v) for v in np.percentile(brain, (0.5, 99.5)))
+    low = min(low, 0.0)
+    return low, high if high > low else low + 1.0
+
+
 def _draw(axes, snapshot: Snapshot) -> None:
-    brain = snapshot.image[snapshot.image != 0]
-    high = float(np.percentile(brain, 99.5)) if brain.size else 1.0
+    low, high = grey_window(snapshot.image)
     for axis, view, (image, labels, aspect) in zip(axes, VIEWS, _views(snapshot)):
-        axis.imshow(image, cmap="gray", vmin=0, vmax=high, origin="lower", aspect=aspect, interpolation="nearest")
+        axis.imshow(image, cmap="gray", vmin=low, vmax=high, origin="lower", aspect=aspect, interpolation="nearest")
         axis.imshow(np.ma.masked_equal(labels, 0), cmap=LABEL_MAP, vmin=0, vmax=3, alpha=0.45, origin="lower",
                     aspect=aspect, interpolation="nearest")
         axis.text(0.02, 0.02, view, transform=axis.transAxes, color="white", fontsize=8, va="bottom")
