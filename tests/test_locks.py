@@ -191,8 +191,8 @@ def test_a_full_disk_gives_one_sentence_and_leaves_no_lock_file(tiny_disk):
             while True:
                 handle.write(b"\0" * 4096)
                 handle.flush()
-    with pytest.raises(InputError, match=rf"^no space left on the device of {tiny_disk}/.out.lock while writing the "
-                                         r"lock on the output; free some space and run again\.$"):
+    with pytest.raises(InputError, match=rf"^no space left on {tiny_disk} while writing {tiny_disk}/.out.lock; free "
+                                         r"space there, or write somewhere else\.$"):
         Lock(tiny_disk / ".out.lock", "the output", "segment").acquire()
     assert sorted(p.name for p in tiny_disk.iterdir()) == ["filler"]
 

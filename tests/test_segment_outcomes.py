@@ -14,6 +14,7 @@ import pytest
 
 from ibsr_nnunet.core.atomic import write_text
 from ibsr_nnunet.core.errors import InputError
+from ibsr_nnunet.core.locks import lock_path
 from ibsr_nnunet.core.workspace import Workspace
 from ibsr_nnunet.data.volumes import read_volume
 from ibsr_nnunet.evaluation.qc import Snapshot, qc_picture
@@ -165,7 +166,8 @@ def test_a_full_disk_in_segment_is_one_sentence(trained, scan, tiny_disk, inside
     fill(tiny_disk, 0)
     result = run(trained, str(scan), "--output", str(out))
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
-    assert f"no space left on {tiny_disk} while writing {out}" in said(result)
+    written = lock_path(out) if inside else out  # the lock is the first file written
+    assert f"no space left on {tiny_disk} while writing {written}" in said(result)
     assert sorted(p.name for p in out.iterdir()) == ([] if inside else ["filler"])  # nothing half-written
 
 

@@ -46,6 +46,7 @@ from pathlib import Path
 from stat import S_ISREG
 from typing import Callable, Optional
 
+from .atomic import FULL_DISK, no_space
 from .errors import InputError
 from .exitcodes import EXIT_LOCKED
 
@@ -238,9 +239,8 @@ def lock_path(target: Path) -> Path:
 
 
 def _no_space(err: OSError, path: Path, what: str) -> InputError:
-    if err.errno == errno.ENOSPC:
-        return InputError(f"no space left on the device of {path} while writing the lock on {what}; free some "
-                          f"space and run again.")
+    if err.errno in FULL_DISK:
+        return no_space(path)
     if err.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
         return InputError(f"cannot write the lock {path} on {what} ({err.strerror}); run where the folder is "
                           f"writable.")
