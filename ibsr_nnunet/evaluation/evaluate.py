@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.atomic import atomic_path, write_json
-from ..core import provenance
+from ..core import checksums, provenance
 from ..core.errors import InputError
 from ..core.locks import Lock, lock_path
 from ..core.provenance import dataset_fingerprint
@@ -30,6 +30,7 @@ METRICS = ("dice", "hd", "hd95", "avd", "nsd")
 METRICS_VERSION = 3
 ADDED = {2: "nsd", 3: "volumes in mL"}  # what each version added
 COLUMNS = ["model", "case", "class", "label", *METRICS, "ref_voxels", "pred_voxels", "ref_ml", "pred_ml"]
+REFERENCE_KEY = "reference_sha256"  # in the summary: case -> checksum of the reference labels it was scored against
 AFFINE_TOLERANCE = 1e-3  # mm: float32 headers round-trip with ~1e-5 error; anything larger is another grid
 
 
@@ -118,6 +119,7 @@ def evaluate(ws: Workspace, predictions: Path, name: str, *, jobs: int = 1, nsd_
             "mean_dice": float(means["dice"].mean()),
             "newest_prediction_mtime": max(found[c].stat().st_mtime for c in refs),
             "dataset_fingerprint": fingerprint,
+            REFERENCE_KEY: {case: checksums.sha256(refs[case]) for case in sorted(refs)},
         })
     return Evaluation(name, table, csv, summary, time.perf_counter() - started)
 
@@ -169,6 +171,17 @@ def is_current(ws: Workspace, predictions: Path, name: str, *, fingerprint: str,
     files = [predictions / f"{case}.nii.gz" for case in recorded.get("cases", [])]
     return (recorded.get("predictions") == str(predictions.resolve()) and all(f.is_file() for f in files)
             and max(f.stat().st_mtime for f in files) <= recorded.get("newest_prediction_mtime", -1))
+
+
+def changed_references(recorded: dict, now: dict[str, str]) -> Optional[str]:
+    """Why an evaluation summary was not scored against the reference labels `now` (case -> checksum), or None."""
+    scored_against = recorded.get(REFERENCE_KEY)
+    if not isinstance(scored_against, dict):
+        return "the checksums of the reference labels it was scored against are not recorded"
+    changed = sorted(case for case in set(scored_against) | set(now) if scored_against.get(case) != now.get(case))
+    if changed:
+        return f"the reference labels of {', '.join(changed)} changed since it was scored"
+    return None
 
 
 def outdated_metrics(recorded: dict, *, nsd_tolerance: float = NSD_TOLERANCE) -> Optional[str]:

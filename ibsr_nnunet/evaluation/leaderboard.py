@@ -11,7 +11,7 @@ from typing import Callable, Optional
 import numpy as np
 import pandas as pd
 
-from ..core import provenance
+from ..core import checksums, provenance
 from ..core.atomic import atomic_path
 from ..core.errors import InputError
 from ..core.locks import Lock, lock_path
@@ -19,7 +19,8 @@ from ..core.vocabulary import NNUNET_PREFIX, TISSUES
 from ..core.workspace import Workspace
 from ..nnunet.validation import crossval_dice
 from . import statistics
-from .evaluate import COLUMNS, METRICS, evaluate, is_current, outdated_metrics, recorded_summary
+from .evaluate import (COLUMNS, METRICS, changed_references, evaluate, is_current, outdated_metrics, recorded_summary,
+                       references)
 from .history import training_seconds
 from .metrics import NSD_TOLERANCE
 
@@ -198,7 +199,8 @@ def build(ws: Workspace, *, jobs: int = 1, nsd_tolerance: float = NSD_TOLERANCE,
             board.to_csv(tmp, index=False)
     return Leaderboard(board, per_case, ws.leaderboard, evaluated_now, split,
                        [f"{model}: {why}" for model, why in left_out.items()],
-                       uncertainty_notes(len(board), int(board["n_cases"].iloc[0])) + unreadable, redone=redone)
+                       dataset_changes_note(ws) + uncertainty_notes(len(board), int(board["n_cases"].iloc[0]))
+                       + unreadable, redone=redone)
 
 
 def _evaluate_new(ws: Workspace, fingerprint: str, *, jobs: int, nsd_tolerance: float,
@@ -207,11 +209,12 @@ def _evaluate_new(ws: Workspace, fingerprint: str, *, jobs: int, nsd_tolerance: 
     scored with other metrics, and redo other evaluations of this dataset scored with other metrics from the
     predictions they recorded; the models evaluated now, why each stale one is left out, why each was redone."""
     evaluated_now, left_out, redone = [], {}, {}
+    rescored = _scored_against_other_references(ws, fingerprint)
 
     def run(model: str, folder: Path) -> None:
         recorded = recorded_summary(ws, model)
         if recorded and recorded.get("dataset_fingerprint") == fingerprint:
-            reason = outdated_metrics(recorded, nsd_tolerance=nsd_tolerance)
+            reason = outdated_metrics(recorded, nsd_tolerance=nsd_tolerance) or rescored.get(model)
             if reason:
                 redone[model] = reason
         if on_model:
@@ -224,14 +227,15 @@ def _evaluate_new(ws: Workspace, fingerprint: str, *, jobs: int, nsd_tolerance: 
         why = provenance.contradicts(folder, fingerprint)
         if why:
             left_out[model] = f"its predictions are stale ({why}); predict again to rank it"
-        elif not is_current(ws, folder, model, fingerprint=fingerprint, nsd_tolerance=nsd_tolerance):
+        elif model in rescored or not is_current(ws, folder, model, fingerprint=fingerprint,
+                                                 nsd_tolerance=nsd_tolerance):
             run(model, folder)
     # evaluations of prediction folders outside the workspace (`evaluate --predictions` elsewhere)
     for summary in sorted(ws.evaluation.glob("*.json")) if ws.evaluation.is_dir() else []:
         recorded = recorded_summary(ws, summary.stem)
         if summary.stem in sets or not recorded or recorded.get("dataset_fingerprint") != fingerprint:
             continue
-        reason = outdated_metrics(recorded, nsd_tolerance=nsd_tolerance)
+        reason = outdated_metrics(recorded, nsd_tolerance=nsd_tolerance) or rescored.get(summary.stem)
         folder = Path(recorded.get("predictions", ""))
         if reason and not folder.is_dir():
             left_out[summary.stem] = (f"{reason}, and its predictions {folder} are gone; evaluate it again with "
@@ -243,6 +247,27 @@ def _evaluate_new(ws: Workspace, fingerprint: str, *, jobs: int, nsd_tolerance: 
             else:
                 run(summary.stem, folder)
     return evaluated_now, left_out, redone
+
+
+def _scored_against_other_references(ws: Workspace, fingerprint: str) -> dict[str, str]:
+    """model -> why its evaluation of this dataset must be redone: it was scored against other reference labels
+    than the workspace holds now (or recorded none)."""
+    summaries = sorted(ws.evaluation.glob("*.json")) if ws.evaluation.is_dir() else []
+    evaluated = {s.stem: recorded for s in summaries
+                 if (recorded := recorded_summary(ws, s.stem)) and recorded.get("dataset_fingerprint") == fingerprint}
+    if not evaluated:
+        return {}
+    now = checksums.reference_sha256(ws, references(ws))
+    return {model: why for model, recorded in evaluated.items() if (why := changed_references(recorded, now))}
+
+
+def dataset_changes_note(ws: Workspace) -> list[str]:
+    """One sentence when the converted dataset differs from what `convert` wrote (the scores are then against it)."""
+    changed = checksums.changes(ws)
+    if not changed:
+        return []
+    return [f"warning: {ws.raw_dataset} was changed since convert wrote it: {'; '.join(changed)}; the scores are "
+            f"against it as it is now, run `ibsr-nnunet convert SOURCE --force` to restore it."]
 
 
 def _current_evaluations(ws: Workspace, fingerprint: str, left_out: dict[str, str], *,
