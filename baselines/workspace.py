@@ -12,7 +12,8 @@ from ibsr_nnunet.core.atomic import write_json
 from ibsr_nnunet.core.errors import InputError
 from ibsr_nnunet.core.orientation import training_axcodes
 from ibsr_nnunet.core.locks import Lock, LockedError, lock_path
-from ibsr_nnunet.core.provenance import dataset_fingerprint, ensure_current, record, staleness
+from ibsr_nnunet.core.provenance import (archive_stale_outputs, dataset_fingerprint, ensure_current, record,
+                                         staleness)
 from ibsr_nnunet.core.runlog import record_locked
 from ibsr_nnunet.core.signals import StopSignals
 from ibsr_nnunet.core.workspace import Workspace
@@ -66,7 +67,7 @@ def predict_in_workspace(ws: Workspace, model: str, loss: str, *, device: str = 
                          on_case: Optional[Callable[[str, bool], None]] = None,
                          say: Callable[[str], None] = print) -> Path:
     """Predict every held-out and test case into <workspace>/predictions/<model>__<loss>/; predictions made from
-    another dataset are redone, a run trained on another dataset is refused."""
+    another dataset are moved to the archive and redone, a run trained on another dataset is refused."""
     fingerprint = dataset_fingerprint(ws)
     run = run_dir(ws, model, loss)
     why = staleness(run, fingerprint)
@@ -78,8 +79,8 @@ def predict_in_workspace(ws: Workspace, model: str, loss: str, *, device: str = 
     with Lock(lock_path(out), f"prediction set {out.name}", f"ibsr-nnunet baseline predict --model {model} "
               f"--loss {loss}", say=say):
         stale = staleness(out, fingerprint)
-        if stale:
-            say(f"{out} is stale ({stale}): predicting every case again")
-        predict_files(run, cases, out, device=device, overlap=overlap, reuse=stale is None, on_case=on_case)
+        if stale:  # moved aside, never overwritten: every case is predicted again
+            archive_stale_outputs(ws, [out], what=f"prediction set {out.name}", why=stale, say=say)
+        predict_files(run, cases, out, device=device, overlap=overlap, reuse=True, on_case=on_case)
         record(out, fingerprint, model=run.name, run=str(run))
     return out

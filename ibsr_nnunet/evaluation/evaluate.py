@@ -83,9 +83,10 @@ def per_class_summary(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def evaluate(ws: Workspace, predictions: Path, name: str, *, jobs: int = 1, nsd_tolerance: float = NSD_TOLERANCE,
-             on_case_done: Optional[Callable[[str], None]] = None) -> Evaluation:
+             on_case_done: Optional[Callable[[str], None]] = None, say: Callable[[str], None] = print) -> Evaluation:
     """Metrics of every held-out case in `predictions` (`<case>.nii.gz`), NSD at `nsd_tolerance` mm; refuses a
-    missing case, another grid, or predictions recorded as made from another dataset."""
+    missing case, another grid, or predictions recorded as made from another dataset. An evaluation of `name` on
+    another dataset is moved to the archive first."""
     started = time.perf_counter()
     check_tolerance(nsd_tolerance)
     if not NAME.fullmatch(name):
@@ -108,6 +109,7 @@ def evaluate(ws: Workspace, predictions: Path, name: str, *, jobs: int = 1, nsd_
     ws.evaluation.mkdir(parents=True, exist_ok=True)
     csv, summary = ws.evaluation / f"{name}.csv", ws.evaluation / f"{name}.json"
     with Lock(lock_path(csv.with_suffix("")), f"evaluation {name}", f"ibsr-nnunet evaluate --name {name}"):
+        _archive_other_dataset(ws, name, fingerprint, say)
         with atomic_path(csv) as tmp:
             table.to_csv(tmp, index=False)
         per_class = per_class_summary(table)
@@ -122,6 +124,19 @@ def evaluate(ws: Workspace, predictions: Path, name: str, *, jobs: int = 1, nsd_
             REFERENCE_KEY: {case: checksums.sha256(refs[case]) for case in sorted(refs)},
         })
     return Evaluation(name, table, csv, summary, time.perf_counter() - started)
+
+
+def _archive_other_dataset(ws: Workspace, name: str, fingerprint: str, say: Callable[[str], None]) -> None:
+    """An evaluation of `name` recorded on another dataset (or on none) is moved to the archive, not overwritten."""
+    summary = ws.evaluation / f"{name}.json"
+    try:
+        made_on = json.loads(summary.read_text()).get("dataset_fingerprint")
+    except (OSError, ValueError, AttributeError):
+        made_on = None
+    if summary.exists() and made_on != fingerprint:
+        why = f"scored on dataset {provenance.short(made_on)}, the workspace now holds {provenance.short(fingerprint)}"
+        provenance.archive_stale_outputs(ws, [summary, summary.with_suffix(".csv")], what=f"evaluation {name}",
+                                         why=why, say=say)
 
 
 def _refuse_stale(predictions: Path, fingerprint: str) -> None:

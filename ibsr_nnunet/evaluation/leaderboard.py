@@ -170,21 +170,24 @@ class Leaderboard:
 
 
 def build(ws: Workspace, *, jobs: int = 1, nsd_tolerance: float = NSD_TOLERANCE,
-          on_model: Optional[Callable[[str], None]] = None) -> Leaderboard:
+          on_model: Optional[Callable[[str], None]] = None, say: Callable[[str], None] = print) -> Leaderboard:
     """Evaluate every current prediction set not yet (or no longer) evaluated, redo evaluations scored with older
     metrics or another NSD tolerance, then rank all evaluations made on this dataset and write leaderboard.csv;
-    stale prediction sets and evaluations are left out, and said so."""
+    stale prediction sets and evaluations are left out, and said so. A board (and its figures) of another dataset
+    is moved to the archive first."""
     fingerprint = provenance.dataset_fingerprint(ws)
     with Lock(lock_path(ws.leaderboard), "the leaderboard", "ibsr-nnunet leaderboard"):
+        archived = _archive_board_of_another_dataset(ws, fingerprint, say)
         evaluated_now, left_out, redone = _evaluate_new(ws, fingerprint, jobs=jobs, nsd_tolerance=nsd_tolerance,
-                                                        on_model=on_model)
+                                                        on_model=on_model, say=say)
         try:
             per_case = _current_evaluations(ws, fingerprint, left_out, nsd_tolerance=nsd_tolerance)
         except NothingToRank as nothing:
             said = [f"{model}: {why}" for model, why in left_out.items()]
-            if ws.leaderboard.is_file():  # no score of another dataset may survive in it
+            previous = ws.leaderboard if ws.leaderboard.is_file() else archived
+            if previous:  # no score of another dataset may survive in it
                 with atomic_path(ws.leaderboard) as tmp:
-                    pd.DataFrame(columns=pd.read_csv(ws.leaderboard, nrows=0).columns).to_csv(tmp, index=False)
+                    pd.DataFrame(columns=pd.read_csv(previous, nrows=0).columns).to_csv(tmp, index=False)
                 stale = f" (left out: {'; '.join(said)})" if said else ""
                 raise NothingToRank(f"{str(nothing).rstrip('.')}{stale}; {ws.leaderboard} now lists no model.") from None
             raise
@@ -203,8 +206,25 @@ def build(ws: Workspace, *, jobs: int = 1, nsd_tolerance: float = NSD_TOLERANCE,
                        + unreadable, redone=redone)
 
 
+def _archive_board_of_another_dataset(ws: Workspace, fingerprint: str, say: Callable[[str], None]) -> Optional[Path]:
+    """Move leaderboard.csv and the figures drawn from it to the archive when it ranks models of another dataset;
+    where the board went, or None when it stays."""
+    try:
+        made_on = set(pd.read_csv(ws.leaderboard, usecols=["dataset_fingerprint"])["dataset_fingerprint"])
+    except (OSError, ValueError, pd.errors.EmptyDataError):
+        made_on = {None} if ws.leaderboard.is_file() else set()
+    other = sorted({provenance.short(f if isinstance(f, str) else None) for f in made_on if f != fingerprint})
+    if not other:
+        return None
+    target = provenance.archive(ws, [p for p in (ws.leaderboard, ws.figures) if p.exists()])
+    say(f"archived {ws.leaderboard.name} and its figures (ranked on dataset {', '.join(other)}, the workspace now "
+        f"holds {provenance.short(fingerprint)}) to {target} before replacing them")
+    return target / ws.leaderboard.relative_to(ws.root)
+
+
 def _evaluate_new(ws: Workspace, fingerprint: str, *, jobs: int, nsd_tolerance: float,
-                  on_model: Optional[Callable[[str], None]]) -> tuple[list[str], dict[str, str], dict[str, str]]:
+                  on_model: Optional[Callable[[str], None]],
+                  say: Callable[[str], None]) -> tuple[list[str], dict[str, str], dict[str, str]]:
     """Evaluate the prediction sets made from this dataset whose evaluation is missing, older than they are or
     scored with other metrics, and redo other evaluations of this dataset scored with other metrics from the
     predictions they recorded; the models evaluated now, why each stale one is left out, why each was redone."""
@@ -219,7 +239,7 @@ def _evaluate_new(ws: Workspace, fingerprint: str, *, jobs: int, nsd_tolerance: 
                 redone[model] = reason
         if on_model:
             on_model(model)
-        evaluate(ws, folder, model, jobs=jobs, nsd_tolerance=nsd_tolerance)
+        evaluate(ws, folder, model, jobs=jobs, nsd_tolerance=nsd_tolerance, say=say)
         evaluated_now.append(model)
 
     sets = prediction_sets(ws)
