@@ -143,7 +143,7 @@ def test_a_board_of_another_dataset_is_archived_with_its_figures(converted_copy)
     assert result.exit_code == 0, result.output
     assert "archived leaderboard.csv and its figures (ranked on dataset 000000000000" in said(result)
     [archived] = list((ws.root / "stale").glob("*/leaderboard.csv"))
-    assert pd.read_csv(archived)["dataset_fingerprint"].tolist() == [OLD]
+    assert pd.read_csv(archived, dtype=str)["dataset_fingerprint"].tolist() == [OLD]
     assert (archived.parent / "figures" / "dice_boxplot.png").read_bytes() == b"old figure"
     assert pd.read_csv(ws.leaderboard)["dataset_fingerprint"].tolist() == [provenance.dataset_fingerprint(ws)]
 
@@ -384,3 +384,32 @@ def test_a_replaced_dataset_keeps_every_result_of_the_old_one_in_place_or_in_the
     for name in ("plans.json", "dataset.json", "dataset_fingerprint.json"):
         assert (fold.parent / name).is_file(), f"{fold.parent / name} is missing: nnU-Net cannot use the archived fold"
     assert pd.read_csv(ws / "leaderboard.csv")["dataset_fingerprint"].nunique() == 1
+
+
+def test_ensemble_archives_the_search_and_prediction_sets_of_another_dataset(converted_copy):
+    from ibsr_nnunet.nnunet.ensemble import archive_stale_search, best_configuration_file
+
+    ws = converted_copy
+    model = fold_folder(ws, "2d", 0, trainer=trainer_name(2, 3)).parent
+    old = {best_configuration_file(ws): json.dumps({"dataset_fingerprint": OLD}),
+           model / "crossval_results_folds_0" / "summary.json": "{}",
+           ws.results_dataset / "ensembles" / "ensemble___x___0" / "summary.json": "{}",
+           ws.results_dataset / "inference_information.json": "{}",
+           ws.results_dataset / "ibsr_ensemble.log": "old log\n"}
+    for path, text in old.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    stale_set = reference_predictions(ws, "nnunet_2d", OLD)
+    current_set = reference_predictions(ws, "nnunet_3d_fullres", provenance.dataset_fingerprint(ws))
+    lines = []
+    archive_stale_search(ws, provenance.dataset_fingerprint(ws), [stale_set, current_set], say=lines.append)
+    assert "archived the best-configuration search (made from dataset 000000000000" in lines[0]
+    assert "archived prediction set nnunet_2d (made from dataset 000000000000" in lines[1] and len(lines) == 2
+    [target] = [t for t in (ws.root / "stale").iterdir() if (t / "best_configuration.json").is_file()]
+    moved = {path: target / path.relative_to(ws.root) for path in old}
+    assert all(not path.exists() and moved[path].read_text() == text for path, text in old.items())
+    assert list((ws.root / "stale").glob("*/predictions/nnunet_2d/IBSR_06.nii.gz")) and not stale_set.exists()
+    assert current_set.is_dir()  # of this dataset: left for the run to replace
+    best_configuration_file(ws).write_text(json.dumps({"dataset_fingerprint": provenance.dataset_fingerprint(ws)}))
+    archive_stale_search(ws, provenance.dataset_fingerprint(ws), [current_set], say=lines.append)
+    assert len(lines) == 2 and best_configuration_file(ws).is_file()  # a current search stays in place

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..core import checksums, provenance
+from ..core.provenance import KEY
 from ..core.atomic import atomic_path
 from ..core.errors import InputError
 from ..core.locks import Lock, lock_path
@@ -210,7 +211,7 @@ def _archive_board_of_another_dataset(ws: Workspace, fingerprint: str, say: Call
     """Move leaderboard.csv and the figures drawn from it to the archive when it ranks models of another dataset;
     where the board went, or None when it stays."""
     try:
-        made_on = set(pd.read_csv(ws.leaderboard, usecols=["dataset_fingerprint"])["dataset_fingerprint"])
+        made_on = set(pd.read_csv(ws.leaderboard, usecols=[KEY], dtype=str)[KEY])  # str: a hex string can look numeric
     except (OSError, ValueError, pd.errors.EmptyDataError):
         made_on = {None} if ws.leaderboard.is_file() else set()
     other = sorted({provenance.short(f if isinstance(f, str) else None) for f in made_on if f != fingerprint})

@@ -166,7 +166,7 @@ def run(ws: Workspace, trainer: Optional[str] = None, *, jobs: int = 1, device: 
         for key in keys:
             held.enter_context(Lock(lock_path(ws.predictions / MODEL_NAMES[key]), f"prediction set {MODEL_NAMES[key]}",
                                     "ibsr-nnunet ensemble", say=say))
-        _archive_stale_outputs(ws, fingerprint, [ws.predictions / MODEL_NAMES[key] for key in keys], say=say)
+        archive_stale_search(ws, fingerprint, [ws.predictions / MODEL_NAMES[key] for key in keys], say=say)
         search, predictions = _predict_all(ws, selection, images, fingerprint, jobs=jobs, device=device, say=say)
     results = {MODEL_NAMES[k]: v for k, v in search["results"].items()}
     winner = MODEL_NAMES[search["winner"]]
@@ -196,7 +196,7 @@ def search_outputs(ws: Workspace) -> list[Path]:
                                           "ibsr_ensemble.log"))]
 
 
-def _archive_stale_outputs(ws: Workspace, fingerprint: str, prediction_sets: list[Path],
+def archive_stale_search(ws: Workspace, fingerprint: str, prediction_sets: list[Path],
                            say: Callable[[str], None]) -> None:
     """Move the search's outputs and the prediction sets this run rewrites to the archive when they were made from
     another dataset (a missing or unreadable record counts as another)."""
