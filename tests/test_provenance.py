@@ -280,6 +280,20 @@ def test_status_marks_stale_folds_and_submit_refuses_or_archives_them(planned_co
     assert current.is_dir()
 
 
+def test_submit_counts_a_stale_fold_beside_the_planned_ones(planned_copy, monkeypatch):
+    ws = planned_copy
+    trainer = trainer_name(2, 3)
+    stale = fake_fold(ws, "2d", 0, trainer, OLD)
+    monkeypatch.setenv("PATH", "/nonexistent")  # a dry run: no SLURM needed
+    base = ["submit", "--configs", "2d", "--folds", "1", "--epochs", "2", "--iterations-per-epoch", "3",
+            "--gpus-per-job", "0", "--cpus-per-task", "1", "--dry-run"]
+    refused = invoke(ws, *base)
+    assert refused.exit_code == 1 and f"stale runs would be trained on: {stale.relative_to(ws.root)}" in said(refused)
+    dry = invoke(ws, *base, "--archive-stale")
+    assert dry.exit_code == 0, dry.output
+    assert "--archive-stale would move 1 stale run(s) aside" in said(dry) and stale.is_dir()
+
+
 # ---- the whole story, as a new user would live it -----------------------------------------------------------------
 
 @pytest.mark.integration
