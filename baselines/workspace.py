@@ -12,8 +12,8 @@ from ibsr_nnunet.core.atomic import write_json
 from ibsr_nnunet.core.errors import InputError
 from ibsr_nnunet.core.orientation import training_axcodes
 from ibsr_nnunet.core.locks import Lock, LockedError, LockLost, current_holder, lock_path
-from ibsr_nnunet.core.provenance import (dataset_fingerprint, ensure_current, record, recorded_weights,
-                                         staleness, weights_changed, weights_signature)
+from ibsr_nnunet.core.provenance import (archive_stale_outputs, dataset_fingerprint, ensure_current, record,
+                                         recorded_weights, staleness, weights_changed, weights_signature)
 from ibsr_nnunet.core.runlog import record_locked
 from ibsr_nnunet.core.signals import StopSignals
 from ibsr_nnunet.core.workspace import Workspace
@@ -82,8 +82,9 @@ def predict_in_workspace(ws: Workspace, model: str, loss: str, *, device: str = 
                          on_case: Optional[Callable[[str, bool], None]] = None,
                          say: Callable[[str], None] = print) -> Path:
     """Predict every held-out and test case into <workspace>/predictions/<model>__<loss>/; predictions made from
-    another dataset or other weights are redone, a run trained on another dataset, or not finished, is refused. The
-    set records the signature of the weights (best.pt) it came from."""
+    another dataset are moved to the archive and redone, those made with other weights are redone; a run trained
+    on another dataset, or not finished, is refused. The set records the signature of the weights (best.pt) it
+    came from."""
     fingerprint = dataset_fingerprint(ws)
     run = run_dir(ws, model, loss)
     why = staleness(run, fingerprint)
@@ -97,8 +98,8 @@ def predict_in_workspace(ws: Workspace, model: str, loss: str, *, device: str = 
     with Lock(lock_path(out), f"prediction set {out.name}", f"ibsr-nnunet baseline predict --model {model} "
               f"--loss {loss}", say=say):
         stale = staleness(out, fingerprint)
-        if stale:
-            say(f"{out} is stale ({stale}): predicting every case again")
+        if stale:  # moved aside, never overwritten: every case is predicted again
+            archive_stale_outputs(ws, [out], what=f"prediction set {out.name}", why=stale, say=say)
         elif (earlier := recorded_weights(out)) is not None and (changed := weights_changed(ws, earlier)):
             stale = f"predicted with other weights: {changed}"
             say(f"{out} was {stale}: predicting every case again")

@@ -4,7 +4,8 @@ Prints both wall times and their ratio (target <= 0.75 on 2 cores). The naive lo
 saves each file (no validation, no label mapping, no integrity check); `convert` does all of that, in parallel.
 nnU-Net's integrity check costs a fixed ~2-3 s (importing torch), more than the whole naive loop, so the ratio
 is printed with and without the time spent waiting for it. It also measures the dataset lock `convert` holds
-(take it, heartbeat thread, release) in the same run, as a share of `convert`'s time (target < 1 %).
+(take it, heartbeat thread, release) in the same run, as a share of `convert`'s time (target < 1 %), and the
+checksums: hashing every written file for the manifest (done in the workers) and the up-to-date check against it.
 Run: python bench/convert.py [--rounds 3] [--source ../shared/data/ibsr18]
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from ibsr_nnunet.core import checksums
 from ibsr_nnunet.core.environment import available_cores
 from ibsr_nnunet.core.locks import Lock
 from ibsr_nnunet.data.convert import ConvertOptions, convert
@@ -46,6 +48,18 @@ def lock_seconds(folder: Path, repeats: int = 200) -> float:
     return (time.perf_counter() - start) / repeats
 
 
+def checksum_seconds(ws: Workspace) -> tuple[float, float]:
+    """(seconds to hash every written file in one process, seconds of the up-to-date check on the intact dataset)."""
+    files = checksums.dataset_files(ws.raw_dataset)
+    start = time.perf_counter()
+    for name in files:
+        checksums.file_record(ws.raw_dataset / name)
+    hashed = time.perf_counter() - start
+    start = time.perf_counter()
+    assert not checksums.changes(ws)
+    return hashed, time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
@@ -54,14 +68,17 @@ def main() -> None:
     files = sorted(args.source.rglob("*.nii.gz"))
     print(f"{len(files)} files ({sum(f.stat().st_size for f in files) / 2**20:.1f} MiB) from {args.source}; "
           f"{available_cores()} cores")
-    ours, naive, check, locks = [], [], [], []
+    ours, naive, check, locks, hashing, verifying = [], [], [], [], [], []
     for round_ in range(args.rounds):
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             start = time.perf_counter()
-            result = convert(args.source, Workspace.open(tmp / "ws"), ConvertOptions())
+            ws = Workspace.open(tmp / "ws")
+            result = convert(args.source, ws, ConvertOptions())
             ours.append(time.perf_counter() - start)
             check.append(result.seconds["integrity_check"])
+            for found, seconds in zip((hashing, verifying), checksum_seconds(ws)):
+                found.append(seconds)
             start = time.perf_counter()
             naive_loop(args.source, tmp / "naive")
             naive.append(time.perf_counter() - start)
@@ -77,6 +94,10 @@ def main() -> None:
     lock_median = statistics.median(locks)
     print(f"  the dataset lock: {lock_median * 1000:.2f} ms = {100 * lock_median / ours_median:.3f} % of convert "
           f"(target < 1 %)")
+    hashing_median = statistics.median(hashing)
+    print(f"  hashing the written files (one process; convert spreads it over its workers): "
+          f"{hashing_median * 1000:.1f} ms = {100 * hashing_median / work_median:.2f} % of convert without the "
+          f"integrity check; the up-to-date check: {statistics.median(verifying) * 1000:.2f} ms")
 
 
 if __name__ == "__main__":

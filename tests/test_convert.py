@@ -1,6 +1,7 @@
 """The converter on real files: the shared IBSR18 volumes, phantoms in every layout, and every bad input."""
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from helpers import load, save_nifti
+from ibsr_nnunet.core import checksums
 from ibsr_nnunet.data.convert import ConvertOptions, convert, dataset_json
 from ibsr_nnunet.core.errors import InputError
 from ibsr_nnunet.data.labels import parse_label_map
@@ -287,3 +289,60 @@ def test_dataset_id_holding_a_different_dataset(phantom_root, tmp_path):
 
 def test_dataset_json_counts_training_cases():
     assert dataset_json(3)["numTraining"] == 3
+
+
+def wm_to_gm(path: Path) -> None:
+    """A hand edit of a label map: every WM voxel (3) relabelled GM (2), same header."""
+    image = load(path)
+    labels = np.asarray(image.dataobj).copy()
+    labels[labels == 3] = 2
+    nib.save(nib.Nifti1Image(labels, image.affine, header=image.header), str(path))
+
+
+def append_space(path: Path) -> None:
+    path.write_text(path.read_text() + " ")
+
+
+def preprocessed_splits(ws: Workspace) -> Path:
+    return ws.preprocessed_dataset / "splits_final.json"
+
+
+@pytest.mark.parametrize("edit, said", [
+    (lambda ws: wm_to_gm(ws.raw_dataset / "labelsTs" / "IBSR_06.nii.gz"),
+     r"labelsTs/IBSR_06\.nii\.gz changed since convert wrote it"),
+    (lambda ws: wm_to_gm(ws.raw_dataset / "labelsTr" / "IBSR_01.nii.gz"), r"labelsTr/IBSR_01\.nii\.gz changed"),
+    (lambda ws: shutil.copy(ws.raw_dataset / "imagesTr" / "IBSR_02_0000.nii.gz",
+                            ws.raw_dataset / "imagesTr" / "IBSR_01_0000.nii.gz"),
+     r"imagesTr/IBSR_01_0000\.nii\.gz changed"),
+    (lambda ws: (ws.raw_dataset / "imagesTs" / "IBSR_08_0000.nii.gz").unlink(),
+     r"imagesTs/IBSR_08_0000\.nii\.gz is missing"),
+    (lambda ws: append_space(ws.raw_dataset / "dataset.json"), r"dataset\.json changed"),
+    (lambda ws: append_space(ws.raw_dataset / "splits_final.json"), r"splits_final\.json changed"),
+    (lambda ws: append_space(preprocessed_splits(ws)), r"nnUNet_preprocessed/.*splits_final\.json differs from"),
+    (lambda ws: shutil.copy(ws.raw_dataset / "labelsTs" / "IBSR_06.nii.gz",
+                            ws.raw_dataset / "labelsTs" / "IBSR_09.nii.gz"),
+     r"labelsTs/IBSR_09\.nii\.gz was added after convert"),
+])
+def test_convert_refuses_a_dataset_changed_since_it_was_written(converted_copy, phantom_root, edit, said):
+    ws = converted_copy
+    edit(ws)
+    with pytest.raises(InputError, match=rf"{ws.raw_dataset} was changed since convert wrote it: .*{said}.*--force"):
+        convert(phantom_root / "misa", ws, ConvertOptions(jobs=1))
+    redone = convert(phantom_root / "misa", ws, ConvertOptions(jobs=1, force=True))
+    assert not redone.up_to_date
+    assert convert(phantom_root / "misa", ws, ConvertOptions(jobs=1)).up_to_date  # intact again
+
+
+def test_a_touched_but_unchanged_file_is_hashed_and_still_up_to_date(converted_copy, phantom_root):
+    ws = converted_copy
+    label = ws.raw_dataset / "labelsTs" / "IBSR_06.nii.gz"
+    os.utime(label, ns=(0, 0))  # another time, same bytes: hashed, and found as written
+    assert convert(phantom_root / "misa", ws, ConvertOptions(jobs=1)).up_to_date
+    files = ws.read_manifest()["files"]
+    assert sorted(files) == sorted(
+        [f"{folder}/{case}.nii.gz" for folder, cases in (("labelsTr", range(1, 6)), ("labelsTs", (6, 7)))
+         for case in (f"IBSR_{i:02d}" for i in cases)]
+        + [f"{folder}/IBSR_{i:02d}_0000.nii.gz"
+           for folder, cases in (("imagesTr", range(1, 6)), ("imagesTs", (6, 7, 8))) for i in cases]
+        + ["dataset.json", "splits_final.json"])
+    assert files["dataset.json"]["sha256"] == checksums.sha256(ws.raw_dataset / "dataset.json")

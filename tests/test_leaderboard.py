@@ -415,3 +415,32 @@ def test_evaluations_with_other_columns_are_redone_or_named(ws):
                                        "in mL)"}
     assert again.left_out == [f"orphan: {again.redone['perfect']}, and its predictions {ws.predictions / 'orphan'} "
                               f"are gone; evaluate it again with `ibsr-nnunet evaluate` to rank it"]
+
+
+def test_a_hand_edited_reference_is_found_and_every_evaluation_against_it_redone(ws, tmp_path):
+    write_model(ws, "perfect")
+    outside = shutil.copytree(write_model(ws, "outside"), tmp_path / "elsewhere")
+    shutil.rmtree(ws.predictions / "outside")
+    gone = shutil.copytree(outside, tmp_path / "gone")
+    evaluate(ws, outside, "outside")
+    evaluate(ws, gone, "gone")
+    assert build(ws).board.set_index("model").loc["perfect", "WM_dice_mean"] == 1
+    shutil.rmtree(gone)
+    reference = ws.raw_dataset / "labelsTs" / "IBSR_06.nii.gz"
+    image = nib.load(reference)
+    labels = np.asarray(image.dataobj).copy()
+    labels[labels == 3] = 2  # WM -> GM, by hand
+    nib.save(nib.Nifti1Image(labels, image.affine, image.header), reference)
+
+    result = invoke(ws, "leaderboard", "--jobs", "1", "--no-figures")
+    assert result.exit_code == 0, result.output
+    changed = "the reference labels of IBSR_06 changed since it was scored"
+    assert f"re-evaluated 2 models from their predictions: outside, perfect ({changed})" in said(result)
+    assert f"not ranked: gone: {changed}, and its predictions {gone} are gone" in said(result)
+    assert ("was changed since convert wrote it: labelsTs/IBSR_06.nii.gz changed since convert wrote it; the scores "
+            "are against it as it is now") in said(result)  # the dataset's path is left out: rich wraps it
+    board = pd.read_csv(ws.leaderboard).set_index("model")
+    scored_now = evaluate(ws, ws.predictions / "perfect", "again").per_class
+    assert board.loc["perfect", "WM_dice_mean"] == pytest.approx(scored_now.loc["WM", ("dice", "mean")])
+    assert board.loc["perfect", "WM_dice_mean"] < 0.75 and sorted(board.index) == ["outside", "perfect"]
+    assert "re-evaluated" not in invoke(ws, "leaderboard", "--jobs", "1", "--no-figures").output  # now current

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from helpers import cli, invoke, said
-from ibsr_nnunet.core import provenance
+from ibsr_nnunet.core import checksums, provenance
 from ibsr_nnunet.core.errors import InputError
 from ibsr_nnunet.core.workspace import Workspace
 from ibsr_nnunet.data.phantom import write_phantoms
@@ -104,6 +104,21 @@ def test_archive_moves_and_deletes_nothing(tmp_path):
         provenance.archive(ws, [tmp_path / "elsewhere"])
 
 
+def test_archive_copies_shared_files_and_never_lands_on_another_archive(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    shared = ws.root / "model" / "plans.json"
+    for n in (0, 1):
+        (ws.root / "model" / f"fold_{n}").mkdir(parents=True)
+        (ws.root / "model" / f"fold_{n}" / "weights").write_text(str(n))
+    shared.write_text("plans")
+    first = provenance.archive(ws, [ws.root / "model" / "fold_0"], copies=[shared])
+    second = provenance.archive(ws, [ws.root / "model" / "fold_1"], copies=[shared])  # within the same second
+    assert first != second and shared.read_text() == "plans"
+    for target, n in ((first, 0), (second, 1)):
+        assert (target / "model" / f"fold_{n}" / "weights").read_text() == str(n)
+        assert (target / "model" / "plans.json").read_text() == "plans"
+
+
 # ---- each step, on the shared converted phantom -------------------------------------------------------------------
 
 def test_leaderboard_leaves_stale_prediction_sets_out_and_records_the_dataset(converted_copy):
@@ -121,16 +136,39 @@ def test_leaderboard_leaves_stale_prediction_sets_out_and_records_the_dataset(co
     assert summary["dataset_fingerprint"] == current
 
 
-def test_an_evaluation_of_another_dataset_is_redone(converted_copy):
+def test_an_evaluation_of_another_dataset_is_archived_and_redone(converted_copy):
     ws = converted_copy
     reference_predictions(ws, "unet2d__dice", provenance.dataset_fingerprint(ws))
     assert invoke(ws, "leaderboard", "--no-figures").exit_code == 0
     summary = ws.evaluation / "unet2d__dice.json"
     recorded = json.loads(summary.read_text())
     summary.write_text(json.dumps({**recorded, "dataset_fingerprint": OLD}))
+    old_csv = (ws.evaluation / "unet2d__dice.csv").read_bytes()
     result = invoke(ws, "leaderboard", "--no-figures")
     assert result.exit_code == 0 and "evaluated now: unet2d__dice" in said(result)
+    assert "archived evaluation unet2d__dice (scored on dataset 000000000000" in said(result)
     assert json.loads(summary.read_text())["dataset_fingerprint"] == provenance.dataset_fingerprint(ws)
+    [archived] = list((ws.root / "stale").glob("*/evaluation/unet2d__dice.json"))
+    assert json.loads(archived.read_text())["dataset_fingerprint"] == OLD
+    assert (archived.parent / "unet2d__dice.csv").read_bytes() == old_csv
+
+
+def test_a_board_of_another_dataset_is_archived_with_its_figures(converted_copy):
+    ws = converted_copy
+    reference_predictions(ws, "unet2d__dice", provenance.dataset_fingerprint(ws))
+    ws.figures.mkdir()
+    (ws.figures / "dice_boxplot.png").write_bytes(b"old figure")
+    assert invoke(ws, "leaderboard", "--no-figures").exit_code == 0
+    assert not list(ws.root.glob("stale/*"))  # a board of this dataset is replaced in place
+    board = pd.read_csv(ws.leaderboard)
+    board.assign(dataset_fingerprint=OLD).to_csv(ws.leaderboard, index=False)
+    result = invoke(ws, "leaderboard", "--no-figures")
+    assert result.exit_code == 0, result.output
+    assert "archived leaderboard.csv and its figures (ranked on dataset 000000000000" in said(result)
+    [archived] = list((ws.root / "stale").glob("*/leaderboard.csv"))
+    assert pd.read_csv(archived, dtype=str)["dataset_fingerprint"].tolist() == [OLD]
+    assert (archived.parent / "figures" / "dice_boxplot.png").read_bytes() == b"old figure"
+    assert pd.read_csv(ws.leaderboard)["dataset_fingerprint"].tolist() == [provenance.dataset_fingerprint(ws)]
 
 
 def test_evaluate_refuses_predictions_recorded_from_another_dataset(converted_copy):
@@ -189,6 +227,29 @@ def test_train_refuses_a_stale_fold_and_stale_plans_before_touching_them(planned
     assert "run `ibsr-nnunet plan` first" in said(result)
 
 
+def test_train_refuses_or_archives_a_stale_fold_beside_the_one_it_trains(planned_copy):
+    """Training rewrites the model folder's plans.json, dataset.json and dataset_fingerprint.json: a stale fold beside
+    the one trained is refused, or archived with copies of them so that nnU-Net can still use it from there."""
+    ws = planned_copy
+    trainer = trainer_name(2, 3)
+    fake_fold(ws, "2d", 0, trainer, provenance.dataset_fingerprint(ws))  # finished: train has nothing to do
+    stale = fake_fold(ws, "2d", 1, trainer, OLD)
+    for name in ("plans.json", "dataset.json", "dataset_fingerprint.json"):
+        (stale.parent / name).write_text(json.dumps({"from": "the old dataset"}))
+    args = ["train", "--fold", "0", "--config", "2d", "--epochs", "2", "--iterations-per-epoch", "3", "--device", "cpu"]
+    refused = invoke(ws, *args)
+    assert refused.exit_code == 1
+    assert f"{stale} (2d fold 1 of {trainer}) is stale: made from dataset 000000000000" in said(refused)
+    done = invoke(ws, *args, "--archive-stale")
+    assert done.exit_code == 0, done.output
+    assert "archived the stale 2d fold 1" in said(done) and not stale.exists()
+    [archived] = list((ws.root / "stale").glob(f"*/nnUNet_results/*/{stale.parent.name}/fold_1"))
+    assert (archived / "checkpoint_final.pth").is_file()
+    for name in ("plans.json", "dataset.json", "dataset_fingerprint.json"):
+        assert json.loads((archived.parent / name).read_text()) == {"from": "the old dataset"}
+        assert (stale.parent / name).is_file()  # still in place for the folds that stay
+
+
 def test_baseline_train_refuses_a_stale_run(converted_copy):
     ws = converted_copy
     run = ws.baselines / "unet2d__dice"
@@ -242,6 +303,20 @@ def test_status_marks_stale_folds_and_submit_refuses_or_archives_them(planned_co
     assert current.is_dir()
 
 
+def test_submit_counts_a_stale_fold_beside_the_planned_ones(planned_copy, monkeypatch):
+    ws = planned_copy
+    trainer = trainer_name(2, 3)
+    stale = fake_fold(ws, "2d", 0, trainer, OLD)
+    monkeypatch.setenv("PATH", "/nonexistent")  # a dry run: no SLURM needed
+    base = ["submit", "--configs", "2d", "--folds", "1", "--epochs", "2", "--iterations-per-epoch", "3",
+            "--gpus-per-job", "0", "--cpus-per-task", "1", "--dry-run"]
+    refused = invoke(ws, *base)
+    assert refused.exit_code == 1 and f"stale runs would be trained on: {stale.relative_to(ws.root)}" in said(refused)
+    dry = invoke(ws, *base, "--archive-stale")
+    assert dry.exit_code == 0, dry.output
+    assert "--archive-stale would move 1 stale run(s) aside" in said(dry) and stale.is_dir()
+
+
 # ---- the whole story, as a new user would live it -----------------------------------------------------------------
 
 @pytest.mark.integration
@@ -288,3 +363,90 @@ def test_a_replaced_dataset_never_reuses_a_fold_a_baseline_or_a_score(tmp_path):
     assert summary["dataset_fingerprint"] == new_fingerprint and summary["cases"] == Workspace.open(ws).read_manifest()[
         "split"]["heldout"]
     assert np.isfinite(board["mean_dice"]).all()
+
+
+RESULTS = ("nnUNet_results", "baselines", "predictions", "evaluation", "figures", "best_configuration.json",
+           "leaderboard.csv")  # what the steps after `convert` make; nnUNet_raw/_preprocessed are the inputs
+
+
+def result_checksums(ws: Path) -> dict[str, str]:
+    """Every result file of the workspace (locks and temporary files excepted) -> its sha256."""
+    found = {}
+    for top in RESULTS:
+        path = ws / top
+        for file in ([path] if path.is_file() else sorted(path.rglob("*")) if path.is_dir() else []):
+            relative = file.relative_to(ws)
+            if file.is_file() and not any(part.startswith(".") for part in relative.parts):
+                found[str(relative)] = checksums.sha256(file)
+    return found
+
+
+@pytest.mark.integration
+def test_a_replaced_dataset_keeps_every_result_of_the_old_one_in_place_or_in_the_archive(tmp_path):
+    """convert A -> plan -> train a tiny fold -> ensemble -> baseline train/predict -> leaderboard; convert B --force
+    and the same steps with --archive-stale: every file of A's results is unchanged in place or in stale/<time>/, and
+    an archived fold still has the trainer-level files nnU-Net needs beside it."""
+    ws = tmp_path / "ws"
+    for name, seed in (("A", 1), ("B", 9)):
+        write_phantoms(tmp_path / name, 6, layout="misa", size="small", seed=seed)
+    train = ["train", "--fold", "0", "--config", "2d", "--epochs", "2", "--iterations-per-epoch", "3",
+             "--device", "cpu"]
+    baseline = ["--model", "unet2d", "--loss", "dice", "--device", "cpu"]
+    tiny = ["--epochs", "1", "--iterations-per-epoch", "3", "--width", "8", "--patch-size", "32", "--batch-size", "2"]
+
+    def steps(archive: list[str]) -> None:
+        for step in (["plan", "--configs", "2d"], [*train, *archive], ["ensemble", "--device", "cpu"],
+                     ["baseline", "train", *baseline, *tiny, *archive], ["baseline", "predict", *baseline],
+                     ["leaderboard"]):
+            done = cli(ws, *step)
+            assert done.returncode == 0, f"{step}: {done.stdout}{done.stderr}"
+
+    assert cli(ws, "convert", str(tmp_path / "A")).returncode == 0
+    steps([])
+    before = result_checksums(ws)
+    assert any(name.endswith("fold_0/checkpoint_final.pth") for name in before)
+    assert {"best_configuration.json", "leaderboard.csv", "evaluation/unet2d__dice.json"} <= set(before)
+
+    assert cli(ws, "convert", str(tmp_path / "B"), "--force").returncode == 0
+    steps(["--archive-stale"])
+    after = result_checksums(ws)
+    archived = {}
+    for file in sorted((ws / "stale").rglob("*")):
+        if file.is_file():
+            archived.setdefault(str(Path(*file.relative_to(ws / "stale").parts[1:])), set()).add(checksums.sha256(file))
+    lost = [name for name, digest in before.items()
+            if after.get(name) != digest and digest not in archived.get(name, ())]
+    assert not lost, f"{len(lost)} files of A's results were overwritten or deleted: {lost}"
+    [fold] = list((ws / "stale").glob("*/nnUNet_results/*/*2d/fold_0"))
+    for name in ("plans.json", "dataset.json", "dataset_fingerprint.json"):
+        assert (fold.parent / name).is_file(), f"{fold.parent / name} is missing: nnU-Net cannot use the archived fold"
+    assert pd.read_csv(ws / "leaderboard.csv")["dataset_fingerprint"].nunique() == 1
+
+
+def test_ensemble_archives_the_search_and_prediction_sets_of_another_dataset(converted_copy):
+    from ibsr_nnunet.nnunet.ensemble import archive_stale_search, best_configuration_file
+
+    ws = converted_copy
+    model = fold_folder(ws, "2d", 0, trainer=trainer_name(2, 3)).parent
+    old = {best_configuration_file(ws): json.dumps({"dataset_fingerprint": OLD}),
+           model / "crossval_results_folds_0" / "summary.json": "{}",
+           ws.results_dataset / "ensembles" / "ensemble___x___0" / "summary.json": "{}",
+           ws.results_dataset / "inference_information.json": "{}",
+           ws.results_dataset / "ibsr_ensemble.log": "old log\n"}
+    for path, text in old.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    stale_set = reference_predictions(ws, "nnunet_2d", OLD)
+    current_set = reference_predictions(ws, "nnunet_3d_fullres", provenance.dataset_fingerprint(ws))
+    lines = []
+    archive_stale_search(ws, provenance.dataset_fingerprint(ws), [stale_set, current_set], say=lines.append)
+    assert "archived the best-configuration search (made from dataset 000000000000" in lines[0]
+    assert "archived prediction set nnunet_2d (made from dataset 000000000000" in lines[1] and len(lines) == 2
+    [target] = [t for t in (ws.root / "stale").iterdir() if (t / "best_configuration.json").is_file()]
+    moved = {path: target / path.relative_to(ws.root) for path in old}
+    assert all(not path.exists() and moved[path].read_text() == text for path, text in old.items())
+    assert list((ws.root / "stale").glob("*/predictions/nnunet_2d/IBSR_06.nii.gz")) and not stale_set.exists()
+    assert current_set.is_dir()  # of this dataset: left for the run to replace
+    best_configuration_file(ws).write_text(json.dumps({"dataset_fingerprint": provenance.dataset_fingerprint(ws)}))
+    archive_stale_search(ws, provenance.dataset_fingerprint(ws), [current_set], say=lines.append)
+    assert len(lines) == 2 and best_configuration_file(ws).is_file()  # a current search stays in place

@@ -23,7 +23,7 @@ from ..core.provenance import archive, dataset_fingerprint, staleness
 from ..core.vocabulary import BASELINE_SEPARATOR, CONFIGURATIONS, N_FOLDS
 from ..core.workspace import Workspace
 from ..nnunet.paths import (FULL_EPOCHS, FULL_ITERATIONS, fold_finished, fold_folder, plans_file, splits_file,
-                            trainer_name)
+                            trainer_files, trainer_name)
 from ..nnunet.plans import read_plans, read_splits
 from . import sbatch as render
 from .jobs import append_job, load_jobs, state_key
@@ -171,9 +171,12 @@ def check_resources(resources: render.Resources, cluster: Optional[Cluster], say
 
 def _handle_stale(c: _Campaign, say: Callable[[str], None]) -> None:
     """Folds and baseline runs made from another dataset are never finished: with --archive-stale they are moved to
-    <workspace>/stale/<time>/ (a dry run only says so) and trained afresh; without it, submit refuses."""
-    folders = [fold_folder(c.ws, config, fold, trainer=c.trainer) for config in c.plan.configs for fold in c.plan.folds]
-    folders += [c.ws.baselines / name for name in c.plan.baselines]
+    <workspace>/stale/<time>/ (a dry run only says so) and trained afresh; without it, submit refuses. Stale folds
+    beside the planned ones count too (training rewrites the files of their model folder, which `train` refuses);
+    a fold goes with copies of those files."""
+    planned = [fold_folder(c.ws, config, fold, trainer=c.trainer) for config in c.plan.configs for fold in c.plan.folds]
+    beside = {f for folder in planned for f in folder.parent.glob("fold_*") if f.is_dir()}
+    folders = sorted(set(planned) | beside) + [c.ws.baselines / name for name in c.plan.baselines]
     stale = [(folder, why) for folder in folders if (why := staleness(folder, c.fingerprint))]
     if not stale:
         return
@@ -184,7 +187,10 @@ def _handle_stale(c: _Campaign, say: Callable[[str], None]) -> None:
     if c.plan.dry_run:
         c.skipped.append(f"--archive-stale would move {len(stale)} stale run(s) aside: {listed}")
         return
-    say(f"archived {len(stale)} stale run(s) to {archive(c.ws, [folder for folder, _ in stale])}: {listed}")
+    models = {folder.parent for folder, _ in stale if folder.name.startswith("fold_")}
+    copies = [f for model in sorted(models) for f in trainer_files(model)]
+    say(f"archived {len(stale)} stale run(s) to {archive(c.ws, [folder for folder, _ in stale], copies=copies)}: "
+        f"{listed}")
 
 
 def _fold_arrays(c: _Campaign) -> list[Submission]:

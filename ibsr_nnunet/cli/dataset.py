@@ -89,4 +89,5 @@ def _say_what_turns_stale(stale: dict[str, list[Path]]) -> None:
     counts = ", ".join(f"{len(found)} {kind}" for kind, found in stale.items())
     console.print(f"replacing the dataset makes stale: {counts}. They stay where they are; `train` and `baseline "
                   f"train` refuse them (pass --archive-stale to move them to the workspace's stale/ folder and start "
-                  f"afresh), `ensemble` and `leaderboard` leave them out.", markup=False)
+                  f"afresh), `ensemble` and `leaderboard` leave them out, and each step moves what it would "
+                  f"overwrite of them to stale/ first.", markup=False)

@@ -7,9 +7,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from .atomic import fsync_dir, write_json
 from .errors import InputError
@@ -118,15 +119,16 @@ def stale_artifacts(ws: Workspace, fingerprint: str) -> dict[str, list[Path]]:
 
 
 def ensure_current(ws: Workspace, folder: Path, *, what: str, fingerprint: str, archive_stale: bool,
-                   say: Callable[[str], None] = print) -> None:
-    """Refuse a stale `folder` in one sentence, or, with --archive-stale, move it aside so the caller starts afresh."""
+                   copies: Sequence[Path] = (), say: Callable[[str], None] = print) -> None:
+    """Refuse a stale `folder` in one sentence, or, with --archive-stale, move it aside so the caller starts afresh;
+    `copies` (files it needs that are shared with others, left in place) are archived beside it."""
     why = staleness(folder, fingerprint)
     if why is None:
         return
     if not archive_stale:
         raise InputError(f"{folder} ({what}) is stale: {why}; pass --archive-stale to move it to "
                          f"{ws.root / 'stale'}/<time>/ and start afresh (nothing is deleted).")
-    say(f"archived the stale {what} ({why}) to {archive(ws, [folder])}")
+    say(f"archived the stale {what} ({why}) to {archive(ws, [folder], copies=copies)}")
 
 
 def contradicts(folder: Path, fingerprint: str) -> Optional[str]:
@@ -135,10 +137,15 @@ def contradicts(folder: Path, fingerprint: str) -> Optional[str]:
     return staleness(folder, fingerprint) if recorded(folder) is not None else None
 
 
-def archive(ws: Workspace, paths: list[Path]) -> Path:
-    """Move each path (inside the workspace) to <workspace>/stale/<timestamp>/<same relative path>; delete nothing."""
-    target = ws.root / "stale" / time.strftime("%Y%m%d-%H%M%S")
-    for path in paths:
+def archive(ws: Workspace, paths: Sequence[Path], *, copies: Sequence[Path] = ()) -> Path:
+    """Move each path (inside the workspace) to <workspace>/stale/<timestamp>/<same relative path>, and copy there
+    each of `copies` (files still used in place); delete nothing. Each call gets a folder of its own."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target, n = ws.root / "stale" / stamp, 1
+    while target.exists():  # two archives in one second: never one onto the other
+        n += 1
+        target = ws.root / "stale" / f"{stamp}-{n}"
+    for path, move in [(p, True) for p in paths] + [(p, False) for p in copies]:
         path = Path(path).absolute()
         try:
             relative = path.relative_to(ws.root)
@@ -146,6 +153,17 @@ def archive(ws: Workspace, paths: list[Path]) -> Path:
             raise InputError(f"{path} is outside the workspace {ws.root}: it cannot be archived there.") from None
         destination = target / relative
         destination.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(path, destination)  # same filesystem: a rename, never a half-moved copy
-        fsync_dir(path.parent)
+        if move:
+            os.rename(path, destination)  # same filesystem: a rename, never a half-moved copy
+            fsync_dir(path.parent)
+        else:
+            shutil.copy2(path, destination)
     return target
+
+
+def archive_stale_outputs(ws: Workspace, paths: Sequence[Path], *, what: str, why: str,
+                          say: Callable[[str], None] = print) -> None:
+    """Before a step overwrites outputs made from another dataset: move those of `paths` that exist to the archive."""
+    found = [Path(p) for p in paths if Path(p).exists()]
+    if found:
+        say(f"archived {what} ({why}) to {archive(ws, found)} before replacing it")

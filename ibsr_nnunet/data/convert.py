@@ -18,7 +18,9 @@ from typing import Callable, Optional
 
 from .. import __version__
 from . import preprocess, volumes
+from ..core import checksums
 from ..core.atomic import swap_in, write_json
+from ..core.checksums import file_record, sha256
 from ..core.errors import InputError
 from ..core.environment import available_cores
 from ..core.locks import Lock, lock_path
@@ -76,14 +78,6 @@ class ConvertResult:
     seconds: dict[str, float]  # wall time of the case conversions and of nnU-Net's integrity check
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _source_files(path: Path) -> list[Path]:
     """The files that hold one volume: Analyze keeps its header beside the voxels."""
     if path.suffix == ".img":
@@ -124,7 +118,14 @@ def convert_case(job: CaseJob) -> dict:
         record["label_scheme"] = {"name": scheme.name, "mapping": {str(k): v for k, v in scheme.mapping.items()}}
         record["label_counts"] = {str(k): counts.get(k, 0) for k in sorted(NNUNET_LABELS.values())}
     volumes.write_volume(preprocess.apply(image, job.preprocessing), job.image_out)
+    # hashed here, in parallel, so that later checks can tell a hand edit from what convert wrote
+    record["written"] = {_inside_dataset(path): file_record(path) for path in (job.image_out, job.label_out) if path}
     return record
+
+
+def _inside_dataset(path: Path) -> str:
+    """A written case file's path inside the dataset folder, e.g. labelsTs/IBSR_06.nii.gz."""
+    return f"{path.parent.name}/{path.name}"
 
 
 def assign_roles(subjects: list[Subject], heldout_fraction: float) -> tuple[dict[str, str], str]:
@@ -237,7 +238,7 @@ def convert(source: str | os.PathLike, ws: Workspace, options: ConvertOptions = 
         existing = _up_to_date_manifest(ws, plan.fingerprint, options)
         if existing is not None:
             return ConvertResult(ws.raw_dataset, existing, up_to_date=True, seconds={})
-        if ws.raw_dataset.exists():
+        if ws.raw_dataset.exists() and (_existing_manifest(ws) or {}).get("fingerprint") != plan.fingerprint:
             on_replace({kind: found for kind, found in stale_artifacts(ws, plan.fingerprint).items() if found})
         return _write_dataset(ws, plan, options, on_start, on_case_done)
 
@@ -282,11 +283,18 @@ def _plan(source: Path, options: ConvertOptions) -> _Plan:
 
 
 def _up_to_date_manifest(ws: Workspace, fingerprint: str, options: ConvertOptions) -> Optional[dict]:
-    """The manifest of a dataset already built from these inputs, else None; refuses to replace another unforced."""
+    """The manifest of a dataset already built from these inputs and unchanged since, else None; refuses unforced to
+    replace another dataset or to rewrite files changed since they were written."""
     existing = _existing_manifest(ws)
     if ws.raw_dataset.exists():
         if existing and existing.get("fingerprint") == fingerprint:
-            return existing
+            changed = checksums.changes(ws, existing)
+            if not changed:
+                return existing
+            if options.force:
+                return None
+            raise InputError(f"{ws.raw_dataset} was changed since convert wrote it: {'; '.join(changed)}; pass "
+                             f"--force to convert it again from the source.")
         if not options.force:
             raise InputError(
                 f"{ws.raw_dataset} already holds a different dataset (other sources or options); "
@@ -324,14 +332,18 @@ def _build_dataset(build: Path, ws: Workspace, plan: _Plan, options: ConvertOpti
     records = _run_jobs(jobs, processes, on_case_done, lambda: preload.append(integrity.preload_in_background()))
     records.sort(key=lambda r: r["id"])
     seconds = {"cases": time.perf_counter() - started}
+    written = {}
     for record in records:
         record["image"], record["label"] = plan.files[record["id"]]
+        written.update(record.pop("written"))
 
     ids = {role: [r["id"] for r in records if r["role"] == role] for role in ("train", "heldout", "test")}
     folds = cross_validation_folds(ids["train"])
-    manifest = _manifest(ws, plan, options, records, ids, len(folds))
     write_json(build / "dataset.json", dataset_json(len(ids["train"])))
     write_json(build / "splits_final.json", folds)
+    written.update({name: file_record(build / name) for name in ("dataset.json", "splits_final.json")})
+    manifest = _manifest(ws, plan, options, records, ids, len(folds))
+    manifest[checksums.MANIFEST_KEY] = dict(sorted(written.items()))
     write_json(build / "ibsr_manifest.json", manifest)
     started = time.perf_counter()
     for thread in preload:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.atomic import atomic_path, write_json
-from ..core import provenance
+from ..core import checksums, provenance
 from ..core.errors import InputError
 from ..core.names import check_model_name
 from ..core.locks import Lock, lock_path
@@ -29,6 +29,7 @@ METRICS = ("dice", "hd", "hd95", "avd", "nsd")
 METRICS_VERSION = 3
 ADDED = {2: "nsd", 3: "volumes in mL"}  # what each version added
 COLUMNS = ["model", "case", "class", "label", *METRICS, "ref_voxels", "pred_voxels", "ref_ml", "pred_ml"]
+REFERENCE_KEY = "reference_sha256"  # in the summary: case -> checksum of the reference labels it was scored against
 AFFINE_TOLERANCE = 1e-3  # mm: float32 headers round-trip with ~1e-5 error; anything larger is another grid
 
 
@@ -81,9 +82,10 @@ def per_class_summary(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def evaluate(ws: Workspace, predictions: Path, name: str, *, jobs: int = 1, nsd_tolerance: float = NSD_TOLERANCE,
-             on_case_done: Optional[Callable[[str], None]] = None) -> Evaluation:
+             on_case_done: Optional[Callable[[str], None]] = None, say: Callable[[str], None] = print) -> Evaluation:
     """Metrics of every held-out case in `predictions` (`<case>.nii.gz`), NSD at `nsd_tolerance` mm; refuses a
-    missing case, another grid, or predictions recorded as made from another dataset."""
+    missing case, another grid, or predictions recorded as made from another dataset. An evaluation of `name` on
+    another dataset is moved to the archive first."""
     started = time.perf_counter()
     check_tolerance(nsd_tolerance)
     check_model_name(name, "--name")
@@ -105,6 +107,7 @@ def evaluate(ws: Workspace, predictions: Path, name: str, *, jobs: int = 1, nsd_
     ws.evaluation.mkdir(parents=True, exist_ok=True)
     csv, summary = ws.evaluation / f"{name}.csv", ws.evaluation / f"{name}.json"
     with Lock(lock_path(csv.with_suffix("")), f"evaluation {name}", f"ibsr-nnunet evaluate --name {name}"):
+        _archive_other_dataset(ws, name, fingerprint, say)
         with atomic_path(csv) as tmp:
             table.to_csv(tmp, index=False)
         per_class = per_class_summary(table)
@@ -116,8 +119,22 @@ def evaluate(ws: Workspace, predictions: Path, name: str, *, jobs: int = 1, nsd_
             "mean_dice": float(means["dice"].mean()),
             "newest_prediction_mtime": max(found[c].stat().st_mtime for c in refs),
             "dataset_fingerprint": fingerprint,
+            REFERENCE_KEY: {case: checksums.sha256(refs[case]) for case in sorted(refs)},
         })
     return Evaluation(name, table, csv, summary, time.perf_counter() - started)
+
+
+def _archive_other_dataset(ws: Workspace, name: str, fingerprint: str, say: Callable[[str], None]) -> None:
+    """An evaluation of `name` recorded on another dataset (or on none) is moved to the archive, not overwritten."""
+    summary = ws.evaluation / f"{name}.json"
+    try:
+        made_on = json.loads(summary.read_text()).get("dataset_fingerprint")
+    except (OSError, ValueError, AttributeError):
+        made_on = None
+    if summary.exists() and made_on != fingerprint:
+        why = f"scored on dataset {provenance.short(made_on)}, the workspace now holds {provenance.short(fingerprint)}"
+        provenance.archive_stale_outputs(ws, [summary, summary.with_suffix(".csv")], what=f"evaluation {name}",
+                                         why=why, say=say)
 
 
 def _refuse_stale(predictions: Path, fingerprint: str) -> None:
@@ -167,6 +184,17 @@ def is_current(ws: Workspace, predictions: Path, name: str, *, fingerprint: str,
     files = [predictions / f"{case}.nii.gz" for case in recorded.get("cases", [])]
     return (recorded.get("predictions") == str(predictions.resolve()) and all(f.is_file() for f in files)
             and max(f.stat().st_mtime for f in files) <= recorded.get("newest_prediction_mtime", -1))
+
+
+def changed_references(recorded: dict, now: dict[str, str]) -> Optional[str]:
+    """Why an evaluation summary was not scored against the reference labels `now` (case -> checksum), or None."""
+    scored_against = recorded.get(REFERENCE_KEY)
+    if not isinstance(scored_against, dict):
+        return "the checksums of the reference labels it was scored against are not recorded"
+    changed = sorted(case for case in set(scored_against) | set(now) if scored_against.get(case) != now.get(case))
+    if changed:
+        return f"the reference labels of {', '.join(changed)} changed since it was scored"
+    return None
 
 
 def outdated_metrics(recorded: dict, *, nsd_tolerance: float = NSD_TOLERANCE) -> Optional[str]:

@@ -11,7 +11,8 @@ from typing import Callable, Optional
 import numpy as np
 import pandas as pd
 
-from ..core import provenance
+from ..core import checksums, provenance
+from ..core.provenance import KEY
 from ..core.atomic import atomic_path
 from ..core.errors import InputError
 from ..core.locks import Lock, lock_path
@@ -19,7 +20,8 @@ from ..core.vocabulary import NNUNET_PREFIX, TISSUES
 from ..core.workspace import Workspace
 from ..nnunet.validation import crossval_dice
 from . import statistics
-from .evaluate import COLUMNS, METRICS, evaluate, is_current, outdated_metrics, recorded_summary
+from .evaluate import (COLUMNS, METRICS, changed_references, evaluate, is_current, outdated_metrics, recorded_summary,
+                       references)
 from .history import training_seconds
 from .metrics import NSD_TOLERANCE
 
@@ -169,21 +171,24 @@ class Leaderboard:
 
 
 def build(ws: Workspace, *, jobs: int = 1, nsd_tolerance: float = NSD_TOLERANCE,
-          on_model: Optional[Callable[[str], None]] = None) -> Leaderboard:
+          on_model: Optional[Callable[[str], None]] = None, say: Callable[[str], None] = print) -> Leaderboard:
     """Evaluate every current prediction set not yet (or no longer) evaluated, redo evaluations scored with older
     metrics or another NSD tolerance, then rank all evaluations made on this dataset and write leaderboard.csv;
-    stale prediction sets (another dataset, or weights changed since) and evaluations are left out, and said so."""
+    stale prediction sets (another dataset, or weights changed since) and evaluations are left out, and said so. A
+    board (and its figures) of another dataset is moved to the archive first."""
     fingerprint = provenance.dataset_fingerprint(ws)
     with Lock(lock_path(ws.leaderboard), "the leaderboard", "ibsr-nnunet leaderboard"):
+        archived = _archive_board_of_another_dataset(ws, fingerprint, say)
         evaluated_now, left_out, redone = _evaluate_new(ws, fingerprint, jobs=jobs, nsd_tolerance=nsd_tolerance,
-                                                        on_model=on_model)
+                                                        on_model=on_model, say=say)
         try:
             per_case = _current_evaluations(ws, fingerprint, left_out, nsd_tolerance=nsd_tolerance)
         except NothingToRank as nothing:
             said = [f"{model}: {why}" for model, why in left_out.items()]
-            if ws.leaderboard.is_file():  # no score of another dataset may survive in it
+            previous = ws.leaderboard if ws.leaderboard.is_file() else archived
+            if previous:  # no score of another dataset may survive in it
                 with atomic_path(ws.leaderboard) as tmp:
-                    pd.DataFrame(columns=pd.read_csv(ws.leaderboard, nrows=0).columns).to_csv(tmp, index=False)
+                    pd.DataFrame(columns=pd.read_csv(previous, nrows=0).columns).to_csv(tmp, index=False)
                 stale = f" (left out: {'; '.join(said)})" if said else ""
                 raise NothingToRank(f"{str(nothing).rstrip('.')}{stale}; {ws.leaderboard} now lists no model.") from None
             raise
@@ -198,25 +203,44 @@ def build(ws: Workspace, *, jobs: int = 1, nsd_tolerance: float = NSD_TOLERANCE,
             board.to_csv(tmp, index=False)
     return Leaderboard(board, per_case, ws.leaderboard, evaluated_now, split,
                        [f"{model}: {why}" for model, why in left_out.items()],
-                       uncertainty_notes(len(board), int(board["n_cases"].iloc[0])) + unreadable, redone=redone)
+                       dataset_changes_note(ws) + uncertainty_notes(len(board), int(board["n_cases"].iloc[0]))
+                       + unreadable, redone=redone)
+
+
+def _archive_board_of_another_dataset(ws: Workspace, fingerprint: str, say: Callable[[str], None]) -> Optional[Path]:
+    """Move leaderboard.csv and the figures drawn from it to the archive when it ranks models of another dataset;
+    where the board went, or None when it stays."""
+    try:
+        made_on = set(pd.read_csv(ws.leaderboard, usecols=[KEY], dtype=str)[KEY])  # str: a hex string can look numeric
+    except (OSError, ValueError, pd.errors.EmptyDataError):
+        made_on = {None} if ws.leaderboard.is_file() else set()
+    other = sorted({provenance.short(f if isinstance(f, str) else None) for f in made_on if f != fingerprint})
+    if not other:
+        return None
+    target = provenance.archive(ws, [p for p in (ws.leaderboard, ws.figures) if p.exists()])
+    say(f"archived {ws.leaderboard.name} and its figures (ranked on dataset {', '.join(other)}, the workspace now "
+        f"holds {provenance.short(fingerprint)}) to {target} before replacing them")
+    return target / ws.leaderboard.relative_to(ws.root)
 
 
 def _evaluate_new(ws: Workspace, fingerprint: str, *, jobs: int, nsd_tolerance: float,
-                  on_model: Optional[Callable[[str], None]]) -> tuple[list[str], dict[str, str], dict[str, str]]:
+                  on_model: Optional[Callable[[str], None]],
+                  say: Callable[[str], None]) -> tuple[list[str], dict[str, str], dict[str, str]]:
     """Evaluate the prediction sets made from this dataset whose evaluation is missing, older than they are or
     scored with other metrics, and redo other evaluations of this dataset scored with other metrics from the
     predictions they recorded; the models evaluated now, why each stale one is left out, why each was redone."""
     evaluated_now, left_out, redone = [], {}, {}
+    rescored = _scored_against_other_references(ws, fingerprint)
 
     def run(model: str, folder: Path) -> None:
         recorded = recorded_summary(ws, model)
         if recorded and recorded.get("dataset_fingerprint") == fingerprint:
-            reason = outdated_metrics(recorded, nsd_tolerance=nsd_tolerance)
+            reason = outdated_metrics(recorded, nsd_tolerance=nsd_tolerance) or rescored.get(model)
             if reason:
                 redone[model] = reason
         if on_model:
             on_model(model)
-        evaluate(ws, folder, model, jobs=jobs, nsd_tolerance=nsd_tolerance)
+        evaluate(ws, folder, model, jobs=jobs, nsd_tolerance=nsd_tolerance, say=say)
         evaluated_now.append(model)
 
     sets = prediction_sets(ws)
@@ -226,14 +250,15 @@ def _evaluate_new(ws: Workspace, fingerprint: str, *, jobs: int, nsd_tolerance: 
             left_out[model] = f"its predictions are stale ({why}); predict again to rank it"
         elif other_weights := predicted_with_other_weights(ws, model, folder):
             left_out[model] = other_weights
-        elif not is_current(ws, folder, model, fingerprint=fingerprint, nsd_tolerance=nsd_tolerance):
+        elif model in rescored or not is_current(ws, folder, model, fingerprint=fingerprint,
+                                                 nsd_tolerance=nsd_tolerance):
             run(model, folder)
     # evaluations of prediction folders outside the workspace (`evaluate --predictions` elsewhere)
     for summary in sorted(ws.evaluation.glob("*.json")) if ws.evaluation.is_dir() else []:
         recorded = recorded_summary(ws, summary.stem)
         if summary.stem in sets or not recorded or recorded.get("dataset_fingerprint") != fingerprint:
             continue
-        reason = outdated_metrics(recorded, nsd_tolerance=nsd_tolerance)
+        reason = outdated_metrics(recorded, nsd_tolerance=nsd_tolerance) or rescored.get(summary.stem)
         folder = Path(recorded.get("predictions", ""))
         if reason and not folder.is_dir():
             left_out[summary.stem] = (f"{reason}, and its predictions {folder} are gone; evaluate it again with "
@@ -260,6 +285,27 @@ def predicted_with_other_weights(ws: Workspace, model: str, folder: Path) -> Opt
         name, _, loss = model.partition("__")
         again = f"ibsr-nnunet baseline predict --model {name} --loss {loss}"
     return f"its predictions were made with other weights ({changed}); run `{again}` to rank it"
+
+
+def _scored_against_other_references(ws: Workspace, fingerprint: str) -> dict[str, str]:
+    """model -> why its evaluation of this dataset must be redone: it was scored against other reference labels
+    than the workspace holds now (or recorded none)."""
+    summaries = sorted(ws.evaluation.glob("*.json")) if ws.evaluation.is_dir() else []
+    evaluated = {s.stem: recorded for s in summaries
+                 if (recorded := recorded_summary(ws, s.stem)) and recorded.get("dataset_fingerprint") == fingerprint}
+    if not evaluated:
+        return {}
+    now = checksums.reference_sha256(ws, references(ws))
+    return {model: why for model, recorded in evaluated.items() if (why := changed_references(recorded, now))}
+
+
+def dataset_changes_note(ws: Workspace) -> list[str]:
+    """One sentence when the converted dataset differs from what `convert` wrote (the scores are then against it)."""
+    changed = checksums.changes(ws)
+    if not changed:
+        return []
+    return [f"warning: {ws.raw_dataset} was changed since convert wrote it: {'; '.join(changed)}; the scores are "
+            f"against it as it is now, run `ibsr-nnunet convert SOURCE --force` to restore it."]
 
 
 def _current_evaluations(ws: Workspace, fingerprint: str, left_out: dict[str, str], *,

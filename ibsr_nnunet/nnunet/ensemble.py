@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -18,7 +19,8 @@ from ..core.atomic import swap_in, write_json
 from ..core.errors import InputError
 from ..core.locks import Lock, lock_path
 from ..core.orientation import towards, training_axcodes
-from ..core.provenance import dataset_fingerprint, record, staleness, weights_signature
+from ..core.provenance import (KEY, archive_stale_outputs, dataset_fingerprint, record, short, staleness,
+                               weights_signature)
 from ..core.vocabulary import CONFIGURATIONS, N_FOLDS
 from ..core.workspace import Workspace
 from .paths import MODEL_FOLDER, MODEL_NAMES, TRAINER_BASE, fold_finished, fold_folder, fold_unready, model_folder
@@ -178,6 +180,7 @@ def run(ws: Workspace, trainer: Optional[str] = None, *, jobs: int = 1, device: 
         for key in keys:
             held.enter_context(Lock(lock_path(ws.predictions / MODEL_NAMES[key]), f"prediction set {MODEL_NAMES[key]}",
                                     "ibsr-nnunet ensemble", say=say))
+        archive_stale_search(ws, fingerprint, [ws.predictions / MODEL_NAMES[key] for key in keys], say=say)
         search, predictions = _predict_all(ws, selection, images, fingerprint, jobs=jobs, device=device, say=say)
     results = {MODEL_NAMES[k]: v for k, v in search["results"].items()}
     winner = MODEL_NAMES[search["winner"]]
@@ -185,7 +188,7 @@ def run(ws: Workspace, trainer: Optional[str] = None, *, jobs: int = 1, device: 
     reason = (f"{winner} has the highest cross-validation foreground-mean Dice on folds "
               f"{', '.join(map(str, selection.folds))} ({ranked}; nnU-Net keeps the simpler model on a tie); "
               f"{search['post_pp']:.4f} after its postprocessing")
-    record_file = ws.root / "best_configuration.json"
+    record_file = best_configuration_file(ws)
     write_json(record_file, {
         "winner": winner, "reason": reason, "crossval_dice": results, "crossval_dice_post_pp": search["post_pp"],
         "trainer": selection.trainer, "configurations": list(selection.configurations),
@@ -193,6 +196,36 @@ def run(ws: Workspace, trainer: Optional[str] = None, *, jobs: int = 1, device: 
         "predictions": {m: str(p) for m, p in predictions.items()}, "dataset_fingerprint": fingerprint,
     })
     return EnsembleResult(selection, results, winner, reason, predictions, record_file, time.perf_counter() - started)
+
+
+def best_configuration_file(ws: Workspace) -> Path:
+    return ws.root / "best_configuration.json"
+
+
+def search_outputs(ws: Workspace) -> list[Path]:
+    """What nnU-Net's best-configuration search and our record of it write: rewritten by every `ensemble`."""
+    results = ws.results_dataset
+    return [best_configuration_file(ws), results / "ensembles", *sorted(results.glob("*/crossval_results_folds_*")),
+            *(results / name for name in ("inference_information.json", "inference_instructions.txt",
+                                          "ibsr_ensemble.log"))]
+
+
+def archive_stale_search(ws: Workspace, fingerprint: str, prediction_sets: list[Path],
+                           say: Callable[[str], None]) -> None:
+    """Move the search's outputs and the prediction sets this run rewrites to the archive when they were made from
+    another dataset (a missing or unreadable record counts as another)."""
+    try:
+        made_from = json.loads(best_configuration_file(ws).read_text()).get(KEY)
+    except (OSError, ValueError, AttributeError):
+        made_from = None
+    if made_from != fingerprint:
+        archive_stale_outputs(ws, search_outputs(ws), what="the best-configuration search",
+                              why=f"made from dataset {short(made_from)}, the workspace now holds {short(fingerprint)}",
+                              say=say)
+    for folder in prediction_sets:
+        why = staleness(folder, fingerprint)
+        if why:
+            archive_stale_outputs(ws, [folder], what=f"prediction set {folder.name}", why=why, say=say)
 
 
 def _predict_all(ws: Workspace, selection: Selection, images: Path, fingerprint: str, *, jobs: int, device: str,

@@ -16,6 +16,8 @@ TRAINER_BASE = "IbsrTrainer"
 SHORT_TRAINER = re.compile(rf"{TRAINER_BASE}_(\d+)ep_(\d+)it")
 PLANS = "nnUNetPlans"
 MODEL_FOLDER = re.compile(rf"(?P<trainer>.+)__{PLANS}__(?P<configuration>{'|'.join(CONFIGURATIONS)})")
+# nnU-Net writes these beside the folds of a model folder, and needs them to use any of its folds
+TRAINER_FILES = ("plans.json", "dataset.json", "dataset_fingerprint.json")
 MODEL_NAMES = NNUNET_MODELS  # "2d" | "3d_fullres" | "ensemble" -> nnunet_2d | nnunet_3d_fullres | nnunet_ensemble
 
 
@@ -53,6 +55,11 @@ def plan_stamp(ws: Workspace) -> Path:
 def model_folder(ws: Workspace, configuration: str, trainer: str) -> Path:
     """nnU-Net's results folder of one trainer and configuration (its plans are always nnUNetPlans here)."""
     return ws.results_dataset / f"{trainer}__{PLANS}__{configuration}"
+
+
+def trainer_files(model: Path) -> list[Path]:
+    """The files of TRAINER_FILES that exist in the model folder `model`."""
+    return [model / name for name in TRAINER_FILES if (model / name).is_file()]
 
 
 def fold_folder(ws: Workspace, configuration: str, fold: int, *, trainer: str) -> Path:

@@ -22,7 +22,8 @@ from ..core.runlog import RunLog, cpu_name, record_locked, stall_message
 from ..core.signals import StopSignals
 from ..core.workspace import Workspace
 from .environment import resolve_device
-from .paths import FULL_EPOCHS, FULL_ITERATIONS, fold_finished, fold_folder, plan_stamp, plans_file, trainer_name
+from .paths import (FULL_EPOCHS, FULL_ITERATIONS, fold_finished, fold_folder, plan_stamp, plans_file, trainer_files,
+                    trainer_name)
 from .plans import REPLAN, read_plans, read_splits
 from .staging import staged_preprocessed
 from .trainer import TrainingStalled, trainer_class
@@ -198,8 +199,8 @@ def train(ws: Workspace, configuration: str, fold: int, *, epochs: int = FULL_EP
             with Lock(lock_path(folder), f"{configuration} fold {fold} ({name})", command, say=say) as lock, \
                     _reading_preprocessed(ws, configuration, fold, fingerprint, name=name, command=command,
                                           say=say) as plans:
-                ensure_current(ws, folder, what=f"{configuration} fold {fold} of {name}", fingerprint=fingerprint,
-                               archive_stale=archive_stale, say=say)
+                _ensure_model_current(ws, folder, configuration=configuration, name=name, fingerprint=fingerprint,
+                                      archive_stale=archive_stale, say=say)
                 if fold_finished(folder):
                     return TrainResult(folder, "already finished", None, epochs, [])
                 folder.mkdir(parents=True, exist_ok=True)
@@ -225,6 +226,17 @@ def train(ws: Workspace, configuration: str, fold: int, *, epochs: int = FULL_EP
         except LockedError:
             record_locked(folder, "train")
             raise
+
+
+def _ensure_model_current(ws: Workspace, folder: Path, *, configuration: str, name: str, fingerprint: str,
+                          archive_stale: bool, say: Callable[[str], None]) -> None:
+    """The fold to train and every other fold beside it must be of this dataset: training rewrites the model folder's
+    plans.json, dataset.json and dataset_fingerprint.json, which each fold needs. A stale one is refused, or
+    (`archive_stale`) moved to the archive with a copy of those files, so it stays usable from there."""
+    for fold in sorted({folder, *folder.parent.glob("fold_*")}):
+        ensure_current(ws, fold, what=f"{configuration} {fold.name.replace('_', ' ')} of {name}",
+                       fingerprint=fingerprint, archive_stale=archive_stale, copies=trainer_files(folder.parent),
+                       say=say)
 
 
 def _train_fold(ws: Workspace, plans: dict, configuration: str, fold: int, *, folder: Path, name: str, torch_device,
