@@ -19,7 +19,7 @@ def test_phantom_plan_trains_fold_0_of_each_configuration_and_a_real_tree_folds_
         "convert", "plan", "train 2d fold 0", "train 3d_fullres fold 0", "ensemble",
         *(f"{verb} {model}" for model in BASELINES for verb in ("baseline", "predict")), "leaderboard"]
     assert phantom[2].args == ["train", "--fold", "0", "--config", "2d", "--epochs", "3",
-                               "--iterations-per-epoch", "10", "--device", "cpu"]
+                               "--iterations-per-epoch", "10", "--device", "cpu", "--seed", "0"]
     assert phantom[5].args[-12:] == ["--epochs", "8", "--iterations-per-epoch", "20", "--width", "8",
                                      "--patch-size", "32", "--batch-size", "4", "--lr", "0.01"]
     unet3d = next(step for step in phantom if step.name == "baseline unet3d")
