@@ -33,7 +33,8 @@ MaxRestarts = Annotated[Optional[int], typer.Option("--max-restarts", help="Requ
 StageData = Annotated[Optional[bool], typer.Option("--stage-data/--no-stage-data", help="nnU-Net folds copy the preprocessed data to node-local disk first (default: no).")]
 LocalScratch = Annotated[Optional[str], typer.Option("--local-scratch", help="Node-local folder for --stage-data (default: $SLURM_TMPDIR, else $TMPDIR).")]
 ConfigFile = Annotated[Optional[Path], typer.Option("--config-file", help="TOML with these settings (partition, account, time, gpus_per_job, gpu_option, cpus_per_task, mem, signal_grace, extra_sbatch, setup, max_restarts, array_parallel, stage_data, local_scratch, seed); options win.")]
-Seed = Annotated[Optional[int], typer.Option("--seed", min=0, help="nnU-Net folds train seeded (`train --seed`; default: unseeded).")]
+Seed = Annotated[Optional[int], typer.Option(
+    "--seed", min=0, help="nnU-Net folds train seeded (`train --seed`; default: unseeded).")]
 Epochs = Annotated[int, typer.Option("--epochs", min=1, help="Epochs of every training job.")]
 Iterations = Annotated[int, typer.Option("--iterations-per-epoch", min=1, help="Iterations per epoch of every training job.")]
 
