@@ -317,5 +317,3 @@ def test_a_seed_is_passed_to_train_and_no_seed_adds_nothing(tmp_path):
     config = tmp_path / "slurm.toml"
     config.write_text("seed = 5\n")
     assert sbatch.resources_from(config).seed == 5
-    with pytest.raises(InputError, match="seed = -1 is refused"):
-        sbatch.resources_from(seed=-1)
