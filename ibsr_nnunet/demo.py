@@ -86,8 +86,9 @@ def steps(source: Path, budget: Budget, *, device: str, jobs: int) -> list[Step]
         options = dict(zip(budget.baseline_options[::2], budget.baseline_options[1::2]))
         own = dict(budget.model_options).get(model, ())
         options.update(zip(own[::2], own[1::2]))
+        # a fixed thread count: the baselines' default picks one by timing, which shared cores make vary by run
         plan.append(Step(f"baseline {model}", ["baseline", "train", "--model", model, "--loss", budget.baseline_loss,
-                                               "--device", device, *limits,
+                                               "--device", device, "--threads", str(jobs), *limits,
                                                *(part for pair in options.items() for part in pair)]))
         plan.append(Step(f"predict {model}", ["baseline", "predict", "--model", model, "--loss",
                                               budget.baseline_loss, "--device", device]))
