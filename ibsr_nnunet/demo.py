@@ -33,6 +33,7 @@ class Budget:
     baseline_models: tuple[str, ...] = BASELINES
     baseline_options: tuple[str, ...] = ()  # option-value pairs, e.g. a narrower network and smaller patches
     model_options: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (baseline, pairs that replace shared ones)
+    seed: int = 0  # nnU-Net's folds are seeded, so a second demo shows the first one's numbers
 
 
 # phantom volumes are 64×32×64: 32-voxel patches and narrow networks keep every baseline to seconds on 2 cores;
@@ -72,7 +73,7 @@ def steps(source: Path, budget: Budget, *, device: str, jobs: int) -> list[Step]
         for fold in budget.folds:
             plan.append(Step(f"train {configuration} fold {fold}", [
                 "train", "--fold", str(fold), "--config", configuration, "--epochs", str(budget.epochs),
-                "--iterations-per-epoch", str(budget.iterations), "--device", device]))
+                "--iterations-per-epoch", str(budget.iterations), "--device", device, "--seed", str(budget.seed)]))
     plan.append(Step("ensemble", ["ensemble", "--device", device, "--jobs", str(jobs)]))
     for model in budget.baseline_models:
         limits = []
@@ -85,8 +86,9 @@ def steps(source: Path, budget: Budget, *, device: str, jobs: int) -> list[Step]
         options = dict(zip(budget.baseline_options[::2], budget.baseline_options[1::2]))
         own = dict(budget.model_options).get(model, ())
         options.update(zip(own[::2], own[1::2]))
+        # a fixed thread count: the baselines' default picks one by timing, which shared cores make vary by run
         plan.append(Step(f"baseline {model}", ["baseline", "train", "--model", model, "--loss", budget.baseline_loss,
-                                               "--device", device, *limits,
+                                               "--device", device, "--threads", str(jobs), *limits,
                                                *(part for pair in options.items() for part in pair)]))
         plan.append(Step(f"predict {model}", ["baseline", "predict", "--model", model, "--loss",
                                               budget.baseline_loss, "--device", device]))

@@ -314,3 +314,13 @@ def test_the_hand_script_embeds_its_fold_records_itself_first_and_passes_staging
     assert not list(tmp_path.rglob("CANARY"))
     with pytest.raises(InputError):
         sbatch.render_fold(WS, CLI, CPU, configuration="2d", fold=-1, epochs=1, iterations=1, device="cpu")
+
+
+def test_a_seed_is_passed_to_train_and_no_seed_adds_nothing(tmp_path):
+    seeded = sbatch.resources_from(gpus_per_job=0, cpus_per_task=1, signal_grace=300, seed=3)
+    text = sbatch.render_fold_array(WS, CLI, seeded, configuration="2d", epochs=3, iterations=2, device="cpu")
+    assert "--iterations-per-epoch 2 --device cpu --seed 3\n" in text
+    assert "--seed" not in CASES["nnunet-fold-2d-cpu.sbatch"]()
+    config = tmp_path / "slurm.toml"
+    config.write_text("seed = 5\n")
+    assert sbatch.resources_from(config).seed == 5

@@ -34,6 +34,8 @@ NODES = (
     ('time = "tomorrow"', "time = 'tomorrow' is refused; expected a SLURM time"),
     ('partition = "gpu\\n"', "partition = 'gpu\\n' is refused"),
     ("extra_sbatch = 3", "extra_sbatch = 3 is refused; expected a list of sbatch options"),
+    ("seed = -1", "seed = -1 is refused; expected a whole number, 0 or more"),
+    ('seed = "7"', "seed = '7' is refused; expected a whole number, 0 or more"),
 ])
 def test_config_file_values_are_checked_by_type_and_range(tmp_path, toml, message):
     config = tmp_path / "slurm.toml"
@@ -46,6 +48,7 @@ def test_config_file_values_are_checked_by_type_and_range(tmp_path, toml, messag
 @pytest.mark.parametrize("options, message", [
     ({"signal_grace": 59}, "--signal-grace: signal_grace = 59 is refused"),
     ({"cpus_per_task": 0}, "--cpus-per-task: cpus_per_task = 0 is refused"),
+    ({"seed": -1}, "--seed: seed = -1 is refused"),
     ({"time": "00:10:00", "signal_grace": 600}, "--signal-grace 600 s is not less than --time 00:10:00 (600 s)"),
     ({"time": "5", "signal_grace": 600}, "--signal-grace 600 s is not less than --time 5 (300 s)"),
 ])

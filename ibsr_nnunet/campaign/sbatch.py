@@ -78,6 +78,7 @@ RULES = {
     "stage_data": (lambda v: isinstance(v, bool), "true or false"),
     "local_scratch": (lambda v: isinstance(v, str) and v.startswith("/") and not any(c in v for c in "\n\r\0"),
                       "an absolute folder on each node's local disk, e.g. /local/scratch"),
+    "seed": (_whole(0), "a whole number, 0 or more"),
 }
 LISTS = ("extra_sbatch", "setup")  # settings given as repeated options or TOML lists
 
@@ -107,6 +108,7 @@ class Resources:
     array_parallel: Optional[int] = None  # array tasks running at once (--array=...%N); none: no throttle
     stage_data: bool = False  # nnU-Net folds copy the preprocessed data to node-local disk first
     local_scratch: Optional[str] = None  # node-local folder for --stage-data; none: $SLURM_TMPDIR, then $TMPDIR
+    seed: Optional[int] = None  # nnU-Net folds train seeded (`train --seed`); none: unseeded
 
     def __post_init__(self) -> None:
         for line in self.setup if isinstance(self.setup, tuple) else ():
@@ -158,7 +160,7 @@ RESOURCE_KEYS = {f.name for f in fields(Resources)}
 def load_config_file(path: Path) -> dict[str, Any]:
     """Resource settings from a TOML file: top-level keys or a [slurm] table, named like the Resources fields
     (partition, account, time, gpus_per_job, gpu_option, cpus_per_task, mem, signal_grace, extra_sbatch, setup,
-    max_restarts, array_parallel, stage_data, local_scratch)."""
+    max_restarts, array_parallel, stage_data, local_scratch, seed)."""
     try:
         data = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as err:
@@ -242,11 +244,15 @@ def _schedule(epochs: int, iterations: int, device: str) -> dict[str, str]:
 
 
 def _train_options(resources: Resources) -> str:
-    """What `train` is told beyond its schedule: node-local staging of the preprocessed data."""
-    if not resources.stage_data:
-        return ""
-    scratch = f" --local-scratch {shlex.quote(resources.local_scratch)}" if resources.local_scratch else ""
-    return " --stage-data" + scratch
+    """What `train` is told beyond its schedule: node-local staging of the preprocessed data, a seed."""
+    options = ""
+    if resources.stage_data:
+        options += " --stage-data"
+        if resources.local_scratch:
+            options += f" --local-scratch {shlex.quote(resources.local_scratch)}"
+    if resources.seed is not None:
+        options += f" --seed {int(resources.seed)}"
+    return options
 
 
 def _fold(workspace: Path, cli: Sequence[str], resources: Resources, configuration: str, *, epochs: int,

@@ -45,6 +45,9 @@ def train_command(
         10, "--patience", help="Stop after this many epochs without a better validation loss."),
     device: DeviceOption = Device.auto,
     seed: int = typer.Option(0, "--seed", help="Same seed, same split, patches and initialisation."),
+    threads: int = typer.Option(
+        0, "--threads", min=0, help="CPU threads (0: 1 or all, whichever trains faster now; a fixed count trains the "
+        "same weights on every run, since the thread count changes how float sums round)."),
     archive_stale: ArchiveStaleOption = False,
 ) -> None:
     """Train one baseline; resumes by itself, and exits 75 after saving when SIGUSR1/SIGTERM asks it to stop (76
@@ -63,6 +66,7 @@ def train_command(
         **{k: v for k, v in given.items() if v is not None},
         "model": model, "loss": loss, "minutes": minutes, "epochs": epochs if epochs or minutes else 100,
         "optimizer": optimizer, "depth": depth, "patience": patience, "device": device, "seed": seed,
+        "threads": threads,
     })
     folder = run_dir(ws, model, loss)
     with progress_bar() as bar:

@@ -32,7 +32,9 @@ Setup = Annotated[Optional[List[str]], typer.Option("--setup", help="A shell lin
 MaxRestarts = Annotated[Optional[int], typer.Option("--max-restarts", help="Requeues a training job may ask for before it ends FAILED (default 50).")]
 StageData = Annotated[Optional[bool], typer.Option("--stage-data/--no-stage-data", help="nnU-Net folds copy the preprocessed data to node-local disk first (default: no).")]
 LocalScratch = Annotated[Optional[str], typer.Option("--local-scratch", help="Node-local folder for --stage-data (default: $SLURM_TMPDIR, else $TMPDIR).")]
-ConfigFile = Annotated[Optional[Path], typer.Option("--config-file", help="TOML with these settings (partition, account, time, gpus_per_job, gpu_option, cpus_per_task, mem, signal_grace, extra_sbatch, setup, max_restarts, array_parallel, stage_data, local_scratch); options win.")]
+ConfigFile = Annotated[Optional[Path], typer.Option("--config-file", help="TOML with these settings (partition, account, time, gpus_per_job, gpu_option, cpus_per_task, mem, signal_grace, extra_sbatch, setup, max_restarts, array_parallel, stage_data, local_scratch, seed); options win.")]
+Seed = Annotated[Optional[int], typer.Option(
+    "--seed", min=0, help="nnU-Net folds train seeded (`train --seed`; default: unseeded).")]
 Epochs = Annotated[int, typer.Option("--epochs", min=1, help="Epochs of every training job.")]
 Iterations = Annotated[int, typer.Option("--iterations-per-epoch", min=1, help="Iterations per epoch of every training job.")]
 
@@ -60,6 +62,7 @@ def submit(
     array_parallel: Annotated[Optional[int], typer.Option("--array-parallel", help="Fold array tasks running at once per configuration (--array=...%N; default: no limit).")] = None,
     stage_data: StageData = None,
     local_scratch: LocalScratch = None,
+    seed: Seed = None,
     config_file: ConfigFile = None,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the scripts and sbatch command lines; submit nothing."),
     archive_stale: ArchiveStaleOption = False,
@@ -74,7 +77,7 @@ def submit(
                                gpus_per_job=gpus_per_job, cpus_per_task=cpus_per_task, mem=mem,
                                signal_grace=signal_grace, extra_sbatch=extra_sbatch, setup=setup,
                                max_restarts=max_restarts, array_parallel=array_parallel, stage_data=stage_data,
-                               local_scratch=local_scratch)
+                               local_scratch=local_scratch, seed=seed)
     plan = SubmitPlan(
         configs=tuple(configs), folds=tuple(int(f) for f in folds), baselines=tuple(baselines), epochs=epochs, iterations=iterations,
         device=device.value, resources=resources, dry_run=dry_run, archive_stale=archive_stale)
@@ -141,6 +144,7 @@ def script(
     max_restarts: MaxRestarts = None,
     stage_data: StageData = None,
     local_scratch: LocalScratch = None,
+    seed: Seed = None,
     config_file: ConfigFile = None,
 ) -> None:
     """Print one fold's job script to sbatch by hand (`script ... > fold0.sbatch && sbatch fold0.sbatch`)."""
@@ -152,7 +156,8 @@ def script(
     resources = resources_from(config_file, partition=partition, account=account, time=time_limit,
                                gpus_per_job=gpus_per_job, cpus_per_task=cpus_per_task, mem=mem,
                                signal_grace=signal_grace, extra_sbatch=extra_sbatch, setup=setup,
-                               max_restarts=max_restarts, stage_data=stage_data, local_scratch=local_scratch)
+                               max_restarts=max_restarts, stage_data=stage_data, local_scratch=local_scratch,
+                               seed=seed)
     text = fold_script(ws, config.value, fold, epochs=epochs, iterations=iterations, device=device.value,
                        resources=resources)
     typer.echo(text, nl=False)  # the script alone on stdout; what to know about it on stderr

@@ -22,9 +22,9 @@ def demo(
         "--source", help="A real IBSR18 tree instead of the embedded phantom (longer budgets).")] = None,
     device: DeviceOption = Device.auto,
     jobs: JobsOption = 0,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="nnU-Net epochs per fold (phantom 5, real 20).")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="nnU-Net epochs per fold (phantom 3, real 20).")] = None,
     iterations: Annotated[Optional[int], typer.Option(
-        "--iterations-per-epoch", min=1, help="nnU-Net iterations per epoch (phantom 12, real 50).")] = None,
+        "--iterations-per-epoch", min=1, help="nnU-Net iterations per epoch (phantom 10, real 50).")] = None,
     baseline_minutes: Annotated[Optional[float], typer.Option(
         "--baseline-minutes", help="Training budget of each baseline (phantom: 8 short epochs, real: 12 min).")] = None,
 ) -> None:

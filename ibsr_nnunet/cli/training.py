@@ -61,6 +61,9 @@ def train(
     compile_network: Annotated[Optional[bool], typer.Option(
         "--compile/--no-compile", help="nnU-Net's torch.compile on CUDA (never on CPU); a requeued run compiles again. "
         f"Default: nnUNet_compile when set, else {'on' if COMPILE_DEFAULT else 'off'}.")] = None,
+    seed: Annotated[Optional[int], typer.Option(
+        "--seed", min=0, help="Seed the weights, the batches and their augmentation: the same seed on the same "
+        "software and CPU trains the same fold, resumed or not. Default: unseeded, as nnU-Net.")] = None,
 ) -> None:
     """Train one fold; resumes by itself, and exits 75 after saving when SIGUSR1/SIGTERM asks it to stop (76 when
     two runs in a row were stopped by SIGUSR1 before finishing an epoch)."""
@@ -71,7 +74,7 @@ def train(
     configure(ws, cores(0))
     result = run_train(ws, config.value, fold, epochs=epochs, iterations=iterations, device=device.value,
                        save_every=save_every, archive_stale=archive_stale, stage_data=stage_data,
-                       local_scratch=local_scratch, compile=compile_network, say=console.print)
+                       local_scratch=local_scratch, compile=compile_network, seed=seed, say=console.print)
     if result.status == "already finished":
         console.print(f"{config.value} fold {fold} is already finished: {result.fold_folder}")
         return

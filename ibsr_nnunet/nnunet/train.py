@@ -178,14 +178,14 @@ def _announce(signum: int) -> None:
 def train(ws: Workspace, configuration: str, fold: int, *, epochs: int = FULL_EPOCHS,
           iterations: int = FULL_ITERATIONS, device: str = "auto", save_every: int = 1, archive_stale: bool = False,
           stage_data: bool = False, local_scratch: Optional[Path] = None, compile: Optional[bool] = None,
-          say: Callable[[str], None] = print) -> TrainResult:
+          seed: Optional[int] = None, say: Callable[[str], None] = print) -> TrainResult:
     """Train (or resume, or skip) one fold, then write nnU-Net's validation with probabilities (--npz).
 
     One writer per fold (a lock); a fold made from another dataset is refused, or archived with `archive_stale`.
     SIGUSR1/SIGTERM at any point (start-up included) end it after a checkpoint, with EXIT_REQUEUE; EXIT_STALLED
     instead when this run and the one before were both stopped by SIGUSR1 before finishing an epoch. Each run
     that trains is recorded in the fold's runs.jsonl (core/runlog.py). `compile`: nnU-Net's torch.compile on CUDA
-    (None: see _compile_setting)."""
+    (None: see _compile_setting). `seed`: seeded, reproducible training (seeding.py); None: nnU-Net's unseeded."""
     began = time.time()
     with StopSignals(on_signal=_announce) as stop:
         if epochs < 1 or iterations < 1 or save_every < 1:
@@ -212,8 +212,8 @@ def train(ws: Workspace, configuration: str, fold: int, *, epochs: int = FULL_EP
                             ws, plans["configurations"][configuration]["data_identifier"], enabled=stage_data,
                             local_scratch=local_scratch, say=say):
                         result = _train_fold(ws, plans, configuration, fold, folder=folder, name=name,
-                                             torch_device=torch_device, save_every=save_every, stop=stop, run=run,
-                                             lock=lock, say=say)
+                                             torch_device=torch_device, save_every=save_every, seed=seed, stop=stop,
+                                             run=run, lock=lock, say=say)
                 except BaseException as err:
                     if run.end_after(err, signal_name=stop.name):
                         say(stall_message(run.epoch))
@@ -240,7 +240,8 @@ def _ensure_model_current(ws: Workspace, folder: Path, *, configuration: str, na
 
 
 def _train_fold(ws: Workspace, plans: dict, configuration: str, fold: int, *, folder: Path, name: str, torch_device,
-                save_every: int, stop: StopSignals, run: RunLog, lock: Lock, say: Callable[[str], None]) -> TrainResult:
+                save_every: int, seed: Optional[int], stop: StopSignals, run: RunLog, lock: Lock,
+                say: Callable[[str], None]) -> TrainResult:
     """Build our trainer, resume from the newest readable checkpoint, record the run's start, train, validate."""
     resume_from, notes = _newest_readable(folder, torch_device, say)
     dataset_json = json.loads((ws.preprocessed_dataset / "dataset.json").read_text())
@@ -251,12 +252,14 @@ def _train_fold(ws: Workspace, plans: dict, configuration: str, fold: int, *, fo
     trainer.stop_signals = stop
     trainer.run_log = run
     trainer.lock = lock
+    trainer.seed = seed
     if resume_from:
         trainer.load_checkpoint(str(folder / resume_from))
         say(f"resuming {name} {configuration} fold {fold} from {resume_from} at epoch {trainer.current_epoch}")
     start_epoch = trainer.current_epoch
     run.begin(epoch=start_epoch, device=torch_device.type, device_name=device_name(torch_device),
-              reached=_epochs_reached(folder), compile=trainer._do_i_compile(), log=Path(trainer.log_file).name)
+              reached=_epochs_reached(folder), compile=trainer._do_i_compile(), log=Path(trainer.log_file).name,
+              seed=seed)
     if resume_from != "checkpoint_final.pth":
         trainer.run_training()
     # `--npz`: probabilities for nnU-Net's best-configuration search and ensembling

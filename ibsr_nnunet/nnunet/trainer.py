@@ -5,8 +5,8 @@ run can never be mistaken for a full one. nnU-Net builds trainers with exactly i
 copies them from `locals()`), so settings of ours are attributes set after construction by `train`:
 `save_every` (1 here, also under nnU-Net's own `nnUNetv2_train -tr Ibsr…`; nnU-Net's default is 50),
 `stop_signals` (None under `nnUNetv2_train`: no save-and-stop on signals there), `run_log` (the run's entry in
-runs.jsonl; None under `nnUNetv2_train`) and `lock` (the fold's lock, verified before every checkpoint; None under
-`nnUNetv2_train`).
+runs.jsonl; None under `nnUNetv2_train`), `lock` (the fold's lock, verified before every checkpoint; None under
+`nnUNetv2_train`) and `seed` (None: nnU-Net's unseeded training; else seeding.py's).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from ..core.runlog import RunLog
 from ..core.signals import StopSignals
 from .environment import die_with
 from .paths import trainer_schedule
+from .seeding import EPOCH_START, NETWORK_INIT, seed_everything, seeded_dataloaders
 
 
 def _worker_bound_to_trainer(producer, trainer_pid: int, *args, **kwargs):
@@ -40,15 +41,17 @@ def bind_augmentation_workers() -> None:
     The workers keep ignoring SIGUSR1/SIGTERM (they inherit StopSignals' handler, which acts in the trainer only):
     SLURM signals every process of a job, and workers dying on SIGTERM would fail the trainer before it saves.
     """
-    import batchgenerators.dataloading.nondet_multi_threaded_augmenter as augmenter
+    import batchgenerators.dataloading.multi_threaded_augmenter as ordered
+    import batchgenerators.dataloading.nondet_multi_threaded_augmenter as unordered
 
-    producer = augmenter.producer
-    if getattr(producer, "trainer_pid", None) == os.getpid():
-        return
-    original = getattr(producer, "original", producer)
-    bound = functools.partial(_worker_bound_to_trainer, original, os.getpid())
-    bound.original, bound.trainer_pid = original, os.getpid()
-    augmenter.producer = bound
+    for augmenter in (unordered, ordered):  # nnU-Net's own; seeding.py's
+        producer = augmenter.producer
+        if getattr(producer, "trainer_pid", None) == os.getpid():
+            continue
+        original = getattr(producer, "original", producer)
+        bound = functools.partial(_worker_bound_to_trainer, original, os.getpid())
+        bound.original, bound.trainer_pid = original, os.getpid()
+        augmenter.producer = bound
 
 
 def record_provenance(folder: Path, dataset_name: str, **details) -> None:
@@ -103,12 +106,25 @@ def trainer_class(name: str):
             self.stop_signals: Optional[StopSignals] = None
             self.run_log: Optional[RunLog] = None
             self.lock: Optional[Lock] = None
+            self.seed: Optional[int] = None
 
         def on_train_start(self):
             record_provenance(Path(self.output_folder), self.plans_manager.dataset_name,
                               configuration=self.configuration_name, fold=self.fold, trainer=name)
             bind_augmentation_workers()  # before nnU-Net starts its workers in get_dataloaders
+            if self.seed is not None:
+                seed_everything(self.seed, NETWORK_INIT)  # nnU-Net initialises the network's weights next
             super().on_train_start()
+
+        def get_dataloaders(self):
+            if self.seed is None:
+                return super().get_dataloaders()
+            return seeded_dataloaders(self, super().get_dataloaders, self.seed)
+
+        def on_epoch_start(self):
+            if self.seed is not None:  # a run resumed at this epoch draws what an unbroken one draws
+                seed_everything(self.seed, EPOCH_START, self.current_epoch)
+            super().on_epoch_start()
 
         def save_checkpoint(self, filename: str) -> None:
             """Write to a temporary file, fsync, keep the previous good checkpoint, then rename into place."""
