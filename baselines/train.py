@@ -33,6 +33,7 @@ from .threads import ThreadTuner
 
 CHECKPOINT = "checkpoint.pt"  # everything a resume needs
 RUN_RECORD = "run.json"  # what the run is and how far it got, rewritten after every epoch
+GRADIENT_CLIP = 12.0  # the largest gradient norm a step takes (nnU-Net's value)
 LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds")
 # options that define what is learnt: a run folder refuses to resume under different ones
 IDENTITY = ("model", "loss", "width", "depth", "dropout", "patch_size", "batch_size", "optimizer", "schedule", "seed")
@@ -419,14 +420,28 @@ class _Run:
             loss = self.loss_fn(self.model(image), label)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        apply_gradients(self.model, self.optimizer, self.scaler)
         return loss.item()
 
     def result(self, status: str, start_epoch: int) -> TrainResult:
         """What this call did, as train() returns it."""
         return TrainResult(status, self.folder, start_epoch, self.epoch, self.best_val_loss, self.best_val_dice,
                            self.elapsed(), self.log)
+
+
+def apply_gradients(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> bool:
+    """One optimiser step with the gradient norm clipped to GRADIENT_CLIP; a non-finite gradient (seen in narrow 3D
+    networks with batches of 2 at Adam's 0.01 on CPU) is skipped instead of making every weight NaN, as GradScaler
+    does on CUDA. False when the step was skipped."""
+    scaler.unscale_(optimizer)
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), GRADIENT_CLIP)
+    finite = bool(torch.isfinite(norm))
+    if finite:
+        scaler.step(optimizer)
+    else:
+        optimizer.zero_grad(set_to_none=True)
+    scaler.update()
+    return finite
 
 
 def _start_run(folder: Path, train_files: list[tuple[str, Path, Path]], options: TrainOptions, began: float) -> _Run:

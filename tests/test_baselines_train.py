@@ -15,7 +15,8 @@ from baselines.data import Augment, PatchSampler, crop, load_case, slicing_axis,
 from baselines.infer import gaussian_weights, predict_array, predict_files, window_starts
 from baselines.models import MODELS, build_model
 from baselines.threads import ThreadTuner
-from baselines.train import TrainOptions, device_defaults, run_dir, split_validation, train
+from baselines.train import (GRADIENT_CLIP, TrainOptions, apply_gradients, device_defaults, run_dir, split_validation,
+                             train)
 from ibsr_nnunet.core.errors import InputError
 from ibsr_nnunet.core.exitcodes import EXIT_REQUEUE, EXIT_STALLED
 from ibsr_nnunet.core.runlog import RUNS_FILE, read_runs
@@ -309,3 +310,21 @@ def test_cli_refuses_bad_names_listing_the_valid_ones(baseline_ws, args, valid):
 def test_cli_refuses_a_workspace_without_a_dataset(tmp_path):
     result = invoke(tmp_path, "baseline", "train", "--epochs", "1", *TINY)
     assert result.exit_code == 1 and "no converted dataset" in result.output and "ibsr-nnunet convert" in result.output
+
+
+@pytest.mark.parametrize("gradient, stepped, norm_after", [
+    (float("nan"), False, None),
+    (float("inf"), False, None),
+    (100.0, True, GRADIENT_CLIP),  # 4 weights x 100: norm 200, clipped to 12
+    (1.0, True, 2.0),  # norm 2: left as it is
+])
+def test_a_step_clips_the_gradient_norm_and_skips_a_non_finite_gradient(gradient, stepped, norm_after):
+    model = torch.nn.Linear(2, 2, bias=False)
+    before = model.weight.detach().clone()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    model.weight.grad = torch.full_like(model.weight, gradient)
+    assert apply_gradients(model, optimizer, torch.amp.GradScaler("cuda", enabled=False)) is stepped
+    if stepped:
+        assert torch.linalg.vector_norm(before - model.weight.detach()).item() == pytest.approx(norm_after, rel=1e-5)
+    else:
+        assert torch.equal(model.weight.detach(), before) and model.weight.grad is None

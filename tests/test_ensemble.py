@@ -194,8 +194,10 @@ def nnunet_model(ws: Workspace) -> str:
         fake_fold(ws, "IbsrTrainer", "2d", fold)
     folder = ws.predictions / "nnunet_2d"
     folder.mkdir(parents=True)
+    postprocessing = ws.results_dataset / "crossval_results_folds_0_1" / "postprocessing.pkl"
     (folder / "model.json").write_text(json.dumps({"model": "nnunet_2d", "trainer": "IbsrTrainer",
-                                                   "configurations": ["2d"], "folds": [0, 1]}))
+                                                   "configurations": ["2d"], "folds": [0, 1],
+                                                   "postprocessing_file": str(postprocessing)}))
     provenance.record(folder, provenance.dataset_fingerprint(ws))
     return "nnunet_2d"
 
