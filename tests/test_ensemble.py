@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from ibsr_nnunet.data.convert import ConvertOptions, convert
 from ibsr_nnunet.nnunet.ensemble import select
-from ibsr_nnunet.core import provenance
+from ibsr_nnunet.core import checksums, provenance
 from ibsr_nnunet.core.errors import InputError
 from ibsr_nnunet.nnunet.environment import EXT_TRAINER_FOLDER
 from ibsr_nnunet.core.locks import Lock, lock_path
@@ -88,7 +88,7 @@ def test_ensemble_writes_three_prediction_sets_with_input_geometry(ensembled):
         assert [(ws.root / w["path"]).resolve() for w in weights] == [
             (fold_folder(ws, c, f, trainer=TRAINER) / "checkpoint_final.pth").resolve()
             for c in configurations for f in (0, 1)]
-        assert all(w["sha256"] == provenance.file_sha256(ws.root / w["path"]) for w in weights)
+        assert all(w["sha256"] == checksums.sha256(ws.root / w["path"]) for w in weights)
         for image in images:
             reference = nib.load(image)
             prediction = nib.load(folder / image.name.replace("_0000", ""))

@@ -162,6 +162,16 @@ BASELINE_ARGS = ["baseline", "train", "--model", "unet2d", "--loss", "dice", "--
                  "--batch-size", "2"]
 
 
+def take_over_from_another_host(lock_file: Path) -> Holder:
+    """What a taker on another host does to a holder it judged stale: rename its own record over the lock."""
+    other = Holder(pid=4242, host="node7", boot_id="another-boot", start_time="1", slurm_job_id=None,
+                   slurm_restart_count=0, command="ibsr-nnunet train", heartbeat=time.time())
+    replacement = lock_file.with_name("replacement")
+    replacement.write_bytes(other.record())
+    os.rename(replacement, lock_file)
+    return other
+
+
 def epochs_done(run: Path) -> int:
     try:
         return json.loads((run / "run.json").read_text())["epochs_done"]
@@ -206,10 +216,7 @@ def test_a_baseline_training_whose_lock_is_taken_over_stops_before_its_next_chec
     first = start(ws.root, *BASELINE_ARGS, env={"IBSR_LOCK_HEARTBEAT": "0.2"})
     try:
         assert wait_for(lambda: epochs_done(run) >= 1, 300)
-        other = Holder(pid=4242, host="node7", boot_id="another-boot", start_time="1", slurm_job_id=None,
-                       slurm_restart_count=0, command="ibsr-nnunet baseline train", heartbeat=time.time())
-        (run.parent / "replacement").write_bytes(other.record())
-        os.rename(run.parent / "replacement", lock_path(run))
+        other = take_over_from_another_host(lock_path(run))
         taken_at = epochs_done(run)
         output, _ = first.communicate(timeout=300)
     finally:
@@ -261,10 +268,7 @@ def test_an_nnunet_fold_whose_lock_is_taken_over_stops_before_its_next_checkpoin
     try:
         assert wait_for(lambda: (folder / "checkpoint_latest.pth").exists(), 300), first.stdout.read()
         workers = children(first.pid)
-        other = Holder(pid=4242, host="node7", boot_id="another-boot", start_time="1", slurm_job_id=None,
-                       slurm_restart_count=0, command="ibsr-nnunet train --fold 0 --config 2d", heartbeat=time.time())
-        (folder.parent / "replacement").write_bytes(other.record())
-        os.rename(folder.parent / "replacement", lock_path(folder))
+        take_over_from_another_host(lock_path(folder))
         taken = (folder / "checkpoint_latest.pth").stat().st_mtime_ns
         output, _ = first.communicate(timeout=300)
     finally:

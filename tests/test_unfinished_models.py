@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ibsr_nnunet.core import provenance
+from ibsr_nnunet.core import checksums, provenance
 from ibsr_nnunet.core.workspace import Workspace
 
 from helpers import CLI, copy_workspace, invoke, said
@@ -137,7 +137,7 @@ def test_a_set_predicted_with_other_weights_is_left_out_redone_and_re_segmented(
     assert redone.exit_code == 0 and "was predicted with other weights" in said(redone), said(redone)
     assert "already up to date" not in said(redone)  # every case again, although its files are newer than best.pt
     recorded = provenance.recorded_weights(ws.predictions / MODEL)
-    assert recorded[0]["sha256"] == provenance.file_sha256(run / "best.pt")
+    assert recorded[0]["sha256"] == checksums.sha256(run / "best.pt")
     board = invoke(ws, "leaderboard", "--no-figures")
     assert board.exit_code == 0 and sorted(pd.read_csv(ws.leaderboard)["model"]) == ["copied", MODEL], said(board)
 

@@ -4,7 +4,6 @@ from another dataset or from other weights is ever taken for current."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from .atomic import fsync_dir, write_json
+from .checksums import sha256
 from .errors import InputError
 from .workspace import Workspace
 
@@ -45,14 +45,6 @@ def recorded(folder: Path) -> Optional[str]:
         return None
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _workspace_relative(ws: Workspace, path: Path) -> str:
     path, root = Path(path).resolve(), ws.root.resolve()
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
@@ -64,7 +56,7 @@ def weights_signature(ws: Workspace, paths: list[Path]) -> list[dict]:
     for path in paths:
         stat = Path(path).stat()
         signature.append({"path": _workspace_relative(ws, path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                          "sha256": file_sha256(Path(path))})
+                          "sha256": sha256(Path(path))})
     return signature
 
 
@@ -88,7 +80,7 @@ def weights_changed(ws: Workspace, signature: list[dict]) -> Optional[str]:
             return f"{entry['path']} is gone"
         if (stat.st_size, stat.st_mtime_ns) == (entry["size"], entry["mtime_ns"]):
             continue
-        if stat.st_size != entry["size"] or file_sha256(path) != entry["sha256"]:
+        if stat.st_size != entry["size"] or sha256(path) != entry["sha256"]:
             return f"{entry['path']} changed at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(stat.st_mtime))}"
     return None
 
