@@ -115,7 +115,12 @@ def write_record(ws: Workspace, **changes) -> Path:
 def test_a_record_inside_the_workspace_is_taken(converted_copy):
     from ibsr_nnunet.segment import choose_model
 
+    from ibsr_nnunet.nnunet.paths import fold_folder
+
     write_record(converted_copy)
+    fold = fold_folder(converted_copy, "2d", 0, trainer="IbsrTrainer_3ep_10it")
+    fold.mkdir(parents=True)
+    (fold / "checkpoint_final.pth").write_bytes(b"")  # a finished fold (segment refuses unfinished ones)
     model = choose_model(converted_copy, "nnunet_2d")
     assert model.info["trainer"] == "IbsrTrainer_3ep_10it" and model.info["folds"] == [0]
 
