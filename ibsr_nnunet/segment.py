@@ -401,6 +401,7 @@ def segment(ws: Workspace, inputs: list[Path], output: Path, *, model_name: Opti
     options = options.resolved(device)
     names = output_names(files)
     scans = [Scan(input=f, name=names[f], output=output / f"{names[f]}_tissue.nii.gz") for f in files]
+    created = not output.exists()
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -413,6 +414,9 @@ def segment(ws: Workspace, inputs: list[Path], output: Path, *, model_name: Opti
         if err.errno not in FULL_DISK:
             raise
         raise no_space(err.filename or output) from err
+    finally:
+        if created and output.is_dir() and not any(output.iterdir()):
+            output.rmdir()  # refused before anything was written (a model that cannot be loaded): leave no trace
 
 
 def _segment_locked(ws: Workspace, model: Model, scans: list[Scan], output: Path, device: str, jobs: int,

@@ -79,6 +79,7 @@ def test_a_crafted_best_pt_runs_nothing_and_is_refused(ws, phantom_root, tmp_pat
     assert not marker.exists()
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     assert f"{best} {refusal}" in said(result) and "train it again" in said(result)
+    assert not (tmp_path / "out").exists()  # refused before writing: no output folder left behind
 
 
 def test_a_crafted_resume_checkpoint_runs_nothing_and_is_refused(ws, tmp_path):
