@@ -9,7 +9,6 @@ from torch import nn
 from .registry import MODELS
 
 
-
 def _layers(dims: int) -> tuple[type[nn.Module], type[nn.Module], type[nn.Module], type[nn.Module]]:
     """(conv, transposed conv, batch norm, dropout) for 2 or 3 spatial dimensions."""
     if dims == 2:

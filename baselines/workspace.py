@@ -10,10 +10,18 @@ import numpy as np
 
 from ibsr_nnunet.core.atomic import write_json
 from ibsr_nnunet.core.errors import InputError
-from ibsr_nnunet.core.orientation import training_axcodes
 from ibsr_nnunet.core.locks import Lock, LockedError, LockLost, current_holder, lock_path
-from ibsr_nnunet.core.provenance import (archive_stale_outputs, dataset_fingerprint, ensure_current, record,
-                                         recorded_weights, staleness, weights_changed, weights_signature)
+from ibsr_nnunet.core.orientation import training_axcodes
+from ibsr_nnunet.core.provenance import (
+    archive_stale_outputs,
+    dataset_fingerprint,
+    ensure_current,
+    record,
+    recorded_weights,
+    staleness,
+    weights_changed,
+    weights_signature,
+)
 from ibsr_nnunet.core.runlog import record_locked
 from ibsr_nnunet.core.signals import StopSignals
 from ibsr_nnunet.core.workspace import Workspace

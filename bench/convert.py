@@ -23,8 +23,8 @@ import numpy as np
 from ibsr_nnunet.core import checksums
 from ibsr_nnunet.core.environment import available_cores
 from ibsr_nnunet.core.locks import Lock
-from ibsr_nnunet.data.convert import ConvertOptions, convert
 from ibsr_nnunet.core.workspace import Workspace
+from ibsr_nnunet.data.convert import ConvertOptions, convert
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "ibsr18"
 

@@ -64,10 +64,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ibsr_nnunet.data.convert import ConvertOptions, convert  # noqa: E402
-from ibsr_nnunet.nnunet.paths import fold_folder, trainer_name  # noqa: E402
-from ibsr_nnunet.data.phantom import write_phantoms  # noqa: E402
 from ibsr_nnunet.core.workspace import Workspace  # noqa: E402
+from ibsr_nnunet.data.convert import ConvertOptions, convert  # noqa: E402
+from ibsr_nnunet.data.phantom import write_phantoms  # noqa: E402
+from ibsr_nnunet.nnunet.paths import fold_folder, trainer_name  # noqa: E402
 
 CLUSTER = REPO / "slurm" / "local-cluster.sh"
 EPOCHS, ITERATIONS = 500, 4

@@ -52,8 +52,8 @@ def main() -> None:
     # (epoch, fraction of that epoch done) at which to interrupt
     points = [(1, 0.3), (3, 0.6), (5, 0.9)]
 
-    from ibsr_nnunet.nnunet.paths import fold_folder, trainer_name
     from ibsr_nnunet.core.workspace import Workspace
+    from ibsr_nnunet.nnunet.paths import fold_folder, trainer_name
 
     with tempfile.TemporaryDirectory() as tmp:
         ws = Path(tmp) / "ws"

@@ -81,8 +81,8 @@ def timed(command: list[str], env: dict | None = None) -> float:
 def tta_dice(run: Path) -> str:
     """Mean Dice over bench/baseline_cpu.py's held-out subjects of the run it trained, with and without mirroring."""
     import numpy as np
-    from baseline_cpu import subjects  # the same subjects and split as the run was trained with
 
+    from baseline_cpu import subjects  # the same subjects and split as the run was trained with
     from baselines.infer import Predictor
     from baselines.train import split_validation
     from ibsr_nnunet.data.volumes import read_volume

@@ -17,7 +17,6 @@ from .core.errors import InputError
 from .core.workspace import Workspace
 
 
-
 @dataclass(frozen=True)
 class Budget:
     """How long each model trains: tiny on the phantom (CPU, minutes), longer on a real IBSR18 tree."""

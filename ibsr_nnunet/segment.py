@@ -21,11 +21,11 @@ import numpy as np
 import pandas as pd
 
 from .core.atomic import FULL_DISK, NoSpaceError, atomic_path, no_space, write_json
-from .core.locks import Lock, lock_path
-from .core.orientation import OBLIQUE_DEGREES, Reorientation, obliquity_degrees, towards, training_axcodes
 from .core.errors import InputError
-from .core.provenance import dataset_fingerprint, recorded_weights, staleness, weights_changed, weights_signature
+from .core.locks import Lock, lock_path
 from .core.names import check_model_name
+from .core.orientation import OBLIQUE_DEGREES, Reorientation, obliquity_degrees, towards, training_axcodes
+from .core.provenance import dataset_fingerprint, recorded_weights, staleness, weights_changed, weights_signature
 from .core.vocabulary import CONFIGURATIONS, N_FOLDS, NNUNET_MODELS, NNUNET_PREFIX, TISSUES
 from .core.workspace import Workspace
 from .data.preprocess import Preprocessing, apply

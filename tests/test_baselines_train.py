@@ -15,14 +15,21 @@ from baselines.data import Augment, PatchSampler, crop, load_case, slicing_axis,
 from baselines.infer import gaussian_weights, predict_array, predict_files, window_starts
 from baselines.models import MODELS, build_model
 from baselines.threads import ThreadTuner
-from baselines.train import (GRADIENT_CLIP, TrainOptions, apply_gradients, device_defaults, run_dir, split_validation,
-                             train)
+from baselines.train import (
+    GRADIENT_CLIP,
+    TrainOptions,
+    apply_gradients,
+    device_defaults,
+    run_dir,
+    split_validation,
+    train,
+)
+from helpers import CLI, copy_workspace, interrupt_when, invoke, said
 from ibsr_nnunet.core.errors import InputError
 from ibsr_nnunet.core.exitcodes import EXIT_REQUEUE, EXIT_STALLED
 from ibsr_nnunet.core.runlog import RUNS_FILE, read_runs
 from ibsr_nnunet.core.workspace import Workspace
 
-from helpers import CLI, copy_workspace, interrupt_when, invoke, said
 TINY = ["--width", "4", "--patch-size", "32", "--batch-size", "2", "--device", "cpu"]
 
 

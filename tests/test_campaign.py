@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers import copy_workspace, invoke, said
 from ibsr_nnunet.campaign import sbatch
 from ibsr_nnunet.core import provenance
 from ibsr_nnunet.core.errors import InputError
-
-from helpers import copy_workspace, invoke, said
 
 CLI = ["/opt/venv/bin/python", "-m", "ibsr_nnunet"]
 CLUSTER = {  # one partition, the default, on one node with 2 GPUs: what `scontrol -o show partition|node` answers
@@ -24,8 +23,8 @@ CLUSTER = {  # one partition, the default, on one node with 2 GPUs: what `scontr
 
 
 from ibsr_nnunet.campaign import slurm, submit
-from ibsr_nnunet.nnunet.paths import fold_folder, trainer_name
 from ibsr_nnunet.core.workspace import Workspace
+from ibsr_nnunet.nnunet.paths import fold_folder, trainer_name
 
 SHOW_JOB = """\
 JobId=12 ArrayJobId=12 ArrayTaskId=2-4%2 JobName=ibsr-nnunet-2d JobState=PENDING Reason=Resources Dependency=(null) Requeue=1 Restarts=0 ExitCode=0:0 Command=/a b/x.sbatch

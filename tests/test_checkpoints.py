@@ -9,11 +9,9 @@ import pytest
 import torch
 
 from baselines.train import CHECKPOINT, TrainOptions
+from helpers import copy_workspace, invoke, said
 from ibsr_nnunet.core.errors import InputError
 from ibsr_nnunet.core.workspace import Workspace
-
-from helpers import copy_workspace, invoke, said
-
 
 
 def train(epochs: int) -> list[str]:

@@ -12,12 +12,12 @@ import pytest
 
 from helpers import load, save_nifti
 from ibsr_nnunet.core import checksums
-from ibsr_nnunet.data.convert import ConvertOptions, convert, dataset_json
 from ibsr_nnunet.core.errors import InputError
+from ibsr_nnunet.core.workspace import Workspace
+from ibsr_nnunet.data.convert import ConvertOptions, convert, dataset_json
 from ibsr_nnunet.data.labels import parse_label_map
 from ibsr_nnunet.data.phantom import make_subject
 from ibsr_nnunet.data.preprocess import Preprocessing
-from ibsr_nnunet.core.workspace import Workspace
 
 EXPECTED_DATASET_JSON = {
     "channel_names": {"0": "T1"},

@@ -16,7 +16,6 @@ from ibsr_nnunet.core.environment import prepare_process
 from ibsr_nnunet.core.signals import STOP_SIGNALS, StopSignals
 from ibsr_nnunet.core.vocabulary import NNUNET_LABELS, TISSUES
 
-
 # ---- StopSignals ------------------------------------------------------------------------------------------------
 
 @pytest.fixture

@@ -12,18 +12,26 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from ibsr_nnunet.data.convert import ConvertOptions, convert
-from ibsr_nnunet.nnunet.ensemble import select
+from helpers import (
+    ORIENTATIONS,
+    carried_back,
+    check_segment_outputs,
+    cli,
+    console_script,
+    invoke,
+    reoriented_copy,
+    said,
+)
 from ibsr_nnunet.core import checksums, provenance
 from ibsr_nnunet.core.errors import InputError
-from ibsr_nnunet.nnunet.environment import EXT_TRAINER_FOLDER
 from ibsr_nnunet.core.locks import Lock, lock_path
+from ibsr_nnunet.core.workspace import Workspace
+from ibsr_nnunet.data.convert import ConvertOptions, convert
+from ibsr_nnunet.data.phantom import write_phantoms
+from ibsr_nnunet.nnunet.ensemble import select
+from ibsr_nnunet.nnunet.environment import EXT_TRAINER_FOLDER
 from ibsr_nnunet.nnunet.paths import fold_folder, trainer_name
 from ibsr_nnunet.segment import choose_model
-from ibsr_nnunet.data.phantom import write_phantoms
-from ibsr_nnunet.core.workspace import Workspace
-
-from helpers import ORIENTATIONS, carried_back, check_segment_outputs, cli, console_script, invoke, reoriented_copy, said
 
 EPOCHS, ITERATIONS = 2, 3
 TRAINER = trainer_name(EPOCHS, ITERATIONS)

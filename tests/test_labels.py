@@ -2,8 +2,15 @@ import numpy as np
 import pytest
 
 from ibsr_nnunet.core.errors import InputError
-from ibsr_nnunet.data.labels import (KNOWN_SCHEMES, apply_scheme, detect_scheme, integral_labels, parse_label_map,
-                                require_all_tissues, value_counts)
+from ibsr_nnunet.data.labels import (
+    KNOWN_SCHEMES,
+    apply_scheme,
+    detect_scheme,
+    integral_labels,
+    parse_label_map,
+    require_all_tissues,
+    value_counts,
+)
 
 
 @pytest.mark.parametrize("values, scheme", [

@@ -10,15 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from helpers import invoke, said
 from ibsr_nnunet.core.errors import InputError
+from ibsr_nnunet.core.workspace import Workspace
 from ibsr_nnunet.evaluation import figures, statistics
 from ibsr_nnunet.evaluation.evaluate import COLUMNS, METRICS_VERSION, evaluate
 from ibsr_nnunet.evaluation.leaderboard import build, case_scores, rank
 from ibsr_nnunet.evaluation.metrics import nsd
-from ibsr_nnunet.core.workspace import Workspace
 from ibsr_nnunet.nnunet.validation import crossval_dice
-
-from helpers import invoke, said
 
 HELDOUT = ["IBSR_06", "IBSR_07"]
 

@@ -16,8 +16,16 @@ import pytest
 
 from ibsr_nnunet.core.errors import InputError
 from ibsr_nnunet.core.exitcodes import EXIT_LOCKED, EXIT_REQUEUE
-from ibsr_nnunet.core.locks import (Holder, Lock, LockedError, LockLost, current_holder, process_start_time,
-                                    read_holder, why_stale)
+from ibsr_nnunet.core.locks import (
+    Holder,
+    Lock,
+    LockedError,
+    LockLost,
+    current_holder,
+    process_start_time,
+    read_holder,
+    why_stale,
+)
 from lock_races import STATES, dead_pid, race
 
 

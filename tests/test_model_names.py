@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers import copy_workspace, invoke, said
 from ibsr_nnunet.core.errors import InputError
 from ibsr_nnunet.core.provenance import dataset_fingerprint, record
 from ibsr_nnunet.core.workspace import Workspace
-
-from helpers import copy_workspace, invoke, said
 
 NOT_A_NAME = "is not a usable model name: use letters, digits"
 TOO_LONG = "is 300 characters long, more than the 100 a model name may have"
@@ -113,9 +112,8 @@ def write_record(ws: Workspace, **changes) -> Path:
 
 
 def test_a_record_inside_the_workspace_is_taken(converted_copy):
-    from ibsr_nnunet.segment import choose_model
-
     from ibsr_nnunet.nnunet.paths import fold_folder
+    from ibsr_nnunet.segment import choose_model
 
     write_record(converted_copy)
     fold = fold_folder(converted_copy, "2d", 0, trainer="IbsrTrainer_3ep_10it")

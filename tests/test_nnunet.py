@@ -13,13 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import CLI, cli, copy_workspace, interrupt_when as interrupt_process, invoke, said
 from ibsr_nnunet.core.exitcodes import EXIT_REQUEUE, EXIT_STALLED
 from ibsr_nnunet.core.locks import lock_path
 from ibsr_nnunet.core.runlog import read_runs
-from ibsr_nnunet.nnunet.paths import trainer_name
 from ibsr_nnunet.core.workspace import Workspace
-
-from helpers import CLI, cli, copy_workspace, interrupt_when as interrupt_process, invoke, said
+from ibsr_nnunet.nnunet.paths import trainer_name
 
 
 @pytest.fixture(scope="module")

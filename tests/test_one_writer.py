@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import CLI, cli, said, invoke
+from helpers import CLI, cli, invoke, said
 from ibsr_nnunet.core.exitcodes import EXIT_LOCKED
 from ibsr_nnunet.core.locks import Holder, Lock, lock_path, read_holder
 from ibsr_nnunet.core.workspace import Workspace

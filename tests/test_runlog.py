@@ -10,8 +10,7 @@ import pytest
 
 from ibsr_nnunet.core.exitcodes import EXIT_LOCKED, EXIT_REQUEUE, EXIT_STALLED
 from ibsr_nnunet.core.locks import Holder, LockedError, LockLost
-from ibsr_nnunet.core.runlog import (RUNS_FILE, RunLog, append_line, parse_utc, read_runs, record_locked, stalled,
-                                     utc)
+from ibsr_nnunet.core.runlog import RUNS_FILE, RunLog, append_line, parse_utc, read_runs, record_locked, stalled, utc
 
 SLURM = {"SLURM_JOB_ID": "4711", "SLURM_ARRAY_JOB_ID": "4700", "SLURM_ARRAY_TASK_ID": "3",
          "SLURM_RESTART_COUNT": "2"}

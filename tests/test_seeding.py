@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import CLI, cli, copy_workspace, interrupt_when
 from ibsr_nnunet.core.runlog import read_runs
 from ibsr_nnunet.core.workspace import Workspace
 from ibsr_nnunet.nnunet.paths import trainer_name
 from ibsr_nnunet.nnunet.seeding import SeededBatches, seed_everything
-
-from helpers import CLI, cli, copy_workspace, interrupt_when
 
 
 def train_2d(ws: Workspace, seed: int, epochs: int, iterations: int, workers: int) -> tuple[Path, dict]:

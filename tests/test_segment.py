@@ -9,10 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from ibsr_nnunet.segment import collect_inputs, output_names, tissue_volumes
-from ibsr_nnunet.core.workspace import Workspace
-
 from helpers import ORIENTATIONS, carried_back, check_segment_outputs, copy_workspace, invoke, reoriented_copy, said
+from ibsr_nnunet.core.workspace import Workspace
+from ibsr_nnunet.segment import collect_inputs, output_names, tissue_volumes
 
 MODEL = "unet2d__dice_ce"
 

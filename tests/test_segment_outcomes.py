@@ -12,14 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from helpers import copy_workspace, invoke, said
 from ibsr_nnunet.core.atomic import write_text
 from ibsr_nnunet.core.errors import InputError
 from ibsr_nnunet.core.locks import lock_path
 from ibsr_nnunet.core.workspace import Workspace
 from ibsr_nnunet.data.volumes import read_volume
 from ibsr_nnunet.evaluation.qc import Snapshot, qc_picture
-
-from helpers import copy_workspace, invoke, said
 
 MODEL = "unet2d__dice_ce"
 

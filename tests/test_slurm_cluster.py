@@ -19,11 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from ibsr_nnunet.core.locks import Holder, lock_path, read_holder
-from ibsr_nnunet.nnunet.paths import trainer_name
-from ibsr_nnunet.core.workspace import Workspace
-
 import helpers
+from ibsr_nnunet.core.locks import Holder, lock_path, read_holder
+from ibsr_nnunet.core.workspace import Workspace
+from ibsr_nnunet.nnunet.paths import trainer_name
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]

@@ -8,8 +8,17 @@ import pytest
 from scipy.stats import pearsonr, wilcoxon
 
 from ibsr_nnunet.evaluation import statistics
-from ibsr_nnunet.evaluation.statistics import (agreement, bootstrap, bootstrap_from, holm, p_vs_best, pairwise,
-                                               smallest_p, smallest_p_text, wilcoxon_greater)
+from ibsr_nnunet.evaluation.statistics import (
+    agreement,
+    bootstrap,
+    bootstrap_from,
+    holm,
+    p_vs_best,
+    pairwise,
+    smallest_p,
+    smallest_p_text,
+    wilcoxon_greater,
+)
 
 
 def test_exact_wilcoxon_by_hand():

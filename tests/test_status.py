@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from helpers import invoke
 from ibsr_nnunet.campaign.eta import FINAL_JOB_SECONDS, History, campaign_eta, final_job_seconds, job_eta
 from ibsr_nnunet.campaign.status import status
 from ibsr_nnunet.core import provenance
 from ibsr_nnunet.core.runlog import RUNS_FILE, parse_utc, utc
 from ibsr_nnunet.nnunet.paths import fold_folder, trainer_name
-
-from helpers import invoke
 
 TRAINER = trainer_name(100, 250)
 NOW = time.time()

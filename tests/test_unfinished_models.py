@@ -14,10 +14,9 @@ import pandas as pd
 import pytest
 import torch
 
+from helpers import CLI, copy_workspace, invoke, said
 from ibsr_nnunet.core import checksums, provenance
 from ibsr_nnunet.core.workspace import Workspace
-
-from helpers import CLI, copy_workspace, invoke, said
 
 MODEL = "unet2d__dice_ce"
 BASELINE = ["--model", "unet2d", "--loss", "dice_ce"]

@@ -22,13 +22,22 @@ from ..core.errors import InputError
 from ..core.provenance import archive, dataset_fingerprint, staleness
 from ..core.vocabulary import BASELINE_SEPARATOR, CONFIGURATIONS, N_FOLDS
 from ..core.workspace import Workspace
-from ..nnunet.paths import (FULL_EPOCHS, FULL_ITERATIONS, fold_finished, fold_folder, plans_file, splits_file,
-                            trainer_files, trainer_name)
+from ..nnunet.paths import (
+    FULL_EPOCHS,
+    FULL_ITERATIONS,
+    fold_finished,
+    fold_folder,
+    plans_file,
+    splits_file,
+    trainer_files,
+    trainer_name,
+)
 from ..nnunet.plans import read_plans, read_splits
 from . import sbatch as render
 from .jobs import append_job, load_jobs, state_key
 from .progress import baseline_progress
 from .slurm import Cluster, JobState, Runner, query_cluster, query_states, sbatch, scancel
+
 
 @dataclass
 class SubmitPlan:

@@ -10,8 +10,20 @@ from ..core.errors import InputError
 from ..core.exitcodes import EXIT_REQUEUE, EXIT_STALLED
 from ..core.runlog import stall_message
 from ..core.vocabulary import BASELINE_SEPARATOR
-from .common import (ArchiveStaleOption, BaselineModel, Device, DeviceOption, Loss, Optimizer, Schedule, console, progress_bar, refusals,
-                     stage_app, workspace_of)
+from .common import (
+    ArchiveStaleOption,
+    BaselineModel,
+    Device,
+    DeviceOption,
+    Loss,
+    Optimizer,
+    Schedule,
+    console,
+    progress_bar,
+    refusals,
+    stage_app,
+    workspace_of,
+)
 
 app = stage_app("Hand-built PyTorch baselines: train, then predict the held-out and test cases.")
 ModelOption = Annotated[BaselineModel, typer.Option("--model", help="Baseline network.")]

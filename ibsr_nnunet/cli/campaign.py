@@ -14,8 +14,21 @@ from rich.table import Table
 
 from ..core.vocabulary import CONFIGURATIONS
 from ..nnunet.paths import FULL_EPOCHS, FULL_ITERATIONS
-from .common import (ALL_FOLDS, ArchiveStaleOption, Configuration, Device, DeviceOption, baselines_list, configs_or_none, console, folds_list, number, refusals,
-                     stage_app, workspace_of)
+from .common import (
+    ALL_FOLDS,
+    ArchiveStaleOption,
+    Configuration,
+    Device,
+    DeviceOption,
+    baselines_list,
+    configs_or_none,
+    console,
+    folds_list,
+    number,
+    refusals,
+    stage_app,
+    workspace_of,
+)
 
 app = stage_app("The SLURM campaign: submit every job, follow their state.")
 

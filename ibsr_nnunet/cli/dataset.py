@@ -8,8 +8,17 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .common import (JobsOption, Layout, PhantomSize, SourceLayout, console, progress_bar, refusals,
-                     stage_app, workspace_of)
+from .common import (
+    JobsOption,
+    Layout,
+    PhantomSize,
+    SourceLayout,
+    console,
+    progress_bar,
+    refusals,
+    stage_app,
+    workspace_of,
+)
 
 app = stage_app("Data: synthetic phantoms and conversion to nnU-Net's raw layout.")
 

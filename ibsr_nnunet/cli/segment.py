@@ -9,7 +9,18 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import Device, DeviceOption, JobsOption, console, cores, errors, progress_bar, refusals, stage_app, workspace_of
+from .common import (
+    Device,
+    DeviceOption,
+    JobsOption,
+    console,
+    cores,
+    errors,
+    progress_bar,
+    refusals,
+    stage_app,
+    workspace_of,
+)
 
 app = stage_app("Segment new scans with a trained model.")
 

@@ -11,8 +11,19 @@ from rich.table import Table
 from ..core.vocabulary import CONFIGURATIONS
 from ..nnunet.paths import FULL_EPOCHS, FULL_ITERATIONS
 from ..nnunet.train import COMPILE_DEFAULT
-from .common import (ArchiveStaleOption, Configuration, Device, DeviceOption, JobsOption, configs_list, console, cores, refusals,
-                     stage_app, workspace_of)
+from .common import (
+    ArchiveStaleOption,
+    Configuration,
+    Device,
+    DeviceOption,
+    JobsOption,
+    configs_list,
+    console,
+    cores,
+    refusals,
+    stage_app,
+    workspace_of,
+)
 
 app = stage_app("nnU-Net: plan, train folds, ensemble.")
 

@@ -14,7 +14,6 @@ from typing import Any, Iterator
 
 from .errors import InputError
 
-
 FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
 
 

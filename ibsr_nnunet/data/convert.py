@@ -17,22 +17,29 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .. import __version__
-from . import preprocess, volumes
 from ..core import checksums
 from ..core.atomic import swap_in, write_json
 from ..core.checksums import file_record, sha256
-from ..core.errors import InputError
 from ..core.environment import available_cores
+from ..core.errors import InputError
 from ..core.locks import Lock, lock_path
 from ..core.orientation import common_axcodes
 from ..core.provenance import stale_artifacts
 from ..core.vocabulary import NNUNET_LABELS
+from ..core.workspace import Workspace
 from ..nnunet import integrity
-from .labels import (LabelScheme, apply_scheme, detect_scheme, integral_labels, mapped_counts,
-                     require_all_tissues, value_counts)
+from . import preprocess, volumes
+from .labels import (
+    LabelScheme,
+    apply_scheme,
+    detect_scheme,
+    integral_labels,
+    mapped_counts,
+    require_all_tissues,
+    value_counts,
+)
 from .layouts import Subject, find_subjects
 from .splits import SPLIT_SEED, cross_validation_folds, heldout_subset
-from ..core.workspace import Workspace
 
 ROLE_FOLDERS = {"train": ("imagesTr", "labelsTr"), "heldout": ("imagesTs", "labelsTs"), "test": ("imagesTs", None)}
 RECORDED_PACKAGES = ("ibsr-nnunet", "nnunetv2", "torch", "SimpleITK", "nibabel", "numpy")

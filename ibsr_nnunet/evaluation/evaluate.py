@@ -12,11 +12,11 @@ from typing import Callable, Optional
 import numpy as np
 import pandas as pd
 
-from ..core.atomic import atomic_path, write_json
 from ..core import checksums, provenance
+from ..core.atomic import atomic_path, write_json
 from ..core.errors import InputError
-from ..core.names import check_model_name
 from ..core.locks import Lock, lock_path
+from ..core.names import check_model_name
 from ..core.provenance import dataset_fingerprint
 from ..core.workspace import Workspace
 from ..data.volumes import read_volume

@@ -13,9 +13,9 @@ from matplotlib.patches import Patch
 from ..core.atomic import atomic_path
 from ..core.vocabulary import NNUNET_MODELS, TISSUES
 from ..core.workspace import Workspace
+from ..data.volumes import read_volume
 from . import statistics
 from .history import training_curves
-from ..data.volumes import read_volume
 
 TISSUE_COLOURS = {1: "#2f7fd6", 2: "#e8a33d", 3: "#f4f1de"}  # CSF blue, GM orange, WM ivory
 TISSUE_COLOURS_DARK = {"CSF": "#1f5fa8", "GM": "#b8741a", "WM": "#6b6b5a"}  # readable on white, unlike WM's ivory

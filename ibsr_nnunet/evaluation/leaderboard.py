@@ -12,16 +12,24 @@ import numpy as np
 import pandas as pd
 
 from ..core import checksums, provenance
-from ..core.provenance import KEY
 from ..core.atomic import atomic_path
 from ..core.errors import InputError
 from ..core.locks import Lock, lock_path
+from ..core.provenance import KEY
 from ..core.vocabulary import NNUNET_PREFIX, TISSUES
 from ..core.workspace import Workspace
 from ..nnunet.validation import crossval_dice
 from . import statistics
-from .evaluate import (COLUMNS, METRICS, changed_references, evaluate, is_current, outdated_metrics, recorded_summary,
-                       references)
+from .evaluate import (
+    COLUMNS,
+    METRICS,
+    changed_references,
+    evaluate,
+    is_current,
+    outdated_metrics,
+    recorded_summary,
+    references,
+)
 from .history import training_seconds
 from .metrics import NSD_TOLERANCE
 

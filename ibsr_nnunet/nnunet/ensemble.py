@@ -19,8 +19,15 @@ from ..core.atomic import swap_in, write_json
 from ..core.errors import InputError
 from ..core.locks import Lock, lock_path
 from ..core.orientation import towards, training_axcodes
-from ..core.provenance import (KEY, archive_stale_outputs, dataset_fingerprint, record, short, staleness,
-                               weights_signature)
+from ..core.provenance import (
+    KEY,
+    archive_stale_outputs,
+    dataset_fingerprint,
+    record,
+    short,
+    staleness,
+    weights_signature,
+)
 from ..core.vocabulary import CONFIGURATIONS, N_FOLDS
 from ..core.workspace import Workspace
 from .paths import MODEL_FOLDER, MODEL_NAMES, TRAINER_BASE, fold_finished, fold_folder, fold_unready, model_folder

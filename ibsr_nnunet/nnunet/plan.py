@@ -114,8 +114,7 @@ def _build(ws: Workspace, configurations: tuple[str, ...], jobs: int) -> dict:
     """nnU-Net's fingerprint, plans and preprocessing of the configurations it keeps; its plans."""
     import nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor as fingerprinting
     import nnunetv2.preprocessing.preprocessors.default_preprocessor as preprocessing
-    from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprints, plan_experiments,
-                                                                       preprocess)
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments, preprocess
 
     chatter = io.StringIO()
     try:

@@ -13,17 +13,25 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from ..core.errors import InputError
-from ..core.jsonfile import read_json
 from ..core.exitcodes import EXIT_STALLED
+from ..core.jsonfile import read_json
 from ..core.locks import Lock, LockedError, LockLost, lock_path
-from ..core.readwrite import reading, refuse_while_written
 from ..core.provenance import dataset_fingerprint, ensure_current, record, short
+from ..core.readwrite import reading, refuse_while_written
 from ..core.runlog import RunLog, cpu_name, record_locked, stall_message
 from ..core.signals import StopSignals
 from ..core.workspace import Workspace
 from .environment import resolve_device
-from .paths import (FULL_EPOCHS, FULL_ITERATIONS, fold_finished, fold_folder, plan_stamp, plans_file, trainer_files,
-                    trainer_name)
+from .paths import (
+    FULL_EPOCHS,
+    FULL_ITERATIONS,
+    fold_finished,
+    fold_folder,
+    plan_stamp,
+    plans_file,
+    trainer_files,
+    trainer_name,
+)
 from .plans import REPLAN, read_plans, read_splits
 from .staging import staged_preprocessed
 from .trainer import TrainingStalled, trainer_class
