@@ -11,7 +11,8 @@ One call on one GPU, about 8 minutes; it keeps to --budget seconds by leaving ou
 Steps, each through the real command line (`python -m ibsr_nnunet`) except the baselines, which are timed in-process:
 1. `convert` and `plan --configs 2d,3d_fullres`;
 2. `train` fold 0 of 2d and 3d_fullres with --no-compile, and fold 1 with --compile, EPOCHS epochs of ITERATIONS
-   iterations each (2d's compiled run comes after the baselines: the least needed number is measured last). Seconds per 250-iteration epoch = the median of the epochs after the first × 250/ITERATIONS
+   iterations each (2d's compiled run comes after the baselines: the least needed number is measured last). Seconds
+   per 250-iteration epoch = the median of the epochs after the first × 250/ITERATIONS
    (our trainer runs ITERATIONS/5 validation iterations per epoch, the same share as nnU-Net's 250/50). The compile
    cost is the first epoch's excess over the steady epochs, with compile minus without;
 3. unet2d and unet3d (dice_ce), one epoch of BASELINE_ITERATIONS with the device's defaults and mixed precision:
@@ -66,7 +67,8 @@ class Report:
     def markdown(self) -> str:
         import torch
 
-        versions = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda or "none"}
+        versions = {"python": platform.python_version(), "torch": torch.__version__,
+                    "cuda": torch.version.cuda or "none"}
         for name in ("nnunetv2", "SimpleITK", "nibabel", "numpy"):
             try:
                 from importlib.metadata import version
@@ -264,7 +266,8 @@ def check(args: argparse.Namespace, report: Report, root: Path, write) -> None:
 def compile_note(configuration: str, without: tuple[float, float], with_compile: tuple[float, float],
                  scale: float) -> str:
     """What torch.compile costs and buys, from (first, steady) epoch seconds without and with it: the cost is the
-    first epoch's excess over the steady ones, with compile minus without (both pay cudnn's and the loaders' warm-up)."""
+    first epoch's excess over the steady ones, with compile minus without (both pay cudnn's and the loaders'
+    warm-up)."""
     (f0, s0), (f1, s1) = without, with_compile
     cost = (f1 - s1) - (f0 - s0)
     if s1 >= s0:
@@ -316,7 +319,8 @@ def baselines(args: argparse.Namespace, report: Report, ws, budget: Budget, writ
         seconds = time.perf_counter() - started
         report.rows.append(Row(
             label, f"**{rate:.2f} it/s** (batch {options.batch_size}, "
-            f"patch {options.patch_size}, width {options.width}); {len(stamps)} iterations, {result.epochs_done} epochs",
+            f"patch {options.patch_size}, width {options.width}); {len(stamps)} iterations, "
+            f"{result.epochs_done} epochs",
             seconds, memory.text))
         trained.append(model)
         write()

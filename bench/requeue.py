@@ -109,7 +109,8 @@ def wait_for(predicate, timeout: float, what: str, poll: float = 0.05):
 
 
 JOB_LOG_LINE = re.compile(r"^\[ibsr-nnunet (\S+)Z\] job \S+(?: \(\S+\))? restart (\d+): (.*)$", re.MULTILINE)
-NNUNET_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+): (Epoch \d+|Epoch time: ([\d.]+) s)\s*$", re.MULTILINE)
+NNUNET_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+): (Epoch \d+|Epoch time: ([\d.]+) s)\s*$",
+                         re.MULTILINE)
 
 
 def run_events(job_log: str) -> dict[int, dict[str, float]]:
@@ -242,7 +243,8 @@ def main() -> None:
             else:
                 subprocess.run(["scontrol", "requeue", fold_job], check=True)
             # left its run: the job is requeued (PENDING, waiting cred_expire); then a new run starts
-            wait_for(lambda: job(fold_job).get("JobState") not in ("RUNNING", None), 120, f"round {round_}: requeued", 0.02)
+            wait_for(lambda: job(fold_job).get("JobState") not in ("RUNNING", None), 120,
+                     f"round {round_}: requeued", 0.02)
             requeued = time.time() - signal_time
 
             def running_again() -> bool:

@@ -109,7 +109,8 @@ def main() -> None:
         checkpoint_mb = (fold / "checkpoint_final.pth").stat().st_size / 1e6
 
     print(f"{name}, 2d fold 0 of an 8-subject phantom, CPU")
-    print(f"{'signal in epoch':>16} {'progress':>9} {'resumed at':>11} {'lost (ours)':>12} {'lost (nnU-Net default)':>23}")
+    print(f"{'signal in epoch':>16} {'progress':>9} {'resumed at':>11} {'lost (ours)':>12} "
+          f"{'lost (nnU-Net default)':>23}")
     for target, fraction, progress, start, ours, default in rows:
         print(f"{target:>10} @ {fraction:.0%} {progress:>9.2f} {start:>11d} {ours:>12.2f} {default:>23.2f}")
     worst = max(r[4] for r in rows)

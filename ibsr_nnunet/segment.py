@@ -129,7 +129,8 @@ def choose_model(ws: Workspace, name: Optional[str]) -> Model:
     if best:
         if board is None or board.empty:
             raise InputError(f"no leaderboard at {ws.leaderboard} to pick the best model from; "
-                             f"run `ibsr-nnunet leaderboard`, or pass --model (e.g. nnunet_ensemble or unet2d__dice_ce).")
+                             "run `ibsr-nnunet leaderboard`, or pass --model "
+                             "(e.g. nnunet_ensemble or unet2d__dice_ce).")
         name = _best_trained(ws, board)
     scores = None
     predicted = recorded_weights(ws.predictions / name)
@@ -616,7 +617,8 @@ def _finish(context: _Context, scan: Scan, tissue: np.ndarray, sums: Optional[np
             scan.volumes.update(soft_volumes(sums, scan.volume.spacing))
         if context.options.qc:
             step = "drawing the QC picture"
-            scan.qc = qc_picture(snapshot(scan, tissue, context.model.name), scan.output.with_name(f"{scan.name}_qc.png"))
+            scan.qc = qc_picture(snapshot(scan, tissue, context.model.name),
+                                 scan.output.with_name(f"{scan.name}_qc.png"))
     except Exception as err:
         for made in (scan.output, scan.output.with_name(f"{scan.name}_qc.png")):
             made.unlink(missing_ok=True)

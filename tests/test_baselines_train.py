@@ -233,7 +233,8 @@ def test_two_usr1_runs_without_a_finished_epoch_stall_with_76(baseline_ws):
     runs = run_dir(baseline_ws, "unet2d", "dice") / RUNS_FILE
     codes = []
     for count in (1, 2):
-        code, output = interrupt_when(args, lambda: runs.is_file() and runs.read_text().count('"event":"start"') == count,
+        code, output = interrupt_when(args,
+                                      lambda: runs.is_file() and runs.read_text().count('"event":"start"') == count,
                                       timeout=240, wait=60, env={"COLUMNS": "200"})
         codes.append(code)
     assert codes == [EXIT_REQUEUE, EXIT_STALLED], output

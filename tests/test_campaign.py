@@ -31,7 +31,7 @@ JobId=12 ArrayJobId=12 ArrayTaskId=2-4%2 JobName=ibsr-nnunet-2d JobState=PENDING
 JobId=13 ArrayJobId=12 ArrayTaskId=0 JobName=ibsr-nnunet-2d JobState=RUNNING Reason=None Requeue=1 Restarts=2 ExitCode=0:0
 JobId=14 ArrayJobId=12 ArrayTaskId=1 JobName=ibsr-nnunet-2d JobState=FAILED Reason=NonZeroExitCode Restarts=0 ExitCode=1:0
 JobId=15 JobName=ibsr-final JobState=CANCELLED Reason=DependencyNeverSatisfied Restarts=0 ExitCode=0:0
-"""
+"""  # noqa: E501 (scontrol's one-line records, verbatim)
 
 
 def test_scontrol_show_job_is_parsed_per_array_task():
@@ -65,7 +65,8 @@ class FakeSlurm:
             lines = []
             for key, state in self.states.items():
                 job, _, task = key.partition("_")
-                lines.append(f"JobId={key.replace('_', '9')} " + (f"ArrayJobId={job} ArrayTaskId={task} " if task else "")
+                lines.append(f"JobId={key.replace('_', '9')} "
+                             + (f"ArrayJobId={job} ArrayTaskId={task} " if task else "")
                              + f"JobState={state} Reason=None Restarts=0")
             return subprocess.CompletedProcess(argv, 0, "\n".join(lines) + "\n", "")
         return subprocess.CompletedProcess(argv, 0, "", "")
@@ -83,7 +84,8 @@ def test_submit_again_skips_queued_running_and_finished_and_replaces_a_pending_f
                                iterations=2, device="cpu", resources=sbatch.Resources(gpus_per_job=0))
     first = submit.submit(ws, plan, cli=CLI, run=slurm, say=lambda _: None)
     assert [(s.kind, s.name, s.job_id) for s in first.submitted] == [
-        ("fold", "2d", "101"), ("fold", "3d_fullres", "102"), ("baseline", "unet2d__dice_ce", "103"), ("final", "final", "104")]
+        ("fold", "2d", "101"), ("fold", "3d_fullres", "102"), ("baseline", "unet2d__dice_ce", "103"),
+        ("final", "final", "104")]
     final_argv = first.submitted[-1].argv
     assert "--dependency=afterok:101:102:103" in final_argv and "--kill-on-invalid-dep=yes" in final_argv
     assert all(s.script.is_file() for s in first.submitted)
@@ -127,7 +129,8 @@ def fake_scontrol(folder: Path, jobs: str) -> Path:
         (folder / f"show-{what}.txt").write_text(text)
     script = folder / "scontrol"
     script.write_text(f'#!/bin/bash\necho "$*" >> "{folder}/scontrol.log"\n'
-                      f'[ "$1 $2" = "-o show" ] && [ -f "{folder}/show-$3.txt" ] || exit 1\ncat "{folder}/show-$3.txt"\n')
+                      f'[ "$1 $2" = "-o show" ] && [ -f "{folder}/show-$3.txt" ] || exit 1\n'
+                      f'cat "{folder}/show-$3.txt"\n')
     script.chmod(0o755)
     return folder
 
@@ -212,7 +215,8 @@ def test_cli_script_prints_one_fold_and_refuses_a_fold_that_does_not_exist(plann
     assert done.exit_code == 0, done.output
     assert done.stdout.startswith("#!/bin/bash\n") and "FOLD=1\n" in done.stdout and "--array" not in done.stdout
     assert "module load cuda/12.4\nset -u\n" in done.stdout and " --stage-data\n" in done.stdout
-    assert "slurm-<job id>.out" in done.stderr and str(planned_copy.slurm / "jobs.json") in " ".join(done.stderr.split())
+    assert ("slurm-<job id>.out" in done.stderr
+            and str(planned_copy.slurm / "jobs.json") in " ".join(done.stderr.split()))
     subprocess.run(["bash", "-n"], input=done.stdout, text=True, check=True)
     bad = invoke(planned_copy, "script", "--fold", "7", "--config", "2d")
     assert bad.exit_code != 0 and "--folds 7 do not exist" in bad.output

@@ -70,7 +70,8 @@ def test_real_labels_counts_equal_source(real_dataset, shared_manifest):
         assert label.get_data_dtype() == np.uint8 and array.shape == (256, 128, 256)
         values, counts = np.unique(array, return_counts=True)
         assert values.tolist() == [0, 1, 2, 3]
-        assert dict(zip(values.tolist(), counts.tolist())) == shared_manifest[f"Training_Set/{case}/{case}_seg.nii.gz"]["counts"]
+        assert (dict(zip(values.tolist(), counts.tolist()))
+                == shared_manifest[f"Training_Set/{case}/{case}_seg.nii.gz"]["counts"])
 
 
 @pytest.mark.integration  # converts all 18 real volumes

@@ -1,4 +1,5 @@
-"""`ensemble` on real nnunetv2: 2d and 3d_fullres folds 0 and 1 (one through nnU-Net's own CLI), three prediction sets."""
+"""`ensemble` on real nnunetv2: 2d and 3d_fullres folds 0 and 1 (one through nnU-Net's own CLI), three prediction
+sets."""
 
 import contextlib
 import json
@@ -56,7 +57,8 @@ def ensembled(tmp_path_factory) -> tuple[Workspace, subprocess.CompletedProcess]
     assert done.returncode == 0, done.stdout + done.stderr
     # our trainer subclass, found by nnU-Net's own CLI through nnUNet_extTrainer
     nnunet_cli = subprocess.run(
-        [console_script("nnUNetv2_train"), str(ws.dataset_id), "3d_fullres", "1", "-tr", TRAINER, "--npz", "-device", "cpu"],
+        [console_script("nnUNetv2_train"), str(ws.dataset_id), "3d_fullres", "1", "-tr", TRAINER, "--npz",
+         "-device", "cpu"],
         capture_output=True, text=True, timeout=600,
         env={**os.environ, **ws.nnunet_env(), "nnUNet_extTrainer": str(EXT_TRAINER_FOLDER),
              "nnUNet_n_proc_DA": "2", "nnUNet_def_n_proc": "2"})
@@ -166,7 +168,8 @@ def test_select_uses_common_folds_and_says_why(converted_copy):
     unfinished.mkdir()
     (unfinished / "checkpoint_latest.pth").write_bytes(b"")
     selection = select(ws)
-    assert (selection.trainer, selection.configurations, selection.folds) == ("IbsrTrainer", ("2d", "3d_fullres"), (0, 1))
+    assert (selection.trainer, selection.configurations, selection.folds) == (
+        "IbsrTrainer", ("2d", "3d_fullres"), (0, 1))
     assert any("2d folds [2] are not finished in every configuration" in w for w in selection.warnings)
     assert any("only folds 0, 1 of 5" in w for w in selection.warnings)
 
@@ -244,7 +247,8 @@ def test_segment_with_the_nnunet_ensemble_on_a_phantom_and_a_real_scan(ensembled
     assert "spacing (1.0, 1.5, 1.0) mm is far from training's" in table.loc[str(real), "warnings"]
     # the same model on the same image as `ensemble` predicted it: the same labels
     ours = np.asarray(nib.load(out / "IBSR_08_0000_tissue.nii.gz").dataobj)
-    np.testing.assert_array_equal(ours, np.asarray(nib.load(ws.predictions / "nnunet_ensemble" / "IBSR_08.nii.gz").dataobj))
+    np.testing.assert_array_equal(
+        ours, np.asarray(nib.load(ws.predictions / "nnunet_ensemble" / "IBSR_08.nii.gz").dataobj))
 
 
 @pytest.mark.integration

@@ -222,8 +222,8 @@ def test_leaderboard_refuses_an_empty_workspace(ws):
 def test_cli_evaluate_and_leaderboard_with_figures(ws):
     write_model(ws, "perfect")
     write_model(ws, "csf_as_gm", {1: 2})
-    result = invoke(ws, "evaluate", "--predictions", str(ws.predictions / "perfect"), "--name", "perfect", "--jobs", "1",
-                    "--nsd-tolerance", "2")
+    result = invoke(ws, "evaluate", "--predictions", str(ws.predictions / "perfect"), "--name", "perfect",
+                    "--jobs", "1", "--nsd-tolerance", "2")
     assert result.exit_code == 0, result.output
     assert "perfect: 2 held-out cases" in result.output and (ws.evaluation / "perfect.csv").is_file()
     assert "NSD (2 mm)" in result.output

@@ -88,7 +88,8 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
 
 def test_the_same_pid_with_another_start_time_is_a_new_process():
     me = Holder.me("x")
-    assert why_stale(replace(me, start_time="1"), me) == f"PID {me.pid} now belongs to another process (the holder is gone)"
+    assert why_stale(replace(me, start_time="1"), me) == (
+        f"PID {me.pid} now belongs to another process (the holder is gone)")
     assert why_stale(me, me) is None
 
 
@@ -123,7 +124,8 @@ def test_another_hosts_lock_is_stale_after_ten_missed_heartbeats(age, heartbeat,
         assert reason.startswith(f"no heartbeat for {age} s")
 
 
-@pytest.mark.parametrize("holder_restart, my_restart, stale", [(0, 1, True), (2, 3, True), (1, 1, False), (2, 1, False)])
+@pytest.mark.parametrize("holder_restart, my_restart, stale",
+                         [(0, 1, True), (2, 3, True), (1, 1, False), (2, 1, False)])
 def test_a_requeued_run_of_the_same_slurm_job_takes_over(holder_restart, my_restart, stale):
     me = replace(Holder.me("x"), slurm_job_id="77_0", slurm_restart_count=my_restart)
     other = replace(me, host="node7", boot_id="b", pid=1, slurm_restart_count=holder_restart)

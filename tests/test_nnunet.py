@@ -68,12 +68,14 @@ def test_sigusr1_saves_exits_75_and_resumes_at_next_epoch(planned):
     assert code == EXIT_REQUEUE, output
     saved = checkpoint_epoch(folder / "checkpoint_latest.pth")
     assert 1 <= saved < epochs
-    assert not [line for line in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
+    assert not [line for line
+                in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
                 if "-m ibsr_nnunet" in line and "train" in line and str(planned.root) in line]  # no orphans
 
     resumed = cli(planned.root, *args)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert f"resuming {trainer_name(epochs, iterations)} 2d fold 0 from checkpoint_latest.pth at epoch {saved}" in resumed.stdout
+    assert (f"resuming {trainer_name(epochs, iterations)} 2d fold 0 from checkpoint_latest.pth at epoch {saved}"
+            in resumed.stdout)
     final = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert final["current_epoch"] == epochs
     assert len(final["logging"]["train_losses"]) == epochs  # every epoch logged once, none from scratch
@@ -97,7 +99,8 @@ def test_sigusr1_saves_exits_75_and_resumes_at_next_epoch(planned):
 
     # our own history: the USR1 run and the run that finished (the no-op call above records nothing)
     first, second = read_runs(folder)
-    assert (first.reason, first.epoch_start, first.epoch_end, first.end["exit_code"]) == ("usr1", 0, saved, EXIT_REQUEUE)
+    assert (first.reason, first.epoch_start, first.epoch_end, first.end["exit_code"]) == (
+        "usr1", 0, saved, EXIT_REQUEUE)
     assert (second.reason, second.epoch_start, second.epoch_end, second.start["epochs_redone"]) == (
         "finished", saved, epochs, 0)
     for run in (first, second):

@@ -57,7 +57,8 @@ def test_record_staleness_and_contradiction(tmp_path):
     assert provenance.contradicts(folder, "a" * 64) is None  # no record: judged by its contents elsewhere
     provenance.record(folder, "b" * 64, model="m")
     assert provenance.recorded(folder) == "b" * 64
-    assert provenance.staleness(folder, "a" * 64) == "made from dataset bbbbbbbbbbbb, the workspace now holds aaaaaaaaaaaa"
+    assert provenance.staleness(folder, "a" * 64) == (
+        "made from dataset bbbbbbbbbbbb, the workspace now holds aaaaaaaaaaaa")
     assert provenance.contradicts(folder, "a" * 64) == provenance.staleness(folder, "a" * 64)
     assert provenance.staleness(folder, "b" * 64) is None
 
@@ -326,7 +327,8 @@ def test_a_replaced_dataset_never_reuses_a_fold_a_baseline_or_a_score(tmp_path):
     ws = tmp_path / "ws"
     for name, seed in (("A", 1), ("B", 9)):
         write_phantoms(tmp_path / name, 6, layout="misa", size="small", seed=seed)
-    train = ["train", "--fold", "0", "--config", "2d", "--epochs", "2", "--iterations-per-epoch", "3", "--device", "cpu"]
+    train = ["train", "--fold", "0", "--config", "2d", "--epochs", "2", "--iterations-per-epoch", "3",
+             "--device", "cpu"]
     baseline = ["--model", "unet2d", "--loss", "dice", "--device", "cpu"]
     tiny = ["--epochs", "1", "--iterations-per-epoch", "3", "--width", "8", "--patch-size", "32", "--batch-size", "2"]
     for step in (["convert", str(tmp_path / "A")], ["plan", "--configs", "2d"], train,

@@ -29,11 +29,16 @@ GPU_STAGED = sbatch.resources_from(partition="gpu", time="1-00:00:00", gpus_per_
 CPU = sbatch.Resources(gpus_per_job=0, cpus_per_task=1, signal_grace=300)
 
 CASES = {
-    "nnunet-fold-3d_fullres-gpu.sbatch": lambda: sbatch.render_fold_array(WS, CLI, GPU, configuration="3d_fullres", epochs=1000, iterations=250, device="auto"),
-    "nnunet-fold-2d-cpu.sbatch": lambda: sbatch.render_fold_array(WS, CLI, CPU, configuration="2d", epochs=3, iterations=2, device="cpu"),
-    "nnunet-fold-3d_fullres-fold0-gpu-staged.sbatch": lambda: sbatch.render_fold(WS, CLI, GPU_STAGED, configuration="3d_fullres", fold=0, epochs=1000, iterations=250, device="cuda"),
-    "nnunet-fold-2d-fold3-cpu.sbatch": lambda: sbatch.render_fold(WS, CLI, CPU, configuration="2d", fold=3, epochs=3, iterations=2, device="cpu"),
-    "baseline-unet2d__dice_ce-gpu.sbatch": lambda: sbatch.render_baseline(WS, CLI, GPU, model="unet2d", loss="dice_ce", epochs=50, iterations=100, device="cuda"),
+    "nnunet-fold-3d_fullres-gpu.sbatch": lambda: sbatch.render_fold_array(
+        WS, CLI, GPU, configuration="3d_fullres", epochs=1000, iterations=250, device="auto"),
+    "nnunet-fold-2d-cpu.sbatch": lambda: sbatch.render_fold_array(
+        WS, CLI, CPU, configuration="2d", epochs=3, iterations=2, device="cpu"),
+    "nnunet-fold-3d_fullres-fold0-gpu-staged.sbatch": lambda: sbatch.render_fold(
+        WS, CLI, GPU_STAGED, configuration="3d_fullres", fold=0, epochs=1000, iterations=250, device="cuda"),
+    "nnunet-fold-2d-fold3-cpu.sbatch": lambda: sbatch.render_fold(
+        WS, CLI, CPU, configuration="2d", fold=3, epochs=3, iterations=2, device="cpu"),
+    "baseline-unet2d__dice_ce-gpu.sbatch": lambda: sbatch.render_baseline(
+        WS, CLI, GPU, model="unet2d", loss="dice_ce", epochs=50, iterations=100, device="cuda"),
     "final-gpu.sbatch": lambda: sbatch.render_final(WS, CLI, GPU, trainer="IbsrTrainer", device="auto"),
     "final-cpu.sbatch": lambda: sbatch.render_final(WS, CLI, CPU, trainer="IbsrTrainer_3ep_2it", device="cpu"),
 }
@@ -60,12 +65,14 @@ def test_training_scripts_carry_the_requeue_contract():
                        "--account=proj42", "--time=24:00:00", "--cpus-per-task=8", "--mem=32G", "--qos=long",
                        "--constraint=a100"):
             assert f"#SBATCH {option}" in head, option
-        assert "scontrol requeue" in text and "trap 'forward USR1' USR1" in text and f"EXIT_REQUEUE={EXIT_REQUEUE}" in text
+        assert ("scontrol requeue" in text and "trap 'forward USR1' USR1" in text
+                and f"EXIT_REQUEUE={EXIT_REQUEUE}" in text)
     cpu = CASES["nnunet-fold-2d-cpu.sbatch"]()
     assert "--gres" not in cpu and "--gpus" not in cpu and "#SBATCH --signal=B:USR1@300" in cpu
     final = CASES["final-gpu.sbatch"]()
     assert "--requeue" not in final and "--signal" not in final and "ensemble --trainer IbsrTrainer" in final
-    gpus = sbatch.render_fold_array(WS, CLI, sbatch.Resources(gpus_per_job=2, gpu_option="gpus"), configuration="2d", epochs=1, iterations=1, device="cuda")
+    gpus = sbatch.render_fold_array(WS, CLI, sbatch.Resources(gpus_per_job=2, gpu_option="gpus"), configuration="2d",
+                                    epochs=1, iterations=1, device="cuda")
     assert "#SBATCH --gpus=2" in gpus and "--gres" not in gpus
 
 
@@ -90,7 +97,8 @@ def test_config_file_then_options(tmp_path):
     config.write_text('[slurm]\npartition = "a100"\naccount = "lab"\ngpus_per_job = 2\nsignal_grace = 900\n'
                       'extra_sbatch = ["--qos=long"]\n')
     resources = sbatch.resources_from(config, partition="h100", account=None, extra_sbatch=None)
-    assert (resources.partition, resources.account, resources.gpus_per_job, resources.signal_grace) == ("h100", "lab", 2, 900)
+    assert (resources.partition, resources.account, resources.gpus_per_job, resources.signal_grace) == (
+        "h100", "lab", 2, 900)
     assert resources.extra_sbatch == ("--qos=long",)
     config.write_text('partiton = "typo"\n')
     with pytest.raises(InputError, match="partiton"):
@@ -139,7 +147,8 @@ def test_hostile_workspace_paths_are_data_never_code(tmp_path, hostile):
     env = {"PATH": os.environ["PATH"], "SLURM_ARRAY_TASK_ID": "1", "HOME": str(tmp_path)}
     scripts = {
         "fold": sbatch.render_fold_array(ws, cli, CPU, configuration="2d", epochs=3, iterations=2, device="cpu"),
-        "baseline": sbatch.render_baseline(ws, cli, CPU, model="unet2d", loss="dice_ce", epochs=3, iterations=2, device="cpu"),
+        "baseline": sbatch.render_baseline(ws, cli, CPU, model="unet2d", loss="dice_ce", epochs=3, iterations=2,
+                                           device="cpu"),
         "final": sbatch.render_final(ws, cli, CPU, trainer="IbsrTrainer_3ep_2it", device="cpu"),
     }
     for kind, text in scripts.items():
@@ -203,11 +212,13 @@ def test_usr1_requeues_after_the_step_saves_and_term_leaves_it_to_slurm(tmp_path
     (bin_dir / "scontrol").write_text(f"#!/bin/bash\necho \"$*\" >> {shlex.quote(str(tmp_path / 'scontrol.log'))}\n")
     (bin_dir / "scontrol").chmod(0o755)
     trainer = tmp_path / "train.sh"
-    trainer.write_text(f"#!/bin/bash\ntrap 'echo got-{signame} >> {shlex.quote(str(tmp_path / 'trainer.log'))}; sleep 0.3; "
+    trainer.write_text(f"#!/bin/bash\ntrap 'echo got-{signame} >> {shlex.quote(str(tmp_path / 'trainer.log'))}; "
+                       "sleep 0.3; "
                        f"exit {EXIT_REQUEUE}' {signame}\ntouch {shlex.quote(str(tmp_path / 'started'))}\n"
                        "for i in $(seq 300); do sleep 0.1; done\nexit 0\n")
     trainer.chmod(0o755)
-    text = sbatch.render_fold_array(tmp_path / "ws", [str(trainer)], CPU, configuration="2d", epochs=3, iterations=2, device="cpu")
+    text = sbatch.render_fold_array(tmp_path / "ws", [str(trainer)], CPU, configuration="2d", epochs=3, iterations=2,
+                                    device="cpu")
     (tmp_path / "fold.sbatch").write_text(text)
     env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_ARRAY_TASK_ID": "0", "SLURM_JOB_ID": "7"}
     process = subprocess.Popen(["bash", str(tmp_path / "fold.sbatch")], env=env, stdout=subprocess.PIPE,

@@ -1,4 +1,5 @@
-"""`segment` with a briefly trained baseline: phantoms, renamed/.nii/Analyze inputs, a corrupt file, real Test_Set scans."""
+"""`segment` with a briefly trained baseline: phantoms, renamed/.nii/Analyze inputs, a corrupt file, real Test_Set
+scans."""
 
 import shutil
 from pathlib import Path
@@ -52,7 +53,8 @@ def check_outputs(inputs: dict[str, Path], out: Path, model: str = MODEL) -> pd.
 def test_renamed_nii_and_analyze_inputs_keep_their_names_and_grids(trained, phantom_root, tmp_path):
     inputs = tmp_path / "scans"
     inputs.mkdir()
-    renamed = shutil.copy(phantom_root / "misa" / "Test_Set" / "IBSR_08" / "IBSR_08.nii.gz", inputs / "patient A.nii.gz")
+    renamed = shutil.copy(phantom_root / "misa" / "Test_Set" / "IBSR_08" / "IBSR_08.nii.gz",
+                          inputs / "patient A.nii.gz")
     plain = inputs / "subject-2.nii"  # uncompressed, 4-D (X,Y,Z,1) as IBSR ships
     nib.save(nib.load(phantom_root / "misa" / "Validation_Set" / "IBSR_06" / "IBSR_06.nii.gz"), plain)
     analyze = phantom_root / "analyze" / "IBSR_07" / "images" / "analyze" / "IBSR_07_ana.hdr"
@@ -121,7 +123,8 @@ def test_tissue_volumes_by_hand():
     labels[1, :, :] = 2  # 16 GM voxels
     labels[2, :2, :] = 3  # 8 WM voxels
     v = tissue_volumes(labels, (2.0, 1.0, 0.5))  # 1 mm³ voxels
-    assert [v[k] for k in ("CSF_ml", "GM_ml", "WM_ml", "total_ml")] == pytest.approx([0.002, 0.016, 0.008, 0.026], abs=1e-15)
+    assert [v[k] for k in ("CSF_ml", "GM_ml", "WM_ml", "total_ml")] == pytest.approx([0.002, 0.016, 0.008, 0.026],
+                                                                                    abs=1e-15)
     assert v["BPF"] == pytest.approx(24 / 26) and v["GM_fraction"] == pytest.approx(16 / 26)
 
 

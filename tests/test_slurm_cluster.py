@@ -36,7 +36,8 @@ TRAINER = trainer_name(4, 2)
 def cluster(tmp_path_factory):
     """A running local cluster: started here unless one already runs, stopped at the end if started here."""
     path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
-    missing = [tool for tool in ("slurmctld", "slurmd", "munged", "sbatch", "scontrol") if not shutil.which(tool, path=path)]
+    missing = [tool for tool in ("slurmctld", "slurmd", "munged", "sbatch", "scontrol")
+               if not shutil.which(tool, path=path)]
     if missing:
         pytest.skip(f"SLURM is not installed ({', '.join(missing)} missing): "
                     f"apt-get install slurmctld slurmd slurm-client munge")
@@ -155,7 +156,8 @@ def test_campaign_survives_usr1_and_requeue_and_ends_with_a_leaderboard(cluster,
 
     # USR1 to 2d fold 0 (what --signal=B:USR1@grace delivers before the time limit), once a checkpoint exists
     usr1_job = f"{ids['2d']}_0"
-    wait_for(lambda: (fold_dir(ws, "2d", 0) / "checkpoint_latest.pth").is_file(), 300, "2d fold 0's first checkpoint", 0.1)
+    wait_for(lambda: (fold_dir(ws, "2d", 0) / "checkpoint_latest.pth").is_file(), 300,
+             "2d fold 0's first checkpoint", 0.1)
     assert job_state(usr1_job)["JobState"] == "RUNNING"
     subprocess.run(["scancel", "--batch", "--signal=USR1", usr1_job], check=True)
 
@@ -176,7 +178,8 @@ def test_campaign_survives_usr1_and_requeue_and_ends_with_a_leaderboard(cluster,
     for config in ("2d", "3d_fullres"):
         for fold in (0, 1):
             row = table[("fold", config, fold)]
-            assert row["state"] == "COMPLETED" and row["finished"] and row["epochs_done"] == row["epochs_total"] == 4, row
+            assert (row["state"] == "COMPLETED" and row["finished"]
+                    and row["epochs_done"] == row["epochs_total"] == 4), row
     assert table[("fold", "2d", 0)]["restarts"] >= 1 and table[("fold", "3d_fullres", 1)]["restarts"] >= 1
     assert table[("baseline", "unet2d__dice_ce", None)]["state"] == "COMPLETED"
     assert table[("final", "final", None)]["finished"]

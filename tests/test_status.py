@@ -1,5 +1,6 @@
 """`status` from recorded run histories and logs with known numbers: restarts, end reasons, redone epochs, GPU-hours,
-seconds per epoch, per-job and campaign ETAs worked out by hand, the stall, and all of it after SLURM forgot the jobs."""
+seconds per epoch, per-job and campaign ETAs worked out by hand, the stall, and all of it after SLURM forgot the
+jobs."""
 
 from __future__ import annotations
 
@@ -157,8 +158,10 @@ def test_a_stalled_fold_shows_the_fix_and_blocks_the_campaign_eta(campaign):
         handle.write(run_lines([{"at": NOW - 600, "device_name": "NVIDIA H200", "epoch_start": 10, "end": dict(stuck)},
                                 {"at": NOW - 300, "device_name": "NVIDIA H200", "epoch_start": 10,
                                  "end": dict(stuck)}]).replace('"r0"', '"s0"').replace('"r1"', '"s1"'))
-    report = status(campaign, run=answering(RUNNING.replace("ArrayTaskId=1 JobState=PENDING Reason=Resources",
-                                                            "ArrayTaskId=1 JobState=FAILED Reason=NonZeroExitCode")), now=NOW)
+    report = status(campaign,
+                    run=answering(RUNNING.replace("ArrayTaskId=1 JobState=PENDING Reason=Resources",
+                                                  "ArrayTaskId=1 JobState=FAILED Reason=NonZeroExitCode")),
+                    now=NOW)
     row = next(r for r in report.rows if r.fold == 1)
     assert row.stalled and row.eta_seconds is None and row.end_reasons == ["usr1"] * 3
     assert "longer --time or a smaller --signal-grace" in row.reason

@@ -150,8 +150,10 @@ def test_segment_shows_no_scores_made_with_other_weights(trained_copy):
     assert choose_model(ws, None).name == MODEL and choose_model(ws, MODEL).scores["mean_dice"] >= 0
     retrain(ws.baselines / MODEL)  # leaderboard.csv still ranks it, with the scores of the weights before
     assert choose_model(ws, MODEL).scores is None
-    with pytest.raises(InputError, match=rf"the leaderboard's best model {MODEL} was scored with other weights than "
-                                         rf"it holds now \(baselines/{MODEL}/best.pt changed at .*\); predict it again"):
+    with pytest.raises(
+            InputError,
+            match=rf"the leaderboard's best model {MODEL} was scored with other weights than "
+                  rf"it holds now \(baselines/{MODEL}/best.pt changed at .*\); predict it again"):
         choose_model(ws, None)
 
 

@@ -140,7 +140,8 @@ class Resources:
         if self.mem:
             options.append(f"--mem={self.mem}")
         if self.gpus_per_job:
-            options.append(f"--gres=gpu:{self.gpus_per_job}" if self.gpu_option == "gres" else f"--gpus={self.gpus_per_job}")
+            options.append(f"--gres=gpu:{self.gpus_per_job}" if self.gpu_option == "gres"
+                           else f"--gpus={self.gpus_per_job}")
         options.extend(extra_sbatch_line(line) for line in self.extra_sbatch)
         return [f"#SBATCH {option}" for option in options]
 

@@ -188,7 +188,8 @@ def status(ws: Workspace, run: Runner = subprocess.run, *, now: Optional[float] 
             row.finished = (progress.finished or completed) and not row.stale
             histories[id(row)] = _add_history(row, progress, state, now)
         else:
-            row.finished = (state is not None and state.state == "COMPLETED") or (state is None and ws.leaderboard.is_file())
+            row.finished = ((state is not None and state.state == "COMPLETED")
+                            or (state is None and ws.leaderboard.is_file()))
         rows.append(row)
     _borrow_etas(rows, histories, now)
     report = CampaignStatus(rows, answered)

@@ -50,7 +50,8 @@ def train_command(
     patch_size: Optional[int] = typer.Option(
         None, "--patch-size", help="Patch edge in voxels (2D: size², 3D: size³)."),
     schedule: Optional[Schedule] = typer.Option(
-        None, "--schedule", help="plateau (ReduceLROnPlateau on validation loss; GPU default) or cosine (CPU default)."),
+        None, "--schedule",
+        help="plateau (ReduceLROnPlateau on validation loss; GPU default) or cosine (CPU default)."),
     augment: Optional[bool] = typer.Option(
         None, "--augment/--no-augment", help="Flips, rotation, scale, shear, intensity jitter (CPU default: off)."),
     patience: int = typer.Option(

@@ -35,30 +35,49 @@ app = stage_app("The SLURM campaign: submit every job, follow their state.")
 # the resource options of `submit` and `script` (the same names as the --config-file keys)
 Partition = Annotated[Optional[str], typer.Option("--partition", help="SLURM partition.")]
 Account = Annotated[Optional[str], typer.Option("--account", help="SLURM account.")]
-TimeLimit = Annotated[Optional[str], typer.Option("--time", help="Time limit of each job run, e.g. 24:00:00 (a requeued run gets it again).")]
-GpusPerJob = Annotated[Optional[int], typer.Option("--gpus-per-job", help="GPUs per job (default 1; 0 = CPU-only cluster, no GPU request).")]
+TimeLimit = Annotated[Optional[str], typer.Option(
+    "--time", help="Time limit of each job run, e.g. 24:00:00 (a requeued run gets it again).")]
+GpusPerJob = Annotated[Optional[int], typer.Option(
+    "--gpus-per-job", help="GPUs per job (default 1; 0 = CPU-only cluster, no GPU request).")]
 CpusPerTask = Annotated[Optional[int], typer.Option("--cpus-per-task", help="CPUs per job (default 8).")]
 Mem = Annotated[Optional[str], typer.Option("--mem", help="Memory per job, e.g. 32G (default: the partition's).")]
-SignalGrace = Annotated[Optional[int], typer.Option("--signal-grace", help="Seconds before the time limit that USR1 asks a job to save and requeue (default 600; less than --time).")]
-ExtraSbatch = Annotated[Optional[List[str]], typer.Option("--extra-sbatch", help="Another #SBATCH option, e.g. --qos=long (repeatable).")]
-Setup = Annotated[Optional[List[str]], typer.Option("--setup", help="A shell line every job runs first, e.g. 'module load cuda/12.4' (repeatable; trusted shell, written verbatim).")]
-MaxRestarts = Annotated[Optional[int], typer.Option("--max-restarts", help="Requeues a training job may ask for before it ends FAILED (default 50).")]
-StageData = Annotated[Optional[bool], typer.Option("--stage-data/--no-stage-data", help="nnU-Net folds copy the preprocessed data to node-local disk first (default: no).")]
-LocalScratch = Annotated[Optional[str], typer.Option("--local-scratch", help="Node-local folder for --stage-data (default: $SLURM_TMPDIR, else $TMPDIR).")]
-ConfigFile = Annotated[Optional[Path], typer.Option("--config-file", help="TOML with these settings (partition, account, time, gpus_per_job, gpu_option, cpus_per_task, mem, signal_grace, extra_sbatch, setup, max_restarts, array_parallel, stage_data, local_scratch, seed); options win.")]
+SignalGrace = Annotated[Optional[int], typer.Option(
+    "--signal-grace",
+    help="Seconds before the time limit that USR1 asks a job to save and requeue (default 600; less than --time).")]
+ExtraSbatch = Annotated[Optional[List[str]], typer.Option(
+    "--extra-sbatch", help="Another #SBATCH option, e.g. --qos=long (repeatable).")]
+Setup = Annotated[Optional[List[str]], typer.Option(
+    "--setup", help="A shell line every job runs first, e.g. 'module load cuda/12.4' "
+                    "(repeatable; trusted shell, written verbatim).")]
+MaxRestarts = Annotated[Optional[int], typer.Option(
+    "--max-restarts", help="Requeues a training job may ask for before it ends FAILED (default 50).")]
+StageData = Annotated[Optional[bool], typer.Option(
+    "--stage-data/--no-stage-data",
+    help="nnU-Net folds copy the preprocessed data to node-local disk first (default: no).")]
+LocalScratch = Annotated[Optional[str], typer.Option(
+    "--local-scratch", help="Node-local folder for --stage-data (default: $SLURM_TMPDIR, else $TMPDIR).")]
+ConfigFile = Annotated[Optional[Path], typer.Option(
+    "--config-file",
+    help="TOML with these settings (partition, account, time, gpus_per_job, gpu_option, cpus_per_task, mem, "
+         "signal_grace, extra_sbatch, setup, max_restarts, array_parallel, stage_data, local_scratch, seed); "
+         "options win.")]
 Seed = Annotated[Optional[int], typer.Option(
     "--seed", min=0, help="nnU-Net folds train seeded (`train --seed`; default: unseeded).")]
 Epochs = Annotated[int, typer.Option("--epochs", min=1, help="Epochs of every training job.")]
-Iterations = Annotated[int, typer.Option("--iterations-per-epoch", min=1, help="Iterations per epoch of every training job.")]
+Iterations = Annotated[int, typer.Option(
+    "--iterations-per-epoch", min=1, help="Iterations per epoch of every training job.")]
 
 
 @app.command()
 @refusals
 def submit(
     ctx: typer.Context,
-    configs: str = typer.Option(",".join(CONFIGURATIONS), "--configs", callback=configs_or_none, help="nnU-Net configurations: one array job each ('' for none)."),
-    folds: str = typer.Option(ALL_FOLDS, "--folds", callback=folds_list, help="Folds: the array indices of every configuration."),
-    baselines: str = typer.Option("", "--baselines", callback=baselines_list, help="Baseline jobs as MODEL__LOSS, comma-separated, e.g. unet2d__dice_ce."),
+    configs: str = typer.Option(",".join(CONFIGURATIONS), "--configs", callback=configs_or_none,
+                                help="nnU-Net configurations: one array job each ('' for none)."),
+    folds: str = typer.Option(ALL_FOLDS, "--folds", callback=folds_list,
+                              help="Folds: the array indices of every configuration."),
+    baselines: str = typer.Option("", "--baselines", callback=baselines_list,
+                                  help="Baseline jobs as MODEL__LOSS, comma-separated, e.g. unet2d__dice_ce."),
     epochs: Epochs = FULL_EPOCHS,
     iterations: Iterations = FULL_ITERATIONS,
     device: DeviceOption = Device.auto,
@@ -72,12 +91,15 @@ def submit(
     extra_sbatch: ExtraSbatch = None,
     setup: Setup = None,
     max_restarts: MaxRestarts = None,
-    array_parallel: Annotated[Optional[int], typer.Option("--array-parallel", help="Fold array tasks running at once per configuration (--array=...%N; default: no limit).")] = None,
+    array_parallel: Annotated[Optional[int], typer.Option(
+        "--array-parallel",
+        help="Fold array tasks running at once per configuration (--array=...%N; default: no limit).")] = None,
     stage_data: StageData = None,
     local_scratch: LocalScratch = None,
     seed: Seed = None,
     config_file: ConfigFile = None,
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the scripts and sbatch command lines; submit nothing."),
+    dry_run: bool = typer.Option(False, "--dry-run",
+                                 help="Print the scripts and sbatch command lines; submit nothing."),
     archive_stale: ArchiveStaleOption = False,
 ) -> None:
     """Submit the campaign: nnU-Net fold arrays, baselines, then ensemble + leaderboard once all succeeded."""
@@ -92,8 +114,8 @@ def submit(
                                max_restarts=max_restarts, array_parallel=array_parallel, stage_data=stage_data,
                                local_scratch=local_scratch, seed=seed)
     plan = SubmitPlan(
-        configs=tuple(configs), folds=tuple(int(f) for f in folds), baselines=tuple(baselines), epochs=epochs, iterations=iterations,
-        device=device.value, resources=resources, dry_run=dry_run, archive_stale=archive_stale)
+        configs=tuple(configs), folds=tuple(int(f) for f in folds), baselines=tuple(baselines), epochs=epochs,
+        iterations=iterations, device=device.value, resources=resources, dry_run=dry_run, archive_stale=archive_stale)
     result = run_submit(ws, plan, say=console.print)
     if dry_run:
         for sub in result.submitted:  # verbatim (no rich wrapping): what would be written and run
@@ -233,7 +255,8 @@ def status(
         finished = "[red]stale[/] (made from another dataset)" if r.stale else ("yes" if r.finished else "no")
         if r.validation_dice is not None and not r.stale:
             finished += f" (val Dice {r.validation_dice:.4f})"
-        name = {"fold": f"nnU-Net {r.name}", "baseline": f"baseline {r.name}", "final": "ensemble + leaderboard"}[r.kind]
+        name = {"fold": f"nnU-Net {r.name}", "baseline": f"baseline {r.name}",
+                "final": "ensemble + leaderboard"}[r.kind]
         fold = "-" if r.fold is None else str(r.fold)
         table.add_row(name, fold, r.job_id or "-", escape(state), "-" if r.restarts is None else str(r.restarts),
                       epoch, number(r.pseudo_dice), number(r.val_loss), finished)
@@ -248,4 +271,5 @@ def status(
     elif report.eta_note:
         console.print(f"campaign ETA: {report.eta_note}", markup=False)
     if not report.slurm_answered:
-        console.print("SLURM did not answer (scontrol show job failed): states are unknown; progress is from the files.")
+        console.print("SLURM did not answer (scontrol show job failed): states are unknown; "
+                      "progress is from the files.")

@@ -66,7 +66,8 @@ baselines_list = comma_list(lambda name: baseline_problem(name) is None, "--base
                             allow_empty=True)
 
 # options that several commands share, spelled once
-DeviceOption = Annotated[Device, typer.Option("--device", help="Where to compute: auto (cuda when torch sees a GPU), cuda or cpu.")]
+DeviceOption = Annotated[Device, typer.Option(
+    "--device", help="Where to compute: auto (cuda when torch sees a GPU), cuda or cpu.")]
 ArchiveStaleOption = Annotated[bool, typer.Option(
     "--archive-stale", help="Move a run made from another dataset to <workspace>/stale/<time>/ and start afresh.")]
 JobsOption = Annotated[int, typer.Option("--jobs", min=0, help="Parallel processes (0 = all available cores).")]

@@ -52,7 +52,8 @@ def convert(
     layout: Annotated[SourceLayout, typer.Option("--layout", help="Source layout (auto: detect).")] = SourceLayout.auto,
     label_map: Annotated[Optional[str], typer.Option(
         "--label-map", help="Explicit coding, e.g. 128=CSF,192=GM,254=WM (default: recognise known codings).")] = None,
-    fill: Annotated[bool, typer.Option("--fill", help="NITRC layouts: use *_segTRI_fill_ana instead of *_segTRI_ana.")] = False,
+    fill: Annotated[bool, typer.Option(
+        "--fill", help="NITRC layouts: use *_segTRI_fill_ana instead of *_segTRI_ana.")] = False,
     n4: Annotated[bool, typer.Option("--n4", help="N4 bias-field correction (SimpleITK).")] = False,
     denoise: Annotated[bool, typer.Option("--denoise", help="Curvature anisotropic diffusion (SimpleITK).")] = False,
     heldout_fraction: Annotated[float, typer.Option(
@@ -93,7 +94,8 @@ def convert(
 
 def _say_what_turns_stale(stale: dict[str, list[Path]]) -> None:
     if not stale:
-        console.print("replacing the dataset: no trained fold, baseline run or prediction set was made from the old one")
+        console.print("replacing the dataset: no trained fold, baseline run or prediction set was made from the "
+                      "old one")
         return
     counts = ", ".join(f"{len(found)} {kind}" for kind, found in stale.items())
     console.print(f"replacing the dataset makes stale: {counts}. They stay where they are; `train` and `baseline "

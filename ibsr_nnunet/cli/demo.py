@@ -22,7 +22,8 @@ def demo(
         "--source", help="A real IBSR18 tree instead of the embedded phantom (longer budgets).")] = None,
     device: DeviceOption = Device.auto,
     jobs: JobsOption = 0,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="nnU-Net epochs per fold (phantom 3, real 20).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(
+        "--epochs", min=1, help="nnU-Net epochs per fold (phantom 3, real 20).")] = None,
     iterations: Annotated[Optional[int], typer.Option(
         "--iterations-per-epoch", min=1, help="nnU-Net iterations per epoch (phantom 10, real 50).")] = None,
     baseline_minutes: Annotated[Optional[float], typer.Option(
@@ -59,4 +60,5 @@ def demo(
                         *(f"{row[f'{t}_dice_mean']:.3f}" for t in TISSUES.values()))
     console.print(ranking)
     console.print(f"leaderboard: {ws.leaderboard}\nfigures: {ws.figures}\npredictions: {ws.predictions}\n"
-                  f"nnU-Net results: {ws.results_dataset}\nbaselines: {ws.baselines}\nstep logs: {ws.root / 'demo-logs'}")
+                  f"nnU-Net results: {ws.results_dataset}\nbaselines: {ws.baselines}\n"
+                  f"step logs: {ws.root / 'demo-logs'}")

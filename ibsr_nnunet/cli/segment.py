@@ -29,21 +29,24 @@ app = stage_app("Segment new scans with a trained model.")
 @refusals
 def segment(
     ctx: typer.Context,
-    inputs: Annotated[list[Path], typer.Argument(help="T1 scans (.nii, .nii.gz, Analyze .hdr/.img) or folders of them.")],
+    inputs: Annotated[list[Path], typer.Argument(
+        help="T1 scans (.nii, .nii.gz, Analyze .hdr/.img) or folders of them.")],
     output: Annotated[Path, typer.Option("--output", help="Folder for the label maps and volumes.csv.")],
     model: Annotated[Optional[str], typer.Option(
         "--model", help="A leaderboard model, e.g. nnunet_ensemble or unet2d__dice_ce (default: the best).")] = None,
     device: DeviceOption = Device.auto,
     jobs: JobsOption = 0,
     tta: Annotated[Optional[bool], typer.Option(
-        "--tta/--no-tta", help="Test-time mirroring (default: on for CUDA, off for the CPU, where it costs 2-6x).")] = None,
+        "--tta/--no-tta",
+        help="Test-time mirroring (default: on for CUDA, off for the CPU, where it costs 2-6x).")] = None,
     step_size: Annotated[float, typer.Option(
         "--step-size", help="Sliding-window step as a fraction of the window (nnU-Net's tile step; a baseline's "
                             "overlap is 1 - step).")] = 0.5,
     soft_volumes: Annotated[bool, typer.Option(
         "--soft-volumes", help="Also report volumes from the model's probabilities (CSF_ml_soft, ...).")] = False,
     qc: Annotated[bool, typer.Option("--qc/--no-qc", help="A QC picture per scan: <name>_qc.png.")] = True,
-    qc_sheet: Annotated[bool, typer.Option("--qc-sheet", help="One contact sheet of every scan: qc_sheet.png.")] = False,
+    qc_sheet: Annotated[bool, typer.Option(
+        "--qc-sheet", help="One contact sheet of every scan: qc_sheet.png.")] = False,
 ) -> None:
     """Segment new scans into CSF, GM and WM, and report tissue volumes (mL), fractions and BPF."""
     from ..nnunet.environment import configure

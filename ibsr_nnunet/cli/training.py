@@ -32,7 +32,8 @@ app = stage_app("nnU-Net: plan, train folds, ensemble.")
 @refusals
 def plan(
     ctx: typer.Context,
-    configs: Annotated[str, typer.Option("--configs", callback=configs_list, help="Comma-separated nnU-Net configurations.")] = ",".join(CONFIGURATIONS),
+    configs: Annotated[str, typer.Option(
+        "--configs", callback=configs_list, help="Comma-separated nnU-Net configurations.")] = ",".join(CONFIGURATIONS),
     jobs: JobsOption = 0,
     force: Annotated[bool, typer.Option("--force", help="Plan and preprocess again even when up to date.")] = False,
 ) -> None:
@@ -53,7 +54,8 @@ def plan(
                       "×".join(f"{s:g}" for s in c["spacing"]), str(c["stages"]), "×".join(map(str, c["median_shape"])))
     console.print(table)
     for name in result.dropped:
-        console.print(f"{name}: not planned — nnU-Net drops it when the image is too small to need a low-resolution stage.")
+        console.print(f"{name}: not planned — nnU-Net drops it when the image is too small to need a "
+                      "low-resolution stage.")
 
 
 @app.command()
@@ -62,13 +64,18 @@ def train(
     ctx: typer.Context,
     fold: Annotated[int, typer.Option("--fold", min=0, help="Cross-validation fold.")],
     config: Annotated[Configuration, typer.Option("--config", help="nnU-Net configuration.")],
-    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Epochs (a short schedule gets its own trainer name).")] = FULL_EPOCHS,
-    iterations: Annotated[int, typer.Option("--iterations-per-epoch", min=1, help="Training iterations per epoch.")] = FULL_ITERATIONS,
+    epochs: Annotated[int, typer.Option(
+        "--epochs", min=1, help="Epochs (a short schedule gets its own trainer name).")] = FULL_EPOCHS,
+    iterations: Annotated[int, typer.Option(
+        "--iterations-per-epoch", min=1, help="Training iterations per epoch.")] = FULL_ITERATIONS,
     device: DeviceOption = Device.auto,
     save_every: Annotated[int, typer.Option("--save-every", min=1, help="Write a checkpoint every N epochs.")] = 1,
     archive_stale: ArchiveStaleOption = False,
-    stage_data: Annotated[bool, typer.Option("--stage-data", help="Copy the preprocessed data to node-local disk first and read it there (results stay in the workspace).")] = False,
-    local_scratch: Annotated[Optional[Path], typer.Option("--local-scratch", help="Node-local folder for --stage-data (default: $SLURM_TMPDIR, else $TMPDIR).")] = None,
+    stage_data: Annotated[bool, typer.Option(
+        "--stage-data", help="Copy the preprocessed data to node-local disk first and read it there "
+                             "(results stay in the workspace).")] = False,
+    local_scratch: Annotated[Optional[Path], typer.Option(
+        "--local-scratch", help="Node-local folder for --stage-data (default: $SLURM_TMPDIR, else $TMPDIR).")] = None,
     compile_network: Annotated[Optional[bool], typer.Option(
         "--compile/--no-compile", help="nnU-Net's torch.compile on CUDA (never on CPU); a requeued run compiles again. "
         f"Default: nnUNet_compile when set, else {'on' if COMPILE_DEFAULT else 'off'}.")] = None,
@@ -89,7 +96,8 @@ def train(
     if result.status == "already finished":
         console.print(f"{config.value} fold {fold} is already finished: {result.fold_folder}")
         return
-    start = f"resumed from {result.resumed_from} at epoch {result.start_epoch}" if result.resumed_from else "from scratch"
+    start = (f"resumed from {result.resumed_from} at epoch {result.start_epoch}" if result.resumed_from
+             else "from scratch")
     console.print(f"{config.value} fold {fold} finished ({start}): {result.fold_folder}")
 
 
@@ -98,11 +106,13 @@ def train(
 def ensemble(
     ctx: typer.Context,
     trainer: Annotated[Optional[str], typer.Option(
-        "--trainer", help="nnU-Net trainer whose folds to use (default: the one with the most finished folds).")] = None,
+        "--trainer",
+        help="nnU-Net trainer whose folds to use (default: the one with the most finished folds).")] = None,
     device: DeviceOption = Device.auto,
     jobs: JobsOption = 0,
 ) -> None:
-    """Best configuration over 2d and 3d_fullres, then held-out and test predictions of 2d, 3d_fullres and their ensemble."""
+    # the docstring is the command's help, shown on one line in `ibsr-nnunet --help`: kept whole, hence the noqa
+    """Best configuration over 2d and 3d_fullres, then held-out and test predictions of 2d, 3d_fullres and their ensemble."""  # noqa: E501
     from ..nnunet.ensemble import run
     from ..nnunet.environment import configure
 

@@ -179,9 +179,10 @@ class RunLog:
                                           "startup_seconds": None, "stalled": False, "recorded": utc(time.time())})
         known = [r.epoch_end for r in history if r.epoch_end is not None] + ([reached] if reached is not None else [])
         redone = max(0, max(known) - epoch) if known and epoch is not None else (0 if epoch is not None else None)
-        self.start_line = {"event": "start", "run": self.run_id, "start": utc(self.started), "host": socket.gethostname(),
-                           "pid": os.getpid(), **_slurm(), "device": device, "device_name": device_name,
-                           "epoch_start": epoch, "epochs_redone": redone, "command": self.command, **extra}
+        self.start_line = {"event": "start", "run": self.run_id, "start": utc(self.started),
+                           "host": socket.gethostname(), "pid": os.getpid(), **_slurm(), "device": device,
+                           "device_name": device_name, "epoch_start": epoch, "epochs_redone": redone,
+                           "command": self.command, **extra}
         append_line(self.folder, self.start_line)
         self.epoch, self.begun = epoch, True
 
@@ -201,7 +202,8 @@ class RunLog:
         now = time.time()
         line = {"event": "end", "run": self.run_id, "end": utc(now), "reason": reason, "exit_code": exit_code,
                 "epoch_end": self.epoch, "seconds": round(now - self.started, 3),
-                "startup_seconds": None if self.first_epoch_at is None else round(self.first_epoch_at - self.started, 3),
+                "startup_seconds": (None if self.first_epoch_at is None
+                                    else round(self.first_epoch_at - self.started, 3)),
                 "since_last_epoch_seconds": round(now - (self.last_epoch_at or self.started), 3), "stalled": False}
         if reason == "usr1":
             history = read_runs(self.folder)

@@ -1,4 +1,5 @@
-"""Convert an IBSR18 source tree into nnU-Net v2's raw layout — atomically, and refusing anything that would train a wrong problem."""
+"""Convert an IBSR18 source tree into nnU-Net v2's raw layout — atomically, and refusing anything that would train a
+wrong problem."""
 
 from __future__ import annotations
 

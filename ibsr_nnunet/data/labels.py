@@ -46,7 +46,8 @@ def parse_label_map(text: str) -> LabelScheme:
         try:
             source_value = int(value)
         except ValueError:
-            raise InputError(f"--label-map item '{item}' needs an integer value before '='; {LABEL_MAP_HINT}.") from None
+            raise InputError(f"--label-map item '{item}' needs an integer value before '='; "
+                             f"{LABEL_MAP_HINT}.") from None
         if source_value in mapping:
             raise InputError(f"--label-map names value {source_value} twice; {LABEL_MAP_HINT}.")
         mapping[source_value] = NNUNET_LABELS[tissue]

@@ -72,7 +72,8 @@ def find_misa(source: Path) -> list[Subject]:
 def _subject_id(path: Path) -> str:
     match = SUBJECT_ID.match(path.name)
     if not match:
-        raise InputError(f"{path}: file name does not start with IBSR_<number>; rename it, e.g. IBSR_01_ana_strip.nii.gz.")
+        raise InputError(f"{path}: file name does not start with IBSR_<number>; "
+                         "rename it, e.g. IBSR_01_ana_strip.nii.gz.")
     return match.group(1)
 
 

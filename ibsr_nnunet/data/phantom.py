@@ -182,7 +182,8 @@ def write_phantoms(out: str | Path, subjects: int = 6, *, layout: str = "misa", 
             image_path = folder / f"{sid}_ana_strip.nii.gz"
             _save(subject.image, subject.affine, image_path, analyze=False)
             _save(_coded(subject.labels, layout), subject.affine, folder / f"{sid}_segTRI_ana.nii.gz", analyze=False)
-            _save(_coded(subject.labels_fill, layout), subject.affine, folder / f"{sid}_segTRI_fill_ana.nii.gz", analyze=False)
+            _save(_coded(subject.labels_fill, layout), subject.affine, folder / f"{sid}_segTRI_fill_ana.nii.gz",
+                  analyze=False)
         else:
             image_path = out / sid / "images" / "analyze" / f"{sid}_ana.img"
             _save(subject.image, subject.affine, image_path, analyze=True)

@@ -61,7 +61,8 @@ def nnunet_fold_curve(fold: Path) -> pd.DataFrame:
 
 
 def training_seconds(ws: Workspace, model: str) -> float:
-    """Seconds spent training `model` (all its folds for nnU-Net; the recorded budget used for a baseline); NaN if unknown."""
+    """Seconds spent training `model` (all its folds for nnU-Net; the recorded budget used for a baseline); NaN if
+    unknown."""
     if model.startswith(NNUNET_PREFIX):
         folds = nnunet_folds(ws, model)
         return sum(map(nnunet_fold_seconds, folds)) if folds else float("nan")

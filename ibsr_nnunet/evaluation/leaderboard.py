@@ -198,7 +198,8 @@ def build(ws: Workspace, *, jobs: int = 1, nsd_tolerance: float = NSD_TOLERANCE,
                 with atomic_path(ws.leaderboard) as tmp:
                     pd.DataFrame(columns=pd.read_csv(previous, nrows=0).columns).to_csv(tmp, index=False)
                 stale = f" (left out: {'; '.join(said)})" if said else ""
-                raise NothingToRank(f"{str(nothing).rstrip('.')}{stale}; {ws.leaderboard} now lists no model.") from None
+                raise NothingToRank(
+                    f"{str(nothing).rstrip('.')}{stale}; {ws.leaderboard} now lists no model.") from None
             raise
         manifest = ws.read_manifest()
         split = f"{manifest['split']['policy']}: {', '.join(manifest['split']['heldout'])}"
@@ -349,5 +350,6 @@ def _current_evaluations(ws: Workspace, fingerprint: str, left_out: dict[str, st
     if cases_per_model.nunique() > 1:
         odd = cases_per_model[cases_per_model != cases_per_model.mode()[0]].index[0]
         raise InputError(f"{ws.evaluation / (odd + '.csv')} was scored on cases {list(cases_per_model[odd])}, the "
-                         f"others on {list(cases_per_model.mode()[0])}; evaluate every model on the same held-out cases.")
+                         f"others on {list(cases_per_model.mode()[0])}; "
+                         "evaluate every model on the same held-out cases.")
     return per_case

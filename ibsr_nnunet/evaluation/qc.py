@@ -40,7 +40,8 @@ def _crop(image: np.ndarray, labels: np.ndarray, margin: int = 4) -> tuple[np.nd
     rows, cols = np.nonzero((image != 0) | (labels != 0))
     if not len(rows):
         return image, labels
-    box = np.s_[max(rows.min() - margin, 0):rows.max() + margin + 1, max(cols.min() - margin, 0):cols.max() + margin + 1]
+    box = np.s_[max(rows.min() - margin, 0):rows.max() + margin + 1,
+                max(cols.min() - margin, 0):cols.max() + margin + 1]
     return image[box], labels[box]
 
 

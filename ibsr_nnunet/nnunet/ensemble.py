@@ -1,4 +1,5 @@
-"""The `ensemble` step: nnU-Net's best configuration, and each nnU-Net model's predictions for the held-out and test cases."""
+"""The `ensemble` step: nnU-Net's best configuration, and each nnU-Net model's predictions for the held-out and test
+cases."""
 
 from __future__ import annotations
 

@@ -87,7 +87,8 @@ def plan(ws: Workspace, configurations: tuple[str, ...] = CONFIGURATIONS, *, job
     Holds the preprocessed dataset as its only writer (core/readwrite.py): refused while another `plan` writes it or
     a `train` reads it. The stamp is written last: a plan cut short is redone by the next one."""
     if not ws.manifest.is_file():
-        raise InputError(f"{ws.raw_dataset}: no converted dataset in this workspace; run `ibsr-nnunet convert SOURCE` first.")
+        raise InputError(f"{ws.raw_dataset}: no converted dataset in this workspace; "
+                         "run `ibsr-nnunet convert SOURCE` first.")
     unknown = [c for c in configurations if c not in PLANNABLE]
     if unknown:
         raise InputError(f"--configs {','.join(unknown)} unknown; use {', '.join(PLANNABLE)}.")
@@ -126,5 +127,6 @@ def _build(ws: Workspace, configurations: tuple[str, ...], jobs: int) -> dict:
             preprocess([ws.dataset_id], configurations=present, num_processes=[jobs] * len(present))
     except (AssertionError, RuntimeError) as err:
         details = " ".join(f"{err}".split())[:400]
-        raise InputError(f"{ws.raw_dataset}: nnU-Net planning failed ({details}); fix the dataset and convert again.") from None
+        raise InputError(f"{ws.raw_dataset}: nnU-Net planning failed ({details}); "
+                         "fix the dataset and convert again.") from None
     return plans

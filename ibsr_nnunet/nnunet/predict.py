@@ -87,7 +87,8 @@ def ensemble_folders(folders: list[Path], out: Path, *, plans_json: Path, jobs: 
     from nnunetv2.ensembling.ensemble import ensemble_folders as average
 
     with quiet_fork_pools(log):
-        average([str(f) for f in folders], str(out), save_merged_probabilities=probabilities, num_processes=max(1, jobs),
+        average([str(f) for f in folders], str(out), save_merged_probabilities=probabilities,
+                num_processes=max(1, jobs),
                 dataset_json_file_or_dict=str(plans_json.parent / "dataset.json"),
                 plans_json_file_or_dict=str(plans_json))
 
@@ -107,7 +108,8 @@ def apply_postprocessing(postprocessing_pkl: Path, folder: Path, out: Path, *, p
 
 
 def postprocessing_summary(postprocessing_pkl: Path) -> list[str]:
-    """Each postprocessing step as `function(labels)`, e.g. 'remove_all_but_largest_component_from_segmentation([3])'."""
+    """Each postprocessing step as `function(labels)`,
+    e.g. 'remove_all_but_largest_component_from_segmentation([3])'."""
     from batchgenerators.utilities.file_and_folder_operations import load_pickle
 
     functions, arguments = load_pickle(str(postprocessing_pkl))
