@@ -15,12 +15,11 @@ from __future__ import annotations
 import re
 import shlex
 import sys
+import tomllib
 from dataclasses import dataclass, fields, replace
 from importlib import resources as package_data
 from pathlib import Path
 from typing import Any, Optional, Sequence
-
-import tomllib
 
 from ..core.errors import InputError
 from ..core.exitcodes import EXIT_LOCKED, EXIT_REQUEUE, EXIT_STALLED
