@@ -76,13 +76,23 @@ def test_training_scripts_carry_the_requeue_contract():
     assert "#SBATCH --gpus=2" in gpus and "--gres" not in gpus
 
 
-def test_resources_reject_what_would_break_a_script(tmp_path):
-    for bad in ({"partition": "gpu\n#SBATCH --x"}, {"account": "a b"}, {"time": "$(id)"}, {"mem": "1G;"},
-                {"extra_sbatch": ["qos=long"]}, {"extra_sbatch": ["--qos=a\n--x"]}, {"signal_grace": 0},
-                {"gpus_per_job": -1}):
-        with pytest.raises(InputError):
-            sbatch.resources_from(**bad)
-    with pytest.raises(InputError):
+@pytest.mark.parametrize("bad, message", [
+    ({"partition": "gpu\n#SBATCH --x"}, r"--partition: partition = 'gpu\\n#SBATCH --x' is refused; expected a name"),
+    ({"account": "a b"}, r"--account: account = 'a b' is refused; expected a name of letters"),
+    ({"time": "$(id)"}, r"--time: time = '\$\(id\)' is refused; expected a SLURM time"),
+    ({"mem": "1G;"}, r"--mem: mem = '1G;' is refused; expected a SLURM memory size such as 32G\."),
+    ({"extra_sbatch": ["qos=long"]}, r"--extra-sbatch 'qos=long' is not one sbatch option; give it like --qos=long\."),
+    ({"extra_sbatch": ["--qos=a\n--x"]}, r"--extra-sbatch '--qos=a\\n--x' is not one sbatch option"),
+    ({"signal_grace": 0}, r"--signal-grace: signal_grace = 0 is refused; expected whole seconds, at least 60"),
+    ({"gpus_per_job": -1}, r"--gpus-per-job: gpus_per_job = -1 is refused; expected a whole number of GPUs"),
+])
+def test_resources_reject_what_would_break_a_script(bad, message):
+    with pytest.raises(InputError, match=f"^{message}"):
+        sbatch.resources_from(**bad)
+
+
+def test_a_configuration_that_is_not_a_name_is_refused():
+    with pytest.raises(InputError, match=r"^configuration '2d; rm -rf /' may hold only letters, digits"):
         sbatch.render_fold_array(WS, CLI, CPU, configuration="2d; rm -rf /", epochs=1, iterations=1, device="cpu")
 
 
