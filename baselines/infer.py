@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -13,13 +12,15 @@ from ibsr_nnunet.core import devices
 from ibsr_nnunet.core.atomic import atomic_path
 from ibsr_nnunet.core.errors import InputError
 from ibsr_nnunet.core.orientation import towards
-from ibsr_nnunet.core.vocabulary import BASELINE_SEPARATOR
 from ibsr_nnunet.data.volumes import Volume, read_volume, write_volume
 
 from .data import slicing_axis, zscore
 from .models import UNet, build_model
+from .options import options_from
+from .precision import autocast
+from .registry import split_baseline_name
+from .run_folder import best_weights_path, read_best_weights, read_orientation
 from .threads import ThreadTuner
-from .train import _autocast, options_from, read_checkpoint
 
 
 def gaussian_weights(window: tuple[int, ...], sigma_scale: float = 0.125) -> torch.Tensor:
@@ -122,7 +123,7 @@ def _forward(model: UNet, batch: torch.Tensor, device: torch.device, amp: bool, 
                                        for mask in range(2 ** len(spatial))]
     total = None
     for axes in mirrorings:
-        with _autocast(device, amp):
+        with autocast(device, amp):
             logits = model(torch.flip(batch, axes) if axes else batch)
         probs = torch.softmax(logits.float(), 1)
         probs = torch.flip(probs, axes) if axes else probs
@@ -132,36 +133,24 @@ def _forward(model: UNet, batch: torch.Tensor, device: torch.device, amp: bool, 
 
 def load_model(run: Path, device: torch.device) -> tuple[UNet, dict]:
     """The best weights of the run in `run` and its saved options."""
-    best = run / "best.pt"
+    best = best_weights_path(run)
     if not best.is_file():
         raise InputError(f"no trained model at {best}; run `ibsr-nnunet baseline train` with this model and loss "
                          f"first.")
-    model_name, _, loss = run.name.partition(BASELINE_SEPARATOR)
+    model_name, loss = split_baseline_name(run.name)
     fix = f"delete {run} and train it again with `ibsr-nnunet baseline train --model {model_name} --loss {loss}`"
-    saved = read_checkpoint(best, fix)
-    options = options_from(saved["options"])
+    saved = read_best_weights(run, fix)
+    options = options_from(saved.options)
     model = build_model(options.model, options.width, options.depth, dropout=options.dropout)
     try:
-        model.load_state_dict(saved["model"])
+        model.load_state_dict(saved.model)
     except (RuntimeError, TypeError, AttributeError) as err:
         raise InputError(f"{best} holds weights that do not fit a {options.model} of width {options.width} and "
                          f"depth {options.depth} ({type(err).__name__}); {fix}.") from err
     model = model.to(device)
     if model.dims == 2:
         model = model.to(memory_format=torch.channels_last)
-    return model, saved["options"]
-
-
-ORIENTATION = "orientation.json"  # in the run folder: the axis codes of the training images, the slicing axis
-
-
-def run_orientation(run: Path) -> dict:
-    """What the run was trained on: {"axcodes": [...], "slicing_axis": n} (empty for a run trained before it was
-    recorded: then inputs are not reoriented and 2D models slice across the thickest axis, as they were)."""
-    try:
-        return json.loads((Path(run) / ORIENTATION).read_text())
-    except (OSError, ValueError):
-        return {}
+    return model, saved.options
 
 
 class Predictor:
@@ -179,14 +168,14 @@ class Predictor:
         self.window = (saved.get("infer_window") or saved["patch_size"],) * self.model.dims
         self.amp = saved.get("amp", True)
         self.overlap, self.batch_size, self.tta = overlap, batch_size, tta
-        self.orientation = run_orientation(run)
+        self.orientation = read_orientation(run)
 
     def __call__(self, volume: Volume, probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """(uint8 labels on `volume`'s grid, each class's summed probability or None)."""
-        target = self.orientation.get("axcodes")
+        target = self.orientation.axcodes if self.orientation else None
         reorientation = towards(volume.affine, tuple(target)) if target else None
         oriented = volume.reoriented(reorientation) if reorientation else volume
-        axis = self.orientation.get("slicing_axis")
+        axis = self.orientation.slicing_axis if self.orientation else None
         axis = slicing_axis(oriented.spacing) if axis is None else int(axis)
         image = np.ascontiguousarray(np.moveaxis(zscore(np.asarray(oriented.array)), axis, 0))
         found = predict_array(self.model, image, self.window, overlap=self.overlap, batch_size=self.batch_size,
@@ -207,7 +196,7 @@ def predict_files(run: Path, images: list[tuple[str, Path]], out_dir: Path, *, d
     older than the weights). on_case(case, skipped) is called after each case.
     """
     predictor = Predictor(Path(run), device=device, overlap=overlap, batch_size=batch_size, threads=threads, tta=tta)
-    weights_time = (Path(run) / "best.pt").stat().st_mtime
+    weights_time = best_weights_path(run).stat().st_mtime
     written = []
     for case_id, image_path in images:
         target = Path(out_dir) / f"{case_id}.nii.gz"

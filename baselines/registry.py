@@ -30,3 +30,14 @@ def check_baseline_name(name: str, option: str) -> str:
     if problem:
         raise InputError(f"{option} {quoted(name)} {problem}; write it as e.g. unet2d__dice_ce.")
     return name
+
+
+def baseline_name(model: str, loss: str) -> str:
+    """The baseline's name MODEL__LOSS (its run folder and prediction set)."""
+    return f"{model}{BASELINE_SEPARATOR}{loss}"
+
+
+def split_baseline_name(name: str) -> tuple[str, str]:
+    """(model, loss) of a name MODEL__LOSS; loss is "" when the name has no separator."""
+    model, _, loss = name.partition(BASELINE_SEPARATOR)
+    return model, loss

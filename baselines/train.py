@@ -3,142 +3,37 @@
 from __future__ import annotations
 
 import contextlib
-import csv
-import functools
-import io
-import json
 import math
-import pickle
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from ibsr_nnunet.core.atomic import atomic_path, write_json, write_text
-from ibsr_nnunet.core.devices import DEVICES, torch_device
+from ibsr_nnunet.core.devices import torch_device
 from ibsr_nnunet.core.errors import InputError
 from ibsr_nnunet.core.exitcodes import EXIT_REQUEUE
 from ibsr_nnunet.core.runlog import RunLog, cpu_name
 from ibsr_nnunet.core.signals import StopSignals
-from ibsr_nnunet.core.workspace import Workspace
 
 from .data import Augment, PatchSampler, load_case
 from .losses import build_loss
 from .models import build_model
-from .registry import LOSSES, MODELS, OPTIMIZERS, SCHEDULES
+from .options import IDENTITY, TrainOptions
+from .precision import autocast, grad_scaler
+from .run_folder import (
+    RunRecord,
+    read_resume_checkpoint,
+    write_best_weights,
+    write_checkpoint,
+    write_log,
+    write_run_record,
+)
 from .threads import ThreadTuner
 
-CHECKPOINT = "checkpoint.pt"  # everything a resume needs
-RUN_RECORD = "run.json"  # what the run is and how far it got, rewritten after every epoch
 GRADIENT_CLIP = 12.0  # the largest gradient norm a step takes (nnU-Net's value)
-LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds")
-# options that define what is learnt: a run folder refuses to resume under different ones
-IDENTITY = ("model", "loss", "width", "depth", "dropout", "patch_size", "batch_size", "optimizer", "schedule", "seed")
-
-
-@dataclass
-class TrainOptions:
-    """Everything one baseline run depends on.
-
-    model / loss: names from baselines.models.MODELS and baselines.losses.LOSSES.
-    width, depth, dropout: network size (see baselines.models.UNet). patch_size: patch edge in voxels (2D: size×size
-    slices; 3D: size³). batch_size: patches per iteration. optimizer: adam | sgd (momentum 0.99, Nesterov) | adadelta.
-    lr: initial learning rate. schedule: "plateau" (ReduceLROnPlateau on validation loss, factor 0.5 after
-    plateau_patience epochs) or "cosine" (linear warm-up over warmup_iterations, then cosine decay to 0 over the
-    budget, by epochs or minutes, whichever runs out first). epochs / minutes: budget (at least one; minutes counts
-    wall time summed across resumes). iterations_per_epoch: training iterations between validations.
-    patience: stop after this many epochs without a better validation loss. val_cases: training subjects kept for
-    internal validation (0 = 20 %, at least one). val_batches: fixed validation batches per epoch.
-    csf_fraction: share of patches centred on CSF. augment: flips, rotation, scale, shear and intensity jitter.
-    device: auto | cuda | cpu. amp: mixed precision (fp16 on CUDA, bf16 on CPUs with native bf16). threads: CPU threads
-    (0 = pick 1 or torch's count while training, whichever is faster now: see baselines.threads).
-    infer_window: sliding-window edge at inference (0 = patch_size). seed: data order, augmentation,
-    initialisation and validation split.
-    """
-
-    model: str = "unet2d"
-    loss: str = "dice_ce"
-    width: int = 32
-    depth: int = 5
-    dropout: float = 0.4
-    patch_size: int = 128
-    batch_size: int = 8
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    schedule: str = "plateau"
-    warmup_iterations: int = 0
-    plateau_patience: int = 3
-    epochs: int | None = 100
-    minutes: float | None = None
-    iterations_per_epoch: int = 250
-    patience: int = 10
-    val_cases: int = 0
-    val_batches: int = 8
-    csf_fraction: float = 0.33
-    augment: bool = True
-    device: str = "auto"
-    amp: bool = True
-    threads: int = 0
-    infer_window: int = 0
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.model not in MODELS:
-            raise InputError(f"unknown model {self.model!r}; pass --model with one of {', '.join(MODELS)}.")
-        if self.loss not in LOSSES:
-            raise InputError(f"unknown loss {self.loss!r}; pass --loss with one of {', '.join(LOSSES)}.")
-        if self.optimizer not in OPTIMIZERS:
-            raise InputError(f"unknown optimizer {self.optimizer!r}; pass --optimizer with one of "
-                             f"{', '.join(OPTIMIZERS)}.")
-        if self.schedule not in SCHEDULES:
-            raise InputError(f"unknown schedule {self.schedule!r}; pass one of {', '.join(SCHEDULES)}.")
-        if self.device not in DEVICES:
-            raise InputError(f"unknown device {self.device!r}; pass --device auto, cuda or cpu.")
-        if self.epochs is None and self.minutes is None:
-            raise InputError("training has no budget; pass --epochs N and/or --minutes M.")
-        positive = {"width": self.width, "patch_size": self.patch_size, "batch_size": self.batch_size,
-                    "iterations_per_epoch": self.iterations_per_epoch, "patience": self.patience,
-                    "val_batches": self.val_batches, "lr": self.lr, "epochs": self.epochs or 1,
-                    "minutes": self.minutes or 1}
-        for name, value in positive.items():
-            if value <= 0:
-                raise InputError(f"{name} must be positive, got {value}; pass a value above 0.")
-        if self.infer_window < 0 or self.warmup_iterations < 0 or self.val_cases < 0:
-            raise InputError(f"infer_window, warmup_iterations and val_cases must be >= 0; got {self.infer_window}, "
-                             f"{self.warmup_iterations}, {self.val_cases}.")
-        if self.depth < 2 or not 0 <= self.dropout < 1 or not 0 <= self.csf_fraction <= 0.9:
-            raise InputError(f"depth must be >= 2, dropout in [0, 1) and csf_fraction in [0, 0.9]; got depth "
-                             f"{self.depth}, dropout {self.dropout}, csf_fraction {self.csf_fraction}.")
-
-    @property
-    def dims(self) -> int:
-        return 3 if self.model == "unet3d" else 2
-
-    @property
-    def patch(self) -> tuple[int, ...]:
-        return (self.patch_size,) * self.dims
-
-
-def device_defaults(device: str, optimizer: str = "adam", model: str = "unet2d") -> dict:
-    """Defaults tuned for time-to-accuracy on the device: on CPU a compact 2D net (width 16, ~1.9 M parameters),
-    bf16, a time-aware warm-up + cosine schedule, whole-plane inference windows and no augmentation (a 12-minute
-    budget sees each slice only a few times: augmented, mean Dice 0.916; plain, 0.941 — bench/baseline_cpu.py);
-    the classic U-Net setting elsewhere. unet3d gets 3D-sized patches (64³ on CPU, 96³ on GPU, batch 2) and
-    patch-sized inference windows. SGD and Adadelta get their usual learning rates (0.01 and 1.0)."""
-    cpu = torch_device(device).type == "cpu"
-    defaults = {}
-    if cpu:
-        defaults = {"width": 16, "dropout": 0.1, "patch_size": 128, "batch_size": 8, "lr": 3e-3, "schedule": "cosine",
-                    "warmup_iterations": 100, "iterations_per_epoch": 200, "val_batches": 4, "augment": False,
-                    "infer_window": 256}
-    if model == "unet3d":
-        defaults.update(patch_size=64 if cpu else 96, batch_size=2, infer_window=0)
-    if optimizer in ("sgd", "adadelta"):
-        defaults["lr"] = {"sgd": 1e-2, "adadelta": 1.0}[optimizer]
-    return defaults
 
 
 @dataclass
@@ -157,18 +52,6 @@ class TrainResult:
     stalled: bool = False  # interrupted by SIGUSR1 before finishing an epoch, twice in a row (core/runlog.py)
 
 
-def run_dir(ws: Workspace, model: str, loss: str) -> Path:
-    return ws.baselines / f"{model}__{loss}"
-
-
-def run_finished(folder: Path) -> bool:
-    """Whether the run's record says its training ended (budget spent or stopped early), not merely paused."""
-    try:
-        return json.loads((Path(folder) / RUN_RECORD).read_text()).get("finished") is True
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def split_validation(case_ids: list[str], count: int, seed: int) -> tuple[list[str], list[str]]:
     """(training ids, internal validation ids): `count` ids (0 = 20 %, at least 1) drawn with `seed`."""
     if len(case_ids) < 2:
@@ -179,20 +62,6 @@ def split_validation(case_ids: list[str], count: int, seed: int) -> tuple[list[s
         raise InputError(f"val_cases {count} leaves no training subject out of {len(case_ids)}; pass a smaller value.")
     chosen = set(np.random.default_rng(seed).choice(sorted(case_ids), count, replace=False).tolist())
     return [c for c in case_ids if c not in chosen], [c for c in case_ids if c in chosen]
-
-
-@functools.lru_cache(maxsize=None)
-def native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX). Without it torch emulates bf16: measured on
-    an AMD EPYC without either, a unet3d step took 13.2 s in bf16 vs 1.5 s in fp32 (2-D: 0.18 vs 0.13 s)."""
-    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    return any(probe() for probe in probes if probe is not None)
-
-
-def _autocast(device: torch.device, enabled: bool):
-    """Mixed precision: fp16 on CUDA; bf16 on a CPU that computes it in hardware, else plain fp32."""
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device.type, dtype=dtype, enabled=enabled and (device.type != "cpu" or native_bf16()))
 
 
 def _optimizer(options: TrainOptions, params) -> torch.optim.Optimizer:
@@ -225,14 +94,6 @@ def dice_per_class(prediction: torch.Tensor, target: torch.Tensor, classes=(1, 2
     return scores
 
 
-def _write_log(folder: Path, log: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=LOG_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(log)
-    write_text(folder / "log.csv", buffer.getvalue())
-
-
 def _check_same_run(folder: Path, saved: dict, options: TrainOptions) -> None:
     changed = [k for k in IDENTITY if saved.get(k) != getattr(options, k)]
     if changed:
@@ -252,7 +113,7 @@ def train(folder: Path, train_files: list[tuple[str, Path, Path]], options: Trai
     checkpoint and may raise to stop without writing it (the folder's lock, lost)."""
     began, started = time.perf_counter(), time.time()
     folder = Path(folder)
-    state = _load_checkpoint(folder)
+    state = read_resume_checkpoint(folder)
     if state is not None:
         _check_same_run(folder, state["options"], options)
         if state["finished"]:
@@ -310,31 +171,6 @@ def _train(folder: Path, train_files: list[tuple[str, Path, Path]], options: Tra
         if on_epoch:
             on_epoch(row)
     return run.result("finished", start_epoch)
-
-
-def _load_checkpoint(folder: Path) -> dict | None:
-    """The run's last checkpoint, or None when it has none yet."""
-    path = folder / CHECKPOINT
-    fix = f"delete it to train {folder.name} afresh"
-    return read_checkpoint(path, fix, keys=("options", "model", "optimizer", "epoch")) if path.is_file() else None
-
-
-def read_checkpoint(path: Path, fix: str, keys: tuple[str, ...] = ("options", "model")) -> dict:
-    """A checkpoint this tool wrote (best.pt, checkpoint.pt: plain dicts, tensors, numbers, strings, lists), loaded
-    with weights_only so nothing in the file can run. A file that would need full unpickling (an older format, or
-    not ours), is corrupt, or lacks `keys` is refused in one sentence ending in `fix`, never unpickled."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except OSError as err:
-        raise InputError(f"cannot read {path} ({err.strerror or err}); {fix}.") from err
-    except Exception as err:  # a damaged file: torch raises RuntimeError, KeyError, EOFError, ... depending on where
-        if isinstance(err, pickle.UnpicklingError) and "unsupported global" in str(err).lower():
-            raise InputError(f"{path} holds objects only full unpickling would rebuild (an older format, or a file "
-                             f"not written by ibsr-nnunet), so it is not loaded: that could run code; {fix}.") from err
-        raise InputError(f"{path} is corrupt or not a checkpoint ({type(err).__name__}); {fix}.") from err
-    if not isinstance(saved, dict) or not all(key in saved for key in keys):
-        raise InputError(f"{path} is not a checkpoint of ibsr-nnunet's baselines (it lacks {', '.join(keys)}); {fix}.")
-    return saved
 
 
 @dataclass
@@ -399,16 +235,14 @@ class _Run:
             "rng": {"sampler": self.sampler.rng.bit_generator.state, "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
         }
-        with atomic_path(self.folder / CHECKPOINT) as tmp:
-            torch.save(checkpoint, tmp)
-        _write_log(self.folder, self.log)
-        write_json(self.folder / RUN_RECORD, {
-            "model": options.model, "loss": options.loss, "options": asdict(options), "train_cases": self.train_ids,
-            "val_cases": self.val_ids, "epochs_done": self.epoch,
-            "best_val_loss": self.best_val_loss if self.log else None,
-            "best_val_dice": self.best_val_dice if self.log else None, "train_seconds": round(self.elapsed(), 2),
-            "finished": finished,
-        })
+        write_checkpoint(self.folder, checkpoint)
+        write_log(self.folder, self.log)
+        write_run_record(self.folder, RunRecord(
+            model=options.model, loss=options.loss, options=asdict(options), train_cases=tuple(self.train_ids),
+            val_cases=tuple(self.val_ids), epochs_done=self.epoch,
+            best_val_loss=self.best_val_loss if self.log else None,
+            best_val_dice=self.best_val_dice if self.log else None, train_seconds=round(self.elapsed(), 2),
+            finished=finished))
 
     def step(self) -> float:
         """One training iteration; its loss."""
@@ -416,7 +250,7 @@ class _Run:
         image, label = image.to(self.device), label.to(self.device)
         if self.options.dims == 2:
             image = image.contiguous(memory_format=torch.channels_last)
-        with _autocast(self.device, self.options.amp):
+        with autocast(self.device, self.options.amp):
             loss = self.loss_fn(self.model(image), label)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -463,7 +297,7 @@ def _start_run(folder: Path, train_files: list[tuple[str, Path, Path]], options:
         model = model.to(memory_format=torch.channels_last)  # faster convolutions with oneDNN and cuDNN
     optimizer = _optimizer(options, model.parameters())
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=options.plateau_patience)
-    scaler = torch.amp.GradScaler("cuda", enabled=options.amp and device.type == "cuda")
+    scaler = grad_scaler(device, options.amp)
     return _Run(folder, options, began, device, tuner, train_ids, val_ids, sampler, val_data, model, optimizer,
                 plateau, scaler, build_loss(options.loss).to(device))
 
@@ -495,7 +329,8 @@ def _end_epoch(run: _Run, losses: list[float]) -> dict:
     run.epoch += 1
     if val_loss < run.best_val_loss:
         run.best_val_loss, run.best_val_dice, run.bad_epochs = val_loss, val_dice, 0
-        _save_best(run.folder, run.model, options, run.epoch)
+        write_best_weights(run.folder, asdict(options), run.epoch,
+                           {k: v.cpu() for k, v in run.model.state_dict().items()})
     else:
         run.bad_epochs += 1
     row = {"epoch": run.epoch, "train_loss": round(float(np.mean(losses)), 5), "val_loss": round(val_loss, 5),
@@ -513,22 +348,9 @@ def _validate(model, loss_fn, batches, device, amp: bool, dims: int) -> tuple[fl
         image, label = image.to(device), label.to(device)
         if dims == 2:
             image = image.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, amp):
+        with autocast(device, amp):
             logits = model(image)
         losses.append(float(loss_fn(logits.float(), label)))
         predictions.append(logits.argmax(1).cpu())
         targets.append(label.cpu())
     return float(np.mean(losses)), float(np.mean(dice_per_class(torch.cat(predictions), torch.cat(targets))))
-
-
-def _save_best(folder: Path, model, options: TrainOptions, epoch: int) -> None:
-    """best.pt: the weights with the lowest validation loss so far, and what inference needs to rebuild the net."""
-    with atomic_path(folder / "best.pt") as tmp:
-        torch.save({"options": asdict(options), "epoch": epoch,
-                    "model": {k: v.cpu() for k, v in model.state_dict().items()}}, tmp)
-
-
-def options_from(saved: dict) -> TrainOptions:
-    """TrainOptions from a saved dict, ignoring keys this version no longer knows."""
-    known = {f.name for f in fields(TrainOptions)}
-    return TrainOptions(**{k: v for k, v in saved.items() if k in known})

@@ -8,7 +8,6 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ibsr_nnunet.core.atomic import write_json
 from ibsr_nnunet.core.errors import InputError
 from ibsr_nnunet.core.locks import Lock, LockedError, LockLost, current_holder, lock_path
 from ibsr_nnunet.core.orientation import training_axcodes
@@ -27,8 +26,11 @@ from ibsr_nnunet.core.signals import StopSignals
 from ibsr_nnunet.core.workspace import Workspace
 
 from .data import slicing_axis
-from .infer import ORIENTATION, predict_files
-from .train import TrainOptions, TrainResult, run_dir, run_finished, train
+from .infer import predict_files
+from .options import TrainOptions
+from .registry import split_baseline_name
+from .run_folder import TrainingOrientation, best_weights_path, run_dir, run_finished, write_orientation
+from .train import TrainResult, train
 
 
 def train_in_workspace(ws: Workspace, options: TrainOptions, *, archive_stale: bool = False,
@@ -54,7 +56,7 @@ def _train_locked(ws: Workspace, options: TrainOptions, *, archive_stale: bool, 
                            archive_stale=archive_stale, say=say)
             folder.mkdir(parents=True, exist_ok=True)
             record(folder, fingerprint, model=options.model, loss=options.loss)
-            write_json(folder / ORIENTATION, training_orientation(ws))
+            write_orientation(folder, training_orientation(ws))
             return train(folder, ws.cases("train"), options, on_epoch=on_epoch, on_iteration=on_iteration,
                          on_start=on_start, stop=stop, before_save=lock.verify)
     except LockLost:
@@ -64,13 +66,13 @@ def _train_locked(ws: Workspace, options: TrainOptions, *, archive_stale: bool, 
         raise
 
 
-def training_orientation(ws: Workspace) -> dict:
+def training_orientation(ws: Workspace) -> TrainingOrientation:
     """The axis codes of the workspace's training images, and the axis 2D models slice across in that orientation
     (the one with the largest spacing: IBSR's 1.5 mm coronal axis)."""
     manifest = ws.read_manifest()
     train = [case for case in manifest["cases"] if case["role"] == "train"]
     spacing = np.median([case["spacing"] for case in train], axis=0)
-    return {"axcodes": list(training_axcodes(manifest)), "slicing_axis": slicing_axis(spacing)}
+    return TrainingOrientation(tuple(training_axcodes(manifest)), slicing_axis(spacing))
 
 
 def unfinished(run: Path) -> Optional[str]:
@@ -80,7 +82,7 @@ def unfinished(run: Path) -> Optional[str]:
     if holder is not None:
         return f"is being trained right now by {holder.describe()}: wait for it to finish"
     if not run_finished(run):
-        model, _, loss = run.name.partition("__")
+        model, loss = split_baseline_name(run.name)
         return (f"has not finished training (its run.json does not say finished): run `ibsr-nnunet baseline train "
                 f"--model {model} --loss {loss}` with the options it was started with to finish it")
     return None
@@ -113,5 +115,5 @@ def predict_in_workspace(ws: Workspace, model: str, loss: str, *, device: str = 
             say(f"{out} was {stale}: predicting every case again")
         predict_files(run, cases, out, device=device, overlap=overlap, reuse=stale is None, on_case=on_case)
         # a finished run nobody trains: its best.pt is still the file the predictions were made with
-        record(out, fingerprint, model=run.name, run=str(run), weights=weights_signature(ws, [run / "best.pt"]))
+        record(out, fingerprint, model=run.name, run=str(run), weights=weights_signature(ws, [best_weights_path(run)]))
     return out

@@ -33,7 +33,8 @@ import torch
 
 from baselines.data import slicing_axis
 from baselines.infer import predict_files
-from baselines.train import TrainOptions, device_defaults, dice_per_class, split_validation, train
+from baselines.options import TrainOptions, device_defaults
+from baselines.train import dice_per_class, split_validation, train
 from ibsr_nnunet.data.volumes import read_volume
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

@@ -290,7 +290,7 @@ def segment_scan(source: Path) -> Path:
 
 def baselines(args: argparse.Namespace, report: Report, ws, budget: Budget, write) -> list[str]:
     """Train unet2d and unet3d for --baseline-seconds each; the models trained."""
-    from baselines.train import TrainOptions, device_defaults
+    from baselines.options import TrainOptions, device_defaults
     from baselines.workspace import train_in_workspace
 
     trained = []

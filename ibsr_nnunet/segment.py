@@ -149,11 +149,12 @@ def choose_model(ws: Workspace, name: Optional[str]) -> Model:
         info = nnunet_record(ws, record)
         _refuse_unfinished_folds(ws, name, info)
         return Model(name, scores, info)
+    from baselines.run_folder import best_weights_path
     from baselines.workspace import unfinished
 
     run = ws.baselines / name
-    if not (run / "best.pt").is_file():
-        raise InputError(f"model {name} is not trained in this workspace (no {run / 'best.pt'}); pick a model of "
+    if not (best := best_weights_path(run)).is_file():
+        raise InputError(f"model {name} is not trained in this workspace (no {best}); pick a model of "
                          f"the leaderboard or train it with `ibsr-nnunet baseline train`.")
     _refuse_stale(ws, run, name, "ibsr-nnunet baseline train --archive-stale")
     if why := unfinished(run):
@@ -190,10 +191,11 @@ def checked_model_name(name: str) -> str:
 def _trained_here(ws: Workspace, name: str) -> bool:
     """Whether `name` is a model trained in this workspace (not an `evaluate --name` entry of outside predictions)."""
     from baselines.registry import baseline_problem
+    from baselines.run_folder import best_weights_path
 
     if name.startswith(NNUNET_PREFIX):
         return name in NNUNET_MODELS.values() and (ws.predictions / name / "model.json").is_file()
-    return baseline_problem(name) is None and (ws.baselines / name / "best.pt").is_file()
+    return baseline_problem(name) is None and best_weights_path(ws.baselines / name).is_file()
 
 
 def _best_trained(ws: Workspace, board: pd.DataFrame) -> str:
@@ -351,10 +353,10 @@ def model_axcodes(ws: Workspace, model: Model) -> tuple[str, ...]:
     if model.info.get("axcodes"):
         return tuple(model.info["axcodes"])
     if model.info.get("run"):
-        from baselines.infer import run_orientation
+        from baselines.run_folder import read_orientation
 
-        if axes := run_orientation(Path(model.info["run"])).get("axcodes"):
-            return tuple(axes)
+        if orientation := read_orientation(Path(model.info["run"])):
+            return orientation.axcodes
     return training_axcodes(ws.read_manifest())
 
 
@@ -368,7 +370,9 @@ def model_signature(ws: Workspace, model: Model) -> str:
                  for c in model.info["configurations"] for f in model.info["folds"]]
         files.append(Path(model.info["postprocessing_file"]))
     else:
-        files = [Path(model.info["run"]) / "best.pt"]
+        from baselines.run_folder import best_weights_path
+
+        files = [best_weights_path(Path(model.info["run"]))]
     identity = {"model": model.name, "dataset": dataset_fingerprint(ws), "weights": weights_signature(ws, files)}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 

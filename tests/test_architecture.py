@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# each stage may import its own modules and those of lower stages only (baselines and evaluation are peers)
-STAGE_RANK = {"core": 0, "nnunet": 1, "data": 2, "baselines": 3, "evaluation": 3, "campaign": 4, "segment": 5,
-              "demo": 5, "cli": 6, "__main__": 7}
+# each stage may import its own modules and those of lower stages only (evaluation reads the baselines' run folders)
+STAGE_RANK = {"core": 0, "nnunet": 1, "data": 2, "baselines": 3, "evaluation": 4, "campaign": 5, "segment": 6,
+              "demo": 6, "cli": 7, "__main__": 8}
 
 
 def modules() -> dict[str, Path]:

@@ -14,16 +14,10 @@ import torch
 from baselines.data import Augment, PatchSampler, crop, load_case, slicing_axis, zscore
 from baselines.infer import gaussian_weights, predict_array, predict_files, window_starts
 from baselines.models import MODELS, build_model
+from baselines.options import TrainOptions, device_defaults
+from baselines.run_folder import run_dir
 from baselines.threads import ThreadTuner
-from baselines.train import (
-    GRADIENT_CLIP,
-    TrainOptions,
-    apply_gradients,
-    device_defaults,
-    run_dir,
-    split_validation,
-    train,
-)
+from baselines.train import GRADIENT_CLIP, apply_gradients, split_validation, train
 from helpers import CLI, copy_workspace, interrupt_when, invoke, said
 from ibsr_nnunet.core.errors import InputError
 from ibsr_nnunet.core.exitcodes import EXIT_REQUEUE, EXIT_STALLED

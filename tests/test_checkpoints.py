@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from baselines.train import CHECKPOINT, TrainOptions
+from baselines.options import TrainOptions
+from baselines.run_folder import CHECKPOINT
 from helpers import copy_workspace, invoke, said
 from ibsr_nnunet.core.errors import InputError
 from ibsr_nnunet.core.workspace import Workspace
@@ -112,7 +113,7 @@ def test_a_damaged_best_pt_is_one_sentence(ws, phantom_root, tmp_path, damage, m
 
 
 def test_read_checkpoint_names_the_file_and_the_fix(tmp_path):
-    from baselines.train import read_checkpoint
+    from baselines.run_folder import read_checkpoint
 
     path = tmp_path / "best.pt"
     torch.save({"epoch": 3}, path)  # loads, but is not ours

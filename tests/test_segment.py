@@ -212,10 +212,10 @@ def test_every_orientation_of_a_scan_gets_the_identical_map(trained, phantom_roo
 
 
 def test_baselines_slice_across_the_training_axis_whatever_the_input_spacing(trained):
-    from baselines.infer import run_orientation
+    from baselines.run_folder import TrainingOrientation, read_orientation
 
-    recorded = run_orientation(trained.baselines / MODEL)
-    assert recorded == {"axcodes": ["R", "A", "S"], "slicing_axis": 1}
+    recorded = read_orientation(trained.baselines / MODEL)
+    assert recorded == TrainingOrientation(("R", "A", "S"), 1)
 
 
 def test_a_1mm_isotropic_scan_is_still_sliced_across_the_training_axis(trained, phantom_root, monkeypatch):

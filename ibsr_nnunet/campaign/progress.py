@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from baselines.run_folder import EpochRow, read_log, read_run_record
+
+from ..core.errors import InputError
 from ..core.runlog import Run, read_runs
 from ..core.workspace import Workspace
 from ..evaluation.history import nnunet_fold_curve
@@ -64,34 +66,33 @@ def fold_progress(folder: Path, epochs: int) -> Progress:
 
 
 def baseline_progress(ws: Workspace, name: str) -> Progress:
-    """From the baseline's own run.json and log.csv (baselines/train.py writes them at every save)."""
+    """From the baseline's own run record and log (baselines/run_folder.py; training rewrites them at every save)."""
     folder = ws.baselines / name
     progress = Progress(runs=read_runs(folder))
     try:
-        run = json.loads((folder / "run.json").read_text())
-    except (OSError, ValueError):
+        run = read_run_record(folder)
+    except InputError:
+        run = None
+    if run is None:
         return progress
-    progress.epochs_done = int(run.get("epochs_done") or 0)
-    progress.validation_dice = run.get("best_val_dice")
+    progress.epochs_done = run.epochs_done
+    progress.validation_dice = run.best_val_dice
     predictions = ws.predictions / name
-    progress.finished = bool(run.get("finished")) and predictions.is_dir() and any(predictions.glob("*.nii.gz"))
+    progress.finished = run.finished and predictions.is_dir() and any(predictions.glob("*.nii.gz"))
     try:
-        with open(folder / "log.csv", newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        last = rows[-1:]
-        if last:
-            progress.val_loss = float(last[0]["val_loss"]) if last[0].get("val_loss") else None
-            progress.pseudo_dice = float(last[0]["val_dice"]) if last[0].get("val_dice") else None
-        progress.epoch_seconds = _baseline_epoch_seconds(rows, progress.runs)
-    except (OSError, ValueError, KeyError):
-        pass
+        rows = read_log(folder)
+    except InputError:
+        return progress
+    if rows:
+        progress.val_loss, progress.pseudo_dice = rows[-1].val_loss, rows[-1].val_dice
+    progress.epoch_seconds = _baseline_epoch_seconds(rows, progress.runs)
     return progress
 
 
-def _baseline_epoch_seconds(rows: list[dict], runs: list[Run]) -> list[float]:
+def _baseline_epoch_seconds(rows: tuple[EpochRow, ...], runs: list[Run]) -> list[float]:
     """Durations of the latest epochs on the current device, from log.csv's `seconds` (training time summed
     across runs, at each epoch's end). A run's first epoch is left out: its difference spans the restart."""
-    elapsed = {int(row["epoch"]): float(row["seconds"]) for row in rows}
+    elapsed = {row.epoch: row.seconds for row in rows}
     device = current_device(runs)
     first_of_run = {run.epoch_start + 1 for run in runs if run.epoch_start is not None}
     own = set()

@@ -34,18 +34,20 @@ LossOption = Annotated[Loss, typer.Option("--loss", help="Training loss.")]
 @refusals
 def train_command(
     ctx: typer.Context,
-    model: ModelOption = BaselineModel.unet2d,
-    loss: LossOption = Loss.dice_ce,
+    model: Annotated[Optional[BaselineModel], typer.Option(
+        "--model", help="Baseline network (default unet2d).")] = None,
+    loss: Annotated[Optional[Loss], typer.Option("--loss", help="Training loss (default dice_ce).")] = None,
     minutes: Optional[float] = typer.Option(None, "--minutes", help="Wall-time budget, summed across resumes."),
     epochs: Optional[int] = typer.Option(
         None, "--epochs", help="Epoch budget (default 100 when --minutes is not given)."),
     iterations: Optional[int] = typer.Option(None, "--iterations-per-epoch", help="Training iterations per epoch."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Patches per iteration."),
-    optimizer: Optimizer = typer.Option(Optimizer.adam, "--optimizer", help="Optimiser."),
+    optimizer: Optional[Optimizer] = typer.Option(None, "--optimizer", help="Optimiser (default adam)."),
     lr: Optional[float] = typer.Option(
         None, "--lr", help="Initial learning rate (default: adam 0.003 on CPU, 0.001 on GPU; sgd 0.01; adadelta 1.0)."),
     width: Optional[int] = typer.Option(None, "--width", help="Channels of the first level (doubled per level)."),
-    depth: int = typer.Option(5, "--depth", help="Resolution levels (5 = four downsamplings and a bottleneck)."),
+    depth: Optional[int] = typer.Option(
+        None, "--depth", help="Resolution levels (default 5: four downsamplings and a bottleneck)."),
     dropout: Optional[float] = typer.Option(None, "--dropout", help="Dropout around the bottleneck."),
     patch_size: Optional[int] = typer.Option(
         None, "--patch-size", help="Patch edge in voxels (2D: size², 3D: size³)."),
@@ -54,33 +56,32 @@ def train_command(
         help="plateau (ReduceLROnPlateau on validation loss; GPU default) or cosine (CPU default)."),
     augment: Optional[bool] = typer.Option(
         None, "--augment/--no-augment", help="Flips, rotation, scale, shear, intensity jitter (CPU default: off)."),
-    patience: int = typer.Option(
-        10, "--patience", help="Stop after this many epochs without a better validation loss."),
-    device: DeviceOption = Device.auto,
-    seed: int = typer.Option(0, "--seed", help="Same seed, same split, patches and initialisation."),
-    threads: int = typer.Option(
-        0, "--threads", min=0, help="CPU threads (0: 1 or all, whichever trains faster now; a fixed count trains the "
-        "same weights on every run, since the thread count changes how float sums round)."),
+    patience: Optional[int] = typer.Option(
+        None, "--patience", help="Stop after this many epochs without a better validation loss (default 10)."),
+    device: Annotated[Optional[Device], typer.Option(
+        "--device", help="Where to compute: auto (cuda when torch sees a GPU; the default), cuda or cpu.")] = None,
+    seed: Optional[int] = typer.Option(None, "--seed", help="Same seed, same split, patches and initialisation "
+                                       "(default 0)."),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", min=0, help="CPU threads (default 0: 1 or all, whichever trains faster now; a fixed count "
+        "trains the same weights on every run, since the thread count changes how float sums round)."),
     archive_stale: ArchiveStaleOption = False,
 ) -> None:
     """Train one baseline; resumes by itself, and exits 75 after saving when SIGUSR1/SIGTERM asks it to stop (76
     when two runs in a row were stopped by SIGUSR1 before finishing an epoch).
 
-    Options left out take the defaults tuned for the device (see baselines.train.device_defaults)."""
-    from baselines.train import TrainOptions, device_defaults, run_dir
+    Options left out take the defaults tuned for the device (see baselines.options)."""
+    from baselines.options import TrainOptions
+    from baselines.run_folder import run_dir
     from baselines.workspace import train_in_workspace
 
-    model, loss, optimizer, device = model.value, loss.value, optimizer.value, device.value
     ws = workspace_of(ctx)
-    given = {"iterations_per_epoch": iterations, "batch_size": batch_size, "lr": lr, "width": width,
-             "dropout": dropout, "patch_size": patch_size, "schedule": schedule and schedule.value, "augment": augment}
-    options = TrainOptions(**{
-        **device_defaults(device, optimizer, model),
-        **{k: v for k, v in given.items() if v is not None},
-        "model": model, "loss": loss, "minutes": minutes, "epochs": epochs if epochs or minutes else 100,
-        "optimizer": optimizer, "depth": depth, "patience": patience, "device": device, "seed": seed,
-        "threads": threads,
-    })
+    options = TrainOptions.for_device(
+        model=model and model.value, loss=loss and loss.value, optimizer=optimizer and optimizer.value,
+        device=device and device.value, schedule=schedule and schedule.value, minutes=minutes, epochs=epochs,
+        iterations_per_epoch=iterations, batch_size=batch_size, lr=lr, width=width, depth=depth, dropout=dropout,
+        patch_size=patch_size, augment=augment, patience=patience, seed=seed, threads=threads)
+    model, loss = options.model, options.loss
     folder = run_dir(ws, model, loss)
     with progress_bar() as bar:
         task = bar.add_task(f"{model} + {loss}", total=None)

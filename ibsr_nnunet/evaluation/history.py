@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
+
+from baselines.run_folder import read_log, read_run_record
 
 from ..core.vocabulary import NNUNET_PREFIX
 from ..core.workspace import Workspace
@@ -66,10 +69,8 @@ def training_seconds(ws: Workspace, model: str) -> float:
     if model.startswith(NNUNET_PREFIX):
         folds = nnunet_folds(ws, model)
         return sum(map(nnunet_fold_seconds, folds)) if folds else float("nan")
-    run = ws.baselines / model / "run.json"
-    if run.is_file():
-        return float(json.loads(run.read_text()).get("train_seconds", float("nan")))
-    return float("nan")
+    run = read_run_record(ws.baselines / model)
+    return run.train_seconds if run is not None else float("nan")
 
 
 def training_curves(ws: Workspace, model: str) -> dict[str, pd.DataFrame]:
@@ -81,9 +82,5 @@ def training_curves(ws: Workspace, model: str) -> dict[str, pd.DataFrame]:
             if not curve.empty:
                 curves[f"{fold.parent.name.rsplit('__', 1)[-1]} {fold.name}"] = curve
         return curves
-    log = ws.baselines / model / "log.csv"
-    if log.is_file():
-        curve = pd.read_csv(log)
-        if not curve.empty:
-            return {model: curve}
-    return {}
+    rows = read_log(ws.baselines / model)
+    return {model: pd.DataFrame([asdict(row) for row in rows])} if rows else {}

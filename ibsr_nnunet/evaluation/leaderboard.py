@@ -11,6 +11,9 @@ from typing import Callable, Optional
 import numpy as np
 import pandas as pd
 
+from baselines.registry import split_baseline_name
+from baselines.run_folder import read_run_record
+
 from ..core import checksums, provenance
 from ..core.atomic import atomic_path
 from ..core.errors import InputError
@@ -142,12 +145,14 @@ def validation_columns(ws: Workspace, models: list[str]) -> tuple[dict[str, dict
             if crossval:
                 found[model] = {"cv_dice_mean": crossval.mean, "cv_n": crossval.n,
                                 **{f"{t}_cv_dice_mean": d for t, d in crossval.dice.items()}}
-        elif (run := ws.baselines / model / "run.json").is_file():
+        else:
             try:
-                value = json.loads(run.read_text()).get("best_val_dice")
-            except ValueError:
-                value = None
-            found[model] = {"internal_val_dice": math.nan if value is None else float(value)}
+                run = read_run_record(ws.baselines / model)
+            except InputError:  # a record cut short: the run exists, its Dice is unknown
+                found[model] = {"internal_val_dice": math.nan}
+                continue
+            if run is not None:
+                found[model] = {"internal_val_dice": math.nan if run.best_val_dice is None else run.best_val_dice}
     return found, unreadable
 
 
@@ -291,7 +296,7 @@ def predicted_with_other_weights(ws: Workspace, model: str, folder: Path) -> Opt
     if model.startswith(NNUNET_PREFIX):
         again = "ibsr-nnunet ensemble"
     else:
-        name, _, loss = model.partition("__")
+        name, loss = split_baseline_name(model)
         again = f"ibsr-nnunet baseline predict --model {name} --loss {loss}"
     return f"its predictions were made with other weights ({changed}); run `{again}` to rank it"
 
