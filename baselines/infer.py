@@ -10,6 +10,7 @@ import torch
 
 from ibsr_nnunet.core import devices
 from ibsr_nnunet.core.atomic import atomic_path
+from ibsr_nnunet.core.choices import fraction
 from ibsr_nnunet.core.errors import InputError
 from ibsr_nnunet.core.orientation import towards
 from ibsr_nnunet.data.volumes import Volume, read_volume, write_volume
@@ -62,8 +63,7 @@ def predict_array(model: UNet, image: np.ndarray, window: tuple[int, ...], *, ov
     """
     if len(window) != model.dims:
         raise ValueError(f"a {model.dims}D model needs a {model.dims}-number window, got {window}")
-    if not 0 <= overlap < 1:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    fraction("--overlap", overlap, with_zero=True)
     model.eval()
     classes = model.head.out_channels
     brain = np.nonzero(image)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from ibsr_nnunet.core.choices import one_of, positive as must_be_positive
 from ibsr_nnunet.core.devices import DEVICES, torch_device
 from ibsr_nnunet.core.errors import InputError
 
@@ -62,17 +63,10 @@ class TrainOptions:
     seed: int = 0
 
     def __post_init__(self):
-        if self.model not in MODELS:
-            raise InputError(f"unknown model {self.model!r}; pass --model with one of {', '.join(MODELS)}.")
-        if self.loss not in LOSSES:
-            raise InputError(f"unknown loss {self.loss!r}; pass --loss with one of {', '.join(LOSSES)}.")
-        if self.optimizer not in OPTIMIZERS:
-            raise InputError(f"unknown optimizer {self.optimizer!r}; pass --optimizer with one of "
-                             f"{', '.join(OPTIMIZERS)}.")
-        if self.schedule not in SCHEDULES:
-            raise InputError(f"unknown schedule {self.schedule!r}; pass one of {', '.join(SCHEDULES)}.")
-        if self.device not in DEVICES:
-            raise InputError(f"unknown device {self.device!r}; pass --device auto, cuda or cpu.")
+        for option, value, choices in (("--model", self.model, MODELS), ("--loss", self.loss, LOSSES),
+                                       ("--optimizer", self.optimizer, OPTIMIZERS),
+                                       ("--schedule", self.schedule, SCHEDULES), ("--device", self.device, DEVICES)):
+            one_of(option, value, choices)
         if self.epochs is None and self.minutes is None:
             raise InputError("training has no budget; pass --epochs N and/or --minutes M.")
         positive = {"width": self.width, "patch_size": self.patch_size, "batch_size": self.batch_size,
@@ -80,8 +74,7 @@ class TrainOptions:
                     "val_batches": self.val_batches, "lr": self.lr, "epochs": self.epochs or 1,
                     "minutes": self.minutes or 1}
         for name, value in positive.items():
-            if value <= 0:
-                raise InputError(f"{name} must be positive, got {value}; pass a value above 0.")
+            must_be_positive(name, value)
         if self.infer_window < 0 or self.warmup_iterations < 0 or self.val_cases < 0:
             raise InputError(f"infer_window, warmup_iterations and val_cases must be >= 0; got {self.infer_window}, "
                              f"{self.warmup_iterations}, {self.val_cases}.")

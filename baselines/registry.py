@@ -20,7 +20,7 @@ def baseline_problem(name: str) -> Optional[str]:
     problem = name_problem(name)
     if problem:
         return problem
-    model, _, loss = name.partition(BASELINE_SEPARATOR)
+    model, loss = split_baseline_name(name)
     return None if model in MODELS and loss in LOSSES else f"is not {BASELINE_FORM}"
 
 

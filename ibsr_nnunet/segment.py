@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .core.atomic import FULL_DISK, NoSpaceError, atomic_path, no_space, write_json
+from .core.choices import fraction
 from .core.errors import InputError
 from .core.locks import Lock, lock_path
 from .core.names import check_model_name
@@ -336,8 +337,7 @@ class SegmentOptions:
     qc_sheet: bool = False
 
     def __post_init__(self) -> None:
-        if not 0 < self.step_size <= 1:
-            raise InputError(f"--step-size {self.step_size} is outside (0, 1]; pass e.g. 0.5 (nnU-Net's default).")
+        fraction("--step-size", self.step_size, example="e.g. 0.5 (nnU-Net's default)")
 
     def resolved(self, device: str) -> "SegmentOptions":
         """These options with TTA decided for the device that will run."""

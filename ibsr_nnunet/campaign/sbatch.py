@@ -21,6 +21,8 @@ from importlib import resources as package_data
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from baselines.registry import baseline_name
+
 from ..core.errors import InputError
 from ..core.exitcodes import EXIT_LOCKED, EXIT_REQUEUE, EXIT_STALLED
 
@@ -304,7 +306,7 @@ def render_fold(workspace: Path, cli: Sequence[str], resources: Resources, *, co
 def render_baseline(workspace: Path, cli: Sequence[str], resources: Resources, *, model: str, loss: str,
                     epochs: int, iterations: int, device: str) -> str:
     return fill(load_template("baseline.sbatch"), {
-        **_common(workspace, cli, resources, f"ibsr-baseline-{model}__{loss}"),
+        **_common(workspace, cli, resources, f"ibsr-baseline-{baseline_name(model, loss)}"),
         **_schedule(epochs, iterations, device),
         "MODEL": _name(model, "baseline model"),
         "LOSS": _name(loss, "baseline loss"),

@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from baselines.registry import check_baseline_name
+from baselines.registry import check_baseline_name, split_baseline_name
 
 from ..core.atomic import write_text
+from ..core.choices import one_of, positive
+from ..core.devices import DEVICES
 from ..core.errors import InputError
 from ..core.provenance import archive, dataset_fingerprint, staleness
-from ..core.vocabulary import BASELINE_SEPARATOR, CONFIGURATIONS, N_FOLDS
+from ..core.vocabulary import CONFIGURATIONS, N_FOLDS
 from ..core.workspace import Workspace
 from ..nnunet.paths import (
     FULL_EPOCHS,
@@ -54,6 +56,9 @@ class SubmitPlan:
     def __post_init__(self) -> None:
         for name in self.baselines:
             check_baseline_name(name, "--baselines")
+        one_of("--device", self.device, DEVICES)
+        positive("--epochs", self.epochs)
+        positive("--iterations-per-epoch", self.iterations)
 
 
 @dataclass
@@ -235,7 +240,7 @@ def _baseline_jobs(c: _Campaign) -> list[Submission]:
         if _baseline_done(c, name):
             c.skipped.append(f"baseline {name}: already finished")
             continue
-        model, loss = name.split(BASELINE_SEPARATOR, 1)
+        model, loss = split_baseline_name(name)
         text = render.render_baseline(c.ws.root, c.cli, c.plan.resources, model=model, loss=loss,
                                       epochs=c.plan.epochs, iterations=c.plan.iterations, device=c.plan.device)
         script = c.scripts / f"baseline-{name}-{c.stamp}.sbatch"

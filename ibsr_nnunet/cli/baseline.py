@@ -6,10 +6,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..core.errors import InputError
+from ..core.choices import fraction
 from ..core.exitcodes import EXIT_REQUEUE, EXIT_STALLED
 from ..core.runlog import stall_message
-from ..core.vocabulary import BASELINE_SEPARATOR
 from .common import (
     ArchiveStaleOption,
     BaselineModel,
@@ -125,16 +124,15 @@ def predict_command(
     overlap: float = typer.Option(0.5, "--overlap", help="Fraction shared by neighbouring sliding windows."),
 ) -> None:
     """Predict every held-out and test case with a trained baseline into <workspace>/predictions/<model>__<loss>/."""
-    from baselines.registry import check_baseline_name
+    from baselines.registry import baseline_name, check_baseline_name
     from baselines.workspace import predict_in_workspace
 
     from ..core.devices import torch_device
 
     model, loss, device = model.value, loss.value, device.value
-    check_baseline_name(f"{model}{BASELINE_SEPARATOR}{loss}", "--model/--loss")  # it names a workspace folder
+    check_baseline_name(baseline_name(model, loss), "--model/--loss")  # it names a workspace folder
     torch_device(device)
-    if not 0 <= overlap < 1:
-        raise InputError(f"--overlap {overlap} is outside [0, 1); pass e.g. 0.5.")
+    fraction("--overlap", overlap, with_zero=True)
     ws = workspace_of(ctx)
     total = sum(len(ws.cases(role)) for role in ("heldout", "test"))
     kept = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .choices import one_of
 from .errors import InputError
 
 DEVICES = ("auto", "cuda", "cpu")
@@ -11,8 +12,7 @@ def torch_device(device: str):
     """auto: cuda when torch sees a GPU, else cpu."""
     import torch
 
-    if device not in DEVICES:
-        raise InputError(f"unknown device {device!r}; pass --device auto, cuda or cpu.")
+    one_of("--device", device, DEVICES)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
