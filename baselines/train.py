@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -13,9 +12,9 @@ import numpy as np
 import torch
 
 from ibsr_nnunet.core.devices import torch_device
+from ibsr_nnunet.core.durable import DurableRun, StopRun, TrainOutcome
 from ibsr_nnunet.core.errors import InputError
-from ibsr_nnunet.core.exitcodes import EXIT_REQUEUE
-from ibsr_nnunet.core.runlog import RunLog, cpu_name
+from ibsr_nnunet.core.runlog import cpu_name
 from ibsr_nnunet.core.signals import StopSignals
 
 from .data import Augment, PatchSampler, load_case
@@ -36,20 +35,6 @@ from .threads import ThreadTuner
 GRADIENT_CLIP = 12.0  # the largest gradient norm a step takes (nnU-Net's value)
 
 
-@dataclass
-class TrainResult:
-    """What one call did: status is "finished", "already finished" or "interrupted" (checkpoint written)."""
-
-    status: str
-    run_dir: Path
-    start_epoch: int
-    epochs_done: int
-    best_val_loss: float
-    best_val_dice: float
-    train_seconds: float
-    log: list[dict] = field(default_factory=list)
-    signal: str = ""  # the stop signal of an interrupted run: "SIGUSR1" | "SIGTERM"
-    stalled: bool = False  # interrupted by SIGUSR1 before finishing an epoch, twice in a row (core/runlog.py)
 
 
 def split_validation(case_ids: list[str], count: int, seed: int) -> tuple[list[str], list[str]]:
@@ -104,70 +89,62 @@ def _check_same_run(folder: Path, saved: dict, options: TrainOptions) -> None:
 
 def train(folder: Path, train_files: list[tuple[str, Path, Path]], options: TrainOptions, *,
           on_epoch: Callable[[dict], None] | None = None, on_iteration: Callable[[], None] | None = None,
-          on_start: Callable[[int, int | None], None] | None = None, stop: StopSignals | None = None,
-          before_save: Callable[[], None] | None = None) -> TrainResult:
+          on_start: Callable[[int, int | None], None] | None = None,
+          durable: DurableRun | None = None) -> TrainOutcome:
     """Train (or resume) the run in `folder` on labelled (id, image, label) files; an internal validation split
     is taken from these files only. on_start(start_epoch, total_epochs), on_iteration() and on_epoch(log row)
-    report progress. Each call that trains is recorded in the folder's runs.jsonl (core/runlog.py). `stop`: the
-    caller's active StopSignals, entered earlier (default: one entered here). `before_save()` runs before each
-    checkpoint and may raise to stop without writing it (the folder's lock, lost)."""
-    began, started = time.perf_counter(), time.time()
+    report progress. A durable run (core/durable.py): `durable` is the caller's, its lock taken (default: one of
+    this folder, entered and locked here); a stop signal saves and raises StopRun, which it turns into Requeue (75)
+    or Stalled (76); each call that trains is recorded in the folder's runs.jsonl."""
+    if durable is None:
+        folder = Path(folder)
+        with DurableRun(folder, what=f"baseline run {folder.name}", command="baseline train",
+                        history="baseline train") as durable:
+            durable.acquire()
+            return train(folder, train_files, options, on_epoch=on_epoch, on_iteration=on_iteration,
+                         on_start=on_start, durable=durable)
+    began = time.perf_counter()
     folder = Path(folder)
     state = read_resume_checkpoint(folder)
     if state is not None:
         _check_same_run(folder, state["options"], options)
         if state["finished"]:
-            return TrainResult("already finished", folder, state["epoch"], state["epoch"], state["best_val_loss"],
-                               state["best_val_dice"], state["train_seconds"], state["log"])
-    record = RunLog(folder, "baseline train", started=started)
-    with (contextlib.nullcontext(stop) if stop is not None else StopSignals()) as stop:  # start-up included
-        try:
-            result = _train(folder, train_files, options, state, began=began, record=record, stop=stop,
-                            on_epoch=on_epoch, on_iteration=on_iteration, on_start=on_start,
-                            before_save=before_save or (lambda: None))
-        except BaseException as err:
-            if record.begun or folder.is_dir():  # bad input refused before the folder exists leaves nothing behind
-                record.end_after(err)
-            raise
-    if result.status == "interrupted":
-        reason = "usr1" if result.signal == "SIGUSR1" else "term"
-        result.stalled = record.end(reason, exit_code=EXIT_REQUEUE)
-    else:
-        record.end("finished")
-    return result
+            return TrainOutcome(folder, "already finished", state["epoch"], state["epoch"],
+                                best_val_loss=state["best_val_loss"], best_val_dice=state["best_val_dice"],
+                                train_seconds=state["train_seconds"], log=tuple(state["log"]))
+    durable.open_history()
+    return _train(folder, train_files, options, state, began=began, durable=durable, on_epoch=on_epoch,
+                  on_iteration=on_iteration, on_start=on_start)
 
 
 def _train(folder: Path, train_files: list[tuple[str, Path, Path]], options: TrainOptions, state: dict | None, *,
-           began: float, record: RunLog, stop: StopSignals, on_epoch, on_iteration, on_start,
-           before_save: Callable[[], None]) -> TrainResult:
-    """The training loop of `train`, recorded in `record` from its start on."""
+           began: float, durable: DurableRun, on_epoch, on_iteration, on_start) -> TrainOutcome:
+    """The training loop of `train`, recorded by `durable` from its start on."""
     run = _start_run(folder, train_files, options, began)
     if state is not None:
         run.restore(state)
     start_epoch = run.epoch
     folder.mkdir(parents=True, exist_ok=True)
     device = run.device
-    record.begin(epoch=start_epoch, device=device.type,
-                 device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name())
+    durable.begin(epoch=start_epoch, device=device.type,
+                  device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name())
     if on_start:
         on_start(start_epoch, options.epochs)
     finished = run.budget_spent()
     if finished:  # resumed with a budget already spent: record that the run is complete
-        before_save()
+        durable.verify_lock()
         run.save(finished=True)
     while not finished:
-        losses = _train_epoch(run, stop, on_iteration)
-        if stop.requested:  # the partial epoch is redone on resume; its updates stay in the weights
-            before_save()
+        losses = _train_epoch(run, durable.stop, on_iteration)
+        if durable.stop_requested:  # the partial epoch is redone on resume; its updates stay in the weights
+            durable.verify_lock()
             run.save(finished=False)
-            result = run.result("interrupted", start_epoch)
-            result.signal = stop.name
-            return result
+            raise StopRun(durable.signal_name)
         row = _end_epoch(run, losses)
         finished = run.budget_spent() or run.bad_epochs >= options.patience
-        before_save()
+        durable.verify_lock()  # lost: stop without writing into another writer's run
         run.save(finished)
-        record.epoch_finished(run.epoch)
+        durable.epoch_finished(run.epoch)
         if on_epoch:
             on_epoch(row)
     return run.result("finished", start_epoch)
@@ -257,10 +234,10 @@ class _Run:
         apply_gradients(self.model, self.optimizer, self.scaler)
         return loss.item()
 
-    def result(self, status: str, start_epoch: int) -> TrainResult:
+    def result(self, status: str, start_epoch: int) -> TrainOutcome:
         """What this call did, as train() returns it."""
-        return TrainResult(status, self.folder, start_epoch, self.epoch, self.best_val_loss, self.best_val_dice,
-                           self.elapsed(), self.log)
+        return TrainOutcome(self.folder, status, start_epoch, self.epoch, best_val_loss=self.best_val_loss,
+                            best_val_dice=self.best_val_dice, train_seconds=self.elapsed(), log=tuple(self.log))
 
 
 def apply_gradients(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> bool:

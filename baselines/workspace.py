@@ -8,8 +8,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from ibsr_nnunet.core.durable import DurableRun, TrainOutcome
 from ibsr_nnunet.core.errors import InputError
-from ibsr_nnunet.core.locks import Lock, LockedError, LockLost, current_holder, lock_path
+from ibsr_nnunet.core.locks import Lock, current_holder, lock_path
 from ibsr_nnunet.core.orientation import training_axcodes
 from ibsr_nnunet.core.provenance import (
     archive_stale_outputs,
@@ -21,8 +22,6 @@ from ibsr_nnunet.core.provenance import (
     weights_changed,
     weights_signature,
 )
-from ibsr_nnunet.core.runlog import record_locked
-from ibsr_nnunet.core.signals import StopSignals
 from ibsr_nnunet.core.workspace import Workspace
 
 from .data import slicing_axis
@@ -30,40 +29,27 @@ from .infer import predict_files
 from .options import TrainOptions
 from .registry import split_baseline_name
 from .run_folder import TrainingOrientation, best_weights_path, run_dir, run_finished, write_orientation
-from .train import TrainResult, train
+from .train import train
 
 
 def train_in_workspace(ws: Workspace, options: TrainOptions, *, archive_stale: bool = False,
                        on_epoch: Optional[Callable[[dict], None]] = None,
                        on_iteration: Optional[Callable[[], None]] = None,
                        on_start: Optional[Callable[[int, Optional[int]], None]] = None,
-                       say: Callable[[str], None] = print) -> TrainResult:
-    """Train (or resume) the run of `options.model` + `options.loss` on the workspace's training cases."""
-    with StopSignals() as stop:  # SIGUSR1/SIGTERM from the start on: saved and stopped, never lost
-        return _train_locked(ws, options, archive_stale=archive_stale, on_epoch=on_epoch, on_iteration=on_iteration,
-                             on_start=on_start, say=say, stop=stop)
-
-
-def _train_locked(ws: Workspace, options: TrainOptions, *, archive_stale: bool, on_epoch, on_iteration, on_start,
-                  say: Callable[[str], None], stop: StopSignals) -> TrainResult:
-    """train_in_workspace under the run folder's lock; a run refused by the lock is recorded in runs.jsonl."""
-    fingerprint = dataset_fingerprint(ws)
+                       say: Callable[[str], None] = print) -> TrainOutcome:
+    """Train (or resume) the run of `options.model` + `options.loss` on the workspace's training cases: a durable
+    run (core/durable.py) of the run folder, under its lock, refused while made from another dataset."""
     folder = run_dir(ws, options.model, options.loss)
-    try:
-        with Lock(lock_path(folder), f"baseline run {folder.name}",
-                  f"ibsr-nnunet baseline train --model {options.model} --loss {options.loss}", say=say) as lock:
-            ensure_current(ws, folder, what=f"baseline run {folder.name}", fingerprint=fingerprint,
-                           archive_stale=archive_stale, say=say)
-            folder.mkdir(parents=True, exist_ok=True)
-            record(folder, fingerprint, model=options.model, loss=options.loss)
-            write_orientation(folder, training_orientation(ws))
-            return train(folder, ws.cases("train"), options, on_epoch=on_epoch, on_iteration=on_iteration,
-                         on_start=on_start, stop=stop, before_save=lock.verify)
-    except LockLost:
-        raise  # the folder is another writer's now: write nothing more there
-    except LockedError:
-        record_locked(folder, "baseline train")  # our own history: this run was refused
-        raise
+    with DurableRun(folder, what=f"baseline run {folder.name}", history="baseline train", say=say,
+                    command=f"ibsr-nnunet baseline train --model {options.model} --loss {options.loss}") as run:
+        fingerprint = dataset_fingerprint(ws)
+        run.acquire()
+        ensure_current(ws, folder, what=f"baseline run {folder.name}", fingerprint=fingerprint,
+                       archive_stale=archive_stale, say=say)
+        run.record_provenance(fingerprint, model=options.model, loss=options.loss)
+        write_orientation(folder, training_orientation(ws))
+        return train(folder, ws.cases("train"), options, on_epoch=on_epoch, on_iteration=on_iteration,
+                     on_start=on_start, durable=run)
 
 
 def training_orientation(ws: Workspace) -> TrainingOrientation:

@@ -35,6 +35,7 @@ from baselines.data import slicing_axis
 from baselines.infer import predict_files
 from baselines.options import TrainOptions, device_defaults
 from baselines.train import dice_per_class, split_validation, train
+from ibsr_nnunet.core.errors import Requeue, Stalled
 from ibsr_nnunet.data.volumes import read_volume
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -91,11 +92,12 @@ def main() -> None:
     print(f"options: {json.dumps(dataclasses.asdict(options))}\ntrain {train_ids}, held out {test_ids}, out {out}",
           flush=True)
     started = time.perf_counter()
-    result = train(out / "run", [s for s in everything if s[0] in train_ids], options, on_epoch=report,
-                   on_iteration=count)
+    try:
+        result = train(out / "run", [s for s in everything if s[0] in train_ids], options, on_epoch=report,
+                       on_iteration=count)
+    except (Requeue, Stalled):
+        raise SystemExit(f"interrupted after saving {out / 'run'}; run again with --out {out} to resume") from None
     train_wall = time.perf_counter() - started
-    if result.status == "interrupted":
-        raise SystemExit(f"interrupted after saving {out / 'run'}; run again with --out {out} to resume")
     started = time.perf_counter()
     held_out = [s for s in everything if s[0] in test_ids]
     predict_files(out / "run", [(s[0], s[1]) for s in held_out], out / "predictions", device="cpu")

@@ -309,7 +309,7 @@ def baselines(args: argparse.Namespace, report: Report, ws, budget: Budget, writ
                 result = train_in_workspace(ws, options, on_iteration=lambda: stamps.append(time.perf_counter()),
                                             say=lambda _: None)
                 if result.status != "finished":
-                    raise RuntimeError(f"{result.status} in {result.run_dir}: nothing to time (use a new --keep)")
+                    raise RuntimeError(f"{result.status} in {result.folder}: nothing to time (use a new --keep)")
                 rate = iterations_per_second(stamps)
             except Exception as err:  # noqa: BLE001 - reported in the row; the other steps still run
                 report.rows.append(Row(label, f"FAILED: {type(err).__name__}: {err}", time.perf_counter() - started,

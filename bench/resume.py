@@ -31,9 +31,9 @@ NNUNET_SAVE_EVERY = 50  # nnUNetTrainer.__init__: self.save_every = 50
 
 def log_lines(fold: Path) -> list[tuple[datetime, str]]:
     """Every stamped line of every run's training log of the fold, oldest first."""
-    from ibsr_nnunet.evaluation.history import stamped_lines
+    from ibsr_nnunet.nnunet.fold import logs, stamped_lines
 
-    return sorted(line for log in fold.glob("training_log_*.txt") for line in stamped_lines(log))
+    return sorted(line for log in logs(fold) for line in stamped_lines(log))
 
 
 def epoch_starts(fold: Path) -> list[tuple[datetime, int]]:

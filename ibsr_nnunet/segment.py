@@ -165,7 +165,8 @@ def choose_model(ws: Workspace, name: Optional[str]) -> Model:
 
 def _refuse_unfinished_folds(ws: Workspace, name: str, info: dict) -> None:
     """Refuse an nnU-Net model one of whose folds a live `train` writes, or whose training has not finished."""
-    from .nnunet.paths import fold_folder, fold_unready
+    from .nnunet.fold import fold_unready
+    from .nnunet.paths import fold_folder
 
     for configuration in info["configurations"]:
         for fold in info["folds"]:

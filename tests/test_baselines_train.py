@@ -44,7 +44,7 @@ def tiny_options(**changes) -> TrainOptions:
 
 @pytest.fixture(scope="module")
 def trained(baseline_ws) -> dict:
-    """One short run of every model with dice_ce: {model: TrainResult}."""
+    """One short run of every model with dice_ce: {model: TrainOutcome}."""
     files = baseline_ws.cases("train")
     return {m: train(run_dir(baseline_ws, m, "dice_ce"), files, tiny_options(model=m)) for m in MODELS}
 

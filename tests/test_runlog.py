@@ -8,6 +8,7 @@ import multiprocessing
 
 import pytest
 
+from ibsr_nnunet.core.durable import StopRun, conclude
 from ibsr_nnunet.core.exitcodes import EXIT_LOCKED, EXIT_REQUEUE, EXIT_STALLED
 from ibsr_nnunet.core.locks import Holder, LockedError, LockLost
 from ibsr_nnunet.core.runlog import RUNS_FILE, RunLog, append_line, parse_utc, read_runs, record_locked, stalled, utc
@@ -73,20 +74,20 @@ def test_lines_cut_short_are_skipped(tmp_path):
     assert [r.reason for r in read_runs(tmp_path)] == ["usr1"]
 
 
-@pytest.mark.parametrize("error,signal_name,reason,code", [
-    (None, "", "finished", None),
-    (SystemExit(EXIT_REQUEUE), "SIGUSR1", "usr1", EXIT_REQUEUE),
-    (SystemExit(EXIT_REQUEUE), "SIGTERM", "term", EXIT_REQUEUE),
-    (LockedError("held", Holder(1, "h", "", None, None, 0, "c", 0.0)), "", "locked", EXIT_LOCKED),
-    (RuntimeError("CUDA out of memory"), "", "crash", 1),
-    (SystemExit(3), "", "crash", 3),
-    (KeyboardInterrupt(), "", "interrupt", 130),
+@pytest.mark.parametrize("error,reason,code", [
+    (None, "finished", None),
+    (StopRun("SIGUSR1"), "usr1", EXIT_REQUEUE),
+    (StopRun("SIGTERM"), "term", EXIT_REQUEUE),
+    (LockedError("held", Holder(1, "h", "", None, None, 0, "c", 0.0)), "locked", EXIT_LOCKED),
+    (RuntimeError("CUDA out of memory"), "crash", 1),
+    (SystemExit(3), "crash", 3),
+    (KeyboardInterrupt(), "interrupt", 130),
 ])
-def test_the_end_reason_follows_how_the_run_left(tmp_path, error, signal_name, reason, code):
+def test_the_end_reason_follows_how_the_run_left(tmp_path, error, reason, code):
     log = RunLog(tmp_path, "baseline train")
     log.begin(epoch=1, device="cpu", device_name="cpu")
     log.epoch_finished(2)
-    log.end_after(error, signal_name=signal_name)
+    conclude(log, error, tmp_path)
     [run] = read_runs(tmp_path)
     assert (run.reason, run.end["exit_code"], run.epoch_end) == (reason, code, 2)
 
@@ -96,7 +97,7 @@ def test_a_run_that_lost_its_lock_writes_no_end_line(tmp_path):
     log = RunLog(tmp_path, "train")
     log.begin(epoch=1, device="cpu", device_name="cpu")
     before = (tmp_path / RUNS_FILE).read_bytes()
-    assert log.end_after(LockLost("lost the lock on fold 0: ...")) is False
+    assert isinstance(conclude(log, LockLost("lost the lock on fold 0: ..."), tmp_path), LockLost)
     assert (tmp_path / RUNS_FILE).read_bytes() == before
 
 

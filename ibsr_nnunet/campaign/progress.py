@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -13,8 +12,7 @@ from ..core.errors import InputError
 from ..core.runlog import Run, read_runs
 from ..core.workspace import Workspace
 from ..evaluation.history import nnunet_fold_curve
-from ..nnunet.paths import fold_finished
-from ..nnunet.train import logged_epochs
+from ..nnunet.fold import fold_finished, log_epochs, logs, validation_dice
 
 RECENT_EPOCHS = 20  # seconds_per_epoch: the median of this many latest epochs on the current device
 
@@ -40,9 +38,9 @@ def _fold_epoch_seconds(folder: Path, runs: list[Run]) -> list[float]:
     """Durations of the latest epochs on the current device, from the training log each run recorded (every log
     when no run recorded one: a fold trained by nnU-Net's own command)."""
     device = current_device(runs)
-    logs = [run.start["log"] for run in runs if run.start.get("log") and run.start.get("device_name") == device]
-    paths = [folder / log for log in logs] if logs else sorted(folder.glob("training_log_*.txt"))
-    return [seconds for path in paths for _, seconds in logged_epochs(path)][-RECENT_EPOCHS:]
+    recorded = [run.start["log"] for run in runs if run.start.get("log") and run.start.get("device_name") == device]
+    paths = [folder / log for log in recorded] if recorded else logs(folder)
+    return [e.seconds for path in paths for e in log_epochs(path) if e.finished][-RECENT_EPOCHS:]
 
 
 def fold_progress(folder: Path, epochs: int) -> Progress:
@@ -56,12 +54,7 @@ def fold_progress(folder: Path, epochs: int) -> Progress:
         values = curve[column].dropna()
         if len(values):
             setattr(progress, attribute, float(values.iloc[-1]))
-    summary = folder / "validation" / "summary.json"
-    if summary.is_file():
-        try:
-            progress.validation_dice = float(json.loads(summary.read_text())["foreground_mean"]["Dice"])
-        except (ValueError, KeyError, TypeError):
-            pass
+    progress.validation_dice = validation_dice(folder)
     return progress
 
 

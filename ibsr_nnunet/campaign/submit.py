@@ -24,10 +24,10 @@ from ..core.errors import InputError
 from ..core.provenance import archive, dataset_fingerprint, staleness
 from ..core.vocabulary import CONFIGURATIONS, N_FOLDS
 from ..core.workspace import Workspace
+from ..nnunet.fold import fold_finished
 from ..nnunet.paths import (
     FULL_EPOCHS,
     FULL_ITERATIONS,
-    fold_finished,
     fold_folder,
     plans_file,
     splits_file,

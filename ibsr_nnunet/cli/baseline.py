@@ -7,8 +7,6 @@ from typing import Annotated, Optional
 import typer
 
 from ..core.choices import fraction
-from ..core.exitcodes import EXIT_REQUEUE, EXIT_STALLED
-from ..core.runlog import stall_message
 from .common import (
     ArchiveStaleOption,
     BaselineModel,
@@ -101,13 +99,6 @@ def train_command(
     if result.status == "already finished":
         console.print(f"{model} + {loss} is already finished ({result.epochs_done} epochs): {folder}")
         return
-    if result.stalled:
-        console.print(stall_message(result.epochs_done), markup=False)
-        raise typer.Exit(EXIT_STALLED)
-    if result.status == "interrupted":
-        console.print(f"interrupted: checkpoint saved at epoch {result.epochs_done} in {folder}; run the same "
-                      f"command again to resume.")
-        raise typer.Exit(EXIT_REQUEUE)
     console.print(f"{model} + {loss} finished after {result.epochs_done} epochs "
                   f"({'resumed at epoch ' + str(result.start_epoch) if result.start_epoch else 'from scratch'}): "
                   f"best validation loss {result.best_val_loss:.4f}, Dice {result.best_val_dice:.4f}, "

@@ -79,15 +79,17 @@ def cores(jobs: int) -> int:
 
 
 def refusals(command):
-    """Turn an InputError into its one sentence on stderr and its exit code (1, or 73 when another writer holds what
-    the command would write), and Ctrl-C into one line and EXIT_INTERRUPTED."""
+    """The one place a command's errors become exit codes: an error of core/errors.py's family is its one sentence
+    on stderr and its `exit_code` (1 refused, 73 locked, 75 requeue me, 76 stalled); Ctrl-C is one line and
+    EXIT_INTERRUPTED."""
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
         except InputError as err:
-            errors.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
-            raise typer.Exit(getattr(err, "exit_code", 1)) from None
+            label = f"[bold red]{err.label}:[/] " if err.label else ""
+            errors.print(f"{label}{escape(str(err))}", soft_wrap=True)
+            raise typer.Exit(err.exit_code) from None
         except KeyboardInterrupt:
             errors.print("interrupted (Ctrl-C): stopped where it was; what was saved stays, and running the same "
                          "command again resumes or redoes the rest.", soft_wrap=True)

@@ -94,11 +94,11 @@ def train(
                        save_every=save_every, archive_stale=archive_stale, stage_data=stage_data,
                        local_scratch=local_scratch, compile=compile_network, seed=seed, say=console.print)
     if result.status == "already finished":
-        console.print(f"{config.value} fold {fold} is already finished: {result.fold_folder}")
+        console.print(f"{config.value} fold {fold} is already finished: {result.folder}")
         return
     start = (f"resumed from {result.resumed_from} at epoch {result.start_epoch}" if result.resumed_from
              else "from scratch")
-    console.print(f"{config.value} fold {fold} finished ({start}): {result.fold_folder}")
+    console.print(f"{config.value} fold {fold} finished ({start}): {result.folder}")
 
 
 @app.command()

@@ -47,28 +47,13 @@ from stat import S_ISREG
 from typing import Callable, Optional
 
 from .atomic import FULL_DISK, no_space
-from .errors import InputError
-from .exitcodes import EXIT_LOCKED
+from .errors import InputError, LockedError, LockLost
 
 HEARTBEAT_SECONDS = float(os.environ.get("IBSR_LOCK_HEARTBEAT", "30"))
 STALE_AFTER_BEATS = 10
 GUARD_STALE_SECONDS = 30.0  # a takeover holds its guard for milliseconds: older than this, its taker died
 ACQUIRE_SECONDS = 10.0  # how long acquire() waits for a busy takeover guard before giving up
 ACQUIRE_TRIES = 20  # judge-and-retry rounds (a lock can vanish or turn stale between two looks)
-
-
-class LockedError(InputError):
-    """Another live writer holds the lock; str() names it. Commands exit with EXIT_LOCKED."""
-
-    exit_code = EXIT_LOCKED
-
-    def __init__(self, message: str, holder: Optional["Holder"] = None):
-        super().__init__(message)
-        self.holder = holder
-
-
-class LockLost(LockedError):
-    """This process held the lock and lost it (deleted, or taken over); it must stop writing at once."""
 
 
 def _boot_id() -> str:

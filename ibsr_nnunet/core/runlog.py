@@ -27,8 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
-from .exitcodes import EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_REQUEUE, EXIT_STALLED
-from .locks import LockLost
+from .exitcodes import EXIT_LOCKED, EXIT_STALLED
 
 RUNS_FILE = "runs.jsonl"
 END_REASONS = ("finished", "usr1", "term", "locked", "interrupt", "crash", "killed")
@@ -154,7 +153,8 @@ def cpu_name() -> str:
 @dataclass
 class RunLog:
     """This run's entry in the folder's history. Create it when the run starts (under the folder's lock), call
-    `begin` once the starting epoch and device are known, `epoch_finished` after each epoch, and `end` once."""
+    `begin` once the starting epoch and device are known, `epoch_finished` after each epoch, and `end` once
+    (core/durable.py reads the reason from how the run left)."""
 
     folder: Path
     command: str
@@ -216,27 +216,6 @@ class RunLog:
         append_line(self.folder, line)
         self.ended = True
         return line["stalled"]
-
-    def end_after(self, error: Optional[BaseException], *, signal_name: str = "") -> bool:
-        """`end` with the reason read from how the run left: no error (finished), the save-and-stop exit after
-        SIGUSR1 or SIGTERM, another writer's lock, or a crash with its exit code. True when stalled."""
-        if error is None:
-            return self.end("finished")
-        code = error.code if isinstance(error, SystemExit) else None
-        if code == EXIT_REQUEUE and signal_name in ("SIGUSR1", "SIGTERM"):
-            return self.end("usr1" if signal_name == "SIGUSR1" else "term", exit_code=code)
-        if isinstance(error, LockLost):
-            self.ended = True  # the folder is another writer's now: its history is not ours to write
-            return False
-        if getattr(error, "exit_code", None) == EXIT_LOCKED:
-            return self.end("locked", exit_code=EXIT_LOCKED)
-        if isinstance(error, KeyboardInterrupt):
-            return self.end("interrupt", exit_code=EXIT_INTERRUPTED)
-        if isinstance(error, SystemExit):
-            exit_code = code if isinstance(code, int) else (0 if code is None else 1)
-        else:
-            exit_code = 1
-        return self.end("crash", exit_code=exit_code)
 
 
 def record_locked(folder: Path, command: str) -> None:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict
-from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -14,15 +12,10 @@ from baselines.run_folder import read_log, read_run_record
 
 from ..core.vocabulary import NNUNET_PREFIX
 from ..core.workspace import Workspace
+from ..nnunet.fold import fold_epochs, log_seconds, logs
 from ..nnunet.paths import fold_folder
 
-STAMPED = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+): (.*?)\s*$")
-
-
-def stamped_lines(log: Path) -> list[tuple[datetime, str]]:
-    """(time, text) of each line nnU-Net stamped in one training log."""
-    return [(datetime.fromisoformat(m[1]), m[2]) for line in log.read_text(errors="replace").splitlines()
-            if (m := STAMPED.match(line))]
+CURVE = ("train_loss", "val_loss", "pseudo_dice")
 
 
 def nnunet_folds(ws: Workspace, model: str) -> list[Path]:
@@ -37,30 +30,14 @@ def nnunet_folds(ws: Workspace, model: str) -> list[Path]:
 
 def nnunet_fold_seconds(fold: Path) -> float:
     """Wall time of one fold's training: each run's first to last log line, summed over resumed runs."""
-    total = 0.0
-    for log in fold.glob("training_log_*.txt"):
-        lines = stamped_lines(log)
-        if lines:
-            total += (lines[-1][0] - lines[0][0]).total_seconds()
-    return total
+    return sum(map(log_seconds, logs(fold)))
 
 
 def nnunet_fold_curve(fold: Path) -> pd.DataFrame:
     """epoch, train_loss, val_loss, pseudo_dice per epoch; a resumed epoch keeps its last complete run."""
-    epochs: dict[int, dict] = {}
-    for log in sorted(fold.glob("training_log_*.txt")):  # names carry the start time: oldest run first
-        epoch = None
-        for _, text in stamped_lines(log):
-            if m := re.fullmatch(r"Epoch (\d+)", text):
-                epoch = int(m[1])
-            elif epoch is not None and (m := re.fullmatch(r"(train_loss|val_loss) (-?[\d.]+(?:e-?\d+)?)", text)):
-                epochs.setdefault(epoch, {"epoch": epoch})[m[1]] = float(m[2])
-            elif epoch is not None and text.startswith("Pseudo dice"):
-                values = [float(v) for v in re.findall(r"\d+\.\d+(?:e-?\d+)?", text)]  # "np.float32(0.45)" or "0.45"
-                if values:
-                    epochs.setdefault(epoch, {"epoch": epoch})["pseudo_dice"] = sum(values) / len(values)
-    return pd.DataFrame(sorted(epochs.values(), key=lambda row: row["epoch"]),
-                        columns=["epoch", "train_loss", "val_loss", "pseudo_dice"])
+    rows = [{"epoch": e.epoch, **{k: getattr(e, k) for k in CURVE if getattr(e, k) is not None}}
+            for e in fold_epochs(fold) if any(getattr(e, k) is not None for k in CURVE)]
+    return pd.DataFrame(rows, columns=["epoch", *CURVE])
 
 
 def training_seconds(ws: Workspace, model: str) -> float:

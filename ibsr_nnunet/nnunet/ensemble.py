@@ -31,7 +31,8 @@ from ..core.provenance import (
 )
 from ..core.vocabulary import CONFIGURATIONS, N_FOLDS
 from ..core.workspace import Workspace
-from .paths import MODEL_FOLDER, MODEL_NAMES, TRAINER_BASE, fold_finished, fold_folder, fold_unready, model_folder
+from .fold import fold_finished, fold_unready
+from .paths import MODEL_FOLDER, MODEL_NAMES, TRAINER_BASE, fold_folder, model_folder
 from .plans import read_plans
 from .predict import apply_postprocessing, ensemble_folders, find_best_configuration, postprocessing_summary, predict
 

@@ -1,13 +1,11 @@
-"""nnU-Net's names for our trainers, models and folds, the folders it keeps them in, and whether a fold is finished
-(no nnunetv2 import)."""
+"""nnU-Net's names for our trainers, models and folds, and the folders it keeps them in (no nnunetv2 import);
+fold.py reads what a fold folder holds."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Optional
 
-from ..core.locks import current_holder, lock_path
 from ..core.vocabulary import CONFIGURATIONS, NNUNET_MODELS
 from ..core.workspace import Workspace
 
@@ -64,18 +62,3 @@ def trainer_files(model: Path) -> list[Path]:
 
 def fold_folder(ws: Workspace, configuration: str, fold: int, *, trainer: str) -> Path:
     return model_folder(ws, configuration, trainer) / f"fold_{fold}"
-
-
-def fold_finished(folder: Path) -> bool:
-    """Training ended (final checkpoint) and nnU-Net's validation was written (summary)."""
-    return (folder / "checkpoint_final.pth").is_file() and (folder / "validation" / "summary.json").is_file()
-
-
-def fold_unready(folder: Path) -> Optional[str]:
-    """None when the fold's training ended (final checkpoint) and no live `train` writes it now; else why not."""
-    holder = current_holder(lock_path(folder))
-    if holder is not None:
-        return f"is being trained right now by {holder.describe()}"
-    if not (folder / "checkpoint_final.pth").is_file():
-        return "has no checkpoint_final.pth (its training has not finished)"
-    return None

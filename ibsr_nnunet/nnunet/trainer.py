@@ -4,26 +4,25 @@
 run can never be mistaken for a full one. nnU-Net builds trainers with exactly its five constructor arguments (and
 copies them from `locals()`), so settings of ours are attributes set after construction by `train`:
 `save_every` (1 here, also under nnU-Net's own `nnUNetv2_train -tr Ibsr…`; nnU-Net's default is 50),
-`stop_signals` (None under `nnUNetv2_train`: no save-and-stop on signals there), `run_log` (the run's entry in
-runs.jsonl; None under `nnUNetv2_train`), `lock` (the fold's lock, verified before every checkpoint; None under
-`nnUNetv2_train`) and `seed` (None: nnU-Net's unseeded training; else seeding.py's).
+`durable` (the run's core/durable.DurableRun: its stop signals, the fold's lock verified before every checkpoint,
+its runs.jsonl entry; None under `nnUNetv2_train`, which gets no save-and-stop on signals) and `seed` (None:
+nnU-Net's unseeded training; else seeding.py's). Under `nnUNetv2_train` the trainer records the fold's dataset
+itself, through a DurableRun of its own that takes no lock; under `train`, `train` has recorded it.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from pathlib import Path
 from typing import Optional
 
-from ..core import provenance
 from ..core.atomic import fsync_dir
+from ..core.durable import DurableRun, StopRun
+from ..core.errors import InputError, LockLost
 from ..core.exitcodes import EXIT_REQUEUE
-from ..core.locks import Lock, LockLost
-from ..core.runlog import RunLog
-from ..core.signals import StopSignals
+from ..core.jsonfile import read_json
 from .environment import die_with
 from .paths import trainer_schedule
 from .seeding import EPOCH_START, NETWORK_INIT, seed_everything, seeded_dataloaders
@@ -55,32 +54,19 @@ def bind_augmentation_workers() -> None:
 
 
 def record_provenance(folder: Path, dataset_name: str, **details) -> None:
-    """The fold records the dataset it is trained from, whoever started it (`ibsr-nnunet train` or nnU-Net's own
-    `nnUNetv2_train -tr Ibsr…`); a fold recorded from another dataset is refused (`ibsr-nnunet train
-    --archive-stale` moves it aside). A fold without a record is taken as this dataset's: only `ibsr-nnunet train`
-    refuses those."""
+    """Under nnU-Net's own `nnUNetv2_train -tr Ibsr…`: the fold records the dataset it is trained from, as
+    `ibsr-nnunet train` does; a fold recorded from another dataset is refused in one sentence, exit 1. A fold without
+    a record is taken as this dataset's: only `ibsr-nnunet train` refuses those."""
     manifest = Path(os.environ.get("nnUNet_raw", "")) / dataset_name / "ibsr_manifest.json"
     try:
-        fingerprint = json.loads(manifest.read_text())["fingerprint"]
-    except (OSError, ValueError, KeyError):
+        fingerprint = read_json(manifest, "convert the dataset with `ibsr-nnunet convert`")["fingerprint"]
+    except (InputError, KeyError, TypeError):
         return  # a dataset `convert` did not make: nothing to record it against
-    why = provenance.contradicts(folder, fingerprint)
-    if why:
-        raise TrainingRefused(f"{folder} is stale: {why}; run `ibsr-nnunet train --archive-stale` (or move the "
-                              f"folder away) to train it afresh.")
-    provenance.record(folder, fingerprint, **details)
-
-
-class TrainingRefused(SystemExit):
-    """The fold must not be trained here (one sentence, exit code 1)."""
-
-
-class TrainingInterrupted(SystemExit):
-    """Raised after the checkpoint is safe: the process exits with EXIT_REQUEUE."""
-
-
-class TrainingStalled(SystemExit):
-    """Raised instead of TrainingInterrupted when a requeue would loop: the process exits with EXIT_STALLED."""
+    run = DurableRun(folder, what=str(folder), command="nnUNetv2_train", history="nnUNetv2_train")
+    try:
+        run.record_provenance(fingerprint, **details)
+    except InputError as err:  # nnU-Net's CLI would print a traceback: leave with the sentence and status 1 instead
+        raise SystemExit(str(err)) from None
 
 
 @functools.lru_cache(maxsize=None)
@@ -103,14 +89,13 @@ def trainer_class(name: str):
             self.num_iterations_per_epoch = iterations
             self.num_val_iterations_per_epoch = max(1, round(iterations / 5))
             self.save_every = 1
-            self.stop_signals: Optional[StopSignals] = None
-            self.run_log: Optional[RunLog] = None
-            self.lock: Optional[Lock] = None
+            self.durable: Optional[DurableRun] = None
             self.seed: Optional[int] = None
 
         def on_train_start(self):
-            record_provenance(Path(self.output_folder), self.plans_manager.dataset_name,
-                              configuration=self.configuration_name, fold=self.fold, trainer=name)
+            if self.durable is None:  # nnU-Net's own nnUNetv2_train; `train` recorded the dataset before
+                record_provenance(Path(self.output_folder), self.plans_manager.dataset_name,
+                                  configuration=self.configuration_name, fold=self.fold, trainer=name)
             bind_augmentation_workers()  # before nnU-Net starts its workers in get_dataloaders
             if self.seed is not None:
                 seed_everything(self.seed, NETWORK_INIT)  # nnU-Net initialises the network's weights next
@@ -130,9 +115,9 @@ def trainer_class(name: str):
             """Write to a temporary file, fsync, keep the previous good checkpoint, then rename into place."""
             if self.local_rank != 0:
                 return
-            if self.lock is not None:
+            if self.durable is not None:
                 try:
-                    self.lock.verify()  # taken over or deleted: stop before writing into another writer's fold
+                    self.durable.verify_lock()  # taken over or deleted: stop before writing into another's fold
                 except LockLost:
                     self._finish_loaders()
                     raise
@@ -150,7 +135,19 @@ def trainer_class(name: str):
             self.print_to_log_file(f"{target.name} written in {time.perf_counter() - started:.3f} s")
 
         def _stop_requested(self) -> bool:
-            return self.stop_signals is not None and self.stop_signals.requested
+            return self.durable is not None and self.durable.stop_requested
+
+        def load_checkpoint(self, filename_or_checkpoint) -> None:
+            """nnU-Net's, also for a checkpoint `train` has loaded already (nnU-Net 2.8.1 types the argument
+            `dict | str` but reads only a file name): it is handed to nnU-Net's torch.load, not read again."""
+            if not isinstance(filename_or_checkpoint, dict):
+                return super().load_checkpoint(filename_or_checkpoint)
+            import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as module
+
+            if not self.was_initialized:
+                self.initialize()  # outside the block: it builds the network with the real torch
+            with _loaded(module, filename_or_checkpoint):
+                super().load_checkpoint("<loaded by ibsr-nnunet train>")
 
         def train_step(self, batch: dict) -> dict:
             result = super().train_step(batch)
@@ -162,8 +159,8 @@ def trainer_class(name: str):
 
         def on_epoch_end(self):
             super().on_epoch_end()  # saves checkpoint_latest every `save_every` epochs, then counts the epoch
-            if self.run_log is not None:
-                self.run_log.epoch_finished(self.current_epoch)
+            if self.durable is not None:
+                self.durable.epoch_finished(self.current_epoch)
             if self._stop_requested() and self.current_epoch < self.num_epochs:
                 self.current_epoch -= 1
                 self._stop_for_requeue()
@@ -181,10 +178,38 @@ def trainer_class(name: str):
             self.save_checkpoint(os.path.join(self.output_folder, "checkpoint_latest.pth"))
             self.current_epoch += 1
             self._finish_loaders()
-            self.print_to_log_file(f"{self.stop_signals.name}: saved checkpoint_latest.pth at epoch "
+            self.print_to_log_file(f"{self.durable.signal_name}: saved checkpoint_latest.pth at epoch "
                                    f"{self.current_epoch}; exiting with {EXIT_REQUEUE} (requeue me)")
-            raise TrainingInterrupted(EXIT_REQUEUE)
+            raise StopRun(self.durable.signal_name)
 
     Trainer.__name__ = Trainer.__qualname__ = name
     Trainer.__module__ = "ibsr_trainers"
     return Trainer
+
+
+class _loaded:
+    """While active, the `torch` that nnU-Net's trainer module sees returns `checkpoint` from `torch.load` (and is
+    torch for everything else): nnU-Net's load_checkpoint reads a file name only. torch itself is left alone."""
+
+    def __init__(self, module, checkpoint: dict):
+        self.module, self.checkpoint = module, checkpoint
+
+    def __enter__(self):
+        self.torch = self.module.torch
+        self.module.torch = _TorchWith(self.torch, self.checkpoint)
+
+    def __exit__(self, *exc):
+        self.module.torch = self.torch
+
+
+class _TorchWith:
+    """torch, but `load` returns the checkpoint already loaded."""
+
+    def __init__(self, torch, checkpoint: dict):
+        self._torch, self._checkpoint = torch, checkpoint
+
+    def load(self, *args, **kwargs) -> dict:
+        return self._checkpoint
+
+    def __getattr__(self, name: str):
+        return getattr(self._torch, name)

@@ -16,14 +16,15 @@ reference and prediction), as nnU-Net does.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ..core.jsonfile import read_json
 from ..core.vocabulary import TISSUES
 from ..core.workspace import Workspace
+from .fold import read_summary, summary_file
 from .paths import fold_folder
 
 
@@ -43,7 +44,7 @@ class CrossValidation:
 def pooled_dice(summaries: list[Path]) -> tuple[dict[str, float], int]:
     """tissue -> mean Dice over the cases of all `summaries` together (nnU-Net's summary.json format), and the
     number of cases."""
-    cases = [case for summary in summaries for case in json.loads(summary.read_text())["metric_per_case"]]
+    cases = [case for summary in summaries for case in read_summary(summary)["metric_per_case"]]
     dice = {}
     for label, name in TISSUES.items():
         values = [float(v) for case in cases
@@ -60,7 +61,7 @@ def crossval_dice(ws: Workspace, record: dict) -> Optional[CrossValidation]:
         dice, n = pooled_dice([source / "summary.json"])
         chosen = source / "postprocessing.json"
         if chosen.is_file():
-            record_pp = json.loads(chosen.read_text())
+            record_pp = read_json(chosen, "run `ibsr-nnunet ensemble` again")
             means = record_pp["postprocessed"]["mean"]
             dice = {name: float(means[str(label)]["Dice"]) for label, name in TISSUES.items()}
             return CrossValidation(dice, n, bool(record_pp.get("postprocessing_fns")), chosen)
@@ -68,7 +69,7 @@ def crossval_dice(ws: Workspace, record: dict) -> Optional[CrossValidation]:
     configurations = record.get("configurations", [])
     if len(configurations) != 1:
         return None
-    summaries = [fold_folder(ws, configurations[0], fold, trainer=record["trainer"]) / "validation" / "summary.json"
+    summaries = [summary_file(fold_folder(ws, configurations[0], fold, trainer=record["trainer"]))
                  for fold in record.get("folds", [])]
     if not summaries or not all(s.is_file() for s in summaries):
         return None
