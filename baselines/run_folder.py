@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import pickle
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from typing import Any, Optional
 
 from ibsr_nnunet.core.atomic import atomic_path, write_json, write_text
 from ibsr_nnunet.core.errors import InputError
+from ibsr_nnunet.core.jsonfile import read_json_object, read_json_or_none
 from ibsr_nnunet.core.workspace import Workspace
 
 from .registry import baseline_name
@@ -82,17 +82,10 @@ def write_run_record(folder: Path, record: RunRecord) -> None:
 
 def read_run_record(folder: Path) -> Optional[RunRecord]:
     """The folder's run.json, or None when it has none; InputError naming the file when it is not one."""
-    path = Path(folder) / RUN_RECORD
-    try:
-        saved = json.loads(path.read_text())
-    except FileNotFoundError:
+    saved = read_json_object(Path(folder) / RUN_RECORD, "run `ibsr-nnunet baseline train` for this run again to "
+                             "rewrite it", "a baseline run record", missing_ok=True)
+    if saved is None:
         return None
-    except (OSError, ValueError) as err:
-        raise InputError(f"{path} is unreadable ({type(err).__name__}); run `ibsr-nnunet baseline train` for this "
-                         f"run again to rewrite it.") from err
-    if not isinstance(saved, dict):
-        raise InputError(f"{path} is not a baseline run record (not a JSON object); run `ibsr-nnunet baseline "
-                         f"train` for this run again to rewrite it.")
     dice, loss, seconds = saved.get("best_val_dice"), saved.get("best_val_loss"), saved.get("train_seconds")
     return RunRecord(
         model=str(saved.get("model", "")), loss=str(saved.get("loss", "")), options=dict(saved.get("options") or {}),
@@ -171,10 +164,10 @@ def write_orientation(folder: Path, orientation: TrainingOrientation) -> None:
 def read_orientation(folder: Path) -> Optional[TrainingOrientation]:
     """What the run was trained on; None for a run trained before it was recorded (then inputs are not reoriented
     and 2D models slice across the thickest axis, as they were)."""
+    saved = read_json_or_none(Path(folder) / ORIENTATION)
     try:
-        saved = json.loads((Path(folder) / ORIENTATION).read_text())
         return TrainingOrientation(tuple(saved["axcodes"]), int(saved["slicing_axis"]))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         return None
 
 

@@ -6,15 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
-
 from ibsr_nnunet.core.durable import DurableRun, TrainOutcome
 from ibsr_nnunet.core.errors import InputError
 from ibsr_nnunet.core.locks import Lock, current_holder, lock_path
-from ibsr_nnunet.core.orientation import training_axcodes
+from ibsr_nnunet.core.manifest import Manifest, read_manifest
 from ibsr_nnunet.core.provenance import (
     archive_stale_outputs,
-    dataset_fingerprint,
     ensure_current,
     record,
     recorded_weights,
@@ -42,23 +39,21 @@ def train_in_workspace(ws: Workspace, options: TrainOptions, *, archive_stale: b
     folder = run_dir(ws, options.model, options.loss)
     with DurableRun(folder, what=f"baseline run {folder.name}", history="baseline train", say=say,
                     command=f"ibsr-nnunet baseline train --model {options.model} --loss {options.loss}") as run:
-        fingerprint = dataset_fingerprint(ws)
+        manifest = read_manifest(ws)
+        fingerprint = manifest.fingerprint
         run.acquire()
         ensure_current(ws, folder, what=f"baseline run {folder.name}", fingerprint=fingerprint,
                        archive_stale=archive_stale, say=say)
         run.record_provenance(fingerprint, model=options.model, loss=options.loss)
-        write_orientation(folder, training_orientation(ws))
-        return train(folder, ws.cases("train"), options, on_epoch=on_epoch, on_iteration=on_iteration,
+        write_orientation(folder, training_orientation(manifest))
+        return train(folder, ws.cases("train", manifest), options, on_epoch=on_epoch, on_iteration=on_iteration,
                      on_start=on_start, durable=run)
 
 
-def training_orientation(ws: Workspace) -> TrainingOrientation:
-    """The axis codes of the workspace's training images, and the axis 2D models slice across in that orientation
+def training_orientation(manifest: Manifest) -> TrainingOrientation:
+    """The axis codes of the dataset's training images, and the axis 2D models slice across in that orientation
     (the one with the largest spacing: IBSR's 1.5 mm coronal axis)."""
-    manifest = ws.read_manifest()
-    train = [case for case in manifest["cases"] if case["role"] == "train"]
-    spacing = np.median([case["spacing"] for case in train], axis=0)
-    return TrainingOrientation(tuple(training_axcodes(manifest)), slicing_axis(spacing))
+    return TrainingOrientation(manifest.training_axcodes, slicing_axis(manifest.training_spacing))
 
 
 def unfinished(run: Path) -> Optional[str]:
@@ -81,7 +76,8 @@ def predict_in_workspace(ws: Workspace, model: str, loss: str, *, device: str = 
     another dataset are moved to the archive and redone, those made with other weights are redone; a run trained
     on another dataset, or not finished, is refused. The set records the signature of the weights (best.pt) it
     came from."""
-    fingerprint = dataset_fingerprint(ws)
+    manifest = read_manifest(ws)
+    fingerprint = manifest.fingerprint
     run = run_dir(ws, model, loss)
     why = staleness(run, fingerprint)
     if why:
@@ -90,7 +86,7 @@ def predict_in_workspace(ws: Workspace, model: str, loss: str, *, device: str = 
     if run.is_dir() and (why := unfinished(run)):
         raise InputError(f"baseline run {run.name} ({run}) {why}, then predict.")
     out = ws.predictions / run.name
-    cases = [(case.id, case.image) for role in ("heldout", "test") for case in ws.cases(role)]
+    cases = [(case.id, case.image) for role in ("heldout", "test") for case in ws.cases(role, manifest)]
     with Lock(lock_path(out), f"prediction set {out.name}", f"ibsr-nnunet baseline predict --model {model} "
               f"--loss {loss}", say=say):
         stale = staleness(out, fingerprint)

@@ -36,11 +36,11 @@ from baselines.infer import predict_files
 from baselines.options import TrainOptions, device_defaults
 from baselines.train import dice_per_class, split_validation, train
 from ibsr_nnunet.core.errors import Requeue, Stalled
+from ibsr_nnunet.core.vocabulary import TISSUES
 from ibsr_nnunet.data.volumes import read_volume
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 TRAINING_SET = SHARED / "data" / "ibsr18" / "Training_Set"
-CLASSES = ("CSF", "GM", "WM")
 
 
 def subjects() -> list[tuple[str, Path, Path]]:
@@ -107,9 +107,9 @@ def main() -> None:
         prediction = torch.from_numpy(read_volume(out / "predictions" / f"{case_id}.nii.gz").array.astype(np.int64))
         label = torch.from_numpy(np.asarray(read_volume(label_path).array).astype(np.int64))
         scores.append(dice_per_class(prediction, label))
-        print(f"{case_id}: " + ", ".join(f"{c} {d:.4f}" for c, d in zip(CLASSES, scores[-1])))
+        print(f"{case_id}: " + ", ".join(f"{c} {d:.4f}" for c, d in zip(TISSUES.values(), scores[-1])))
     mean = np.mean(scores, axis=0)
-    print(" ".join(f"{c} {d:.4f}" for c, d in zip(CLASSES, mean)) + f" | mean {mean.mean():.4f}")
+    print(" ".join(f"{c} {d:.4f}" for c, d in zip(TISSUES.values(), mean)) + f" | mean {mean.mean():.4f}")
     print(f"{iterations} iterations in {train_wall:.0f}s ({iterations / train_wall:.2f} it/s including data loading "
           f"and validation), {result.epochs_done} epochs, best val loss {result.best_val_loss:.4f}; "
           f"inference {per_volume:.1f} s/volume; slicing axis {slicing_axis(read_volume(held_out[0][1]).spacing)}")

@@ -85,6 +85,7 @@ def tta_dice(run: Path) -> str:
     from baseline_cpu import subjects  # the same subjects and split as the run was trained with
     from baselines.infer import Predictor
     from baselines.train import split_validation
+    from ibsr_nnunet.core.vocabulary import TISSUES
     from ibsr_nnunet.data.volumes import read_volume
     from ibsr_nnunet.evaluation.metrics import case_metrics
 
@@ -101,19 +102,20 @@ def tta_dice(run: Path) -> str:
                                                                 reference.spacing)])
         means[tta] = np.mean(scores, axis=0)
     per_class = ", ".join(f"{c} {means[False][i]:.4f} -> {means[True][i]:.4f}"
-                          for i, c in enumerate(("CSF", "GM", "WM")))
+                          for i, c in enumerate(TISSUES.values()))
     return (f"mean Dice over {', '.join(held_out)} {means[False].mean():.4f} without, {means[True].mean():.4f} with "
             f"({means[True].mean() - means[False].mean():+.4f}; {per_class})")
 
 
 def prepare(ws_root: Path, say) -> tuple[str, Path]:
     """Convert, plan, train (token schedules) and record the three nnU-Net models and unet2d; reuses what is there."""
-    from ibsr_nnunet.core.atomic import write_json
+    from ibsr_nnunet.core.manifest import read_manifest
     from ibsr_nnunet.core.provenance import dataset_fingerprint, record
     from ibsr_nnunet.core.vocabulary import NNUNET_MODELS
     from ibsr_nnunet.core.workspace import Workspace
     from ibsr_nnunet.nnunet.ensemble import model_record
     from ibsr_nnunet.nnunet.paths import fold_folder, plans_file, trainer_name
+    from ibsr_nnunet.nnunet.prediction_record import write_prediction_record
 
     ws = Workspace.open(ws_root)
     if not ws.manifest.is_file():
@@ -137,12 +139,12 @@ def prepare(ws_root: Path, say) -> tuple[str, Path]:
              "--iterations-per-epoch", "5", "--device", "cpu")
     pkl = ws.root / "bench_postprocessing.pkl"
     timed([sys.executable, "-c", POSTPROCESSING, str(pkl)])
-    axcodes = tuple(ws.read_manifest().get("orientation") or ("R", "A", "S"))
+    axcodes = read_manifest(ws).training_axcodes
     for key, configurations in (("2d", ("2d",)), ("3d_fullres", ("3d_fullres",)), ("ensemble", ("2d", "3d_fullres"))):
         name = NNUNET_MODELS[key]
-        write_json(ws.predictions / name / "model.json",
-                   model_record(name, trainer, configurations=configurations, folds=(0,), postprocessing_pkl=pkl,
-                                crossval_dice=None, axcodes=axcodes))  # no validation pass
+        write_prediction_record(ws.predictions / name, model_record(
+            name, trainer, configurations=configurations, folds=(0,), postprocessing_pkl=pkl, crossval_dice=None,
+            axcodes=axcodes))  # no validation pass
         record(ws.predictions / name, dataset_fingerprint(ws), model=name)
     return trainer, pkl
 

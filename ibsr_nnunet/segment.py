@@ -23,14 +23,17 @@ import pandas as pd
 from .core.atomic import FULL_DISK, NoSpaceError, atomic_path, no_space, write_json
 from .core.choices import fraction
 from .core.errors import InputError
+from .core.jsonfile import read_json_object, read_json_or_none
 from .core.locks import Lock, lock_path
+from .core.manifest import Manifest, read_manifest
 from .core.names import check_model_name
-from .core.orientation import OBLIQUE_DEGREES, Reorientation, obliquity_degrees, towards, training_axcodes
-from .core.provenance import dataset_fingerprint, recorded_weights, staleness, weights_changed, weights_signature
+from .core.orientation import OBLIQUE_DEGREES, Reorientation, obliquity_degrees, towards
+from .core.provenance import recorded_weights, staleness, weights_changed, weights_signature
 from .core.vocabulary import CONFIGURATIONS, N_FOLDS, NNUNET_MODELS, NNUNET_PREFIX, TISSUES
 from .core.workspace import Workspace
 from .data.preprocess import Preprocessing, apply
 from .data.volumes import Volume, read_volume, write_volume
+from .nnunet.prediction_record import prediction_record_path, read_prediction_record
 
 if TYPE_CHECKING:
     from .evaluation.qc import Snapshot
@@ -113,15 +116,16 @@ class Model:
     info: dict  # nnU-Net: model.json of its predictions; baseline: {"run": folder}
 
 
-def choose_model(ws: Workspace, name: Optional[str]) -> Model:
+def choose_model(ws: Workspace, name: Optional[str], manifest: Optional[Manifest] = None) -> Model:
     """`name`, or the leaderboard's best model, with its held-out scores (none when they were made with other weights
     than it holds now); refused when it was made from another dataset than the workspace's, or when its training (a
     baseline run, an nnU-Net fold) has not finished."""
+    fingerprint = (read_manifest(ws) if manifest is None else manifest).fingerprint
     if name is not None:
         checked_model_name(name)
     board = pd.read_csv(ws.leaderboard) if ws.leaderboard.is_file() else None
     if board is not None and "dataset_fingerprint" in board and not board.empty:
-        if set(board["dataset_fingerprint"].astype(str)) != {dataset_fingerprint(ws)}:
+        if set(board["dataset_fingerprint"].astype(str)) != {fingerprint}:
             board = None  # scores of another dataset say nothing about these models
     if name is None and board is None and ws.leaderboard.is_file():
         raise InputError(f"{ws.leaderboard} ranks models of another dataset; run `ibsr-nnunet leaderboard` again, "
@@ -143,10 +147,10 @@ def choose_model(ws: Workspace, name: Optional[str]) -> Model:
     if board is not None and name in set(board["model"]):
         scores = board.set_index("model").loc[name].to_dict()
     if name.startswith(NNUNET_PREFIX):
-        record = ws.predictions / name / "model.json"
+        record = prediction_record_path(ws.predictions / name)
         if not record.is_file():
             raise InputError(f"model {name} has no record at {record}; run `ibsr-nnunet ensemble` first.")
-        _refuse_stale(ws, ws.predictions / name, name, "ibsr-nnunet ensemble")
+        _refuse_stale(ws.predictions / name, name, "ibsr-nnunet ensemble", fingerprint)
         info = nnunet_record(ws, record)
         _refuse_unfinished_folds(ws, name, info)
         return Model(name, scores, info)
@@ -157,7 +161,7 @@ def choose_model(ws: Workspace, name: Optional[str]) -> Model:
     if not (best := best_weights_path(run)).is_file():
         raise InputError(f"model {name} is not trained in this workspace (no {best}); pick a model of "
                          f"the leaderboard or train it with `ibsr-nnunet baseline train`.")
-    _refuse_stale(ws, run, name, "ibsr-nnunet baseline train --archive-stale")
+    _refuse_stale(run, name, "ibsr-nnunet baseline train --archive-stale", fingerprint)
     if why := unfinished(run):
         raise InputError(f"model {name} ({run}) {why}, then segment.")
     return Model(name, scores, {"run": str(run)})
@@ -196,7 +200,7 @@ def _trained_here(ws: Workspace, name: str) -> bool:
     from baselines.run_folder import best_weights_path
 
     if name.startswith(NNUNET_PREFIX):
-        return name in NNUNET_MODELS.values() and (ws.predictions / name / "model.json").is_file()
+        return name in NNUNET_MODELS.values() and prediction_record_path(ws.predictions / name).is_file()
     return baseline_problem(name) is None and best_weights_path(ws.baselines / name).is_file()
 
 
@@ -217,24 +221,25 @@ def nnunet_record(ws: Workspace, record: Path) -> dict:
 
     results = ws.results_dataset.resolve()
     try:
-        info = json.loads(record.read_text())
-        trainer, configurations, folds = info["trainer"], list(info["configurations"]), list(info["folds"])
+        info = read_prediction_record(record.parent)
+        trainer, configurations, folds = info.trainer, info.configurations, info.folds
         trainer_schedule(trainer)  # one of our trainers' names, so a folder name, never a path
         inside = (configurations and set(configurations) <= set(CONFIGURATIONS)
-                  and folds and all(isinstance(f, int) and 0 <= f < N_FOLDS for f in folds)
+                  and folds and all(0 <= f < N_FOLDS for f in folds)
                   and all(model_folder(ws, c, trainer).resolve().is_relative_to(results) for c in configurations)
-                  and Path(info["postprocessing_file"]).resolve().is_relative_to(results))
-    except (OSError, ValueError, KeyError, TypeError):
+                  and info.postprocessing_file is not None
+                  and info.postprocessing_file.resolve().is_relative_to(results))
+    except (InputError, KeyError, AttributeError):
         inside = False
     if not inside:
         raise InputError(f"{record} is not a model record of this workspace (it must name our trainer, configurations "
                          f"{', '.join(CONFIGURATIONS)}, folds 0-{N_FOLDS - 1} and files inside {results}); run "
                          f"`ibsr-nnunet ensemble` again.")
-    return info
+    return info.as_record()
 
 
-def _refuse_stale(ws: Workspace, folder: Path, name: str, fix: str) -> None:
-    why = staleness(folder, dataset_fingerprint(ws))
+def _refuse_stale(folder: Path, name: str, fix: str, fingerprint: str) -> None:
+    why = staleness(folder, fingerprint)
     if why:
         raise InputError(f"model {name} is stale ({folder}: {why}); run `{fix}` first.")
 
@@ -248,17 +253,16 @@ class Reference:
     spacing: tuple[float, float, float]
 
 
-def training_reference(ws: Workspace) -> Reference:
-    manifest = ws.read_manifest()
-    settings = dict(manifest["preprocessing"])
+def training_reference(ws: Workspace, manifest: Manifest) -> Reference:
+    settings = dict(manifest.preprocessing)
     settings["n4_iterations"] = tuple(settings["n4_iterations"])
-    spacings = [case["spacing"] for case in manifest["cases"] if case["role"] == "train"]
-    fingerprint = ws.preprocessed_dataset / "dataset_fingerprint.json"
+    fingerprint = read_json_object(ws.preprocessed_dataset / "dataset_fingerprint.json", "run `ibsr-nnunet plan "
+                                   "--force` to fingerprint the dataset again", "nnU-Net's dataset fingerprint",
+                                   missing_ok=True)
     intensity = None
-    if fingerprint.is_file():
-        intensity = json.loads(fingerprint.read_text())["foreground_intensity_properties_per_channel"]["0"][
-            "percentile_99_5"]
-    return Reference(Preprocessing(**settings), intensity, tuple(float(s) for s in np.median(spacings, axis=0)))
+    if fingerprint is not None:
+        intensity = fingerprint["foreground_intensity_properties_per_channel"]["0"]["percentile_99_5"]
+    return Reference(Preprocessing(**settings), intensity, manifest.training_spacing)
 
 
 def scan_warnings(volume: Volume, reference: Reference) -> list[str]:
@@ -349,7 +353,7 @@ class SegmentOptions:
         return dataclasses.replace(self, tta=torch_device(device).type == "cuda")
 
 
-def model_axcodes(ws: Workspace, model: Model) -> tuple[str, ...]:
+def model_axcodes(manifest: Manifest, model: Model) -> tuple[str, ...]:
     """The orientation the model was trained in: its own record, else the conversion manifest's training images."""
     if model.info.get("axcodes"):
         return tuple(model.info["axcodes"])
@@ -358,10 +362,10 @@ def model_axcodes(ws: Workspace, model: Model) -> tuple[str, ...]:
 
         if orientation := read_orientation(Path(model.info["run"])):
             return orientation.axcodes
-    return training_axcodes(ws.read_manifest())
+    return manifest.training_axcodes
 
 
-def model_signature(ws: Workspace, model: Model) -> str:
+def model_signature(ws: Workspace, model: Model, fingerprint: str) -> str:
     """Changes whenever the model's weights (their bytes, size or mtime), postprocessing or dataset change: a re-run
     redoes the scans then."""
     if model.name.startswith(NNUNET_PREFIX):
@@ -374,7 +378,7 @@ def model_signature(ws: Workspace, model: Model) -> str:
         from baselines.run_folder import best_weights_path
 
         files = [best_weights_path(Path(model.info["run"]))]
-    identity = {"model": model.name, "dataset": dataset_fingerprint(ws), "weights": weights_signature(ws, files)}
+    identity = {"model": model.name, "dataset": fingerprint, "weights": weights_signature(ws, files)}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
@@ -403,7 +407,8 @@ def segment(ws: Workspace, inputs: list[Path], output: Path, *, model_name: Opti
     if output.exists() and not output.is_dir():
         raise InputError(f"--output {output} is a file; pass a folder (it is created if missing).")
     files = collect_inputs(inputs, exclude=output)
-    model = choose_model(ws, model_name)
+    manifest = read_manifest(ws)
+    model = choose_model(ws, model_name, manifest)
     options = options.resolved(device)
     names = output_names(files)
     scans = [Scan(input=f, name=names[f], output=output / f"{names[f]}_tissue.nii.gz") for f in files]
@@ -415,7 +420,7 @@ def segment(ws: Workspace, inputs: list[Path], output: Path, *, model_name: Opti
                          f"can write to.") from err
     try:
         with Lock(lock_path(output), f"segmentation output {output}", "ibsr-nnunet segment"):
-            return _segment_locked(ws, model, scans, output, device, jobs, options, on_start, on_scan_done)
+            return _segment_locked(ws, manifest, model, scans, output, device, jobs, options, on_start, on_scan_done)
     except OSError as err:  # the lock file, or a write that names no file of ours
         if err.errno not in FULL_DISK:
             raise
@@ -425,11 +430,12 @@ def segment(ws: Workspace, inputs: list[Path], output: Path, *, model_name: Opti
             output.rmdir()  # refused before anything was written (a model that cannot be loaded): leave no trace
 
 
-def _segment_locked(ws: Workspace, model: Model, scans: list[Scan], output: Path, device: str, jobs: int,
+def _segment_locked(ws: Workspace, manifest: Manifest, model: Model, scans: list[Scan], output: Path, device: str,
+                    jobs: int,
                     options: SegmentOptions, on_start: Callable[[Model, int], None],
                     on_scan_done: Callable[[Scan], None]) -> SegmentResult:
     """`segment` while it holds the output folder: reuse what is current, segment the rest, write the tables."""
-    signature = model_signature(ws, model)
+    signature = model_signature(ws, model, manifest.fingerprint)
     record = _SegmentRecord.load(output)
     for scan in scans:
         scan.reused = record.reusable(scan, signature, options)
@@ -439,7 +445,8 @@ def _segment_locked(ws: Workspace, model: Model, scans: list[Scan], output: Path
         if scan.reused is not None:
             on_scan_done(scan)
     if todo:
-        context = _Context(ws, model, model_axcodes(ws, model), training_reference(ws), options, device, jobs)
+        context = _Context(ws, model, model_axcodes(manifest, model), training_reference(ws, manifest), options,
+                           device, jobs)
         _segment_all(context, todo, output, on_scan_done)
     record.update(scans, signature, options)
     csv = _write_volumes_csv(scans, model, output, options)
@@ -712,8 +719,10 @@ class _SegmentRecord:
 
     @classmethod
     def load(cls, output: Path) -> "_SegmentRecord":
+        entries = read_json_or_none(output / cls.FILE)
+        if not isinstance(entries, dict):
+            return cls({}, {})
         try:
-            entries = json.loads((output / cls.FILE).read_text())
             table = pd.read_csv(output / "volumes.csv", keep_default_na=False, dtype={"input_axcodes": str})
             rows = {row["output"]: row for row in table.to_dict(orient="records") if row.get("output")}
         except (OSError, ValueError):

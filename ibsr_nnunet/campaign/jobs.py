@@ -1,8 +1,11 @@
-"""The campaign's job records, `<workspace>/slurm/jobs.json`: read, and appended under its lock, atomically."""
+"""The campaign's job records, `<workspace>/slurm/jobs.json`: the one module that reads it, and appends to it under
+its lock, atomically.
+
+    {"jobs": [record, ...]}: one record per submitted job (kind "fold" or "final", name, job_id, folds, array,
+    array_parallel, trainer, epochs, iterations, script, argv, submitted; by_hand for a fold sbatched by hand)"""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -10,6 +13,7 @@ from typing import Callable, Optional
 
 from ..core.atomic import write_json
 from ..core.errors import InputError
+from ..core.jsonfile import read_json_object
 from ..core.locks import Lock, LockedError, lock_path
 from ..core.workspace import Workspace
 
@@ -22,13 +26,14 @@ def jobs_file(ws: Workspace) -> Path:
 
 def load_jobs(ws: Workspace) -> list[dict]:
     path = jobs_file(ws)
-    if not path.is_file():
+    fix = "move it away and run `ibsr-nnunet submit` again (check `squeue` for jobs it recorded first)"
+    saved = read_json_object(path, fix, "the campaign's job records", missing_ok=True)
+    if saved is None:
         return []
-    try:
-        return list(json.loads(path.read_text())["jobs"])
-    except (ValueError, KeyError, TypeError) as err:
-        raise InputError(f"{path} is unreadable ({err}); move it away and run `ibsr-nnunet submit` again "
-                         f"(check `squeue` for jobs it recorded first).") from None
+    jobs = saved.get("jobs")
+    if not isinstance(jobs, list) or not all(isinstance(record, dict) for record in jobs):
+        raise InputError(f"{path} holds no list of job records under \"jobs\"; {fix}.")
+    return list(jobs)
 
 
 def save_jobs(ws: Workspace, jobs: list[dict]) -> None:

@@ -80,15 +80,15 @@ def convert(
         console.print(f"{result.dataset} is already up to date with {source}: nothing to do.")
         return
     manifest = result.manifest
-    split = manifest["split"]
-    table = Table(title=f"{manifest['dataset']} ({manifest['layout']} layout)")
+    split = manifest.split
+    table = Table(title=f"{manifest.dataset} ({manifest.layout} layout)")
     for column in ("role", "subjects", "folder"):
         table.add_column(column)
-    table.add_row("train", ", ".join(split["train"]), "imagesTr + labelsTr")
-    table.add_row("held out", ", ".join(split["heldout"]), "imagesTs + labelsTs")
-    table.add_row("test", ", ".join(split["test"]) or "-", "imagesTs")
+    table.add_row("train", ", ".join(split.train), "imagesTr + labelsTr")
+    table.add_row("held out", ", ".join(split.heldout), "imagesTs + labelsTs")
+    table.add_row("test", ", ".join(split.test) or "-", "imagesTs")
     console.print(table)
-    console.print(f"held-out policy: {split['policy']}; {split['folds']} cross-validation folds")
+    console.print(f"held-out policy: {split.policy}; {split.folds} cross-validation folds")
     console.print(f"wrote {result.dataset}")
 
 

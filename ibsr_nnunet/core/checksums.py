@@ -7,10 +7,10 @@ import hashlib
 from pathlib import Path
 from typing import Optional
 
+from .manifest import MANIFEST_FILE, Manifest, read_manifest
 from .workspace import Workspace
 
-MANIFEST_KEY = "files"  # in ibsr_manifest.json: path inside the dataset -> {"sha256", "size", "mtime_ns"}
-NOT_RECORDED = "ibsr_manifest.json"  # the manifest cannot hold its own checksum
+NOT_RECORDED = MANIFEST_FILE  # the manifest cannot hold its own checksum
 
 
 def sha256(path: Path) -> str:
@@ -45,17 +45,10 @@ def current_sha256(path: Path, record: Optional[dict]) -> Optional[str]:
     return sha256(path)
 
 
-def recorded_files(manifest: dict) -> Optional[dict[str, dict]]:
-    """The manifest's file records, or None when it has none (a dataset converted before they were recorded)."""
-    files = manifest.get(MANIFEST_KEY)
-    return files if isinstance(files, dict) else None
-
-
-def changes(ws: Workspace, manifest: Optional[dict] = None) -> list[str]:
+def changes(ws: Workspace, manifest: Optional[Manifest] = None) -> list[str]:
     """What differs in the workspace's converted dataset from what `convert` wrote, one phrase per file (none: intact):
     changed, missing or added files of the raw dataset, and nnU-Net's copy of the split in the preprocessed folder."""
-    manifest = ws.read_manifest() if manifest is None else manifest
-    files = recorded_files(manifest)
+    files = (read_manifest(ws) if manifest is None else manifest).files
     if files is None:
         return [f"{ws.manifest} records no checksums of the dataset's files (converted by an older ibsr-nnunet)"]
     found = []
@@ -72,9 +65,10 @@ def changes(ws: Workspace, manifest: Optional[dict] = None) -> list[str]:
     return found
 
 
-def reference_sha256(ws: Workspace, references: dict[str, Path], manifest: Optional[dict] = None) -> dict[str, str]:
+def reference_sha256(ws: Workspace, references: dict[str, Path],
+                     manifest: Optional[Manifest] = None) -> dict[str, str]:
     """case -> checksum of its reference label file now (cheap while the file is as `convert` recorded it)."""
-    files = recorded_files(ws.read_manifest() if manifest is None else manifest) or {}
+    files = (read_manifest(ws) if manifest is None else manifest).files or {}
     found = {}
     for case, path in references.items():
         try:

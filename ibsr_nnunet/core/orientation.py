@@ -73,10 +73,3 @@ def towards(affine: np.ndarray, target: tuple[str, ...]) -> Reorientation:
     nearest = tuple(orientations.ornt2axcodes(orientations.io_orientation(np.asarray(affine, dtype=float))))
     return Reorientation(nearest, tuple(target))
 
-
-def training_axcodes(manifest: dict) -> tuple[str, ...]:
-    """The axis codes of a converted dataset's training images: recorded by `convert`, or read from the case
-    affines of a manifest written before it recorded them."""
-    if manifest.get("orientation"):
-        return tuple(manifest["orientation"])
-    return common_axcodes([case["affine"] for case in manifest["cases"] if case["role"] == "train"])

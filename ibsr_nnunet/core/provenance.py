@@ -4,7 +4,6 @@ from another dataset or from other weights is ever taken for current."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -14,6 +13,8 @@ from typing import Callable, Optional, Sequence
 from .atomic import fsync_dir, write_json
 from .checksums import sha256
 from .errors import InputError
+from .jsonfile import read_json_or_none
+from .manifest import read_manifest
 from .workspace import Workspace
 
 PROVENANCE_FILE = "ibsr_provenance.json"  # in every fold folder, baseline run and prediction set
@@ -24,7 +25,7 @@ WEIGHTS = "weights"  # in a prediction set's record (record(..., weights=...)): 
 def dataset_fingerprint(ws: Workspace) -> str:
     """The identity of the workspace's dataset: the fingerprint `convert` computed from every source file's
     checksum, the label mapping, the split and the preprocessing."""
-    return str(ws.read_manifest()["fingerprint"])
+    return read_manifest(ws).fingerprint
 
 
 def short(fingerprint: Optional[str]) -> str:
@@ -37,12 +38,15 @@ def record(folder: Path, fingerprint: str, **details) -> None:
                                                 "recorded": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
 
+def _read_record(folder: Path) -> dict:
+    """`folder`'s record; {} when it has none or it is unreadable (then it was made from an unknown dataset)."""
+    saved = read_json_or_none(Path(folder) / PROVENANCE_FILE)
+    return saved if isinstance(saved, dict) else {}
+
+
 def recorded(folder: Path) -> Optional[str]:
     """The fingerprint recorded in `folder`, or None when there is none (or it is unreadable)."""
-    try:
-        return json.loads((Path(folder) / PROVENANCE_FILE).read_text()).get(KEY)
-    except (OSError, ValueError, AttributeError):
-        return None
+    return _read_record(folder).get(KEY)
 
 
 def _workspace_relative(ws: Workspace, path: Path) -> str:
@@ -62,10 +66,7 @@ def weights_signature(ws: Workspace, paths: list[Path]) -> list[dict]:
 
 def recorded_weights(folder: Path) -> Optional[list[dict]]:
     """The weights signature recorded in `folder`, or None when it records none (or its record is unreadable)."""
-    try:
-        weights = json.loads((Path(folder) / PROVENANCE_FILE).read_text()).get(WEIGHTS)
-    except (OSError, ValueError, AttributeError):
-        return None
+    weights = _read_record(folder).get(WEIGHTS)
     return weights if isinstance(weights, list) else None
 
 

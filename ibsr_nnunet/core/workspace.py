@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 from .atomic import write_json
 from .errors import InputError
-from .jsonfile import read_json
+from .jsonfile import read_json_object
+from .manifest import Manifest, Role, manifest_path, read_manifest
 
 DEFAULT_WORKSPACE = "ibsr-workspace"
 WORKSPACE_ENV = "IBSR_NNUNET_WORKSPACE"
 DEFAULT_DATASET_ID = 501
 DATASET_SUFFIX = "IBSR18"
-
-
-Role = Literal["train", "heldout", "test"]
+WORKSPACE_FILE = "workspace.json"  # {"dataset_id": 501}: the dataset the commands after `convert` work on
 
 
 class Case(NamedTuple):
@@ -53,13 +51,15 @@ class Workspace:
 
     @staticmethod
     def _recorded_dataset_id(root: Path) -> int:
-        state = root / "workspace.json"
-        if state.is_file():
-            try:
-                return int(json.loads(state.read_text())["dataset_id"])
-            except (ValueError, KeyError, TypeError) as err:
-                raise InputError(f"{state} is unreadable ({err}); delete it and run `ibsr-nnunet convert` again.")
-        return DEFAULT_DATASET_ID
+        state = root / WORKSPACE_FILE
+        fix = "delete it and run `ibsr-nnunet convert` again"
+        recorded = read_json_object(state, fix, "a workspace record", missing_ok=True)
+        if recorded is None:
+            return DEFAULT_DATASET_ID
+        try:
+            return int(recorded["dataset_id"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise InputError(f"{state} records no dataset ID ({type(err).__name__}: {err}); {fix}.") from None
 
     # nnU-Net's three roots
     @property
@@ -94,7 +94,7 @@ class Workspace:
     @property
     def manifest(self) -> Path:
         """The conversion manifest: sources, checksums, label mapping, preprocessing, split, versions."""
-        return self.raw_dataset / "ibsr_manifest.json"
+        return manifest_path(self.raw_dataset)
 
     # our own rooms
     @property
@@ -121,22 +121,14 @@ class Workspace:
     def leaderboard(self) -> Path:
         return self.root / "leaderboard.csv"
 
-    def read_manifest(self) -> dict:
-        """The conversion manifest, refused in one sentence when there is no converted dataset."""
-        if not self.manifest.is_file():
-            raise InputError(f"no converted dataset at {self.raw_dataset}; run `ibsr-nnunet convert SOURCE` first.")
-        return read_json(self.manifest, "convert the dataset again with `ibsr-nnunet convert SOURCE --force`")
-
-    def cases(self, role: Role) -> list[Case]:
-        """The converted cases of one role: training, held-out (labelled, scored) or test (no labels)."""
+    def cases(self, role: Role, manifest: Optional[Manifest] = None) -> list[Case]:
+        """The converted cases of one role: training, held-out (labelled, scored) or test (no labels); from
+        `manifest` when the caller has read it already."""
         folder = "Tr" if role == "train" else "Ts"
+        manifest = read_manifest(self) if manifest is None else manifest
         return [Case(case, self.raw_dataset / f"images{folder}" / f"{case}_0000.nii.gz",
                      self.raw_dataset / f"labels{folder}" / f"{case}.nii.gz" if role != "test" else None)
-                for case in self.read_manifest()["split"][role]]
-
-    def case_ids(self) -> set[str]:
-        """Every case ID the workspace knows: training, held-out and test."""
-        return {case["id"] for case in self.read_manifest()["cases"]}
+                for case in manifest.case_ids(role)]
 
     def nnunet_env(self) -> dict[str, str]:
         """nnU-Net's three path variables for this workspace."""
@@ -165,4 +157,4 @@ class Workspace:
 
     def record_dataset_id(self) -> None:
         """Remember which dataset this workspace works on, for the commands that follow convert."""
-        write_json(self.root / "workspace.json", {"dataset_id": self.dataset_id})
+        write_json(self.root / WORKSPACE_FILE, {"dataset_id": self.dataset_id})

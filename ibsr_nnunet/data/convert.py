@@ -24,11 +24,13 @@ from ..core.checksums import file_record, sha256
 from ..core.environment import available_cores
 from ..core.errors import InputError
 from ..core.locks import Lock, lock_path
+from ..core.manifest import CaseRecord, Manifest, Split, parse_case, read_manifest_if_any, write_manifest
 from ..core.orientation import common_axcodes
 from ..core.provenance import stale_artifacts
 from ..core.vocabulary import NNUNET_LABELS
 from ..core.workspace import Workspace
 from ..nnunet import integrity
+from ..nnunet.plans import write_splits
 from . import preprocess, volumes
 from .labels import (
     LabelScheme,
@@ -81,7 +83,7 @@ class CaseJob:
 @dataclass
 class ConvertResult:
     dataset: Path
-    manifest: dict
+    manifest: Manifest
     up_to_date: bool  # nothing was written: the dataset already matched these inputs
     seconds: dict[str, float]  # wall time of the case conversions and of nnU-Net's integrity check
 
@@ -186,13 +188,6 @@ def _package_versions() -> dict[str, Optional[str]]:
     return versions
 
 
-def _existing_manifest(ws: Workspace) -> Optional[dict]:
-    try:
-        return json.loads(ws.manifest.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _remove_stale_builds(raw_root: Path, name: str) -> None:
     """Drop temporary folders a crashed conversion of this dataset left behind."""
     for stale in raw_root.glob(f".tmp-{name}-*"):
@@ -246,7 +241,8 @@ def convert(source: str | os.PathLike, ws: Workspace, options: ConvertOptions = 
         existing = _up_to_date_manifest(ws, plan.fingerprint, options)
         if existing is not None:
             return ConvertResult(ws.raw_dataset, existing, up_to_date=True, seconds={})
-        if ws.raw_dataset.exists() and (_existing_manifest(ws) or {}).get("fingerprint") != plan.fingerprint:
+        if ws.raw_dataset.exists() and getattr(read_manifest_if_any(ws.raw_dataset), "fingerprint",
+                                               None) != plan.fingerprint:
             on_replace({kind: found for kind, found in stale_artifacts(ws, plan.fingerprint).items() if found})
         return _write_dataset(ws, plan, options, on_start, on_case_done)
 
@@ -263,7 +259,7 @@ def _write_dataset(ws: Workspace, plan: "_Plan", options: ConvertOptions, on_sta
         shutil.rmtree(build, ignore_errors=True)
 
     # nnU-Net reads the folds from the preprocessed folder; a replaced dataset gets its new folds there too.
-    write_json(ws.preprocessed_dataset / "splits_final.json", folds)
+    write_splits(ws.preprocessed_dataset, folds)
     ws.record_dataset_id()
     return ConvertResult(ws.raw_dataset, manifest, up_to_date=False, seconds=seconds)
 
@@ -290,12 +286,12 @@ def _plan(source: Path, options: ConvertOptions) -> _Plan:
     return _Plan(source, layout, subjects, roles, policy, files, _fingerprint(layout, subjects, roles, options, files))
 
 
-def _up_to_date_manifest(ws: Workspace, fingerprint: str, options: ConvertOptions) -> Optional[dict]:
+def _up_to_date_manifest(ws: Workspace, fingerprint: str, options: ConvertOptions) -> Optional[Manifest]:
     """The manifest of a dataset already built from these inputs and unchanged since, else None; refuses unforced to
     replace another dataset or to rewrite files changed since they were written."""
-    existing = _existing_manifest(ws)
+    existing = read_manifest_if_any(ws.raw_dataset)
     if ws.raw_dataset.exists():
-        if existing and existing.get("fingerprint") == fingerprint:
+        if existing is not None and existing.fingerprint == fingerprint:
             changed = checksums.changes(ws, existing)
             if not changed:
                 return existing
@@ -328,7 +324,7 @@ def _case_jobs(build: Path, plan: _Plan, options: ConvertOptions) -> list[CaseJo
 
 def _build_dataset(build: Path, ws: Workspace, plan: _Plan, options: ConvertOptions,
                    on_start: Callable[[int], None],
-                   on_case_done: Callable[[str], None]) -> tuple[dict, list[dict], dict[str, float]]:
+                   on_case_done: Callable[[str], None]) -> tuple[Manifest, list[dict], dict[str, float]]:
     """Convert every case into `build`, write its JSON files and have nnU-Net check it; (manifest, folds, seconds)."""
     for folder in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
         (build / folder).mkdir(parents=True)
@@ -348,11 +344,10 @@ def _build_dataset(build: Path, ws: Workspace, plan: _Plan, options: ConvertOpti
     ids = {role: [r["id"] for r in records if r["role"] == role] for role in ("train", "heldout", "test")}
     folds = cross_validation_folds(ids["train"])
     write_json(build / "dataset.json", dataset_json(len(ids["train"])))
-    write_json(build / "splits_final.json", folds)
-    written.update({name: file_record(build / name) for name in ("dataset.json", "splits_final.json")})
-    manifest = _manifest(ws, plan, options, records, ids, len(folds))
-    manifest[checksums.MANIFEST_KEY] = dict(sorted(written.items()))
-    write_json(build / "ibsr_manifest.json", manifest)
+    splits = write_splits(build, folds)
+    written.update({path.name: file_record(path) for path in (build / "dataset.json", splits)})
+    manifest = _manifest(ws, plan, options, records, ids, len(folds), dict(sorted(written.items())))
+    write_manifest(build, manifest)
     started = time.perf_counter()
     for thread in preload:
         thread.join()
@@ -362,20 +357,21 @@ def _build_dataset(build: Path, ws: Workspace, plan: _Plan, options: ConvertOpti
 
 
 def _manifest(ws: Workspace, plan: _Plan, options: ConvertOptions, records: list[dict], ids: dict[str, list[str]],
-              n_folds: int) -> dict:
-    """ibsr_manifest.json: where the dataset came from, how it was converted, its split and every case."""
-    return {
-        "tool": "ibsr-nnunet",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "fingerprint": plan.fingerprint,
-        "dataset": ws.dataset_name,
-        "source": str(plan.source),
-        "layout": plan.layout,
-        "label_files": ("segTRI_fill" if options.fill else "segTRI") if plan.layout != "misa" else "seg",
-        "label_map": options.label_map.describe() if options.label_map else "auto",
-        "preprocessing": options.preprocessing.as_record(),
-        "split": {"policy": plan.policy, **ids, "folds": n_folds},
-        "orientation": list(common_axcodes([r["affine"] for r in records if r["role"] == "train"])),
-        "cases": records,
-        "versions": _package_versions(),
-    }
+              n_folds: int, files: dict[str, dict]) -> Manifest:
+    """The manifest: where the dataset came from, how it was converted, its split, every case and written file."""
+    cases: tuple[CaseRecord, ...] = tuple(parse_case(record) for record in records)
+    return Manifest(
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        fingerprint=plan.fingerprint,
+        dataset=ws.dataset_name,
+        source=str(plan.source),
+        layout=plan.layout,
+        label_files=("segTRI_fill" if options.fill else "segTRI") if plan.layout != "misa" else "seg",
+        label_map=options.label_map.describe() if options.label_map else "auto",
+        preprocessing=options.preprocessing.as_record(),
+        split=Split(plan.policy, *(tuple(ids[role]) for role in ("train", "heldout", "test")), folds=n_folds),
+        orientation=common_axcodes([r["affine"] for r in records if r["role"] == "train"]),
+        cases=cases,
+        files=files,
+        versions=_package_versions(),
+    )

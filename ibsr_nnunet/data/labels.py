@@ -7,10 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.errors import InputError
-from ..core.vocabulary import NNUNET_LABELS
+from ..core.vocabulary import NNUNET_LABELS, TISSUES
 
-# nnU-Net target: background 0, then the three tissues in this order.
-TISSUES = ("CSF", "GM", "WM")
 TARGET_VALUES = frozenset(NNUNET_LABELS.values())
 
 LABEL_MAP_HINT = "pass an explicit mapping, e.g. --label-map 128=CSF,192=GM,254=WM"
@@ -41,7 +39,7 @@ def parse_label_map(text: str) -> LabelScheme:
     for item in filter(None, (part.strip() for part in text.split(","))):
         value, sep, tissue = item.partition("=")
         tissue = tissue.strip().upper()
-        if not sep or tissue not in TISSUES:
+        if not sep or tissue not in TISSUES.values():
             raise InputError(f"--label-map item '{item}' is not VALUE=CSF, VALUE=GM or VALUE=WM; {LABEL_MAP_HINT}.")
         try:
             source_value = int(value)

@@ -1,8 +1,15 @@
-"""Score one folder of predictions against the workspace's held-out reference labels, per case and tissue class."""
+"""Score one folder of predictions against the workspace's held-out reference labels, per case and tissue class;
+the one module that writes and reads `<workspace>/evaluation/<name>.csv` (one row per case and class: COLUMNS) and
+its summary `<name>.json`:
+
+    model, predictions (the folder scored), cases (held-out case IDs), metrics, metrics_version, nsd_tolerance_mm,
+    mean and std (class -> metric -> value), mean_dice, newest_prediction_mtime, dataset_fingerprint,
+    reference_sha256 (case -> checksum of the reference labels scored against)
+
+A summary that is missing or cannot be read counts as no evaluation: it is redone."""
 
 from __future__ import annotations
 
-import json
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -15,9 +22,10 @@ import pandas as pd
 from ..core import checksums, provenance
 from ..core.atomic import atomic_path, write_json
 from ..core.errors import InputError
+from ..core.jsonfile import read_json_or_none
 from ..core.locks import Lock, lock_path
+from ..core.manifest import read_manifest
 from ..core.names import check_model_name
-from ..core.provenance import dataset_fingerprint
 from ..core.workspace import Workspace
 from ..data.volumes import read_volume
 from .metrics import NSD_TOLERANCE, case_metrics, check_tolerance
@@ -92,10 +100,11 @@ def evaluate(ws: Workspace, predictions: Path, name: str, *, jobs: int = 1, nsd_
     predictions = Path(predictions)
     if not predictions.is_dir():
         raise InputError(f"{predictions} is not a folder of predictions; pass the folder that holds <case>.nii.gz.")
-    fingerprint = dataset_fingerprint(ws)
+    manifest = read_manifest(ws)
+    fingerprint = manifest.fingerprint
     _refuse_stale(predictions, fingerprint)
     refs = references(ws)
-    found = _matching_predictions(ws, predictions, refs)
+    found = _matching_predictions(ws, set(manifest.case_ids()), predictions, refs)
     rows: list[dict] = []
     with ProcessPoolExecutor(max_workers=max(1, min(jobs, len(refs)))) as pool:
         futures = {case: pool.submit(_score_case, case, refs[case], found[case], nsd_tolerance) for case in refs}
@@ -105,7 +114,7 @@ def evaluate(ws: Workspace, predictions: Path, name: str, *, jobs: int = 1, nsd_
                 on_case_done(case)
     table = pd.DataFrame([{"model": name, **row} for row in rows], columns=COLUMNS)
     ws.evaluation.mkdir(parents=True, exist_ok=True)
-    csv, summary = ws.evaluation / f"{name}.csv", ws.evaluation / f"{name}.json"
+    csv, summary = ws.evaluation / f"{name}.csv", summary_path(ws, name)
     with Lock(lock_path(csv.with_suffix("")), f"evaluation {name}", f"ibsr-nnunet evaluate --name {name}"):
         _archive_other_dataset(ws, name, fingerprint, say)
         with atomic_path(csv) as tmp:
@@ -126,11 +135,9 @@ def evaluate(ws: Workspace, predictions: Path, name: str, *, jobs: int = 1, nsd_
 
 def _archive_other_dataset(ws: Workspace, name: str, fingerprint: str, say: Callable[[str], None]) -> None:
     """An evaluation of `name` recorded on another dataset (or on none) is moved to the archive, not overwritten."""
-    summary = ws.evaluation / f"{name}.json"
-    try:
-        made_on = json.loads(summary.read_text()).get("dataset_fingerprint")
-    except (OSError, ValueError, AttributeError):
-        made_on = None
+    summary = summary_path(ws, name)
+    saved = read_json_or_none(summary)
+    made_on = saved.get("dataset_fingerprint") if isinstance(saved, dict) else None
     if summary.exists() and made_on != fingerprint:
         why = f"scored on dataset {provenance.short(made_on)}, the workspace now holds {provenance.short(fingerprint)}"
         provenance.archive_stale_outputs(ws, [summary, summary.with_suffix(".csv")], what=f"evaluation {name}",
@@ -146,9 +153,10 @@ def _refuse_stale(predictions: Path, fingerprint: str) -> None:
                          f"`ibsr-nnunet baseline predict`) before evaluating.")
 
 
-def _matching_predictions(ws: Workspace, predictions: Path, refs: dict[str, Path]) -> dict[str, Path]:
-    """case -> prediction file; refused when a file is not a case of the workspace or a held-out case is missing."""
-    known = ws.case_ids()
+def _matching_predictions(ws: Workspace, known: set[str], predictions: Path,
+                          refs: dict[str, Path]) -> dict[str, Path]:
+    """case -> prediction file; refused when a file is not one of the `known` cases of the workspace or a held-out
+    case is missing."""
     found = {p.name[: -len(".nii.gz")]: p for p in sorted(predictions.glob("*.nii.gz"))}
     unknown = sorted(set(found) - known)
     if unknown:
@@ -161,15 +169,17 @@ def _matching_predictions(ws: Workspace, predictions: Path, refs: dict[str, Path
     return found
 
 
+def summary_path(ws: Workspace, name: str) -> Path:
+    return ws.evaluation / f"{name}.json"
+
+
 def recorded_summary(ws: Workspace, name: str) -> Optional[dict]:
     """The evaluation summary of `name`, or None when it or its CSV is missing or unreadable."""
-    summary = ws.evaluation / f"{name}.json"
+    summary = summary_path(ws, name)
     if not summary.is_file() or not (ws.evaluation / f"{name}.csv").is_file():
         return None
-    try:
-        return json.loads(summary.read_text())
-    except ValueError:
-        return None
+    saved = read_json_or_none(summary)
+    return saved if isinstance(saved, dict) else None
 
 
 def is_current(ws: Workspace, predictions: Path, name: str, *, fingerprint: str,

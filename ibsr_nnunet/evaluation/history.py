@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -14,18 +13,18 @@ from ..core.vocabulary import NNUNET_PREFIX
 from ..core.workspace import Workspace
 from ..nnunet.fold import fold_epochs, log_seconds, logs
 from ..nnunet.paths import fold_folder
+from ..nnunet.prediction_record import read_prediction_record
 
 CURVE = ("train_loss", "val_loss", "pseudo_dice")
 
 
 def nnunet_folds(ws: Workspace, model: str) -> list[Path]:
     """The fold folders behind an nnU-Net prediction set, as its model.json records them."""
-    info_file = ws.predictions / model / "model.json"
-    if not info_file.is_file():
+    info = read_prediction_record(ws.predictions / model)
+    if info is None:
         return []
-    info = json.loads(info_file.read_text())
-    return [fold_folder(ws, config, fold, trainer=info["trainer"])
-            for config in info["configurations"] for fold in info["folds"]]
+    return [fold_folder(ws, config, fold, trainer=info.trainer) for config in info.configurations
+            for fold in info.folds]
 
 
 def nnunet_fold_seconds(fold: Path) -> float:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +17,11 @@ from ..core import checksums, provenance
 from ..core.atomic import atomic_path
 from ..core.errors import InputError
 from ..core.locks import Lock, lock_path
+from ..core.manifest import read_manifest
 from ..core.provenance import KEY
 from ..core.vocabulary import NNUNET_PREFIX, TISSUES
 from ..core.workspace import Workspace
+from ..nnunet.prediction_record import read_prediction_record
 from ..nnunet.validation import crossval_dice
 from . import statistics
 from .evaluate import (
@@ -135,9 +136,13 @@ def validation_columns(ws: Workspace, models: list[str]) -> tuple[dict[str, dict
     unreadable: list[str] = []
     for model in models:
         if model.startswith(NNUNET_PREFIX):
-            record = ws.predictions / model / "model.json"
             try:
-                crossval = crossval_dice(ws, json.loads(record.read_text())) if record.is_file() else None
+                record = read_prediction_record(ws.predictions / model)
+            except InputError as broken:  # a record cut short: no number, no crash
+                unreadable.append(f"{model}: {broken} (cv_dice_mean left empty)")
+                continue
+            try:
+                crossval = crossval_dice(ws, record) if record is not None else None
             except (ValueError, KeyError, TypeError) as broken:  # a summary cut short: no number, no crash
                 crossval = None
                 unreadable.append(f"{model}: nnU-Net's validation summaries are unreadable ({broken!r}); "
@@ -206,8 +211,8 @@ def build(ws: Workspace, *, jobs: int = 1, nsd_tolerance: float = NSD_TOLERANCE,
                 raise NothingToRank(
                     f"{str(nothing).rstrip('.')}{stale}; {ws.leaderboard} now lists no model.") from None
             raise
-        manifest = ws.read_manifest()
-        split = f"{manifest['split']['policy']}: {', '.join(manifest['split']['heldout'])}"
+        manifest = read_manifest(ws)
+        split = f"{manifest.split.policy}: {', '.join(manifest.split.heldout)}"
         seconds = {model: training_seconds(ws, model) for model in per_case["model"].unique()}
         models = list(per_case["model"].unique())
         validation, unreadable = validation_columns(ws, models)

@@ -4,7 +4,6 @@ cases."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import shutil
@@ -18,8 +17,10 @@ import numpy as np
 
 from ..core.atomic import swap_in, write_json
 from ..core.errors import InputError
+from ..core.jsonfile import read_json_or_none
 from ..core.locks import Lock, lock_path
-from ..core.orientation import towards, training_axcodes
+from ..core.manifest import read_manifest
+from ..core.orientation import towards
 from ..core.provenance import (
     KEY,
     archive_stale_outputs,
@@ -35,6 +36,9 @@ from .fold import fold_finished, fold_unready
 from .paths import MODEL_FOLDER, MODEL_NAMES, TRAINER_BASE, fold_folder, model_folder
 from .plans import read_plans
 from .predict import apply_postprocessing, ensemble_folders, find_best_configuration, postprocessing_summary, predict
+from .prediction_record import PredictionRecord, write_prediction_record
+
+BEST_CONFIGURATION_FILE = "best_configuration.json"
 
 
 def finished_folds(model: Path, fingerprint: str, stale: list[str], training: list[str]) -> set[int]:
@@ -132,12 +136,11 @@ class EnsembleResult:
 
 
 def model_record(model: str, trainer: str, *, configurations: tuple[str, ...], folds: tuple[int, ...],
-                 postprocessing_pkl: Path, crossval_dice: float, axcodes: tuple[str, ...]) -> dict:
+                 postprocessing_pkl: Path, crossval_dice: float, axcodes: tuple[str, ...]) -> PredictionRecord:
     """What `segment` needs to predict like this model did: its folds, configurations, postprocessing, and the
     orientation (axis codes) of the images it was trained on."""
-    return {"model": model, "trainer": trainer, "configurations": list(configurations), "folds": list(folds),
-            "postprocessing": postprocessing_summary(postprocessing_pkl),
-            "postprocessing_file": str(postprocessing_pkl), "crossval_dice": crossval_dice, "axcodes": list(axcodes)}
+    return PredictionRecord(model, trainer, tuple(configurations), tuple(folds), postprocessing_pkl,
+                            tuple(postprocessing_summary(postprocessing_pkl)), crossval_dice, tuple(axcodes))
 
 
 def in_training_orientation(images: list[Path], target: tuple[str, ...], folder: Path) -> dict[Path, Path]:
@@ -198,7 +201,7 @@ def run(ws: Workspace, trainer: Optional[str] = None, *, jobs: int = 1, device: 
               f"{', '.join(map(str, selection.folds))} ({ranked}; nnU-Net keeps the simpler model on a tie); "
               f"{search['post_pp']:.4f} after its postprocessing")
     record_file = best_configuration_file(ws)
-    write_json(record_file, {
+    write_json(record_file, {  # read back only for its dataset_fingerprint (archive_stale_search)
         "winner": winner, "reason": reason, "crossval_dice": results, "crossval_dice_post_pp": search["post_pp"],
         "trainer": selection.trainer, "configurations": list(selection.configurations),
         "folds": list(selection.folds), "warnings": selection.warnings,
@@ -208,7 +211,9 @@ def run(ws: Workspace, trainer: Optional[str] = None, *, jobs: int = 1, device: 
 
 
 def best_configuration_file(ws: Workspace) -> Path:
-    return ws.root / "best_configuration.json"
+    """Our record of the search: winner, reason, each model's cross-validation Dice before and after
+    postprocessing, trainer, configurations, folds, warnings, prediction folders, dataset_fingerprint."""
+    return ws.root / BEST_CONFIGURATION_FILE
 
 
 def search_outputs(ws: Workspace) -> list[Path]:
@@ -223,10 +228,8 @@ def archive_stale_search(ws: Workspace, fingerprint: str, prediction_sets: list[
                            say: Callable[[str], None]) -> None:
     """Move the search's outputs and the prediction sets this run rewrites to the archive when they were made from
     another dataset (a missing or unreadable record counts as another)."""
-    try:
-        made_from = json.loads(best_configuration_file(ws).read_text()).get(KEY)
-    except (OSError, ValueError, AttributeError):
-        made_from = None
+    saved = read_json_or_none(best_configuration_file(ws))
+    made_from = saved.get(KEY) if isinstance(saved, dict) else None
     if made_from != fingerprint:
         archive_stale_outputs(ws, search_outputs(ws), what="the best-configuration search",
                               why=f"made from dataset {short(made_from)}, the workspace now holds {short(fingerprint)}",
@@ -253,7 +256,7 @@ def _predict_all(ws: Workspace, selection: Selection, images: Path, fingerprint:
                                              for f in selection.folds]) for c in selection.configurations}
         raw: dict[str, Path] = {}
         plans_json = model_folder(ws, selection.configurations[0], selection.trainer) / "plans.json"
-        axcodes = training_axcodes(ws.read_manifest())
+        axcodes = read_manifest(ws).training_axcodes
         inputs = in_training_orientation(sorted(images.glob("*_0000.nii.gz")), axcodes, scratch / "oriented")
         for configuration in selection.configurations:
             say(f"predicting {images.name} with {configuration}")
@@ -278,9 +281,9 @@ def _predict_all(ws: Workspace, selection: Selection, images: Path, fingerprint:
             for image in inputs:
                 back_to_input_grid(built / image.name.replace("_0000.nii.gz", ".nii.gz"), image, axcodes)
             configurations = selection.configurations if key == "ensemble" else (key,)
-            write_json(built / "model.json",
-                       model_record(model, selection.trainer, configurations=configurations, folds=selection.folds,
-                                    postprocessing_pkl=pkl, crossval_dice=search["results"][key], axcodes=axcodes))
+            write_prediction_record(built, model_record(
+                model, selection.trainer, configurations=configurations, folds=selection.folds,
+                postprocessing_pkl=pkl, crossval_dice=search["results"][key], axcodes=axcodes))
             record(built, fingerprint, model=model, trainer=selection.trainer, folds=list(selection.folds),
                    weights=[entry for c in configurations for entry in weights[c]])
             predictions[model] = ws.predictions / model

@@ -13,6 +13,7 @@ FULL_EPOCHS, FULL_ITERATIONS = 1000, 250  # nnU-Net's default schedule
 TRAINER_BASE = "IbsrTrainer"
 SHORT_TRAINER = re.compile(rf"{TRAINER_BASE}_(\d+)ep_(\d+)it")
 PLANS = "nnUNetPlans"
+SPLITS_FILE = "splits_final.json"
 MODEL_FOLDER = re.compile(rf"(?P<trainer>.+)__{PLANS}__(?P<configuration>{'|'.join(CONFIGURATIONS)})")
 # nnU-Net writes these beside the folds of a model folder, and needs them to use any of its folds
 TRAINER_FILES = ("plans.json", "dataset.json", "dataset_fingerprint.json")
@@ -42,7 +43,7 @@ def plans_file(ws: Workspace) -> Path:
 
 def splits_file(ws: Workspace) -> Path:
     """nnU-Net's cross-validation folds; `convert` writes them into the raw dataset too, and nnU-Net copies them."""
-    return ws.preprocessed_dataset / "splits_final.json"
+    return ws.preprocessed_dataset / SPLITS_FILE
 
 
 def plan_stamp(ws: Workspace) -> Path:

@@ -5,19 +5,18 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
-import json
-import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from ..core.atomic import fsync_dir, write_json
+from ..core.atomic import fsync_dir
 from ..core.errors import InputError
+from ..core.manifest import read_manifest
 from ..core.readwrite import writing
 from ..core.vocabulary import CONFIGURATIONS
 from ..core.workspace import Workspace
 from .environment import fork_pools
 from .paths import plan_stamp, plans_file, splits_file
-from .plans import read_plans
+from .plans import read_plan_stamp, read_plans, write_plan_stamp
 
 PLANNABLE = (*CONFIGURATIONS, "3d_lowres")
 
@@ -49,15 +48,17 @@ def _result(plans: dict, configurations: tuple[str, ...], up_to_date: bool) -> P
     return PlanResult(summary, [c for c in configurations if c not in summary], up_to_date)
 
 
-def _planned(ws: Workspace, wanted: dict) -> Optional[dict]:
-    """The plans, when `plan` already made them for exactly `wanted`; None when it must plan (again): never done,
-    another dataset or configurations, or a stamp or plans file cut short."""
+def _planned(ws: Workspace, fingerprint: str, configurations: tuple[str, ...]) -> Optional[dict]:
+    """The plans, when `plan` already made them for exactly this dataset and these configurations; None when it
+    must plan (again): never done, another dataset or configurations, or a stamp or plans file cut short."""
     try:
-        recorded = json.loads(plan_stamp(ws).read_text())
+        recorded = read_plan_stamp(ws)
         plans = read_plans(ws)
-    except (OSError, ValueError, InputError):
+    except InputError:
         return None
-    return plans if isinstance(recorded, dict) and {k: recorded.get(k) for k in wanted} == wanted else None
+    if recorded is None or recorded.raw_fingerprint != fingerprint:
+        return None
+    return plans if list(recorded.configurations) == sorted(configurations) else None
 
 
 def _invalidate(ws: Workspace) -> None:
@@ -92,18 +93,18 @@ def plan(ws: Workspace, configurations: tuple[str, ...] = CONFIGURATIONS, *, job
     unknown = [c for c in configurations if c not in PLANNABLE]
     if unknown:
         raise InputError(f"--configs {','.join(unknown)} unknown; use {', '.join(PLANNABLE)}.")
-    fingerprint = ws.read_manifest()["fingerprint"]
-    wanted = {"raw_fingerprint": fingerprint, "configurations": sorted(configurations)}
-    if not force and (plans := _planned(ws, wanted)) is not None:
+    fingerprint = read_manifest(ws).fingerprint
+    if not force and (plans := _planned(ws, fingerprint, configurations)) is not None:
         return _result(plans, configurations, up_to_date=True)
     with writing(ws.preprocessed_dataset, f"nnU-Net's plans and preprocessed data of {ws.dataset_name}",
                  "ibsr-nnunet plan", say=say):
-        if not force and (plans := _planned(ws, wanted)) is not None:  # another `plan` made them while we waited
+        # another `plan` made them while we waited
+        if not force and (plans := _planned(ws, fingerprint, configurations)) is not None:
             return _result(plans, configurations, up_to_date=True)
         _invalidate(ws)
         try:
             plans = _build(ws, configurations, jobs)
-            write_json(plan_stamp(ws), {**wanted, "planned": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            write_plan_stamp(ws, fingerprint, configurations)
         except OSError as err:
             if err.errno == errno.ENOSPC:  # from nnU-Net's pool workers too: they raise it again in this process
                 raise _no_space(err, ws) from None
@@ -122,7 +123,7 @@ def _build(ws: Workspace, configurations: tuple[str, ...], jobs: int) -> dict:
         with contextlib.redirect_stdout(chatter), fork_pools(fingerprinting), fork_pools(preprocessing):
             extract_fingerprints([ws.dataset_id], num_processes=jobs, check_dataset_integrity=True, clean=True)
             plan_experiments([ws.dataset_id])
-            plans = json.loads(plans_file(ws).read_text())
+            plans = read_plans(ws)
             present = [c for c in configurations if c in plans["configurations"]]
             preprocess([ws.dataset_id], configurations=present, num_processes=[jobs] * len(present))
     except (AssertionError, RuntimeError) as err:

@@ -1,11 +1,24 @@
-"""What `plan` leaves for later steps: nnU-Net's plans and cross-validation splits, read and checked in one sentence."""
+"""What `plan` leaves for later steps, read and checked in one sentence: the one module that reads these files.
+
+    nnUNetPlans.json   nnU-Net's plans (written by nnU-Net's planner): {"configurations": {name: {...}}, ...}
+    splits_final.json  the cross-validation folds, [{"train": [ids], "val": [ids]}, ...]: written by `convert`
+                       into the raw dataset and the preprocessed folder (nnU-Net reads it there)
+    dataset.json       nnU-Net's copy of the raw dataset's dataset.json in the preprocessed folder
+    ibsr_plan.json     what `plan` did last: {"raw_fingerprint": the manifest's fingerprint, "configurations":
+                       [sorted names], "planned": local time}; written last, so a plan cut short has none"""
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from ..core.atomic import write_json
 from ..core.errors import InputError
-from ..core.jsonfile import read_json
+from ..core.jsonfile import read_json, read_json_object
 from ..core.workspace import Workspace
-from .paths import plans_file, splits_file
+from .paths import SPLITS_FILE, plan_stamp, plans_file, splits_file
 
 REPLAN = "run `ibsr-nnunet plan --force` to plan and preprocess again"
 
@@ -29,3 +42,40 @@ def read_splits(ws: Workspace) -> list[dict]:
             for s in splits):
         raise InputError(f"{path} is not a list of folds like [{{\"train\": [...], \"val\": [...]}}, ...]; {REPLAN}.")
     return splits
+
+
+def write_splits(dataset: Path, folds: list[dict]) -> Path:
+    """splits_final.json of a dataset folder (raw or preprocessed); its path."""
+    path = Path(dataset) / SPLITS_FILE
+    write_json(path, folds)
+    return path
+
+
+def read_preprocessed_dataset_json(ws: Workspace) -> dict:
+    """nnU-Net's dataset.json in the preprocessed folder, which its trainer needs."""
+    return read_json_object(ws.preprocessed_dataset / "dataset.json", REPLAN, "nnU-Net's dataset.json")
+
+
+@dataclass(frozen=True)
+class PlanStamp:
+    """ibsr_plan.json: the dataset and configurations the last finished `plan` planned and preprocessed."""
+
+    raw_fingerprint: Optional[str]  # None: not planned by ibsr-nnunet
+    configurations: tuple[str, ...]
+    planned: str = ""
+
+
+def write_plan_stamp(ws: Workspace, fingerprint: str, configurations: tuple[str, ...]) -> None:
+    write_json(plan_stamp(ws), {"raw_fingerprint": fingerprint, "configurations": sorted(configurations),
+                                "planned": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+
+def read_plan_stamp(ws: Workspace) -> Optional[PlanStamp]:
+    """What the last finished `plan` did; None when no plan finished; InputError when the stamp is cut short."""
+    saved = read_json(plan_stamp(ws), REPLAN, missing_ok=True)
+    if saved is None:
+        return None
+    saved = saved if isinstance(saved, dict) else {}
+    fingerprint = saved.get("raw_fingerprint")
+    return PlanStamp(fingerprint if isinstance(fingerprint, str) else None,
+                     tuple(map(str, saved.get("configurations") or ())), str(saved.get("planned", "")))

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from ..core.errors import InputError
+from ..core.jsonfile import read_json_or_none
 from ..core.workspace import Workspace
 
 MANIFEST = ".ibsr-staged.json"
@@ -68,11 +69,7 @@ def manifest(base: Path, files: list[Path]) -> list[list]:
 
 def _matches(copy: Path, expected: list[list]) -> bool:
     """The staged copy holds exactly these files, with these sizes (its own stored manifest agrees)."""
-    try:
-        stored = json.loads((copy / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return False
-    if stored != expected:
+    if read_json_or_none(copy / MANIFEST) != expected:
         return False
     try:
         dataset = next((p for p in (copy / "nnUNet_preprocessed").iterdir() if p.is_dir()), None)

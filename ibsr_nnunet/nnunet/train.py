@@ -10,7 +10,6 @@ from typing import Callable, Iterator, Optional
 
 from ..core.durable import DurableRun, TrainOutcome
 from ..core.errors import InputError
-from ..core.jsonfile import read_json
 from ..core.provenance import dataset_fingerprint, ensure_current, short
 from ..core.readwrite import reading, refuse_while_written
 from ..core.runlog import cpu_name
@@ -18,7 +17,7 @@ from ..core.workspace import Workspace
 from .environment import resolve_device
 from .fold import CHECKPOINTS, epochs_reached, fold_finished, newest_checkpoint
 from .paths import FULL_EPOCHS, FULL_ITERATIONS, fold_folder, plan_stamp, plans_file, trainer_files, trainer_name
-from .plans import REPLAN, read_plans, read_splits
+from .plans import read_plan_stamp, read_plans, read_preprocessed_dataset_json, read_splits
 from .staging import staged_preprocessed
 from .trainer import trainer_class
 
@@ -34,13 +33,11 @@ def _read_plans(ws: Workspace, configuration: str, fold: int, fingerprint: str) 
     path = plans_file(ws)
     if not path.is_file():
         raise InputError(f"{path}: no nnU-Net plans for this workspace; run `ibsr-nnunet plan` first.")
-    stamp = plan_stamp(ws)
-    if not stamp.is_file():
-        raise InputError(f"{ws.preprocessed_dataset} is incomplete: it has no {stamp.name}, so `ibsr-nnunet plan` "
-                         f"did not finish there; run `ibsr-nnunet plan` to plan and preprocess again.")
-    recorded = read_json(stamp, REPLAN)
-    recorded = recorded if isinstance(recorded, dict) else {}
-    planned_from = recorded.get("raw_fingerprint")
+    recorded = read_plan_stamp(ws)
+    if recorded is None:
+        raise InputError(f"{ws.preprocessed_dataset} is incomplete: it has no {plan_stamp(ws).name}, so `ibsr-nnunet "
+                         f"plan` did not finish there; run `ibsr-nnunet plan` to plan and preprocess again.")
+    planned_from = recorded.raw_fingerprint
     if planned_from != fingerprint:
         made = f"planned from dataset {short(planned_from)}" if planned_from else "not planned by ibsr-nnunet"
         raise InputError(f"{path} is stale: {made}, the workspace now holds {short(fingerprint)}; "
@@ -49,7 +46,7 @@ def _read_plans(ws: Workspace, configuration: str, fold: int, fingerprint: str) 
     if configuration not in plans["configurations"]:
         raise InputError(f"--config {configuration} is not in {path.name} "
                          f"(has {', '.join(plans['configurations'])}); pick one of those or re-plan.")
-    preprocessed = recorded.get("configurations") or []
+    preprocessed = recorded.configurations
     if configuration not in preprocessed:
         raise InputError(f"--config {configuration} was not preprocessed by the last `ibsr-nnunet plan` (it did "
                          f"{', '.join(map(str, preprocessed)) or 'none'}); run `ibsr-nnunet plan --configs "
@@ -157,7 +154,7 @@ def _train_fold(ws: Workspace, plans: dict, configuration: str, fold: int, *, na
     validate."""
     folder = run.folder
     checkpoint = newest_checkpoint(folder, torch_device, say)
-    dataset_json = read_json(ws.preprocessed_dataset / "dataset.json", REPLAN)
+    dataset_json = read_preprocessed_dataset_json(ws)
     plans["continue_training"] = checkpoint is not None
     trainer = trainer_class(name)(plans=plans, configuration=configuration, fold=fold,
                                   dataset_json=dataset_json, device=torch_device)

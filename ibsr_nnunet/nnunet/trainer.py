@@ -22,7 +22,7 @@ from ..core.atomic import fsync_dir
 from ..core.durable import DurableRun, StopRun
 from ..core.errors import InputError, LockLost
 from ..core.exitcodes import EXIT_REQUEUE
-from ..core.jsonfile import read_json
+from ..core.manifest import read_manifest_if_any
 from .environment import die_with
 from .paths import trainer_schedule
 from .seeding import EPOCH_START, NETWORK_INIT, seed_everything, seeded_dataloaders
@@ -57,14 +57,12 @@ def record_provenance(folder: Path, dataset_name: str, **details) -> None:
     """Under nnU-Net's own `nnUNetv2_train -tr Ibsr…`: the fold records the dataset it is trained from, as
     `ibsr-nnunet train` does; a fold recorded from another dataset is refused in one sentence, exit 1. A fold without
     a record is taken as this dataset's: only `ibsr-nnunet train` refuses those."""
-    manifest = Path(os.environ.get("nnUNet_raw", "")) / dataset_name / "ibsr_manifest.json"
-    try:
-        fingerprint = read_json(manifest, "convert the dataset with `ibsr-nnunet convert`")["fingerprint"]
-    except (InputError, KeyError, TypeError):
+    manifest = read_manifest_if_any(Path(os.environ.get("nnUNet_raw", "")) / dataset_name)
+    if manifest is None:
         return  # a dataset `convert` did not make: nothing to record it against
     run = DurableRun(folder, what=str(folder), command="nnUNetv2_train", history="nnUNetv2_train")
     try:
-        run.record_provenance(fingerprint, **details)
+        run.record_provenance(manifest.fingerprint, **details)
     except InputError as err:  # nnU-Net's CLI would print a traceback: leave with the sentence and status 1 instead
         raise SystemExit(str(err)) from None
 

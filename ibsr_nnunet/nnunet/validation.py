@@ -26,6 +26,7 @@ from ..core.vocabulary import TISSUES
 from ..core.workspace import Workspace
 from .fold import read_summary, summary_file
 from .paths import fold_folder
+from .prediction_record import PredictionRecord
 
 
 @dataclass
@@ -53,10 +54,10 @@ def pooled_dice(summaries: list[Path]) -> tuple[dict[str, float], int]:
     return dice, len(cases)
 
 
-def crossval_dice(ws: Workspace, record: dict) -> Optional[CrossValidation]:
-    """The cross-validation Dice behind an nnU-Net prediction set, from its model.json `record` (trainer,
-    configurations, folds, postprocessing_file); None when nnU-Net wrote none of the summaries."""
-    source = Path(record.get("postprocessing_file", "")).parent if record.get("postprocessing_file") else None
+def crossval_dice(ws: Workspace, record: PredictionRecord) -> Optional[CrossValidation]:
+    """The cross-validation Dice behind an nnU-Net prediction set, from its `record` (trainer, configurations,
+    folds, postprocessing_file); None when nnU-Net wrote none of the summaries."""
+    source = record.postprocessing_file.parent if record.postprocessing_file else None
     if source is not None and (source / "summary.json").is_file():
         dice, n = pooled_dice([source / "summary.json"])
         chosen = source / "postprocessing.json"
@@ -66,11 +67,10 @@ def crossval_dice(ws: Workspace, record: dict) -> Optional[CrossValidation]:
             dice = {name: float(means[str(label)]["Dice"]) for label, name in TISSUES.items()}
             return CrossValidation(dice, n, bool(record_pp.get("postprocessing_fns")), chosen)
         return CrossValidation(dice, n, False, source / "summary.json")
-    configurations = record.get("configurations", [])
-    if len(configurations) != 1:
+    if len(record.configurations) != 1:
         return None
-    summaries = [summary_file(fold_folder(ws, configurations[0], fold, trainer=record["trainer"]))
-                 for fold in record.get("folds", [])]
+    summaries = [summary_file(fold_folder(ws, record.configurations[0], fold, trainer=record.trainer))
+                 for fold in record.folds]
     if not summaries or not all(s.is_file() for s in summaries):
         return None
     dice, n = pooled_dice(summaries)
