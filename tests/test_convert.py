@@ -13,6 +13,7 @@ import pytest
 from helpers import load, save_nifti
 from ibsr_nnunet.core import checksums
 from ibsr_nnunet.core.errors import InputError
+from ibsr_nnunet.core.manifest import read_manifest
 from ibsr_nnunet.core.workspace import Workspace
 from ibsr_nnunet.data.convert import ConvertOptions, convert, dataset_json
 from ibsr_nnunet.data.labels import parse_label_map
@@ -45,7 +46,7 @@ def test_real_dataset_json_and_split(real_dataset):
     ws, result = real_dataset
     assert not result.up_to_date
     assert json.loads((ws.raw_dataset / "dataset.json").read_text()) == EXPECTED_DATASET_JSON
-    split = result.manifest["split"]
+    split = result.manifest.as_record()["split"]
     assert split["heldout"] == ["IBSR_01", "IBSR_08"]  # the deterministic subset, pinned
     assert split["test"] == ["IBSR_02", "IBSR_10", "IBSR_15"]
     assert case_ids(ws.raw_dataset / "imagesTr") == case_ids(ws.raw_dataset / "labelsTr") == split["train"]
@@ -62,7 +63,7 @@ def test_real_dataset_json_and_split(real_dataset):
 @pytest.mark.integration  # converts all 18 real volumes
 def test_real_labels_counts_equal_source(real_dataset, shared_manifest):
     ws, result = real_dataset
-    split = result.manifest["split"]
+    split = result.manifest.as_record()["split"]
     for case in split["train"] + split["heldout"]:
         folder = "labelsTr" if case in split["train"] else "labelsTs"
         label = load(ws.raw_dataset / folder / f"{case}.nii.gz")
@@ -77,7 +78,7 @@ def test_real_labels_counts_equal_source(real_dataset, shared_manifest):
 @pytest.mark.integration  # converts all 18 real volumes
 def test_real_images_voxel_for_voxel_and_geometry(real_dataset, shared_ibsr18):
     ws, result = real_dataset
-    for record in result.manifest["cases"]:
+    for record in result.manifest.as_record()["cases"]:
         case = record["id"]
         source = load(Path(record["image"]["path"]))
         folder = "imagesTr" if record["role"] == "train" else "imagesTs"
@@ -120,8 +121,8 @@ def test_rerun_is_a_fast_noop_and_force_replaces(real_dataset, shared_ibsr18):
 def test_phantom_layouts(phantom_root, tmp_path, layout):
     ws = Workspace.open(tmp_path / "ws")
     result = convert(phantom_root / layout, ws, ConvertOptions(jobs=2))
-    assert result.manifest["layout"] == layout
-    records = {r["id"]: r for r in result.manifest["cases"]}
+    assert result.manifest.as_record()["layout"] == layout
+    records = {r["id"]: r for r in result.manifest.as_record()["cases"]}
     for case, record in records.items():
         if record["label"] is None:
             continue
@@ -131,10 +132,10 @@ def test_phantom_layouts(phantom_root, tmp_path, layout):
         assert np.bincount(written.ravel(), minlength=4).tolist() == expected.tolist()
         assert record["label_scheme"]["name"] == ("misa" if layout == "misa" else "nitrc")
     if layout == "misa":
-        assert result.manifest["split"]["policy"] == "source Validation_Set held out"
-        assert result.manifest["split"]["heldout"] == ["IBSR_06", "IBSR_07"]
+        assert result.manifest.as_record()["split"]["policy"] == "source Validation_Set held out"
+        assert result.manifest.as_record()["split"]["heldout"] == ["IBSR_06", "IBSR_07"]
     else:
-        assert len(result.manifest["split"]["heldout"]) == 2 and result.manifest["split"]["test"] == []
+        assert len(result.manifest.split.heldout) == 2 and result.manifest.split.test == ()
     spacing = records["IBSR_02"]["spacing"]
     assert spacing == pytest.approx([4.0, 6.0, 4.0])  # IBSR_02 uses the 1.0 mm in-plane group, ×4 when small
 
@@ -143,10 +144,10 @@ def test_fill_variant_and_explicit_label_map(phantom_root, tmp_path):
     ws = Workspace.open(tmp_path / "ws")
     options = ConvertOptions(jobs=1, fill=True, label_map=parse_label_map("128=CSF,192=GM,254=WM"))
     result = convert(phantom_root / "nitrc", ws, options)
-    record = next(r for r in result.manifest["cases"] if r["id"] == "IBSR_01")
+    record = next(r for r in result.manifest.as_record()["cases"] if r["id"] == "IBSR_01")
     expected = np.bincount(make_subject(1, "small", 0).labels_fill.ravel(), minlength=4)
     assert [record["label_counts"][str(v)] for v in range(4)] == expected.tolist()
-    assert result.manifest["label_files"] == "segTRI_fill" and record["label_scheme"]["name"] == "explicit"
+    assert result.manifest.as_record()["label_files"] == "segTRI_fill" and record["label_scheme"]["name"] == "explicit"
 
 
 def test_failed_force_keeps_old_dataset_and_stale_builds_are_removed(misa_copy, tmp_path):
@@ -157,14 +158,14 @@ def test_failed_force_keeps_old_dataset_and_stale_builds_are_removed(misa_copy, 
     _break("unknown labels", misa_copy)  # refused inside the build, after the stale folder is swept
     with pytest.raises(InputError):
         convert(misa_copy, ws, ConvertOptions(jobs=2, force=True))
-    assert json.loads(ws.manifest.read_text())["fingerprint"] == first.manifest["fingerprint"]
+    assert json.loads(ws.manifest.read_text())["fingerprint"] == first.manifest.as_record()["fingerprint"]
     assert sorted(p.name for p in ws.nnunet_raw.iterdir()) == ["Dataset501_IBSR18"]
 
 
 def test_preprocessing_recorded(misa_copy, tmp_path):
     ws = Workspace.open(tmp_path / "ws")
     result = convert(misa_copy, ws, ConvertOptions(jobs=2, preprocessing=Preprocessing(n4=True, denoise=True)))
-    assert result.manifest["preprocessing"]["n4"] and result.manifest["preprocessing"]["denoise"]
+    assert result.manifest.preprocessing["n4"] and result.manifest.preprocessing["denoise"]
     written = load(ws.raw_dataset / "imagesTr" / "IBSR_01_0000.nii.gz")
     image = np.asarray(written.dataobj)
     labels = np.asarray(load(ws.raw_dataset / "labelsTr" / "IBSR_01.nii.gz").dataobj)
@@ -284,7 +285,7 @@ def test_dataset_id_holding_a_different_dataset(phantom_root, tmp_path):
     with pytest.raises(InputError, match="already holds a different dataset.*--force"):
         convert(phantom_root / "nitrc", ws, ConvertOptions(jobs=2))
     replaced = convert(phantom_root / "nitrc", ws, ConvertOptions(jobs=2, force=True))
-    assert replaced.manifest["layout"] == "nitrc"
+    assert replaced.manifest.as_record()["layout"] == "nitrc"
     assert json.loads(ws.manifest.read_text())["layout"] == "nitrc"
 
 
@@ -339,7 +340,7 @@ def test_a_touched_but_unchanged_file_is_hashed_and_still_up_to_date(converted_c
     label = ws.raw_dataset / "labelsTs" / "IBSR_06.nii.gz"
     os.utime(label, ns=(0, 0))  # another time, same bytes: hashed, and found as written
     assert convert(phantom_root / "misa", ws, ConvertOptions(jobs=1)).up_to_date
-    files = ws.read_manifest()["files"]
+    files = read_manifest(ws).files
     assert sorted(files) == sorted(
         [f"{folder}/{case}.nii.gz" for folder, cases in (("labelsTr", range(1, 6)), ("labelsTs", (6, 7)))
          for case in (f"IBSR_{i:02d}" for i in cases)]

@@ -17,6 +17,7 @@ from ibsr_nnunet.evaluation import figures, statistics
 from ibsr_nnunet.evaluation.evaluate import COLUMNS, METRICS_VERSION, evaluate
 from ibsr_nnunet.evaluation.leaderboard import build, case_scores, rank
 from ibsr_nnunet.evaluation.metrics import nsd
+from ibsr_nnunet.nnunet.prediction_record import read_prediction_record
 from ibsr_nnunet.nnunet.validation import crossval_dice
 
 HELDOUT = ["IBSR_06", "IBSR_07"]
@@ -335,8 +336,7 @@ def nnunet_model(ws: Workspace, model: str, configurations: list[str], postproce
 
 def test_crossval_dice_pools_cases_of_unequal_folds(ws):
     nnunet_model(ws, "nnunet_2d", ["2d"], ws.root / "nowhere" / "postprocessing.pkl")
-    record = json.loads((ws.predictions / "nnunet_2d" / "model.json").read_text())
-    found = crossval_dice(ws, record)
+    found = crossval_dice(ws, read_prediction_record(ws.predictions / "nnunet_2d"))
     # pooled: CSF (0.5+0.6+0.7+0.2)/4 = 0.5 (averaging the folds would give (0.6+0.2)/2 = 0.4); WM 0.9 from 3 cases
     assert found.n == 4 and not found.postprocessed
     assert found.dice == pytest.approx({"CSF": 0.5, "GM": 0.775, "WM": 0.9})
@@ -363,7 +363,7 @@ def test_crossval_dice_after_chosen_postprocessing_and_baseline_internal_validat
     assert row["cv_n"] == 4 and row["cv_dice_mean"] == pytest.approx(0.8)
     assert [row[f"{t}_cv_dice_mean"] for t in ("CSF", "GM", "WM")] == pytest.approx([0.6, 0.85, 0.95])
     assert math.isnan(row["internal_val_dice"])
-    found = crossval_dice(ws, json.loads((ws.predictions / "nnunet_ensemble" / "model.json").read_text()))
+    found = crossval_dice(ws, read_prediction_record(ws.predictions / "nnunet_ensemble"))
     assert found.postprocessed and found.source == source / "postprocessing.json"
     baseline = board.loc["unet2d__dice_ce"]
     assert baseline["internal_val_dice"] == 0.99 and math.isnan(baseline["cv_dice_mean"])

@@ -16,6 +16,7 @@ import pytest
 from helpers import CLI, cli, invoke, said
 from ibsr_nnunet.core.exitcodes import EXIT_LOCKED
 from ibsr_nnunet.core.locks import Holder, Lock, lock_path, read_holder
+from ibsr_nnunet.core.manifest import read_manifest
 from ibsr_nnunet.core.workspace import Workspace
 from ibsr_nnunet.data.phantom import write_phantoms
 from ibsr_nnunet.nnunet.paths import fold_folder, trainer_name
@@ -98,7 +99,7 @@ def test_two_converts_at_once_one_wins_the_other_is_refused_and_the_dataset_is_w
     assert first.returncode == 0, output
     assert second.returncode == EXIT_LOCKED, second.stdout + second.stderr
     assert f"is being written by PID {first.pid}" in " ".join(second.stderr.split())
-    manifest = Workspace.open(ws).read_manifest()
+    manifest = read_manifest(Workspace.open(ws)).as_record()
     assert Path(manifest["source"]) == tmp_path / "big" and len(manifest["cases"]) == 6
     assert not list((ws / "nnUNet_raw").glob(".tmp-*"))
 

@@ -20,6 +20,7 @@ import pytest
 from helpers import cli, invoke, said
 from ibsr_nnunet.core.exitcodes import EXIT_LOCKED
 from ibsr_nnunet.core.locks import LockedError, lock_path
+from ibsr_nnunet.core.manifest import read_manifest
 from ibsr_nnunet.core.readwrite import readers_folder, reading, writing
 from ibsr_nnunet.core.workspace import Workspace
 from ibsr_nnunet.nnunet.paths import plan_stamp, plans_file, splits_file
@@ -205,7 +206,7 @@ def test_train_refuses_plans_that_plan_did_not_finish(planned_copy, stamp, refus
     ws = planned_copy
     plan_stamp(ws).unlink()
     if stamp is not None:
-        fingerprint = ws.read_manifest()["fingerprint"]
+        fingerprint = read_manifest(ws).fingerprint
         plan_stamp(ws).write_text(json.dumps({k: fingerprint if v == "MANIFEST" else v for k, v in stamp.items()}))
     result = invoke(ws, *TRAIN)
     assert result.exit_code == 1, result.output
@@ -294,7 +295,7 @@ def test_plan_repairs_cut_short_plans(planned_copy, force):
     result = cli(ws, "plan", "--jobs", "2", *(["--force"] if force else []))
     assert result.returncode == 0 and "up to date" not in result.stdout, result.stdout + result.stderr
     assert {"2d", "3d_fullres"} <= set(json.loads(plans_file(ws).read_text())["configurations"])
-    assert json.loads(plan_stamp(ws).read_text())["raw_fingerprint"] == ws.read_manifest()["fingerprint"]
+    assert json.loads(plan_stamp(ws).read_text())["raw_fingerprint"] == read_manifest(ws).fingerprint
 
 
 @pytest.mark.integration

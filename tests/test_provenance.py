@@ -14,6 +14,7 @@ import pytest
 from helpers import cli, invoke, said
 from ibsr_nnunet.core import checksums, provenance
 from ibsr_nnunet.core.errors import InputError
+from ibsr_nnunet.core.manifest import read_manifest
 from ibsr_nnunet.core.workspace import Workspace
 from ibsr_nnunet.data.phantom import write_phantoms
 from ibsr_nnunet.nnunet.paths import fold_folder, trainer_name
@@ -336,7 +337,7 @@ def test_a_replaced_dataset_never_reuses_a_fold_a_baseline_or_a_score(tmp_path):
                  ["leaderboard", "--no-figures"]):
         done = cli(ws, *step)
         assert done.returncode == 0, f"{step}: {done.stdout}{done.stderr}"
-    old_fingerprint = Workspace.open(ws).read_manifest()["fingerprint"]
+    old_fingerprint = read_manifest(Workspace.open(ws)).fingerprint
     assert pd.read_csv(ws / "leaderboard.csv")["dataset_fingerprint"].tolist() == [old_fingerprint]
 
     replaced = cli(ws, "convert", str(tmp_path / "B"), "--force")
@@ -358,12 +359,12 @@ def test_a_replaced_dataset_never_reuses_a_fold_a_baseline_or_a_score(tmp_path):
                  ["leaderboard", "--no-figures"]):
         done = cli(ws, *step)
         assert done.returncode == 0, f"{step}: {done.stdout}{done.stderr}"
-    new_fingerprint = Workspace.open(ws).read_manifest()["fingerprint"]
+    new_fingerprint = read_manifest(Workspace.open(ws)).fingerprint
     board = pd.read_csv(ws / "leaderboard.csv")
     assert board["dataset_fingerprint"].tolist() == [new_fingerprint] and new_fingerprint != old_fingerprint
     summary = json.loads((ws / "evaluation" / "unet2d__dice.json").read_text())
-    assert summary["dataset_fingerprint"] == new_fingerprint and summary["cases"] == Workspace.open(ws).read_manifest()[
-        "split"]["heldout"]
+    assert summary["dataset_fingerprint"] == new_fingerprint and summary["cases"] == list(
+        read_manifest(Workspace.open(ws)).split.heldout)
     assert np.isfinite(board["mean_dice"]).all()
 
 

@@ -14,7 +14,7 @@ def read_json(path: Path, fix: str, *, missing_ok: bool = False) -> Any:
     `fix` when it is missing, unreadable or not JSON."""
     try:
         return json.loads(Path(path).read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # a file where a folder of the path should be: none either
         if missing_ok:
             return None
         raise InputError(f"{path} does not exist; {fix}.") from None

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Optional
+from typing import Literal, Optional, Protocol
 
 import numpy as np
 
@@ -32,13 +32,17 @@ from .atomic import write_json
 from .errors import InputError
 from .jsonfile import read_json_object
 
-if TYPE_CHECKING:
-    from .workspace import Workspace
-
 MANIFEST_FILE = "ibsr_manifest.json"
 Role = Literal["train", "heldout", "test"]
 ROLES: tuple[Role, ...] = ("train", "heldout", "test")
 RECONVERT = "convert the dataset again with `ibsr-nnunet convert SOURCE --force`"
+
+
+class Converted(Protocol):
+    """A workspace (core/workspace.py imports this module, so it is named by what is used of it)."""
+
+    @property
+    def raw_dataset(self) -> Path: ...
 
 
 @dataclass(frozen=True)
@@ -139,7 +143,7 @@ def write_manifest(dataset: Path, manifest: Manifest) -> None:
     write_json(manifest_path(dataset), manifest.as_record())
 
 
-def read_manifest(ws: "Workspace") -> Manifest:
+def read_manifest(ws: Converted) -> Manifest:
     """The workspace's conversion manifest, refused in one sentence when there is no converted dataset, or when it
     is cut short or not a manifest."""
     path = manifest_path(ws.raw_dataset)
