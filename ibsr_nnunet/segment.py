@@ -23,7 +23,7 @@ import pandas as pd
 from .core.atomic import FULL_DISK, NoSpaceError, atomic_path, no_space, write_json
 from .core.choices import fraction
 from .core.errors import InputError
-from .core.jsonfile import read_json_object, read_json_or_none
+from .core.jsonfile import read_json_or_none
 from .core.locks import Lock, lock_path
 from .core.manifest import Manifest, read_manifest
 from .core.names import check_model_name
@@ -33,6 +33,7 @@ from .core.vocabulary import CONFIGURATIONS, N_FOLDS, NNUNET_MODELS, NNUNET_PREF
 from .core.workspace import Workspace
 from .data.preprocess import Preprocessing, apply
 from .data.volumes import Volume, read_volume, write_volume
+from .nnunet.plans import read_dataset_fingerprint
 from .nnunet.prediction_record import prediction_record_path, read_prediction_record
 
 if TYPE_CHECKING:
@@ -256,9 +257,7 @@ class Reference:
 def training_reference(ws: Workspace, manifest: Manifest) -> Reference:
     settings = dict(manifest.preprocessing)
     settings["n4_iterations"] = tuple(settings["n4_iterations"])
-    fingerprint = read_json_object(ws.preprocessed_dataset / "dataset_fingerprint.json", "run `ibsr-nnunet plan "
-                                   "--force` to fingerprint the dataset again", "nnU-Net's dataset fingerprint",
-                                   missing_ok=True)
+    fingerprint = read_dataset_fingerprint(ws)
     intensity = None
     if fingerprint is not None:
         intensity = fingerprint["foreground_intensity_properties_per_channel"]["0"]["percentile_99_5"]

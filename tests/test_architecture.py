@@ -133,3 +133,76 @@ def test_importing_the_package_changes_nothing_in_the_environment():
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "MPLBACKEND")}
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+# ---- one owner per file format ----------------------------------------------------------------------------------
+# file name -> the modules that may spell it: its owner (which reads and writes it) or the module naming its path
+OWNED_FILES = {
+    "ibsr_manifest.json": {"ibsr_nnunet.core.manifest"},
+    "model.json": {"ibsr_nnunet.nnunet.prediction_record"},
+    "ibsr_provenance.json": {"ibsr_nnunet.core.provenance"},
+    "workspace.json": {"ibsr_nnunet.core.workspace"},
+    "runs.jsonl": {"ibsr_nnunet.core.runlog"},
+    "run.json": {"baselines.run_folder"},
+    "log.csv": {"baselines.run_folder"},
+    "checkpoint.pt": {"baselines.run_folder"},
+    "best.pt": {"baselines.run_folder"},
+    "orientation.json": {"baselines.run_folder"},
+    "best_configuration.json": {"ibsr_nnunet.nnunet.ensemble"},
+    "jobs.json": {"ibsr_nnunet.campaign.jobs"},
+    "splits_final.json": {"ibsr_nnunet.core.vocabulary"},
+    "nnUNetPlans.json": {"ibsr_nnunet.nnunet.paths"},
+    "ibsr_plan.json": {"ibsr_nnunet.nnunet.paths"},
+    "dataset_fingerprint.json": {"ibsr_nnunet.nnunet.paths"},
+    "segment.json": {"ibsr_nnunet.segment"},
+}
+# json.loads of what a file holds happens in core/jsonfile.py only; these parse what their own files hold line by
+# line or record by record (runs.jsonl lines, a lock file's bytes)
+JSON_PARSERS = {"ibsr_nnunet.core.jsonfile", "ibsr_nnunet.core.runlog", "ibsr_nnunet.core.locks"}
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    """ids of the string constants that are docstrings (they may name any file)."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                found.add(id(first.value))
+    return found
+
+
+def format_violations(module: str, source: str) -> list[str]:
+    """Where `module`'s source spells a file name it does not own (a literal that is the name, or a path ending in
+    it), or parses JSON outside the allowed modules."""
+    tree = ast.parse(source)
+    docstrings = _docstrings(tree)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            name = node.value.rsplit("/", 1)[-1]
+            if name in OWNED_FILES and module not in OWNED_FILES[name]:
+                found.append(f"{module}:{node.lineno} spells {name!r} (owned by {sorted(OWNED_FILES[name])})")
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and node.func.attr in ("loads", "load") and isinstance(node.func.value, ast.Name) and node.func.value.id == "json"
+              and module not in JSON_PARSERS):
+            found.append(f"{module}:{node.lineno} calls json.{node.func.attr} (read through core/jsonfile.py or the "
+                         f"file's owner)")
+    return found
+
+
+def test_the_format_check_finds_a_stray_reader():
+    stray = ('"""Reads model.json, which is fine in a docstring."""\nimport json\n\n'
+             'def info(folder):\n    return json.loads((folder / "model.json").read_text())\n')
+    assert sorted(format_violations("ibsr_nnunet.evaluation.stray", stray)) == [
+        "ibsr_nnunet.evaluation.stray:5 calls json.loads (read through core/jsonfile.py or the file's owner)",
+        "ibsr_nnunet.evaluation.stray:5 spells 'model.json' (owned by ['ibsr_nnunet.nnunet.prediction_record'])",
+    ]
+    assert format_violations("ibsr_nnunet.nnunet.prediction_record", 'RECORD_FILE = "model.json"\n') == []
+    assert format_violations("baselines.infer", 'path = folder / "sub/best.pt"\n') == [
+        "baselines.infer:1 spells 'best.pt' (owned by ['baselines.run_folder'])"]
+
+
+def test_each_file_format_is_spelled_and_parsed_by_its_owner_only():
+    found = [v for name, path in MODULES.items() for v in format_violations(name, path.read_text())]
+    assert not found, "\n".join(found)

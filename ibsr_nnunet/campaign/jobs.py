@@ -17,11 +17,12 @@ from ..core.jsonfile import read_json_object
 from ..core.locks import Lock, LockedError, lock_path
 from ..core.workspace import Workspace
 
+JOBS_FILE = "jobs.json"
 LOCK_WAIT_SECONDS = 60  # writers hold the lock for milliseconds: wait for it rather than fail
 
 
 def jobs_file(ws: Workspace) -> Path:
-    return ws.slurm / "jobs.json"
+    return ws.slurm / JOBS_FILE
 
 
 def load_jobs(ws: Workspace) -> list[dict]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from .manifest import MANIFEST_FILE, Manifest, read_manifest
+from .vocabulary import SPLITS_FILE
 from .workspace import Workspace
 
 NOT_RECORDED = MANIFEST_FILE  # the manifest cannot hold its own checksum
@@ -59,9 +60,9 @@ def changes(ws: Workspace, manifest: Optional[Manifest] = None) -> list[str]:
         elif now != record["sha256"]:
             found.append(f"{name} changed since convert wrote it")
     found += [f"{name} was added after convert" for name in dataset_files(ws.raw_dataset) if name not in files]
-    splits, copy = files.get("splits_final.json"), ws.preprocessed_dataset / "splits_final.json"
+    splits, copy = files.get(SPLITS_FILE), ws.preprocessed_dataset / SPLITS_FILE
     if splits and copy.is_file() and sha256(copy) != splits["sha256"]:
-        found.append(f"{copy} differs from the dataset's splits_final.json")
+        found.append(f"{copy} differs from the dataset's {SPLITS_FILE}")
     return found
 
 

@@ -3,6 +3,7 @@
 TISSUES = {1: "CSF", 2: "GM", 3: "WM"}  # nnU-Net label value -> tissue name
 NNUNET_LABELS = {"background": 0, **{name: value for value, name in TISSUES.items()}}  # dataset.json "labels"
 N_FOLDS = 5  # nnU-Net's cross-validation
+SPLITS_FILE = "splits_final.json"  # nnU-Net's folds: in the raw dataset (convert) and the preprocessed one
 CONFIGURATIONS = ("2d", "3d_fullres")  # what nnU-Net plans for IBSR-sized images (3d_lowres is dropped)
 NNUNET_PREFIX = "nnunet_"  # leaderboard / prediction-set names of nnU-Net models: nnunet_2d, nnunet_ensemble, ...
 NNUNET_MODELS = {key: f"{NNUNET_PREFIX}{key}" for key in (*CONFIGURATIONS, "ensemble")}

@@ -6,17 +6,18 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..core.vocabulary import CONFIGURATIONS, NNUNET_MODELS
+from ..core.vocabulary import CONFIGURATIONS, NNUNET_MODELS, SPLITS_FILE
 from ..core.workspace import Workspace
 
 FULL_EPOCHS, FULL_ITERATIONS = 1000, 250  # nnU-Net's default schedule
 TRAINER_BASE = "IbsrTrainer"
 SHORT_TRAINER = re.compile(rf"{TRAINER_BASE}_(\d+)ep_(\d+)it")
 PLANS = "nnUNetPlans"
-SPLITS_FILE = "splits_final.json"
+FINGERPRINT_FILE = "dataset_fingerprint.json"
+PLAN_STAMP_FILE = "ibsr_plan.json"
 MODEL_FOLDER = re.compile(rf"(?P<trainer>.+)__{PLANS}__(?P<configuration>{'|'.join(CONFIGURATIONS)})")
 # nnU-Net writes these beside the folds of a model folder, and needs them to use any of its folds
-TRAINER_FILES = ("plans.json", "dataset.json", "dataset_fingerprint.json")
+TRAINER_FILES = ("plans.json", "dataset.json", FINGERPRINT_FILE)
 MODEL_NAMES = NNUNET_MODELS  # "2d" | "3d_fullres" | "ensemble" -> nnunet_2d | nnunet_3d_fullres | nnunet_ensemble
 
 
@@ -46,9 +47,14 @@ def splits_file(ws: Workspace) -> Path:
     return ws.preprocessed_dataset / SPLITS_FILE
 
 
+def fingerprint_file(ws: Workspace) -> Path:
+    """nnU-Net's fingerprint of the dataset (intensities, spacings), written by `plan`."""
+    return ws.preprocessed_dataset / FINGERPRINT_FILE
+
+
 def plan_stamp(ws: Workspace) -> Path:
     """What `plan` did last: the raw dataset's fingerprint and the configurations (so it can tell when to redo)."""
-    return ws.preprocessed_dataset / "ibsr_plan.json"
+    return ws.preprocessed_dataset / PLAN_STAMP_FILE
 
 
 def model_folder(ws: Workspace, configuration: str, trainer: str) -> Path:

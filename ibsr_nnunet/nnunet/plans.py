@@ -4,6 +4,7 @@
     splits_final.json  the cross-validation folds, [{"train": [ids], "val": [ids]}, ...]: written by `convert`
                        into the raw dataset and the preprocessed folder (nnU-Net reads it there)
     dataset.json       nnU-Net's copy of the raw dataset's dataset.json in the preprocessed folder
+    dataset_fingerprint.json  nnU-Net's fingerprint of the dataset: foreground intensities per channel, spacings
     ibsr_plan.json     what `plan` did last: {"raw_fingerprint": the manifest's fingerprint, "configurations":
                        [sorted names], "planned": local time}; written last, so a plan cut short has none"""
 
@@ -17,8 +18,9 @@ from typing import Optional
 from ..core.atomic import write_json
 from ..core.errors import InputError
 from ..core.jsonfile import read_json, read_json_object
+from ..core.vocabulary import SPLITS_FILE
 from ..core.workspace import Workspace
-from .paths import SPLITS_FILE, plan_stamp, plans_file, splits_file
+from .paths import fingerprint_file, plan_stamp, plans_file, splits_file
 
 REPLAN = "run `ibsr-nnunet plan --force` to plan and preprocess again"
 
@@ -54,6 +56,11 @@ def write_splits(dataset: Path, folds: list[dict]) -> Path:
 def read_preprocessed_dataset_json(ws: Workspace) -> dict:
     """nnU-Net's dataset.json in the preprocessed folder, which its trainer needs."""
     return read_json_object(ws.preprocessed_dataset / "dataset.json", REPLAN, "nnU-Net's dataset.json")
+
+
+def read_dataset_fingerprint(ws: Workspace) -> Optional[dict]:
+    """nnU-Net's dataset_fingerprint.json, or None before `plan` made one."""
+    return read_json_object(fingerprint_file(ws), REPLAN, "nnU-Net's dataset fingerprint", missing_ok=True)
 
 
 @dataclass(frozen=True)
