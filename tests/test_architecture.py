@@ -184,8 +184,8 @@ def format_violations(module: str, source: str) -> list[str]:
             if name in OWNED_FILES and module not in OWNED_FILES[name]:
                 found.append(f"{module}:{node.lineno} spells {name!r} (owned by {sorted(OWNED_FILES[name])})")
         elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-              and node.func.attr in ("loads", "load") and isinstance(node.func.value, ast.Name) and node.func.value.id == "json"
-              and module not in JSON_PARSERS):
+              and node.func.attr in ("loads", "load") and isinstance(node.func.value, ast.Name)
+              and node.func.value.id == "json" and module not in JSON_PARSERS):
             found.append(f"{module}:{node.lineno} calls json.{node.func.attr} (read through core/jsonfile.py or the "
                          f"file's owner)")
     return found
