@@ -1,0 +1,65 @@
+"""nnunet/prediction_record.py: a prediction set's model.json written and read back exactly; a hand-made record
+without the optional keys; a cut-short or malformed record refused in one sentence."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ibsr_nnunet.core.errors import InputError
+from ibsr_nnunet.nnunet.prediction_record import (
+    PredictionRecord,
+    prediction_record_path,
+    read_prediction_record,
+    write_prediction_record,
+)
+
+REWRITE = r"run `ibsr-nnunet ensemble` again to rewrite it\.$"
+
+
+def test_a_written_record_reads_back_equal(tmp_path):
+    record = PredictionRecord("nnunet_ensemble", "IbsrTrainer", ("2d", "3d_fullres"), (0, 1, 4),
+                              Path("/ws/nnUNet_results/x/postprocessing.pkl"),
+                              ("remove_all_but_largest_component_from_segmentation([3])",), 0.8125, ("R", "A", "S"))
+    write_prediction_record(tmp_path, record)
+    assert read_prediction_record(tmp_path) == record
+    saved = json.loads(prediction_record_path(tmp_path).read_text())
+    assert saved == {"model": "nnunet_ensemble", "trainer": "IbsrTrainer", "configurations": ["2d", "3d_fullres"],
+                     "folds": [0, 1, 4], "postprocessing": ["remove_all_but_largest_component_from_segmentation([3])"],
+                     "postprocessing_file": "/ws/nnUNet_results/x/postprocessing.pkl", "crossval_dice": 0.8125,
+                     "axcodes": ["R", "A", "S"]}
+
+
+def test_no_record_is_none(tmp_path):
+    assert read_prediction_record(tmp_path) is None
+
+
+def test_a_hand_made_record_has_no_postprocessing_dice_or_axcodes(tmp_path):
+    prediction_record_path(tmp_path).write_text(json.dumps({"trainer": "IbsrTrainer_2ep_3it",
+                                                            "configurations": ["2d"], "folds": [0]}))
+    found = read_prediction_record(tmp_path)
+    assert found == PredictionRecord(tmp_path.name, "IbsrTrainer_2ep_3it", ("2d",), (0,), None)
+    assert found.as_record()["postprocessing_file"] is None and found.as_record()["folds"] == [0]
+
+
+def test_a_cut_short_record_is_one_sentence(tmp_path):
+    prediction_record_path(tmp_path).write_text('{"trainer": "IbsrTr')
+    with pytest.raises(InputError, match=rf"^{tmp_path / 'model.json'} is not valid JSON \(cut short or edited by "
+                                         rf"hand: .*\); {REWRITE}"):
+        read_prediction_record(tmp_path)
+
+
+@pytest.mark.parametrize("content, why", [
+    ([], r"is not an nnU-Net model record \(not a JSON object\)"),
+    ({"configurations": ["2d"], "folds": [0]}, r"is not an nnU-Net model record \(KeyError: 'trainer'\)"),
+    ({"trainer": "T", "configurations": ["2d"], "folds": ["0"]}, r"is not an nnU-Net model record \(TypeError: trainer must be a name, "),
+    ({"trainer": "T", "configurations": ["2d"], "folds": [True]}, r"is not an nnU-Net model record \(TypeError: "),
+    ({"trainer": "T", "configurations": "2d", "folds": [0]}, r"is not an nnU-Net model record \(TypeError: "),
+    ({"trainer": "T", "configurations": ["2d"], "folds": [0], "crossval_dice": "high"}, r"is not an nnU-Net model record \(ValueError: could not convert"),
+])
+def test_a_malformed_record_is_one_sentence(tmp_path, content, why):
+    prediction_record_path(tmp_path).write_text(json.dumps(content))
+    with pytest.raises(InputError, match=rf"^{tmp_path / 'model.json'} {why}.*; {REWRITE}"):
+        read_prediction_record(tmp_path)
