@@ -51,13 +51,18 @@ def test_a_cut_short_record_is_one_sentence(tmp_path):
         read_prediction_record(tmp_path)
 
 
+NOT_A_RECORD = r"is not an nnU-Net model record"
+
+
 @pytest.mark.parametrize("content, why", [
-    ([], r"is not an nnU-Net model record \(not a JSON object\)"),
-    ({"configurations": ["2d"], "folds": [0]}, r"is not an nnU-Net model record \(KeyError: 'trainer'\)"),
-    ({"trainer": "T", "configurations": ["2d"], "folds": ["0"]}, r"is not an nnU-Net model record \(TypeError: trainer must be a name, "),
-    ({"trainer": "T", "configurations": ["2d"], "folds": [True]}, r"is not an nnU-Net model record \(TypeError: "),
-    ({"trainer": "T", "configurations": "2d", "folds": [0]}, r"is not an nnU-Net model record \(TypeError: "),
-    ({"trainer": "T", "configurations": ["2d"], "folds": [0], "crossval_dice": "high"}, r"is not an nnU-Net model record \(ValueError: could not convert"),
+    ([], NOT_A_RECORD + r" \(not a JSON object\)"),
+    ({"configurations": ["2d"], "folds": [0]}, NOT_A_RECORD + r" \(KeyError: 'trainer'\)"),
+    ({"trainer": "T", "configurations": ["2d"], "folds": ["0"]},
+     NOT_A_RECORD + r" \(TypeError: trainer must be a name, "),
+    ({"trainer": "T", "configurations": ["2d"], "folds": [True]}, NOT_A_RECORD + r" \(TypeError: "),
+    ({"trainer": "T", "configurations": "2d", "folds": [0]}, NOT_A_RECORD + r" \(TypeError: "),
+    ({"trainer": "T", "configurations": ["2d"], "folds": [0], "crossval_dice": "high"},
+     NOT_A_RECORD + r" \(ValueError: could not convert"),
 ])
 def test_a_malformed_record_is_one_sentence(tmp_path, content, why):
     prediction_record_path(tmp_path).write_text(json.dumps(content))
