@@ -1,2 +1,2 @@
-"""The ground floor every stage stands on: workspace paths, atomic writes, errors, exit codes, devices, signals,
-vocabulary."""
+"""The ground floor every stage stands on: workspace paths, the conversion manifest, JSON and atomic writes, errors,
+exit codes, devices, signals, vocabulary."""
