@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -12,7 +12,8 @@ from ibsr_nnunet.core import devices
 from ibsr_nnunet.core.atomic import atomic_path
 from ibsr_nnunet.core.choices import fraction
 from ibsr_nnunet.core.errors import InputError
-from ibsr_nnunet.core.orientation import towards
+from ibsr_nnunet.core.orientation import axcodes as axcodes_of
+from ibsr_nnunet.core.oriented import Prediction, predict_oriented
 from ibsr_nnunet.data.volumes import Volume, read_volume, write_volume
 
 from .data import slicing_axis, zscore
@@ -154,10 +155,8 @@ def load_model(run: Path, device: torch.device) -> tuple[UNet, dict]:
 
 
 class Predictor:
-    """A trained baseline, loaded once, that segments volumes of any orientation on their own grid.
-
-    Each volume is reoriented (permuted and flipped, never resampled) to the training images' axis codes, 2D models
-    slice across the axis they were trained on, and the labels go back onto the input's grid voxel for voxel."""
+    """A trained baseline, loaded once, that segments volumes already in its training orientation
+    (core/oriented.py brings them there and back); 2D models slice across the axis they were trained on."""
 
     def __init__(self, run: Path, *, device: str = "auto", overlap: float = 0.5, batch_size: int = 8,
                  threads: int = 0, tta: bool = False):
@@ -171,41 +170,47 @@ class Predictor:
         self.orientation = read_orientation(run)
 
     def __call__(self, volume: Volume, probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        """(uint8 labels on `volume`'s grid, each class's summed probability or None)."""
-        target = self.orientation.axcodes if self.orientation else None
-        reorientation = towards(volume.affine, tuple(target)) if target else None
-        oriented = volume.reoriented(reorientation) if reorientation else volume
+        """(uint8 labels on `volume`'s grid, each class's summed probability or None) for a volume in the training
+        orientation."""
         axis = self.orientation.slicing_axis if self.orientation else None
-        axis = slicing_axis(oriented.spacing) if axis is None else int(axis)
-        image = np.ascontiguousarray(np.moveaxis(zscore(np.asarray(oriented.array)), axis, 0))
+        axis = slicing_axis(volume.spacing) if axis is None else int(axis)
+        image = np.ascontiguousarray(np.moveaxis(zscore(np.asarray(volume.array)), axis, 0))
         found = predict_array(self.model, image, self.window, overlap=self.overlap, batch_size=self.batch_size,
                               device=self.device, amp=self.amp, tuner=self.tuner, tta=self.tta,
                               probabilities=probabilities)
         labels, sums = found if probabilities else (found, None)
-        labels = np.ascontiguousarray(np.moveaxis(labels, 0, axis))
-        return (reorientation.undo(labels) if reorientation else labels), sums
+        return np.ascontiguousarray(np.moveaxis(labels, 0, axis)), sums
 
 
 def predict_files(run: Path, images: list[tuple[str, Path]], out_dir: Path, *, device: str = "auto",
                   overlap: float = 0.5, batch_size: int = 8, threads: int = 0, reuse: bool = True, tta: bool = False,
                   on_case: Callable[[str, bool], None] | None = None) -> list[Path]:
     """Predict each (case id, image file) into out_dir/<case>.nii.gz with the run's best weights, atomically, on the
-    image's own grid (through `Predictor`: reoriented to the training orientation and back).
+    image's own grid (turned to the run's training orientation and back, core/oriented.py; a run that recorded
+    none predicts each image as it lies).
 
     A prediction newer than the weights is kept unless `reuse` is False (re-runs redo only what is missing or
     older than the weights). on_case(case, skipped) is called after each case.
     """
     predictor = Predictor(Path(run), device=device, overlap=overlap, batch_size=batch_size, threads=threads, tta=tta)
     weights_time = best_weights_path(run).stat().st_mtime
+
+    def predict(volumes: Iterator[tuple[str, Volume]]) -> Iterator[Prediction]:
+        for case_id, volume in volumes:
+            yield Prediction(case_id, predictor(volume)[0])
+
     written = []
     for case_id, image_path in images:
         target = Path(out_dir) / f"{case_id}.nii.gz"
         skip = reuse and target.is_file() and target.stat().st_mtime >= weights_time
         if not skip:
             volume = read_volume(image_path)
-            labels, _ = predictor(volume)
+            axcodes = predictor.orientation.axcodes if predictor.orientation else axcodes_of(volume.affine)
+            [carried] = predict_oriented([(case_id, lambda: volume)], axcodes, predict)
+            if carried.error is not None:
+                raise carried.error
             with atomic_path(target) as tmp:
-                write_volume(volume.with_array(labels), tmp)
+                write_volume(volume.with_array(carried.prediction.labels), tmp)
         written.append(target)
         if on_case:
             on_case(case_id, skip)

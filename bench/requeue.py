@@ -88,9 +88,9 @@ def job(job_id: str) -> dict[str, str]:
 
 def completed_epochs(folder: Path) -> int:
     """Epochs finished so far, over every training log of the fold (an epoch counts once its losses are logged)."""
-    from ibsr_nnunet.evaluation.history import nnunet_fold_curve
+    from ibsr_nnunet.models.nnunet import fold_curve
 
-    done = nnunet_fold_curve(folder).dropna(subset=["train_loss"])
+    done = fold_curve(folder).dropna(subset=["train_loss"])
     return int(done["epoch"].max()) + 1 if len(done) else 0
 
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# each stage may import its own modules and those of lower stages only (evaluation reads the baselines' run folders)
-STAGE_RANK = {"core": 0, "nnunet": 1, "data": 2, "baselines": 3, "evaluation": 4, "campaign": 5, "segment": 6,
-              "demo": 6, "cli": 7, "__main__": 8}
+# each stage may import its own modules and those of lower stages only (models wraps nnU-Net and the baselines
+# behind one interface; evaluation, campaign and segment ask models about a model)
+STAGE_RANK = {"core": 0, "nnunet": 1, "data": 2, "baselines": 3, "models": 4, "evaluation": 5, "campaign": 6,
+              "segment": 7, "demo": 7, "cli": 8, "__main__": 9}
 
 
 def modules() -> dict[str, Path]:
@@ -80,6 +81,35 @@ def test_baselines_never_import_nnunet():
     for name, found in EXTERNAL.items():
         if name.startswith("baselines"):
             assert not {i for i in found if i.split(".")[0] == "nnunetv2" or i.startswith("ibsr_nnunet.nnunet")}, name
+
+
+MODEL_PREFIXES = ("NNUNET_PREFIX", "nnunet_")
+
+
+def prefix_tests(source: str) -> list[str]:
+    """Each `.startswith(...)` whose argument is a model-name prefix (NNUNET_PREFIX or "nnunet_"), as source text:
+    a model's kind is asked of the registered kinds (models/registry.py), never read off its name."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "startswith":
+            for argument in ast.walk(ast.Module(body=[ast.Expr(a) for a in node.args], type_ignores=[])):
+                name = argument.id if isinstance(argument, ast.Name) else getattr(argument, "attr", None)
+                text = argument.value if isinstance(argument, ast.Constant) else None
+                if name == "NNUNET_PREFIX" or (isinstance(text, str) and text.startswith(MODEL_PREFIXES[1])):
+                    found.append(ast.unparse(node))
+    return found
+
+
+def test_the_prefix_check_finds_a_prefix_test():
+    fake = ('if name.startswith(NNUNET_PREFIX):\n    pass\nok = model.startswith(vocabulary.NNUNET_PREFIX)\n'
+            'other = name.startswith(("x", "nnunet_2"))\nfine = path.startswith("unet")\n')
+    assert prefix_tests(fake) == ["name.startswith(NNUNET_PREFIX)", "model.startswith(vocabulary.NNUNET_PREFIX)",
+                                  "name.startswith(('x', 'nnunet_2'))"]
+
+
+def test_no_model_kind_is_told_by_a_name_prefix():
+    found = {name: tests for name, path in MODULES.items() if (tests := prefix_tests(path.read_text()))}
+    assert not found
 
 
 def _builds_sbatch_lines(path: Path) -> bool:

@@ -220,7 +220,7 @@ def nnunet_model(ws: Workspace) -> str:
 def test_segment_refuses_an_nnunet_model_whose_fold_is_not_finished(converted_copy, unfinish, why):
     ws = converted_copy
     model = nnunet_model(ws)
-    assert choose_model(ws, model).info["folds"] == [0, 1]
+    assert choose_model(ws, model).model.folds == (0, 1)
     fold = fold_folder(ws, "2d", 1, trainer="IbsrTrainer")
     sentence = rf"model nnunet_2d uses 2d fold 1 \({fold}\), which {why}; let its `ibsr-nnunet train --fold 1 "
     with contextlib.ExitStack() as held:

@@ -120,7 +120,7 @@ def test_a_record_inside_the_workspace_is_taken(converted_copy):
     fold.mkdir(parents=True)
     (fold / "checkpoint_final.pth").write_bytes(b"")  # a finished fold (segment refuses unfinished ones)
     model = choose_model(converted_copy, "nnunet_2d")
-    assert model.info["trainer"] == "IbsrTrainer_3ep_10it" and model.info["folds"] == [0]
+    assert model.model.trainer == "IbsrTrainer_3ep_10it" and model.model.folds == (0,)
 
 
 @pytest.mark.parametrize("changes", [

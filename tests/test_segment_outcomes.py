@@ -99,14 +99,14 @@ def _predict_fails_for(shape_marker: float, real_call):
 
 def test_a_qc_or_prediction_failure_is_that_scans_row_and_the_others_go_on(trained, scan, tmp_path, monkeypatch):
     import baselines.infer
-    from ibsr_nnunet import segment as pipeline
+    from ibsr_nnunet.segment import qc as pictures
 
     inputs = tmp_path / "scans"
     inputs.mkdir()
     for name in ("a", "b_qc", "c", "d_predict", "e"):
         shutil.copy(scan, inputs / f"{name}.nii.gz")
     shifted(scan, inputs / "d_predict.nii.gz", lambda a: np.where(a != 0, 12345.0, 0))  # marks the scan to break
-    monkeypatch.setattr(pipeline, "qc_picture", _fail_for("b_qc", pipeline.qc_picture))
+    monkeypatch.setattr(pictures, "qc_picture", _fail_for("b_qc", pictures.qc_picture))
     monkeypatch.setattr(baselines.infer.Predictor, "__call__",
                         _predict_fails_for(12345.0, baselines.infer.Predictor.__call__))
     out = tmp_path / "out"

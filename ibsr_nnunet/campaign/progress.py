@@ -11,7 +11,7 @@ from baselines.run_folder import EpochRow, read_log, read_run_record
 from ..core.errors import InputError
 from ..core.runlog import Run, read_runs
 from ..core.workspace import Workspace
-from ..evaluation.history import nnunet_fold_curve
+from ..models.nnunet import fold_curve
 from ..nnunet.fold import fold_finished, log_epochs, logs, validation_dice
 
 RECENT_EPOCHS = 20  # seconds_per_epoch: the median of this many latest epochs on the current device
@@ -47,7 +47,7 @@ def fold_progress(folder: Path, epochs: int) -> Progress:
     """Read progress from nnU-Net's own files (training logs, validation summary) and runs.jsonl: no torch needed."""
     progress = Progress(finished=fold_finished(folder), runs=read_runs(folder))
     progress.epoch_seconds = _fold_epoch_seconds(folder, progress.runs)
-    curve = nnunet_fold_curve(folder)
+    curve = fold_curve(folder)
     completed = curve.dropna(subset=["train_loss"])  # an epoch's losses are logged when it ends
     progress.epochs_done = epochs if progress.finished else (int(completed["epoch"].max()) + 1 if len(completed) else 0)
     for column, attribute in (("pseudo_dice", "pseudo_dice"), ("val_loss", "val_loss")):

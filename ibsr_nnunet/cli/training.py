@@ -113,7 +113,7 @@ def ensemble(
 ) -> None:
     # the docstring is the command's help, shown on one line in `ibsr-nnunet --help`: kept whole, hence the noqa
     """Best configuration over 2d and 3d_fullres, then held-out and test predictions of 2d, 3d_fullres and their ensemble."""  # noqa: E501
-    from ..nnunet.ensemble import run
+    from ..models.ensemble import run
     from ..nnunet.environment import configure
 
     ws = workspace_of(ctx)

@@ -10,19 +10,15 @@ from typing import Callable, Optional
 import numpy as np
 import pandas as pd
 
-from baselines.registry import split_baseline_name
-from baselines.run_folder import read_run_record
-
 from ..core import checksums, provenance
 from ..core.atomic import atomic_path
 from ..core.errors import InputError
 from ..core.locks import Lock, lock_path
 from ..core.manifest import read_manifest
 from ..core.provenance import KEY
-from ..core.vocabulary import NNUNET_PREFIX, TISSUES
+from ..core.vocabulary import TISSUES
 from ..core.workspace import Workspace
-from ..nnunet.prediction_record import read_prediction_record
-from ..nnunet.validation import crossval_dice
+from ..models import load_model
 from . import statistics
 from .evaluate import (
     COLUMNS,
@@ -134,30 +130,15 @@ def validation_columns(ws: Workspace, models: list[str]) -> tuple[dict[str, dict
     for each summary that could not be read."""
     found: dict[str, dict[str, float]] = {}
     unreadable: list[str] = []
-    for model in models:
-        if model.startswith(NNUNET_PREFIX):
-            try:
-                record = read_prediction_record(ws.predictions / model)
-            except InputError as broken:  # a record cut short: no number, no crash
-                unreadable.append(f"{model}: {broken} (cv_dice_mean left empty)")
-                continue
-            try:
-                crossval = crossval_dice(ws, record) if record is not None else None
-            except (ValueError, KeyError, TypeError) as broken:  # a summary cut short: no number, no crash
-                crossval = None
-                unreadable.append(f"{model}: nnU-Net's validation summaries are unreadable ({broken!r}); "
-                                  f"cv_dice_mean left empty, run `ibsr-nnunet ensemble` again to rewrite them.")
-            if crossval:
-                found[model] = {"cv_dice_mean": crossval.mean, "cv_n": crossval.n,
-                                **{f"{t}_cv_dice_mean": d for t, d in crossval.dice.items()}}
-        else:
-            try:
-                run = read_run_record(ws.baselines / model)
-            except InputError:  # a record cut short: the run exists, its Dice is unknown
-                found[model] = {"internal_val_dice": math.nan}
-                continue
-            if run is not None:
-                found[model] = {"internal_val_dice": math.nan if run.best_val_dice is None else run.best_val_dice}
+    for name in models:
+        model = load_model(ws, name)
+        if model is None:
+            continue  # predictions made elsewhere (`evaluate --name`): no validation of theirs is known
+        validation = model.validation()
+        if validation.columns:
+            found[name] = validation.columns
+        if validation.unreadable:
+            unreadable.append(validation.unreadable)
     return found, unreadable
 
 
@@ -298,12 +279,9 @@ def predicted_with_other_weights(ws: Workspace, model: str, folder: Path) -> Opt
     changed = provenance.weights_changed(ws, signature) if signature else None
     if changed is None:
         return None
-    if model.startswith(NNUNET_PREFIX):
-        again = "ibsr-nnunet ensemble"
-    else:
-        name, loss = split_baseline_name(model)
-        again = f"ibsr-nnunet baseline predict --model {name} --loss {loss}"
-    return f"its predictions were made with other weights ({changed}); run `{again}` to rank it"
+    known = load_model(ws, model)
+    again = f"run `{known.remake}`" if known is not None else "predict it again"
+    return f"its predictions were made with other weights ({changed}); {again} to rank it"
 
 
 def _scored_against_other_references(ws: Workspace, fingerprint: str) -> dict[str, str]:

@@ -1,42 +1,27 @@
-"""The `ensemble` step: nnU-Net's best configuration, and each nnU-Net model's predictions for the held-out and test
-cases."""
+"""The `ensemble` step's nnU-Net side: which folds to search over, the record of each nnU-Net model, and the
+best-configuration search's outputs (models/ensemble.py predicts the sets)."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import secrets
-import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-import nibabel as nib
-import numpy as np
-
-from ..core.atomic import swap_in, write_json
 from ..core.errors import InputError
 from ..core.jsonfile import read_json_or_none
-from ..core.locks import Lock, lock_path
-from ..core.manifest import read_manifest
-from ..core.orientation import towards
 from ..core.provenance import (
     KEY,
     archive_stale_outputs,
     dataset_fingerprint,
-    record,
     short,
     staleness,
-    weights_signature,
 )
 from ..core.vocabulary import CONFIGURATIONS, N_FOLDS
 from ..core.workspace import Workspace
 from .fold import fold_finished, fold_unready
-from .paths import MODEL_FOLDER, MODEL_NAMES, TRAINER_BASE, fold_folder, model_folder
-from .plans import read_plans
-from .predict import apply_postprocessing, ensemble_folders, find_best_configuration, postprocessing_summary, predict
-from .prediction_record import PredictionRecord, write_prediction_record
+from .paths import MODEL_FOLDER, TRAINER_BASE
+from .predict import postprocessing_summary
+from .prediction_record import PredictionRecord
 
 BEST_CONFIGURATION_FILE = "best_configuration.json"
 
@@ -143,73 +128,6 @@ def model_record(model: str, trainer: str, *, configurations: tuple[str, ...], f
                             tuple(postprocessing_summary(postprocessing_pkl)), crossval_dice, tuple(axcodes))
 
 
-def in_training_orientation(images: list[Path], target: tuple[str, ...], folder: Path) -> dict[Path, Path]:
-    """Each image as nnU-Net should see it: itself when its axes already point as the training images' do, else a
-    copy in `folder` with its axes permuted and flipped to them (no resampling; every voxel keeps its place)."""
-    staged = {}
-    for image in images:
-        loaded = nib.load(str(image))
-        reorientation = towards(loaded.affine, target)
-        if reorientation.identity:
-            staged[image] = image
-            continue
-        array = reorientation.apply(np.asanyarray(loaded.dataobj))
-        folder.mkdir(parents=True, exist_ok=True)
-        staged[image] = folder / image.name
-        nib.save(nib.Nifti1Image(array, reorientation.affine(loaded.affine, loaded.shape), header=loaded.header),
-                 str(staged[image]))
-    return staged
-
-
-def back_to_input_grid(labels: Path, image: Path, target: tuple[str, ...]) -> None:
-    """Rewrite a label map predicted on `image`'s reoriented copy onto `image`'s own grid, voxel for voxel."""
-    loaded = nib.load(str(image))
-    reorientation = towards(loaded.affine, target)
-    if reorientation.identity:
-        return
-    predicted = np.asanyarray(nib.load(str(labels)).dataobj)
-    header = loaded.header.copy()
-    header.set_data_dtype(np.uint8)
-    nib.save(nib.Nifti1Image(reorientation.undo(predicted).astype(np.uint8), loaded.affine, header=header),
-             str(labels))
-
-
-def run(ws: Workspace, trainer: Optional[str] = None, *, jobs: int = 1, device: str = "auto",
-        say: Callable[[str], None] = print) -> EnsembleResult:
-    """Search the best configuration, predict imagesTs with 2d, 3d_fullres and their ensemble, postprocess, record."""
-    started = time.perf_counter()
-    images = ws.raw_dataset / "imagesTs"
-    if not images.is_dir() or not any(images.glob("*_0000.nii.gz")):
-        raise InputError(f"{images} holds no held-out or test images; run `ibsr-nnunet convert` first.")
-    selection = select(ws, trainer)
-    read_plans(ws)  # nnU-Net's search reads them: refused here in one sentence when cut short
-    for warning in selection.warnings:
-        say(f"warning: {warning}")
-    fingerprint = dataset_fingerprint(ws)
-    keys = (*selection.configurations, *(("ensemble",) if len(selection.configurations) > 1 else ()))
-    ws.predictions.mkdir(parents=True, exist_ok=True)
-    with contextlib.ExitStack() as held:  # one writer per prediction set
-        for key in keys:
-            held.enter_context(Lock(lock_path(ws.predictions / MODEL_NAMES[key]), f"prediction set {MODEL_NAMES[key]}",
-                                    "ibsr-nnunet ensemble", say=say))
-        archive_stale_search(ws, fingerprint, [ws.predictions / MODEL_NAMES[key] for key in keys], say=say)
-        search, predictions = _predict_all(ws, selection, images, fingerprint, jobs=jobs, device=device, say=say)
-    results = {MODEL_NAMES[k]: v for k, v in search["results"].items()}
-    winner = MODEL_NAMES[search["winner"]]
-    ranked = ", ".join(f"{m} {d:.4f}" for m, d in sorted(results.items(), key=lambda kv: -kv[1]))
-    reason = (f"{winner} has the highest cross-validation foreground-mean Dice on folds "
-              f"{', '.join(map(str, selection.folds))} ({ranked}; nnU-Net keeps the simpler model on a tie); "
-              f"{search['post_pp']:.4f} after its postprocessing")
-    record_file = best_configuration_file(ws)
-    write_json(record_file, {  # read back only for its dataset_fingerprint (archive_stale_search)
-        "winner": winner, "reason": reason, "crossval_dice": results, "crossval_dice_post_pp": search["post_pp"],
-        "trainer": selection.trainer, "configurations": list(selection.configurations),
-        "folds": list(selection.folds), "warnings": selection.warnings,
-        "predictions": {m: str(p) for m, p in predictions.items()}, "dataset_fingerprint": fingerprint,
-    })
-    return EnsembleResult(selection, results, winner, reason, predictions, record_file, time.perf_counter() - started)
-
-
 def best_configuration_file(ws: Workspace) -> Path:
     """Our record of the search: winner, reason, each model's cross-validation Dice before and after
     postprocessing, trainer, configurations, folds, warnings, prediction folders, dataset_fingerprint."""
@@ -238,57 +156,3 @@ def archive_stale_search(ws: Workspace, fingerprint: str, prediction_sets: list[
         why = staleness(folder, fingerprint)
         if why:
             archive_stale_outputs(ws, [folder], what=f"prediction set {folder.name}", why=why, say=say)
-
-
-def _predict_all(ws: Workspace, selection: Selection, images: Path, fingerprint: str, *, jobs: int, device: str,
-                 say: Callable[[str], None]) -> tuple[dict, dict[str, Path]]:
-    """nnU-Net's search, then every model's postprocessed predictions, built in a scratch folder and swapped in."""
-    log = ws.results_dataset / "ibsr_ensemble.log"
-    scratch = ws.predictions / f".tmp-ensemble-{os.getpid()}-{secrets.token_hex(4)}"
-    scratch.mkdir()
-    try:
-        say(f"best-configuration search over {', '.join(selection.configurations)} "
-            f"({selection.trainer}, folds {', '.join(map(str, selection.folds))})")
-        search = find_best_configuration(ws, selection.trainer, selection.configurations, folds=selection.folds,
-                                         jobs=jobs, log=log)
-        # the weights each set is predicted with: a set whose folds are retrained later is known to be stale
-        weights = {c: weights_signature(ws, [fold_folder(ws, c, f, trainer=selection.trainer) / "checkpoint_final.pth"
-                                             for f in selection.folds]) for c in selection.configurations}
-        raw: dict[str, Path] = {}
-        plans_json = model_folder(ws, selection.configurations[0], selection.trainer) / "plans.json"
-        axcodes = read_manifest(ws).training_axcodes
-        inputs = in_training_orientation(sorted(images.glob("*_0000.nii.gz")), axcodes, scratch / "oriented")
-        for configuration in selection.configurations:
-            say(f"predicting {images.name} with {configuration}")
-            raw[configuration] = scratch / f"raw-{configuration}"
-            predict(ws, configuration, selection.trainer, folds=selection.folds, images=list(inputs.values()),
-                    out=raw[configuration], device=device, log=log, probabilities=len(selection.configurations) > 1)
-        if len(selection.configurations) > 1:
-            say("ensembling " + " + ".join(selection.configurations))
-            raw["ensemble"] = scratch / "raw-ensemble"
-            ensemble_folders([raw[c] for c in selection.configurations], raw["ensemble"], plans_json=plans_json,
-                             jobs=jobs, log=log)
-
-        predictions = {}
-        for key, folder in raw.items():
-            model = MODEL_NAMES[key]
-            pkl = search["sources"][key] / "postprocessing.pkl"
-            built = scratch / model
-            apply_postprocessing(pkl, folder, built, plans_json=plans_json, jobs=jobs, log=log)
-            for extra in built.iterdir():  # nnU-Net's json copies: the folder holds our labels only
-                if not extra.name.endswith(".nii.gz"):
-                    extra.unlink()
-            for image in inputs:
-                back_to_input_grid(built / image.name.replace("_0000.nii.gz", ".nii.gz"), image, axcodes)
-            configurations = selection.configurations if key == "ensemble" else (key,)
-            write_prediction_record(built, model_record(
-                model, selection.trainer, configurations=configurations, folds=selection.folds,
-                postprocessing_pkl=pkl, crossval_dice=search["results"][key], axcodes=axcodes))
-            record(built, fingerprint, model=model, trainer=selection.trainer, folds=list(selection.folds),
-                   weights=[entry for c in configurations for entry in weights[c]])
-            predictions[model] = ws.predictions / model
-        for model, final in predictions.items():
-            swap_in(scratch / model, final)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return search, predictions

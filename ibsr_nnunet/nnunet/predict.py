@@ -1,4 +1,5 @@
-"""nnU-Net's best-configuration search, prediction, softmax ensembling and connected-component postprocessing."""
+"""nnU-Net's best-configuration search, prediction, softmax ensembling and connected-component postprocessing, and
+the one chain of them every command predicts with."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import contextlib
 import re
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Mapping, Optional
 
 from ..core.workspace import Workspace
 from .environment import quiet_fork_pools, resolve_device
@@ -118,3 +120,47 @@ def postprocessing_summary(postprocessing_pkl: Path) -> list[str]:
         target = kwargs.get("labels_or_regions")
         steps.append(f"{getattr(function, '__name__', function)}({target})")
     return steps
+
+
+@dataclass(frozen=True)
+class Chained:
+    """One output of the chain: the folder of postprocessed label maps <case>.nii.gz, and the folder of the softmax
+    before postprocessing (<case>.npz, written when asked for)."""
+
+    labels: Path
+    probabilities: Path
+
+
+def predict_chain(ws: Workspace, trainer: str, configurations: tuple[str, ...], *, folds: tuple[int, ...],
+                  images: Iterable[Path], scratch: Path, postprocessing: Mapping[str, Path], device: str, jobs: int,
+                  log: Path, on_image: Optional[Callable[[Path, float], None]] = None, probabilities: bool = False,
+                  tta: bool = True, step_size: float = 0.5) -> dict[str, Chained]:
+    """nnU-Net's predict -> ensemble -> postprocess: every configuration over `images` (a generator is predicted by
+    the first configuration as it comes), their softmax average when "ensemble" is an output, then each output of
+    `postprocessing` (a configuration or "ensemble" -> its postprocessing.pkl) postprocessed into scratch/<output>.
+    `probabilities` keeps each output's softmax before postprocessing."""
+    seen: list[Path] = []
+
+    def collected() -> Iterable[Path]:
+        for image in images:
+            seen.append(image)
+            yield image
+
+    ensembled = "ensemble" in postprocessing
+    raw: dict[str, Path] = {}
+    for index, configuration in enumerate(configurations):
+        raw[configuration] = scratch / f"raw-{configuration}"
+        predict(ws, configuration, trainer, folds=folds, images=collected() if index == 0 else list(seen),
+                out=raw[configuration], device=device, log=log, on_image=on_image,
+                probabilities=ensembled or probabilities, tta=tta, step_size=step_size)
+    plans_json = model_folder(ws, configurations[0], trainer) / "plans.json"
+    if ensembled:
+        raw["ensemble"] = scratch / "raw-ensemble"
+        ensemble_folders([raw[c] for c in configurations], raw["ensemble"], plans_json=plans_json, jobs=jobs, log=log,
+                         probabilities=probabilities)
+    chained = {}
+    for output, pkl in postprocessing.items():
+        labels = scratch / output
+        apply_postprocessing(pkl, raw[output], labels, plans_json=plans_json, jobs=jobs, log=log)
+        chained[output] = Chained(labels, raw[output])
+    return chained

@@ -1,0 +1,117 @@
+"""The hand-built PyTorch baselines: one model per run folder baselines/MODEL__LOSS, its best weights best.pt."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Optional
+
+import pandas as pd
+
+from baselines.registry import LOSSES, MODELS, baseline_name, baseline_problem, split_baseline_name
+from baselines.run_folder import best_weights_path, read_log, read_orientation, read_run_record
+
+from ..core.errors import InputError
+from ..core.oriented import Prediction
+from ..core.workspace import Workspace
+from ..data.volumes import Volume
+from .protocol import PredictSettings, TrainedModel, Validation
+from .registry import register
+
+
+@register
+@dataclass(frozen=True)
+class BaselineModel(TrainedModel):
+    """MODEL__LOSS, e.g. unet2d__dice_ce: a 2D or 3D U-Net trained by `baseline train`."""
+
+    kind = "baseline"
+
+    @classmethod
+    def claims(cls, name: str) -> bool:
+        return baseline_problem(name) is None
+
+    @classmethod
+    def examples(cls) -> tuple[str, ...]:
+        return (*MODELS, *(baseline_name(model, loss) for model in MODELS for loss in LOSSES))
+
+    @classmethod
+    def refusal_of_name(cls, name: str) -> str:
+        return f"{baseline_problem(name)}; write it as e.g. unet2d__dice_ce"
+
+    @classmethod
+    def trained_names(cls, ws: Workspace) -> list[str]:
+        if not ws.baselines.is_dir():
+            return []
+        return sorted(run.name for run in ws.baselines.iterdir()
+                      if cls.claims(run.name) and best_weights_path(run).is_file())
+
+    @property
+    def folder(self) -> Path:
+        return self.ws.baselines / self.name
+
+    @property
+    def remake(self) -> str:
+        model, loss = split_baseline_name(self.name)
+        return f"ibsr-nnunet baseline predict --model {model} --loss {loss}"
+
+    @property
+    def retrain(self) -> str:
+        return "ibsr-nnunet baseline train --archive-stale"
+
+    def trained(self) -> bool:
+        return best_weights_path(self.folder).is_file()
+
+    def weight_files(self) -> list[Path]:
+        return [best_weights_path(self.folder)]
+
+    def refusal(self, then: str = "segment") -> Optional[str]:
+        from baselines.workspace import unfinished  # torch: only when a baseline is about to be used
+
+        if not self.trained():
+            return (f"model {self.name} is not trained in this workspace (no {best_weights_path(self.folder)}); pick "
+                    f"a model of the leaderboard or train it with `ibsr-nnunet baseline train`.")
+        if why := self.stale():
+            return f"model {self.name} is stale ({self.folder}: {why}); run `{self.retrain}` first."
+        if why := unfinished(self.folder):
+            return f"model {self.name} ({self.folder}) {why}, then {then}."
+        return None
+
+    @property
+    def axcodes(self) -> tuple[str, ...]:
+        orientation = read_orientation(self.folder)
+        return orientation.axcodes if orientation else super().axcodes
+
+    def predict(self, volumes: Iterable[tuple[str, Volume]], settings: PredictSettings) -> Iterator[Prediction]:
+        """Each volume as soon as it comes (it slices across its training axis); the best weights loaded once."""
+        from baselines.infer import Predictor
+
+        predictor = Predictor(self.folder, device=settings.device, overlap=1 - settings.step_size,
+                              tta=bool(settings.tta))
+        for key, volume in volumes:
+            started = time.perf_counter()
+            try:
+                labels, sums = predictor(volume, probabilities=settings.probabilities)
+            except Exception as err:
+                yield Prediction(key, error=err, seconds=time.perf_counter() - started)
+                continue
+            yield Prediction(key, labels, sums, time.perf_counter() - started)
+
+    def validation(self) -> Validation:
+        try:
+            run = read_run_record(self.folder)
+        except InputError:  # a record cut short: the run exists, its Dice is unknown
+            return Validation({"internal_val_dice": math.nan})
+        if run is None:
+            return Validation({})
+        return Validation({"internal_val_dice": math.nan if run.best_val_dice is None else run.best_val_dice})
+
+    def training_seconds(self) -> float:
+        """The training budget the run record says was used."""
+        run = read_run_record(self.folder)
+        return run.train_seconds if run is not None else math.nan
+
+    def training_curves(self) -> dict[str, pd.DataFrame]:
+        rows = read_log(self.folder)
+        return {self.name: pd.DataFrame([asdict(row) for row in rows])} if rows else {}

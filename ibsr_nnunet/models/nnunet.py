@@ -1,0 +1,234 @@
+"""nnU-Net's models: each configuration and their ensemble, as `ensemble` recorded them in
+predictions/<name>/model.json (trainer, configurations, folds, postprocessing, training orientation)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Iterable, Iterator, Optional
+
+import numpy as np
+import pandas as pd
+
+from ..core.errors import InputError
+from ..core.oriented import Prediction
+from ..core.vocabulary import CONFIGURATIONS, N_FOLDS, NNUNET_MODELS
+from ..core.workspace import Workspace
+from ..data.volumes import Volume, read_volume, write_volume
+from ..nnunet.fold import fold_epochs, fold_unready, log_seconds, logs
+from ..nnunet.paths import fold_folder, model_folder, trainer_schedule
+from ..nnunet.predict import predict_chain
+from ..nnunet.prediction_record import PredictionRecord, prediction_record_path, read_prediction_record
+from ..nnunet.validation import crossval_dice
+from .protocol import PredictSettings, TrainedModel, Validation
+from .registry import register
+
+CURVE = ("train_loss", "val_loss", "pseudo_dice")
+
+
+@register
+@dataclass(frozen=True)
+class NnunetModel(TrainedModel):
+    """nnunet_2d, nnunet_3d_fullres or nnunet_ensemble: the folds of one trainer in one or both configurations,
+    softmax-averaged, postprocessed as nnU-Net chose."""
+
+    kind = "nnunet"
+
+    @classmethod
+    def claims(cls, name: str) -> bool:
+        return name in NNUNET_MODELS.values()
+
+    @classmethod
+    def examples(cls) -> tuple[str, ...]:
+        return tuple(NNUNET_MODELS.values())
+
+    @classmethod
+    def refusal_of_name(cls, name: str) -> str:
+        return f"is not an nnU-Net model; pass one of {', '.join(NNUNET_MODELS.values())}"
+
+    @classmethod
+    def trained_names(cls, ws: Workspace) -> list[str]:
+        return sorted(name for name in NNUNET_MODELS.values()
+                      if prediction_record_path(ws.predictions / name).is_file())
+
+    @property
+    def folder(self) -> Path:
+        return self.ws.predictions / self.name
+
+    @property
+    def remake(self) -> str:
+        return "ibsr-nnunet ensemble"
+
+    @property
+    def retrain(self) -> str:
+        return "ibsr-nnunet ensemble"
+
+    def trained(self) -> bool:
+        return prediction_record_path(self.folder).is_file()
+
+    @cached_property
+    def record(self) -> PredictionRecord:
+        """model.json, refused unless every file it names (folds, postprocessing) lies inside this workspace's
+        nnU-Net results: nnU-Net unpickles them."""
+        results = self.ws.results_dataset.resolve()
+        path = prediction_record_path(self.folder)
+        try:
+            info = read_prediction_record(self.folder)
+            trainer_schedule(info.trainer)  # one of our trainers' names, so a folder name, never a path
+            inside = (info.configurations and set(info.configurations) <= set(CONFIGURATIONS)
+                      and info.folds and all(0 <= f < N_FOLDS for f in info.folds)
+                      and all(model_folder(self.ws, c, info.trainer).resolve().is_relative_to(results)
+                              for c in info.configurations)
+                      and info.postprocessing_file is not None
+                      and info.postprocessing_file.resolve().is_relative_to(results))
+        except (InputError, OSError, ValueError, AttributeError):
+            inside = False
+        if not inside:
+            raise InputError(f"{path} is not a model record of this workspace (it must name our trainer, "
+                             f"configurations {', '.join(CONFIGURATIONS)}, folds 0-{N_FOLDS - 1} and files inside "
+                             f"{results}); run `ibsr-nnunet ensemble` again.")
+        return info
+
+    @property
+    def trainer(self) -> str:
+        return self.record.trainer
+
+    @property
+    def configurations(self) -> tuple[str, ...]:
+        return self.record.configurations
+
+    @property
+    def folds(self) -> tuple[int, ...]:
+        return self.record.folds
+
+    @property
+    def postprocessing_file(self) -> Path:
+        return self.record.postprocessing_file
+
+    def fold_folders(self) -> list[Path]:
+        return [fold_folder(self.ws, c, f, trainer=self.trainer) for c in self.configurations for f in self.folds]
+
+    def weight_files(self) -> list[Path]:
+        return [fold / "checkpoint_final.pth" for fold in self.fold_folders()] + [self.postprocessing_file]
+
+    def refusal(self, then: str = "segment") -> Optional[str]:
+        if not self.trained():
+            return (f"model {self.name} has no record at {prediction_record_path(self.folder)}; run `{self.remake}` "
+                    f"first.")
+        if why := self.stale():
+            return f"model {self.name} is stale ({self.folder}: {why}); run `{self.retrain}` first."
+        try:
+            self.record
+        except InputError as broken:
+            return str(broken)
+        for configuration in self.configurations:
+            for fold in self.folds:
+                folder = fold_folder(self.ws, configuration, fold, trainer=self.trainer)
+                if why := fold_unready(folder):
+                    return (f"model {self.name} uses {configuration} fold {fold} ({folder}), which {why}; let its "
+                            f"`ibsr-nnunet train --fold {fold} --config {configuration}` finish (run it again if it "
+                            f"stopped), then {then}.")
+        return None
+
+    @property
+    def axcodes(self) -> tuple[str, ...]:
+        return self.record.axcodes or super().axcodes
+
+    def predict(self, volumes: Iterable[tuple[str, Volume]], settings: PredictSettings) -> Iterator[Prediction]:
+        """Each volume written for nnU-Net to read, the chain (predict, ensemble, postprocess) over all of them,
+        then each map read back."""
+        scratch = Path(settings.scratch)
+        images = scratch / "images"
+        images.mkdir(parents=True, exist_ok=True)
+        seconds: dict[str, float] = {}
+        failed: list[Prediction] = []
+        keys: dict[Path, str] = {}
+
+        def written() -> Iterator[Path]:
+            for key, volume in volumes:
+                started = time.perf_counter()
+                image = images / f"{key}_0000.nii.gz"
+                try:
+                    write_volume(volume.with_array(volume.array.astype(np.float32)), image)
+                except Exception as err:
+                    failed.append(Prediction(key, error=err, step="writing the scan for nnU-Net"))
+                    continue
+                keys[image] = key
+                seconds[key] = time.perf_counter() - started
+                yield image
+
+        def timed(image: Path, spent: float) -> None:
+            seconds[keys[image]] += spent
+
+        output = "ensemble" if len(self.configurations) > 1 else self.configurations[0]
+        chained = predict_chain(self.ws, self.trainer, self.configurations, folds=self.folds, images=written(),
+                                scratch=scratch, postprocessing={output: self.postprocessing_file},
+                                device=settings.device, jobs=settings.jobs, log=scratch / "nnunet.log",
+                                on_image=timed, probabilities=settings.probabilities, tta=settings.tta,
+                                step_size=settings.step_size)[output]
+        yield from failed
+        for key in keys.values():
+            started = time.perf_counter()
+            try:
+                labels = read_volume(chained.labels / f"{key}.nii.gz").array.astype(np.uint8)
+                sums = None
+                if settings.probabilities:  # the softmax (the ensemble's average) before postprocessing
+                    with np.load(chained.probabilities / f"{key}.npz") as npz:
+                        sums = npz["probabilities"].reshape(npz["probabilities"].shape[0], -1).sum(axis=1)
+            except Exception as err:
+                yield Prediction(key, error=err, step="reading nnU-Net's prediction")
+                continue
+            yield Prediction(key, labels, sums, seconds[key] + time.perf_counter() - started)
+
+    def _lenient_record(self) -> Optional[PredictionRecord]:
+        """model.json as written, unchecked (validation and history only read the folds it names), or None."""
+        try:
+            return read_prediction_record(self.folder)
+        except InputError:
+            return None
+
+    def validation(self) -> Validation:
+        try:
+            found = read_prediction_record(self.folder)
+        except InputError as broken:  # a record cut short: no number, no crash
+            return Validation({}, f"{self.name}: {broken} (cv_dice_mean left empty)")
+        try:
+            crossval = crossval_dice(self.ws, found) if found is not None else None
+        except (ValueError, KeyError, TypeError) as broken:  # a summary cut short: no number, no crash
+            return Validation({}, f"{self.name}: nnU-Net's validation summaries are unreadable ({broken!r}); "
+                                  f"cv_dice_mean left empty, run `ibsr-nnunet ensemble` again to rewrite them.")
+        if not crossval:
+            return Validation({})
+        return Validation({"cv_dice_mean": crossval.mean, "cv_n": crossval.n,
+                           **{f"{t}_cv_dice_mean": d for t, d in crossval.dice.items()}})
+
+    def _history_folds(self) -> list[Path]:
+        found = self._lenient_record()
+        if found is None:
+            return []
+        return [fold_folder(self.ws, config, fold, trainer=found.trainer)
+                for config in found.configurations for fold in found.folds]
+
+    def training_seconds(self) -> float:
+        """All its folds' wall time: each run's first to last log line, summed over resumed runs."""
+        folds = self._history_folds()
+        return sum(sum(map(log_seconds, logs(fold))) for fold in folds) if folds else math.nan
+
+    def training_curves(self) -> dict[str, pd.DataFrame]:
+        """One curve per fold."""
+        curves = {}
+        for fold in self._history_folds():
+            curve = fold_curve(fold)
+            if not curve.empty:
+                curves[f"{fold.parent.name.rsplit('__', 1)[-1]} {fold.name}"] = curve
+        return curves
+
+
+def fold_curve(fold: Path) -> pd.DataFrame:
+    """epoch, train_loss, val_loss, pseudo_dice per epoch of one fold; a resumed epoch keeps its last complete run."""
+    rows = [{"epoch": e.epoch, **{k: getattr(e, k) for k in CURVE if getattr(e, k) is not None}}
+            for e in fold_epochs(fold) if any(getattr(e, k) is not None for k in CURVE)]
+    return pd.DataFrame(rows, columns=["epoch", *CURVE])

@@ -1,0 +1,43 @@
+"""A scan `segment` is given, and what became of it: two immutable values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class Scan:
+    """One input scan and where its map goes."""
+
+    input: Path
+    name: str  # output name, without _tissue.nii.gz / _qc.png
+    output: Path
+
+
+@dataclass(frozen=True)
+class ScanOutcome:
+    """What segmenting one scan gave: its volumes and QC picture, or its error; or the row of an earlier run with
+    the same input, model and options (`reused`)."""
+
+    scan: Scan
+    seconds: float = 0.0
+    warnings: tuple[str, ...] = ()
+    error: Optional[str] = None
+    volumes: dict[str, float] = field(default_factory=dict)
+    reused: Optional[dict] = None  # the volumes.csv row of an earlier run
+    qc: Optional[Path] = None
+    input_axcodes: str = ""  # the input's axes, as turned to the model's training orientation
+
+    @property
+    def input(self) -> Path:
+        return self.scan.input
+
+    @property
+    def name(self) -> str:
+        return self.scan.name
+
+    @property
+    def output(self) -> Path:
+        return self.scan.output
