@@ -184,7 +184,7 @@ OWNED_FILES = {
     "nnUNetPlans.json": {"ibsr_nnunet.nnunet.paths"},
     "ibsr_plan.json": {"ibsr_nnunet.nnunet.paths"},
     "dataset_fingerprint.json": {"ibsr_nnunet.nnunet.paths"},
-    "segment.json": {"ibsr_nnunet.segment"},
+    "segment.json": {"ibsr_nnunet.segment.record"},
 }
 # json.loads of what a file holds happens in core/jsonfile.py only; these parse what their own files hold line by
 # line or record by record (runs.jsonl lines, a lock file's bytes)

@@ -273,21 +273,31 @@ def test_nnunet_maps_are_identical_in_every_orientation_of_a_real_scan(ensembled
         np.testing.assert_array_equal(carried_back(turned, perm, flips), expected)
 
 
-def test_ensemble_stages_only_images_in_another_orientation(phantom_root, tmp_path):
-    from ibsr_nnunet.nnunet.ensemble import back_to_input_grid, in_training_orientation
+def test_ensemble_turns_only_images_in_another_orientation_and_carries_maps_back(phantom_root, tmp_path):
+    """The ensemble's way through core/oriented.py on real files: IBSR's own orientation is predicted as it is, a
+    permuted and flipped copy is turned to the training axes voxel for voxel, and its map carried back."""
+    from ibsr_nnunet.core.oriented import Prediction, predict_oriented
+    from ibsr_nnunet.data.volumes import read_volume
 
     image = phantom_root / "misa" / "Test_Set" / "IBSR_08" / "IBSR_08.nii.gz"
     same = tmp_path / "IBSR_08_0000.nii.gz"
     shutil.copy(image, same)
     turned = reoriented_copy(image, tmp_path / "IBSR_09_0000.nii.gz", *ORIENTATIONS[1])
-    staged = in_training_orientation([same, turned], ("R", "A", "S"), tmp_path / "oriented")
-    assert staged[same] == same  # IBSR's own orientation: predicted as it is, unchanged
-    copy = nib.load(str(staged[turned]))
-    np.testing.assert_array_equal(np.asanyarray(copy.dataobj), np.asanyarray(nib.load(str(image)).dataobj)[..., 0])
-    np.testing.assert_allclose(copy.affine, nib.load(str(image)).affine)
-    labels = tmp_path / "IBSR_09.nii.gz"  # a "prediction" on the staged copy: the copy's own voxels
-    nib.save(nib.Nifti1Image(np.asanyarray(copy.dataobj).astype(np.uint8) % 4, copy.affine), str(labels))
-    back_to_input_grid(labels, turned, ("R", "A", "S"))
-    restored = nib.load(str(labels))
-    np.testing.assert_array_equal(restored.affine, nib.load(str(turned)).affine)
-    np.testing.assert_array_equal(np.asanyarray(restored.dataobj), np.asanyarray(nib.load(str(turned)).dataobj) % 4)
+    seen = {}
+
+    def predict(volumes):
+        for key, volume in volumes:
+            seen[key] = volume
+            yield Prediction(key, volume.array.astype(np.uint8) % 4)  # a "prediction": the turned voxels
+
+    carried = {c.key: c for c in predict_oriented([("same", lambda: read_volume(same)),
+                                                    ("turned", lambda: read_volume(turned))], ("R", "A", "S"), predict)}
+    original = np.asanyarray(nib.load(str(image)).dataobj)[..., 0]
+    assert carried["same"].reorientation.identity and not carried["turned"].reorientation.identity
+    for key in ("same", "turned"):  # both are seen by the model exactly as the original scan
+        np.testing.assert_array_equal(seen[key].array, original)
+        np.testing.assert_allclose(seen[key].affine, nib.load(str(image)).affine)
+    np.testing.assert_array_equal(carried["turned"].prediction.labels,
+                                  np.asanyarray(nib.load(str(turned)).dataobj).astype(np.uint8) % 4)
+
+

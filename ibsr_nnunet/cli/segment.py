@@ -9,13 +9,13 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ..core.errors import InputError
 from .common import (
     Device,
     DeviceOption,
     JobsOption,
     console,
     cores,
-    errors,
     progress_bar,
     refusals,
     stage_app,
@@ -93,9 +93,7 @@ def segment(
     if result.sheet:
         console.print(f"QC contact sheet: {result.sheet}")
     console.print(f"wrote {result.csv}")
-    if result.failed:
+    if result.failed:  # the others are written: the command still fails, naming each failed scan's row
         names = ", ".join(scan.input.name for scan in result.failed)
-        errors.print(f"[bold red]error:[/] {len(result.failed)} of {len(result.scans)} scans failed: {escape(names)} "
-                     f"(first: {escape(result.failed[0].error)}); each error is in its row of {result.csv}",
-                     soft_wrap=True)
-        raise typer.Exit(1)
+        raise InputError(f"{len(result.failed)} of {len(result.scans)} scans failed: {names} (first: "
+                         f"{result.failed[0].error}); each error is in its row of {result.csv}")

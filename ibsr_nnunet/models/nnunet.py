@@ -84,7 +84,7 @@ class NnunetModel(TrainedModel):
                               for c in info.configurations)
                       and info.postprocessing_file is not None
                       and info.postprocessing_file.resolve().is_relative_to(results))
-        except (InputError, OSError, ValueError, AttributeError):
+        except (InputError, KeyError, OSError, ValueError, AttributeError):
             inside = False
         if not inside:
             raise InputError(f"{path} is not a model record of this workspace (it must name our trainer, "
