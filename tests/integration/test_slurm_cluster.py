@@ -19,82 +19,15 @@ from pathlib import Path
 
 import pytest
 
-import helpers
 from ibsr_nnunet.core.locks import Holder, lock_path, read_holder
 from ibsr_nnunet.core.workspace import Workspace
 from ibsr_nnunet.nnunet.paths import trainer_name
+from local_cluster import cli, copy_workspace, job_state, rows, wait_for
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[1]
-CLUSTER = REPO / "slurm" / "local-cluster.sh"
 TINY = ["--epochs", "4", "--iterations-per-epoch", "2", "--device", "cpu", "--gpus-per-job", "0",
         "--cpus-per-task", "1", "--signal-grace", "300"]
 TRAINER = trainer_name(4, 2)
-
-
-@pytest.fixture(scope="session")
-def cluster(tmp_path_factory):
-    """A running local cluster: started here unless one already runs, stopped at the end if started here."""
-    path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
-    missing = [tool for tool in ("slurmctld", "slurmd", "munged", "sbatch", "scontrol")
-               if not shutil.which(tool, path=path)]
-    if missing:
-        pytest.skip(f"SLURM is not installed ({', '.join(missing)} missing): "
-                    f"apt-get install slurmctld slurmd slurm-client munge")
-    base = os.environ.get("IBSR_SLURM_BASE", "/tmp/ibsr-slurm-local")
-    conf = f"{base}/etc/slurm.conf"
-    already = subprocess.run([str(CLUSTER), "status"], capture_output=True, text=True).stdout
-    started = "slurmctld: running" not in already
-    result = subprocess.run([str(CLUSTER), "start"], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-    previous = os.environ.get("SLURM_CONF")
-    os.environ["SLURM_CONF"] = conf
-    yield conf
-    if started:
-        subprocess.run([str(CLUSTER), "stop"], capture_output=True, text=True, timeout=120)
-    if previous is None:
-        os.environ.pop("SLURM_CONF", None)
-    else:
-        os.environ["SLURM_CONF"] = previous
-
-
-@pytest.fixture(scope="module")
-def planned(planned_ws) -> Path:
-    """The session's planned seed-0 phantom workspace (2d + 3d_fullres); each test works in its own copy."""
-    return planned_ws.root
-
-
-def cli(ws: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return helpers.cli(ws, *args, timeout=timeout, columns=250)
-
-
-def copy_workspace(planned: Path, target: Path) -> Workspace:
-    return helpers.copy_workspace(planned, target)
-
-
-def status(ws: Workspace) -> dict:
-    result = cli(ws.root, "status", "--json")
-    assert result.returncode == 0, result.stdout + result.stderr
-    return json.loads(result.stdout)
-
-
-def rows(ws: Workspace) -> dict[tuple[str, str, int | None], dict]:
-    return {(r["kind"], r["name"], r["fold"]): r for r in status(ws)["jobs"]}
-
-
-def job_state(job: str) -> dict[str, str]:
-    line = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True).stdout
-    return dict(re.findall(r"(\w+)=(\S*)", line))
-
-
-def wait_for(predicate, timeout: float, what: str, poll: float = 0.25):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def fold_dir(ws: Workspace, config: str, fold: int) -> Path:

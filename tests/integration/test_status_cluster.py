@@ -9,15 +9,9 @@ import subprocess
 
 import pytest
 
-import test_slurm_cluster
 from ibsr_nnunet.core.runlog import read_runs
 from ibsr_nnunet.nnunet.paths import trainer_name
-from test_slurm_cluster import cli, copy_workspace, job_state, rows, wait_for
-
-# test_slurm_cluster's fixtures, bound here so that pytest finds them for this module's tests (which take them as
-# parameters); assigned rather than imported, so that ruff's F811 (an unused import redefined) has nothing to flag
-cluster = test_slurm_cluster.cluster
-planned = test_slurm_cluster.planned
+from local_cluster import cli, copy_workspace, job_state, rows, wait_for
 
 pytestmark = pytest.mark.integration
 CPU = ["--device", "cpu", "--gpus-per-job", "0", "--cpus-per-task", "1"]

@@ -13,55 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from helpers import CLI, cli, invoke, said
+from helpers import cli, invoke, said
 from ibsr_nnunet.core.exitcodes import EXIT_LOCKED
 from ibsr_nnunet.core.locks import Holder, Lock, lock_path, read_holder
 from ibsr_nnunet.core.workspace import Workspace
 from ibsr_nnunet.data.phantom import write_phantoms
 from ibsr_nnunet.nnunet.paths import fold_folder, trainer_name
+from processes import alive, children, start, wait_for
 
 
-def children(pid: int) -> set[int]:
-    """Every live descendant of `pid` (from /proc: no psutil needed)."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parents.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def wait_for(check, timeout: float, poll: float = 0.1) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if check():
-            return True
-        time.sleep(poll)
-    return check()
-
-
-def start(ws: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([*CLI, "--workspace", str(ws), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env={**os.environ, "COLUMNS": "200", **(env or {})})
-
-
+@pytest.mark.workspace
 def test_a_live_holder_refuses_a_second_convert_naming_it(misa_copy, tmp_path):
     ws = Workspace.open(tmp_path / "ws")
     with Lock(lock_path(ws.raw_dataset), "dataset", "ibsr-nnunet convert elsewhere"):
@@ -71,6 +32,7 @@ def test_a_live_holder_refuses_a_second_convert_naming_it(misa_copy, tmp_path):
     assert not ws.raw_dataset.exists()
 
 
+@pytest.mark.workspace
 def test_a_lock_left_by_a_dead_process_is_taken_over(misa_copy, tmp_path):
     ws = Workspace.open(tmp_path / "ws")
     dead = subprocess.Popen([sys.executable, "-c", (

@@ -46,6 +46,7 @@ def reference_predictions(ws: Workspace, model: str, fingerprint: str | None) ->
 
 # ---- the records themselves ---------------------------------------------------------------------------------------
 
+@pytest.mark.workspace
 def test_record_staleness_and_contradiction(tmp_path):
     folder = tmp_path / "run"
     assert provenance.staleness(folder, "a" * 64) is None  # nothing there: nothing stale
@@ -63,6 +64,7 @@ def test_record_staleness_and_contradiction(tmp_path):
     assert provenance.staleness(folder, "b" * 64) is None
 
 
+@pytest.mark.workspace
 def test_weights_signature_and_what_changes_it(tmp_path):
     import hashlib
     import os
@@ -86,6 +88,7 @@ def test_weights_signature_and_what_changes_it(tmp_path):
     assert provenance.recorded_weights(tmp_path) is None  # no record: no weights to judge by
 
 
+@pytest.mark.workspace
 def test_archive_moves_and_deletes_nothing(tmp_path):
     ws = Workspace(tmp_path / "ws")
     run = ws.baselines / "unet2d__dice"
@@ -105,6 +108,7 @@ def test_archive_moves_and_deletes_nothing(tmp_path):
         provenance.archive(ws, [tmp_path / "elsewhere"])
 
 
+@pytest.mark.workspace
 def test_archive_copies_shared_files_and_never_lands_on_another_archive(tmp_path):
     ws = Workspace(tmp_path / "ws")
     shared = ws.root / "model" / "plans.json"
@@ -122,6 +126,7 @@ def test_archive_copies_shared_files_and_never_lands_on_another_archive(tmp_path
 
 # ---- each step, on the shared converted phantom -------------------------------------------------------------------
 
+@pytest.mark.workspace
 def test_leaderboard_leaves_stale_prediction_sets_out_and_records_the_dataset(converted_copy):
     ws = converted_copy
     current = provenance.dataset_fingerprint(ws)
@@ -137,6 +142,7 @@ def test_leaderboard_leaves_stale_prediction_sets_out_and_records_the_dataset(co
     assert summary["dataset_fingerprint"] == current
 
 
+@pytest.mark.workspace
 def test_an_evaluation_of_another_dataset_is_archived_and_redone(converted_copy):
     ws = converted_copy
     reference_predictions(ws, "unet2d__dice", provenance.dataset_fingerprint(ws))
@@ -154,6 +160,7 @@ def test_an_evaluation_of_another_dataset_is_archived_and_redone(converted_copy)
     assert (archived.parent / "unet2d__dice.csv").read_bytes() == old_csv
 
 
+@pytest.mark.workspace
 def test_a_board_of_another_dataset_is_archived_with_its_figures(converted_copy):
     ws = converted_copy
     reference_predictions(ws, "unet2d__dice", provenance.dataset_fingerprint(ws))
@@ -172,6 +179,7 @@ def test_a_board_of_another_dataset_is_archived_with_its_figures(converted_copy)
     assert pd.read_csv(ws.leaderboard)["dataset_fingerprint"].tolist() == [provenance.dataset_fingerprint(ws)]
 
 
+@pytest.mark.workspace
 def test_evaluate_refuses_predictions_recorded_from_another_dataset(converted_copy):
     ws = converted_copy
     out = reference_predictions(ws, "unet2d__dice", OLD)
@@ -181,6 +189,7 @@ def test_evaluate_refuses_predictions_recorded_from_another_dataset(converted_co
     assert not (ws.evaluation / "unet2d__dice.csv").exists()
 
 
+@pytest.mark.workspace
 def test_no_old_score_survives_when_nothing_current_is_left(converted_copy):
     ws = converted_copy
     out = reference_predictions(ws, "unet2d__dice", provenance.dataset_fingerprint(ws))
@@ -192,6 +201,7 @@ def test_no_old_score_survives_when_nothing_current_is_left(converted_copy):
     assert pd.read_csv(ws.leaderboard).empty
 
 
+@pytest.mark.workspace
 def test_ensemble_leaves_stale_folds_out_and_says_which(converted_copy):
     from ibsr_nnunet.nnunet.ensemble import select
 
@@ -212,6 +222,7 @@ def test_ensemble_leaves_stale_folds_out_and_says_which(converted_copy):
         select(ws, trainer)
 
 
+@pytest.mark.workspace
 def test_train_refuses_a_stale_fold_and_stale_plans_before_touching_them(planned_copy):
     ws = planned_copy
     trainer = trainer_name(2, 3)
@@ -228,6 +239,7 @@ def test_train_refuses_a_stale_fold_and_stale_plans_before_touching_them(planned
     assert "run `ibsr-nnunet plan` first" in said(result)
 
 
+@pytest.mark.workspace
 def test_train_refuses_or_archives_a_stale_fold_beside_the_one_it_trains(planned_copy):
     """Training rewrites the model folder's plans.json, dataset.json and dataset_fingerprint.json: a stale fold beside
     the one trained is refused, or archived with copies of them so that nnU-Net can still use it from there."""
@@ -251,6 +263,7 @@ def test_train_refuses_or_archives_a_stale_fold_beside_the_one_it_trains(planned
         assert (stale.parent / name).is_file()  # still in place for the folds that stay
 
 
+@pytest.mark.workspace
 def test_baseline_train_refuses_a_stale_run(converted_copy):
     ws = converted_copy
     run = ws.baselines / "unet2d__dice"
@@ -263,6 +276,7 @@ def test_baseline_train_refuses_a_stale_run(converted_copy):
     assert result.exit_code == 1 and "(baseline run) is stale" in said(result) and "--archive-stale" in said(result)
 
 
+@pytest.mark.workspace
 def test_convert_force_says_what_it_makes_stale(converted_copy, tmp_path):
     ws = converted_copy
     fingerprint = provenance.dataset_fingerprint(ws)
@@ -279,6 +293,7 @@ def test_convert_force_says_what_it_makes_stale(converted_copy, tmp_path):
     assert provenance.dataset_fingerprint(ws) != fingerprint
 
 
+@pytest.mark.workspace
 def test_status_marks_stale_folds_and_submit_refuses_or_archives_them(planned_copy, monkeypatch):
     from ibsr_nnunet.campaign.jobs import save_jobs
 
@@ -304,6 +319,7 @@ def test_status_marks_stale_folds_and_submit_refuses_or_archives_them(planned_co
     assert current.is_dir()
 
 
+@pytest.mark.workspace
 def test_submit_counts_a_stale_fold_beside_the_planned_ones(planned_copy, monkeypatch):
     ws = planned_copy
     trainer = trainer_name(2, 3)
@@ -425,6 +441,7 @@ def test_a_replaced_dataset_keeps_every_result_of_the_old_one_in_place_or_in_the
     assert pd.read_csv(ws / "leaderboard.csv")["dataset_fingerprint"].nunique() == 1
 
 
+@pytest.mark.workspace
 def test_ensemble_archives_the_search_and_prediction_sets_of_another_dataset(converted_copy):
     from ibsr_nnunet.nnunet.ensemble import archive_stale_search, best_configuration_file
 

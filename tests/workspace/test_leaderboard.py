@@ -387,7 +387,7 @@ def test_figures_with_five_cases(tmp_path):
 
 
 def test_readme_explains_every_leaderboard_column():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = readme.split("### Reading the leaderboard", 1)[1].split("\n### ", 1)[0]
     board = rank(synthetic_per_case({"a": [0.9] * 5, "b": [0.8] * 5}), "s", {})
     for column in board.columns:

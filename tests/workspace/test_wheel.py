@@ -14,8 +14,8 @@ import pytest
 
 import ibsr_nnunet
 
-REPO = Path(__file__).resolve().parents[1]
-GOLDEN = Path(__file__).parent / "golden"
+REPO = Path(__file__).resolve().parents[2]
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 SHIPPED = ("nnunet-fold.sbatch", "baseline.sbatch", "final.sbatch", "step.bash", "local-cluster.sh")
 GOLDEN_CLI = "/opt/venv/bin/python -m ibsr_nnunet"
 GOLDEN_WS = "/scratch/ibsr/ws"

@@ -18,7 +18,7 @@ from ibsr_nnunet.campaign import sbatch
 from ibsr_nnunet.core.errors import InputError
 from ibsr_nnunet.core.exitcodes import EXIT_REQUEUE, EXIT_STALLED
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).resolve().parents[2] / "golden"
 WS = Path("/scratch/ibsr/ws")
 CLI = ["/opt/venv/bin/python", "-m", "ibsr_nnunet"]
 GPU = sbatch.resources_from(partition="gpu", account="proj42", time="24:00:00", gpus_per_job=1, cpus_per_task=8,
