@@ -4,14 +4,13 @@ the stall rule, and whole lines under concurrent appends."""
 from __future__ import annotations
 
 import json
-import multiprocessing
 
 import pytest
 
 from ibsr_nnunet.core.durable import StopRun, conclude
 from ibsr_nnunet.core.exitcodes import EXIT_LOCKED, EXIT_REQUEUE, EXIT_STALLED
 from ibsr_nnunet.core.locks import Holder, LockedError, LockLost
-from ibsr_nnunet.core.runlog import RUNS_FILE, RunLog, append_line, parse_utc, read_runs, record_locked, stalled, utc
+from ibsr_nnunet.core.runlog import RUNS_FILE, RunLog, parse_utc, read_runs, record_locked, stalled, utc
 
 SLURM = {"SLURM_JOB_ID": "4711", "SLURM_ARRAY_JOB_ID": "4700", "SLURM_ARRAY_TASK_ID": "3",
          "SLURM_RESTART_COUNT": "2"}
@@ -131,24 +130,6 @@ def test_a_locked_run_is_recorded_only_in_a_folder_that_exists_and_marks_no_live
     record_locked(tmp_path, "train")
     runs = read_runs(tmp_path)
     assert [r.reason for r in runs] == [None, "locked"] and runs[1].end["exit_code"] == EXIT_LOCKED
-
-
-def _append_many(folder: str, writer: int) -> None:
-    from pathlib import Path
-
-    for i in range(150):
-        append_line(Path(folder), {"event": "start", "run": f"{writer}-{i}", "pad": "x" * 3000})
-
-
-def test_concurrent_appends_stay_whole_lines(tmp_path):
-    processes = [multiprocessing.get_context("fork").Process(target=_append_many, args=(str(tmp_path), w))
-                 for w in range(4)]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join(60)
-    records = lines(tmp_path)  # every line parses
-    assert len(records) == 600 and len({r["run"] for r in records}) == 600
 
 
 def test_utc_round_trips():

@@ -26,9 +26,17 @@ def test_folds_disjoint_and_covering():
     assert folds == cross_validation_folds(list(reversed(IDS[:8])))
 
 
-def test_too_few_subjects():
+def test_three_subjects_give_three_folds():
     assert len(cross_validation_folds(IDS[:3])) == 3
-    with pytest.raises(InputError):
-        cross_validation_folds(IDS[:1])
-    with pytest.raises(InputError):
-        heldout_subset(IDS[:2])
+
+
+@pytest.mark.parametrize("split, subjects, message", [
+    (cross_validation_folds, 1, r"^only 1 training subject\(s\): cross-validation needs at least 2; add subjects\.$"),
+    (cross_validation_folds, 0, r"^only 0 training subject\(s\): cross-validation needs at least 2"),
+    (heldout_subset, 2, r"^only 2 labelled subjects found: too few to hold 1 out and still train; add subjects or "
+                        r"provide a Validation_Set\.$"),
+    (heldout_subset, 1, r"^only 1 labelled subjects found: too few to hold 1 out"),
+], ids=["folds-1", "folds-0", "heldout-2", "heldout-1"])
+def test_too_few_subjects(split, subjects, message):
+    with pytest.raises(InputError, match=message):
+        split(IDS[:subjects])
