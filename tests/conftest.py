@@ -1,6 +1,6 @@
-"""Fixtures only (helpers are in helpers.py): the real IBSR18 volumes beside the checkout, phantom trees, and the
-shared phantom workspaces built once per session — converted, and converted + planned by real nnU-Net — with
-per-test copies for tests that change them."""
+"""The tiers (each test's marker, from its folder) and the fixtures (helpers are in helpers.py): the real IBSR18
+volumes beside the checkout, phantom trees, and the shared phantom workspaces built once per session — converted,
+and converted + planned by real nnU-Net — with per-test copies for tests that change them."""
 
 from __future__ import annotations
 
@@ -14,6 +14,36 @@ import pytest
 from helpers import SHARED_IBSR18, copy_workspace, restored_environ, watched_env
 from ibsr_nnunet.core.workspace import Workspace
 from ibsr_nnunet.data.phantom import write_phantoms
+
+TESTS = Path(__file__).resolve().parent
+TIERS = ("unit", "workspace", "integration")  # tests/<tier>/... carries that marker
+SCENARIOS = "scenarios"  # cross-cutting tests: each marks its own tier
+
+
+# ---- the tiers --------------------------------------------------------------------------------------------------
+
+def tier_problem(item: pytest.Item) -> str | None:
+    """Sets the tier marker of a test in a tier folder; says what is wrong when a test has no tier, or two."""
+    folder = Path(item.path).resolve().relative_to(TESTS).parts[0]
+    marked = sorted({mark.name for mark in item.iter_markers() if mark.name in TIERS})
+    if folder in TIERS:
+        if marked and marked != [folder]:
+            return f"is in tests/{folder}/ but marked {', '.join(marked)}: move it to the folder of its tier"
+        item.add_marker(folder)
+        return None
+    if folder == SCENARIOS:
+        if len(marked) != 1:
+            return (f"is a scenario marked {', '.join(marked) or 'with no tier'}: mark it with exactly one of "
+                    f"@pytest.mark.workspace or @pytest.mark.integration")
+        return None
+    return f"is outside the tier folders: move it under tests/{{{','.join(TIERS)},{SCENARIOS}}}/"
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by the markers set here
+def pytest_collection_modifyitems(config, items):
+    problems = [f"{item.nodeid} {problem}" for item in items if (problem := tier_problem(item))]
+    if problems:
+        raise pytest.UsageError("every test carries exactly one tier:\n" + "\n".join(problems))
 
 
 @pytest.fixture(autouse=True)

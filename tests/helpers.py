@@ -1,5 +1,6 @@
 """Helpers shared by the test modules (fixtures live in conftest.py): the command line in-process and in a
-subprocess, interrupt-and-wait, workspace copies, NIfTI save/load and the segment output check."""
+subprocess, interrupt-and-wait, workspace copies, NIfTI save/load, the segment output check and finished-looking
+nnU-Net folds."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from ibsr_nnunet.core import provenance
 from ibsr_nnunet.core.workspace import Workspace
 
 SHARED_IBSR18 = Path(__file__).resolve().parents[2] / "shared" / "data" / "ibsr18"
@@ -181,3 +183,14 @@ def carried_back(array: np.ndarray, perm: tuple[int, int, int], flips: tuple[int
     for axis in flips:
         array = np.flip(array, axis)
     return np.transpose(array, np.argsort(perm))
+
+
+# ---- nnU-Net folds ----------------------------------------------------------------------------------------------
+
+def fake_fold(ws: Workspace, trainer: str, config: str, fold: int) -> None:
+    folder = ws.results_dataset / f"{trainer}__nnUNetPlans__{config}" / f"fold_{fold}"
+    (folder / "validation").mkdir(parents=True)
+    """The files of a finished fold (empty), recorded as trained on the workspace's dataset."""
+    for name in ("checkpoint_final.pth", "validation/summary.json", "validation/IBSR_01.npz"):
+        (folder / name).write_bytes(b"")
+    provenance.record(folder, provenance.dataset_fingerprint(ws))  # trained on this workspace's dataset

@@ -1,0 +1,345 @@
+"""`segment` with a briefly trained baseline: phantoms, renamed/.nii/Analyze inputs, a corrupt file, real Test_Set
+scans."""
+
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from helpers import ORIENTATIONS, carried_back, check_segment_outputs, copy_workspace, invoke, reoriented_copy, said
+from ibsr_nnunet.core.workspace import Workspace
+from ibsr_nnunet.segment import collect_inputs, output_names, tissue_volumes
+
+MODEL = "unet2d__dice_ce"
+
+
+@pytest.fixture(scope="module")
+def trained(converted_ws, tmp_path_factory) -> Workspace:
+    """A copy of the session's converted seed-0 phantom workspace with a briefly trained unet2d__dice_ce."""
+    ws = copy_workspace(converted_ws, tmp_path_factory.mktemp("segment") / "ws")
+    result = invoke(ws, "baseline", "train", "--model", "unet2d", "--loss", "dice_ce", "--epochs", "2",
+                    "--iterations-per-epoch", "10", "--width", "4", "--patch-size", "32", "--batch-size", "2",
+                    "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    return ws
+
+
+def run(ws: Workspace, *args: str):
+    return invoke(ws, "segment", *args, "--model", MODEL, "--device", "cpu")
+
+
+def check_outputs(inputs: dict[str, Path], out: Path, model: str = MODEL) -> pd.DataFrame:
+    """Every output on its input's grid, labels in {0..3}, and the CSV's mL equal to voxel counts × voxel volume."""
+    return check_segment_outputs(inputs, out, model)
+
+
+def test_renamed_nii_and_analyze_inputs_keep_their_names_and_grids(trained, phantom_root, tmp_path):
+    inputs = tmp_path / "scans"
+    inputs.mkdir()
+    renamed = shutil.copy(phantom_root / "misa" / "Test_Set" / "IBSR_08" / "IBSR_08.nii.gz",
+                          inputs / "patient A.nii.gz")
+    plain = inputs / "subject-2.nii"  # uncompressed, 4-D (X,Y,Z,1) as IBSR ships
+    nib.save(nib.load(phantom_root / "misa" / "Validation_Set" / "IBSR_06" / "IBSR_06.nii.gz"), plain)
+    analyze = phantom_root / "analyze" / "IBSR_07" / "images" / "analyze" / "IBSR_07_ana.hdr"
+    out = tmp_path / "out"
+    result = run(trained, str(inputs), str(analyze), "--output", str(out))
+    assert result.exit_code == 0, result.output
+    assert f"model: {MODEL}" in said(result) and "s per scan" in said(result)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "IBSR_07_ana_qc.png", "IBSR_07_ana_tissue.nii.gz", "patient A_qc.png", "patient A_tissue.nii.gz",
+        "segment.json", "subject-2_qc.png", "subject-2_tissue.nii.gz", "volumes.csv"]
+    check_outputs({"patient A_tissue.nii.gz": Path(renamed), "subject-2_tissue.nii.gz": plain,
+                   "IBSR_07_ana_tissue.nii.gz": analyze}, out)
+
+
+def test_a_corrupt_file_is_reported_and_the_others_finish(trained, phantom_root, tmp_path):
+    inputs = tmp_path / "scans"
+    inputs.mkdir()
+    good = shutil.copy(phantom_root / "misa" / "Test_Set" / "IBSR_08" / "IBSR_08.nii.gz", inputs / "good.nii.gz")
+    data = (phantom_root / "misa" / "Validation_Set" / "IBSR_06" / "IBSR_06.nii.gz").read_bytes()
+    (inputs / "broken.nii.gz").write_bytes(data[: len(data) // 2])
+    nib.save(nib.Nifti1Image(np.ones((8, 8), np.int16), np.eye(4)), inputs / "flat.nii.gz")  # 2-D
+    out = tmp_path / "out"
+    result = run(trained, str(inputs), "--output", str(out))
+    assert result.exit_code == 1
+    assert "2 of 3 scans failed" in said(result)
+    table = check_outputs({"good_tissue.nii.gz": Path(good)}, out).reset_index().set_index("scan")
+    assert "truncated or corrupt" in table.loc["broken", "error"]
+    assert "2-D" in table.loc["flat", "error"]
+    assert sorted(p.name for p in out.iterdir()) == ["good_qc.png", "good_tissue.nii.gz", "segment.json",
+                                                     "volumes.csv"]  # nothing half-written
+
+
+def test_real_test_set_scans(trained, shared_ibsr18, tmp_path):
+    scan = shared_ibsr18 / "Test_Set" / "IBSR_02" / "IBSR_02.nii.gz"
+    out = tmp_path / "out"
+    result = run(trained, str(scan), "--output", str(out))
+    assert result.exit_code == 0, result.output
+    table = check_outputs({"IBSR_02_tissue.nii.gz": scan}, out)
+    # trained on 64×32×64 phantoms at ~4×6×4 mm, the real 0.94×1.5×0.94 mm scan is flagged
+    assert "spacing (0.938, 1.5, 0.938) mm is far from training's" in table.loc[str(scan), "warnings"]
+
+
+def test_default_model_needs_a_leaderboard_and_inputs_must_exist(trained, phantom_root, tmp_path):
+    scan = phantom_root / "misa" / "Test_Set" / "IBSR_08" / "IBSR_08.nii.gz"
+    result = invoke(trained, "segment", str(scan), "--output", str(tmp_path / "out"))
+    assert result.exit_code == 1 and "no leaderboard" in said(result) and "pass --model" in said(result)
+    for missing in (tmp_path / "nope.nii.gz", tmp_path):
+        refused = run(trained, str(missing), "--output", str(tmp_path / "out"))
+        assert refused.exit_code == 1
+        assert "does not exist" in said(refused) or "no .nii, .nii.gz or .hdr/.img file" in said(refused)
+
+
+def test_input_collection_and_names(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for path in ("a/T1.nii.gz", "b/T1.nii.gz", "a/x.img", "a/x.hdr", "a/notes.txt"):
+        (tmp_path / path).write_bytes(b"")
+    found = collect_inputs([tmp_path])
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a/T1.nii.gz", "a/x.hdr", "b/T1.nii.gz"]
+    assert list(output_names(found).values()) == ["a__T1", "x", "b__T1"]
+
+
+def test_tissue_volumes_by_hand():
+    labels = np.zeros((4, 4, 4), np.uint8)
+    labels[0, 0, :2] = 1  # 2 CSF voxels
+    labels[1, :, :] = 2  # 16 GM voxels
+    labels[2, :2, :] = 3  # 8 WM voxels
+    v = tissue_volumes(labels, (2.0, 1.0, 0.5))  # 1 mm³ voxels
+    assert [v[k] for k in ("CSF_ml", "GM_ml", "WM_ml", "total_ml")] == pytest.approx([0.002, 0.016, 0.008, 0.026],
+                                                                                    abs=1e-15)
+    assert v["BPF"] == pytest.approx(24 / 26) and v["GM_fraction"] == pytest.approx(16 / 26)
+
+
+# ---- outputs that never collide, and re-runs that redo only what changed ------------------------------------------
+
+@pytest.mark.parametrize("files, names", [
+    (["a/s.nii.gz", "b/s.nii.gz"], ["a__s", "b__s"]),
+    (["s.nii", "s.nii.gz"], ["s_nii", "s_nii_gz"]),
+    (["x/deep/s.nii.gz", "x/s.nii.gz", "y/s.hdr"], ["x__deep__s", "x__s", "y__s"]),
+    (["p/s.hdr", "p/s.nii.gz", "q/t.nii"], ["s_hdr", "s_nii_gz", "t"]),
+])
+def test_output_names_are_unique_for_any_inputs(tmp_path, files, names):
+    paths = []
+    for name in files:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+        paths.append(tmp_path / name)
+    assert [output_names(paths)[p] for p in paths] == names
+
+
+def test_an_output_folder_inside_the_inputs_is_not_read_back_and_a_file_is_refused(trained, phantom_root, tmp_path):
+    inputs = tmp_path / "scans"
+    inputs.mkdir()
+    shutil.copy(phantom_root / "misa" / "Test_Set" / "IBSR_08" / "IBSR_08.nii.gz", inputs / "good.nii.gz")
+    out = inputs / "tissue"
+    for _ in range(2):
+        result = run(trained, str(inputs), "--output", str(out), "--no-qc")
+        assert result.exit_code == 0, result.output
+    assert pd.read_csv(out / "volumes.csv")["scan"].tolist() == ["good"]  # not good_tissue read back as input
+    refused = run(trained, str(inputs), "--output", str(inputs / "good.nii.gz"))
+    assert refused.exit_code == 1 and "is a file; pass a folder" in said(refused)
+
+
+def test_a_rerun_is_a_no_op_and_redoes_only_what_changed(trained, phantom_root, tmp_path):
+    inputs = tmp_path / "scans"
+    inputs.mkdir()
+    for case, folder in (("IBSR_08", "Test_Set"), ("IBSR_06", "Validation_Set")):
+        shutil.copy(phantom_root / "misa" / folder / case / f"{case}.nii.gz", inputs / f"{case}.nii.gz")
+    out = tmp_path / "out"
+    assert run(trained, str(inputs), "--output", str(out)).exit_code == 0
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*_tissue.nii.gz")}
+    again = run(trained, str(inputs), "--output", str(out))
+    assert again.exit_code == 0 and "nothing redone" in said(again), again.output
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*_tissue.nii.gz")} == stamps
+    shutil.copy(phantom_root / "misa" / "Validation_Set" / "IBSR_07" / "IBSR_07.nii.gz", inputs / "IBSR_06.nii.gz")
+    changed = run(trained, str(inputs), "--output", str(out))
+    assert changed.exit_code == 0 and "1 scans already up to date" in said(changed), changed.output
+    assert (out / "IBSR_08_tissue.nii.gz").stat().st_mtime_ns == stamps["IBSR_08_tissue.nii.gz"]
+    assert (out / "IBSR_06_tissue.nii.gz").stat().st_mtime_ns != stamps["IBSR_06_tissue.nii.gz"]
+    table = pd.read_csv(out / "volumes.csv")
+    assert sorted(table["scan"]) == ["IBSR_06", "IBSR_08"] and table["error"].isna().all()
+    best = trained.baselines / MODEL / "best.pt"
+    best.touch()  # a retrained model: everything is redone
+    redone = run(trained, str(inputs), "--output", str(out))
+    assert redone.exit_code == 0 and "already up to date" not in said(redone) and "nothing redone" not in said(redone)
+
+
+# ---- orientation, QC pictures, soft volumes, TTA ---------------------------------------------------------------
+
+def test_every_orientation_of_a_scan_gets_the_identical_map(trained, phantom_root, tmp_path):
+    source = phantom_root / "misa" / "Test_Set" / "IBSR_08" / "IBSR_08.nii.gz"
+    inputs = tmp_path / "scans"
+    inputs.mkdir()
+    shutil.copy(source, inputs / "original.nii.gz")
+    copies = {f"turned{i}": reoriented_copy(source, inputs / f"turned{i}.nii.gz", perm, flips)
+              for i, (perm, flips) in enumerate(ORIENTATIONS)}
+    out = tmp_path / "out"
+    result = run(trained, str(inputs), "--output", str(out), "--no-qc")
+    assert result.exit_code == 0, result.output
+    reference = nib.load(str(out / "original_tissue.nii.gz"))
+    expected = np.asanyarray(reference.dataobj)
+    table = pd.read_csv(out / "volumes.csv").set_index("scan")
+    assert table.loc["original", "input_axcodes"] == "RAS"
+    for name, copy in copies.items():
+        written = nib.load(str(out / f"{name}_tissue.nii.gz"))
+        assert written.shape == nib.load(str(copy)).shape[:3]
+        np.testing.assert_array_equal(written.affine, nib.load(str(copy)).affine)
+        # carried back through the inverse of the copy's own permutation and flips: voxel for voxel the original map
+        np.testing.assert_array_equal(carried_back(np.asanyarray(written.dataobj), *ORIENTATIONS[int(name[-1])]),
+                                      expected)
+        assert table.loc[name, "CSF_ml"] == table.loc["original", "CSF_ml"]
+        # warnings judge the scan as the model sees it: a permuted spacing is no reason for one
+        assert str(table.loc[name, "warnings"]) == str(table.loc["original", "warnings"])
+    assert table.loc["turned1", "input_axcodes"] == "SLA"
+
+
+def test_baselines_slice_across_the_training_axis_whatever_the_input_spacing(trained):
+    from baselines.run_folder import TrainingOrientation, read_orientation
+
+    recorded = read_orientation(trained.baselines / MODEL)
+    assert recorded == TrainingOrientation(("R", "A", "S"), 1)
+
+
+def test_a_1mm_isotropic_scan_is_still_sliced_across_the_training_axis(trained, phantom_root, monkeypatch):
+    """The thickest-axis rule would pick axis 0 (sagittal) for equal voxel sizes; the recorded axis 1 wins."""
+    import baselines.infer as infer
+    from ibsr_nnunet.data.volumes import Volume
+
+    source = nib.load(str(phantom_root / "misa" / "Test_Set" / "IBSR_08" / "IBSR_08.nii.gz"))
+    array = np.asanyarray(source.dataobj)[..., 0]
+    header = nib.Nifti1Header()
+    header.set_data_shape(array.shape)
+    header.set_zooms((1.0, 1.0, 1.0))
+    header.set_sform(np.eye(4), code=1)
+    seen = []
+    real = infer.predict_array
+    monkeypatch.setattr(infer, "predict_array", lambda model, image, *a, **k: seen.append(image.shape) or real(
+        model, image, *a, **k))
+    predictor = infer.Predictor(trained.baselines / MODEL, device="cpu")
+    labels, _ = predictor(Volume(array, header))
+    x, y, z = array.shape
+    assert seen == [(y, x, z)] and labels.shape == array.shape
+
+
+def test_ibsr_cases_come_out_of_baseline_predict_unchanged_by_the_orientation_step(trained):
+    """The workspace's own cases are already in the training orientation: `baseline predict` (Predictor) gives
+    exactly the map of the bare sliding window across the recorded axis."""
+    from baselines.data import zscore
+    from baselines.infer import Predictor, predict_array
+    from ibsr_nnunet.data.volumes import read_volume
+
+    _, image, _ = trained.cases("heldout")[0]
+    volume = read_volume(image)
+    predictor = Predictor(trained.baselines / MODEL, device="cpu")
+    labels, _ = predictor(volume)
+    bare = predict_array(predictor.model, np.ascontiguousarray(np.moveaxis(zscore(np.asarray(volume.array)), 1, 0)),
+                         predictor.window, amp=predictor.amp)
+    np.testing.assert_array_equal(labels, np.moveaxis(bare, 0, 1))
+    assert (labels > 0).any()
+
+
+def test_an_oblique_scan_is_segmented_in_the_nearest_orientation_with_a_warning(trained, phantom_root, tmp_path):
+    source = phantom_root / "misa" / "Test_Set" / "IBSR_08" / "IBSR_08.nii.gz"
+    image = nib.load(str(source))
+    turn = np.radians(20)  # about the S axis: nearest axis-aligned orientation is still R, A, S
+    rotation = np.eye(4)
+    rotation[:2, :2] = [[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]]
+    inputs = tmp_path / "scans"
+    inputs.mkdir()
+    shutil.copy(source, inputs / "straight.nii.gz")
+    oblique = inputs / "oblique.nii.gz"
+    nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), rotation @ image.affine, header=image.header), str(oblique))
+    out = tmp_path / "out"
+    result = run(trained, str(inputs), "--output", str(out), "--no-qc")
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out / "volumes.csv", dtype={"input_axcodes": str}).set_index("scan")
+    assert "oblique by 20 degrees (more than 10)" in table.loc["oblique", "warnings"]
+    assert "oblique" not in str(table.loc["straight", "warnings"]) and table.loc["oblique", "input_axcodes"] == "RAS"
+    written = nib.load(str(out / "oblique_tissue.nii.gz"))
+    np.testing.assert_array_equal(written.affine, nib.load(str(oblique)).affine)  # not resampled: the input's grid
+    np.testing.assert_array_equal(np.asanyarray(written.dataobj),
+                                  np.asanyarray(nib.load(str(out / "straight_tissue.nii.gz")).dataobj))
+
+
+def test_qc_pictures_and_the_contact_sheet(trained, phantom_root, tmp_path):
+    from PIL import Image
+
+    inputs = [phantom_root / "misa" / "Test_Set" / "IBSR_08" / "IBSR_08.nii.gz",
+              phantom_root / "misa" / "Validation_Set" / "IBSR_06" / "IBSR_06.nii.gz"]
+    out = tmp_path / "out"
+    result = run(trained, *map(str, inputs), "--output", str(out), "--qc-sheet")
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out / "volumes.csv").set_index("scan")
+    for case in ("IBSR_08", "IBSR_06"):
+        picture = out / f"{case}_qc.png"
+        assert table.loc[case, "qc"] == str(picture)
+        width, height = Image.open(picture).size
+        assert width > 1.5 * height > 300
+    sheet = Image.open(out / "qc_sheet.png")
+    assert sheet.size[1] > 1.5 * Image.open(out / "IBSR_08_qc.png").size[1]  # one row per scan
+    assert "QC contact sheet" in said(result)
+    none = run(trained, str(inputs[0]), "--output", str(tmp_path / "plain"), "--no-qc")
+    assert none.exit_code == 0 and not list((tmp_path / "plain").glob("*.png"))
+
+
+class ConstantModel(torch.nn.Module):
+    """Logits equal everywhere: softmax (0.1, 0.2, 0.3, 0.4) at every voxel; counts its forward passes."""
+
+    dims = 2
+
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Conv2d(1, 4, 1)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        logits = torch.log(torch.tensor([0.1, 0.2, 0.3, 0.4]))
+        return logits.view(1, 4, 1, 1).expand(x.shape[0], 4, *x.shape[2:]).clone()
+
+
+def test_soft_volumes_are_probability_sums_times_the_voxel_volume():
+    from baselines.infer import predict_array
+    from ibsr_nnunet.segment import soft_volumes
+
+    image = np.zeros((6, 20, 20), np.float32)
+    image[1:5, 2:12, 3:9] = 1.0  # a 4×10×6 brain box of 240 voxels in 2400
+    labels, sums = predict_array(ConstantModel(), image, (8, 8), overlap=0.5, amp=False, probabilities=True)
+    np.testing.assert_allclose(sums, [2400 - 240 + 0.1 * 240, 0.2 * 240, 0.3 * 240, 0.4 * 240], rtol=1e-5)
+    assert (labels[1:5, 2:12, 3:9] == 3).all() and labels.sum() == 3 * 240  # hard: WM in the box, counts exact
+    volumes = soft_volumes(sums, (1.0, 2.0, 0.5))  # 1 mm³ voxels
+    assert volumes == pytest.approx({"CSF_ml_soft": 0.048, "GM_ml_soft": 0.072, "WM_ml_soft": 0.096}, rel=1e-5)
+
+
+@pytest.mark.parametrize("tta, passes", [(False, 1), (True, 4)])
+def test_tta_mirrors_every_in_plane_axis(tta, passes):
+    from baselines.infer import predict_array
+
+    model = ConstantModel()
+    image = np.ones((1, 8, 8), np.float32)
+    predict_array(model, image, (8, 8), overlap=0.0, batch_size=1, amp=False, tta=tta)
+    assert model.calls == passes
+
+
+def test_soft_volumes_and_speed_options_reach_volumes_csv(trained, phantom_root, tmp_path):
+    scan = phantom_root / "misa" / "Test_Set" / "IBSR_08" / "IBSR_08.nii.gz"
+    out = tmp_path / "out"
+    result = run(trained, str(scan), "--output", str(out), "--soft-volumes", "--tta", "--step-size", "0.75",
+                 "--no-qc")
+    assert result.exit_code == 0, result.output
+    row = pd.read_csv(out / "volumes.csv").iloc[0]
+    assert (bool(row["tta"]), row["step_size"]) == (True, 0.75)
+    image = nib.load(str(scan))
+    image_ml = np.prod(image.shape[:3]) * np.prod(image.header.get_zooms()[:3]) / 1000
+    soft = [row[f"{tissue}_ml_soft"] for tissue in ("CSF", "GM", "WM")]
+    assert all(v > 0 for v in soft) and sum(soft) < image_ml  # probabilities: background takes the rest
+    default = run(trained, str(scan), "--output", str(tmp_path / "cpu"), "--no-qc")
+    row = pd.read_csv(tmp_path / "cpu" / "volumes.csv").iloc[0]
+    assert bool(row["tta"]) is False and np.isnan(row["CSF_ml_soft"]) and default.exit_code == 0
+    bad = run(trained, str(scan), "--output", str(tmp_path / "x"), "--step-size", "0")
+    assert bad.exit_code == 1 and "--step-size 0.0 is outside (0, 1]" in said(bad)
