@@ -12,10 +12,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import ClassVar, Iterable, Iterator, Optional
 
-import numpy as np
 import pandas as pd
 
 from ..core.manifest import read_manifest
+from ..core.oriented import Prediction
 from ..core.provenance import dataset_fingerprint, staleness, weights_signature
 from ..core.workspace import Workspace
 from ..data.preprocess import Preprocessing
@@ -49,19 +49,6 @@ class PredictSettings:
     probabilities: bool = False
     jobs: int = 1
     scratch: Optional[Path] = None
-
-
-@dataclass(frozen=True)
-class Predicted:
-    """One volume's prediction in the training orientation: uint8 labels (trailing axes allowed) and each class's
-    summed probability, or the error and the step it failed in."""
-
-    key: str
-    labels: Optional[np.ndarray] = None
-    sums: Optional[np.ndarray] = None
-    seconds: float = 0.0
-    error: Optional[Exception] = None
-    step: str = "the prediction"
 
 
 @dataclass(frozen=True)
@@ -159,7 +146,7 @@ class TrainedModel(ABC):
         return self._training.preprocessing
 
     @abstractmethod
-    def predict(self, volumes: Iterable[tuple[str, Volume]], settings: PredictSettings) -> Iterator[Predicted]:
+    def predict(self, volumes: Iterable[tuple[str, Volume]], settings: PredictSettings) -> Iterator[Prediction]:
         """Each (key, volume) already in the training orientation and preprocessed, predicted; `volumes` may be a
         generator (the model may take the next one before it yields a prediction); failures are yielded, not
         raised."""
