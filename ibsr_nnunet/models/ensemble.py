@@ -18,7 +18,7 @@ from ..core.atomic import swap_in, write_json
 from ..core.errors import InputError
 from ..core.locks import Lock, lock_path
 from ..core.oriented import Prediction, predict_oriented
-from ..core.provenance import dataset_fingerprint, record, weights_signature
+from ..core.provenance import dataset_fingerprint, weights_signature, write_provenance
 from ..core.workspace import Workspace
 from ..data.volumes import Volume, read_volume, write_volume
 from ..nnunet.ensemble import (
@@ -129,8 +129,9 @@ def _predict_all(ws: Workspace, selection: Selection, keys: tuple[str, ...], ima
             write_prediction_record(built[key], model_record(
                 model, selection.trainer, configurations=configurations, folds=selection.folds,
                 postprocessing_pkl=postprocessing[key], crossval_dice=search["results"][key], axcodes=axcodes))
-            record(built[key], fingerprint, model=model, trainer=selection.trainer, folds=list(selection.folds),
-                   weights=[entry for c in configurations for entry in weights[c]])
+            used = [entry for c in configurations for entry in weights[c]]
+            write_provenance(built[key], fingerprint, model=model, trainer=selection.trainer,
+                             folds=list(selection.folds), weights=used)
             predictions[model] = ws.predictions / model
         for key, model in ((key, MODEL_NAMES[key]) for key in keys):
             swap_in(built[key], predictions[model])

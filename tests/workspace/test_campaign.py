@@ -98,7 +98,7 @@ def test_submit_again_skips_queued_running_and_finished_and_replaces_a_pending_f
     (folder / "validation").mkdir(parents=True)
     (folder / "checkpoint_final.pth").write_bytes(b"x")
     (folder / "validation" / "summary.json").write_text("{}")
-    provenance.record(folder, provenance.dataset_fingerprint(ws))  # trained on this workspace's dataset
+    provenance.write_provenance(folder, provenance.dataset_fingerprint(ws))  # trained on this workspace's dataset
     slurm.states.update({"101_0": "COMPLETED", "101_1": "FAILED", "102_0": "RUNNING", "103": "COMPLETED"})
     third = submit.submit(ws, plan, cli=CLI, run=slurm, say=lambda _: None)
     assert [(s.kind, s.name, s.folds) for s in third.submitted] == [("fold", "2d", [1]), ("final", "final", [])]

@@ -10,7 +10,7 @@ import pytest
 
 from helpers import copy_workspace, invoke, said
 from ibsr_nnunet.core.errors import InputError
-from ibsr_nnunet.core.provenance import dataset_fingerprint, record
+from ibsr_nnunet.core.provenance import dataset_fingerprint, write_provenance
 from ibsr_nnunet.core.workspace import Workspace
 
 NOT_A_NAME = "is not a usable model name: use letters, digits"
@@ -107,7 +107,7 @@ def write_record(ws: Workspace, **changes) -> Path:
     info = {"model": "nnunet_2d", "trainer": "IbsrTrainer_3ep_10it", "configurations": ["2d"], "folds": [0],
             "postprocessing_file": str(pkl), "axcodes": ["R", "A", "S"], **changes}
     (folder / "model.json").write_text(json.dumps(info))
-    record(folder, dataset_fingerprint(ws), model="nnunet_2d")
+    write_provenance(folder, dataset_fingerprint(ws), model="nnunet_2d")
     return folder / "model.json"
 
 

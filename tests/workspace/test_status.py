@@ -60,7 +60,7 @@ def campaign(converted_copy) -> Path:
     baseline = ws.baselines / "unet2d__dice_ce"
     for folder in (fold0, fold1, baseline):
         folder.mkdir(parents=True)
-        provenance.record(folder, fingerprint)
+        provenance.write_provenance(folder, fingerprint)
     # fold 0: epochs of 600 s on the V100 (not the current device), then 310 s, then 290..330 s on the H200
     logs = [nnunet_log(fold0, "training_log_1.txt", range(0, 10), [600.0] * 10),
             nnunet_log(fold0, "training_log_2.txt", range(10, 20), [310.0] * 10),
