@@ -44,12 +44,12 @@ def test_model_names_that_are_names_pass(name):
 ], ids=["up", "down-and-up", "300-chars", "unknown-loss", "no-loss"])
 def test_baseline_names_and_submit_baselines(name, problem):
     from baselines.registry import check_baseline_name
-    from ibsr_nnunet.campaign.submit import SubmitPlan
+    from ibsr_nnunet.campaign.submit import SubmitRequest
 
     with pytest.raises(InputError, match=rf"^--baselines '.*' {problem}"):
         check_baseline_name(name, "--baselines")
     with pytest.raises(InputError, match=rf"^--baselines '.*' {problem}"):
-        SubmitPlan(baselines=(name,))
+        SubmitRequest(baselines=(name,))
 
 
 def test_submit_refuses_a_baseline_path_on_the_command_line(tmp_path):
