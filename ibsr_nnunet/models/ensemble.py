@@ -36,8 +36,8 @@ from ..nnunet.prediction_record import write_prediction_record
 from .protocol import training
 
 
-def run(ws: Workspace, trainer: Optional[str] = None, *, jobs: int = 1, device: str = "auto",
-        say: Callable[[str], None] = print) -> EnsembleResult:
+def build_ensemble(ws: Workspace, trainer: Optional[str] = None, *, jobs: int = 1, device: str = "auto",
+                   say: Callable[[str], None] = print) -> EnsembleResult:
     """Search the best configuration, predict imagesTs with 2d, 3d_fullres and their ensemble, postprocess, record."""
     started = time.perf_counter()
     images = ws.raw_dataset / "imagesTs"
