@@ -120,7 +120,7 @@ def parse_holder(data: bytes, heartbeat: float) -> Optional[Holder]:
         return None
     if not isinstance(record, dict):
         return None
-    record.pop("heartbeat", None)  # records of older versions carried it; the mtime is the heartbeat now
+    record.pop("heartbeat", None)  # lock files of older versions carry it; the heartbeat is the mtime
     record.setdefault("token", "")
     known = {f.name for f in fields(Holder)} - {"heartbeat"}
     if set(record) != known or any(not isinstance(record[k], t) or isinstance(record[k], bool)
