@@ -130,4 +130,4 @@ def ensemble(
         table.add_row(model + mark, f"{result.results[model]:.4f}", f"{cases} cases in {folder.relative_to(ws.root)}")
     console.print(table)
     console.print(f"winner: {result.reason}")
-    console.print(f"recorded in {result.record} ({result.seconds:.0f} s)")
+    console.print(f"recorded in {result.best_configuration} ({result.seconds:.0f} s)")

@@ -62,14 +62,14 @@ def build_ensemble(ws: Workspace, trainer: Optional[str] = None, *, jobs: int = 
     reason = (f"{winner} has the highest cross-validation foreground-mean Dice on folds "
               f"{', '.join(map(str, selection.folds))} ({ranked}; nnU-Net keeps the simpler model on a tie); "
               f"{search['post_pp']:.4f} after its postprocessing")
-    record_file = best_configuration_file(ws)
-    write_json(record_file, {  # read back only for its dataset_fingerprint (archive_stale_search)
+    best_file = best_configuration_file(ws)
+    write_json(best_file, {  # read back only for its dataset_fingerprint (archive_stale_search)
         "winner": winner, "reason": reason, "crossval_dice": results, "crossval_dice_post_pp": search["post_pp"],
         "trainer": selection.trainer, "configurations": list(selection.configurations),
         "folds": list(selection.folds), "warnings": selection.warnings,
         "predictions": {m: str(p) for m, p in predictions.items()}, "dataset_fingerprint": fingerprint,
     })
-    return EnsembleResult(selection, results, winner, reason, predictions, record_file, time.perf_counter() - started)
+    return EnsembleResult(selection, results, winner, reason, predictions, best_file, time.perf_counter() - started)
 
 
 def _predict_all(ws: Workspace, selection: Selection, keys: tuple[str, ...], images: Path, fingerprint: str, *,
