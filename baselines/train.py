@@ -120,38 +120,38 @@ def train(folder: Path, train_files: list[tuple[str, Path, Path]], options: Trai
 def _train(folder: Path, train_files: list[tuple[str, Path, Path]], options: TrainOptions, state: dict | None, *,
            began: float, durable: DurableRun, on_epoch, on_iteration, on_start) -> TrainOutcome:
     """The training loop of `train`, recorded by `durable` from its start on."""
-    run = _start_run(folder, train_files, options, began)
+    training = _start_training(folder, train_files, options, began)
     if state is not None:
-        run.restore(state)
-    start_epoch = run.epoch
+        training.restore(state)
+    start_epoch = training.epoch
     folder.mkdir(parents=True, exist_ok=True)
-    device = run.device
+    device = training.device
     durable.begin(epoch=start_epoch, device=device.type,
                   device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name())
     if on_start:
         on_start(start_epoch, options.epochs)
-    finished = run.budget_spent()
+    finished = training.budget_spent()
     if finished:  # resumed with a budget already spent: record that the run is complete
         durable.verify_lock()
-        run.save(finished=True)
+        training.save(finished=True)
     while not finished:
-        losses = _train_epoch(run, durable.stop, on_iteration)
+        losses = _train_epoch(training, durable.stop, on_iteration)
         if durable.stop_requested:  # the partial epoch is redone on resume; its updates stay in the weights
             durable.verify_lock()
-            run.save(finished=False)
+            training.save(finished=False)
             raise StopRun(durable.signal_name)
-        row = _end_epoch(run, losses)
-        finished = run.budget_spent() or run.bad_epochs >= options.patience
+        row = _end_epoch(training, losses)
+        finished = training.budget_spent() or training.bad_epochs >= options.patience
         durable.verify_lock()  # lost: stop without writing into another writer's run
-        run.save(finished)
-        durable.epoch_finished(run.epoch)
+        training.save(finished)
+        durable.epoch_finished(training.epoch)
         if on_epoch:
             on_epoch(row)
-    return run.result("finished", start_epoch)
+    return training.result("finished", start_epoch)
 
 
 @dataclass
-class _Run:
+class _TrainingState:
     """One run's training state, shared by the epoch loop, the training step and the checkpoint writer."""
 
     folder: Path
@@ -255,7 +255,8 @@ def apply_gradients(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sc
     return finite
 
 
-def _start_run(folder: Path, train_files: list[tuple[str, Path, Path]], options: TrainOptions, began: float) -> _Run:
+def _start_training(folder: Path, train_files: list[tuple[str, Path, Path]], options: TrainOptions,
+                    began: float) -> _TrainingState:
     """Seed, split and load the cases, then build the samplers, network, optimiser, schedule and loss, untrained."""
     device = torch_device(options.device)
     fixed = options.threads or device.type != "cpu"
@@ -275,44 +276,46 @@ def _start_run(folder: Path, train_files: list[tuple[str, Path, Path]], options:
     optimizer = _optimizer(options, model.parameters())
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=options.plateau_patience)
     scaler = grad_scaler(device, options.amp)
-    return _Run(folder, options, began, device, tuner, train_ids, val_ids, sampler, val_data, model, optimizer,
-                plateau, scaler, build_loss(options.loss).to(device))
+    return _TrainingState(folder, options, began, device, tuner, train_ids, val_ids, sampler, val_data, model,
+                          optimizer, plateau, scaler, build_loss(options.loss).to(device))
 
 
-def _train_epoch(run: _Run, stop: StopSignals, on_iteration: Callable[[], None] | None) -> list[float]:
+def _train_epoch(training: _TrainingState, stop: StopSignals, on_iteration: Callable[[], None] | None) -> list[float]:
     """Up to iterations_per_epoch training steps; fewer when a stop signal comes or the minutes run out."""
-    options = run.options
-    run.model.train()
+    options = training.options
+    training.model.train()
     losses = []
     for _ in range(options.iterations_per_epoch):
         if options.schedule == "cosine":
-            for group in run.optimizer.param_groups:
-                group["lr"] = _cosine_lr(options, run.epoch * options.iterations_per_epoch + len(losses), run.elapsed())
-        losses.append(run.tuner(run.step))
+            for group in training.optimizer.param_groups:
+                steps_done = training.epoch * options.iterations_per_epoch + len(losses)
+                group["lr"] = _cosine_lr(options, steps_done, training.elapsed())
+        losses.append(training.tuner(training.step))
         if on_iteration:
             on_iteration()
-        if stop.requested or run.out_of_time():
+        if stop.requested or training.out_of_time():
             break
     return losses
 
 
-def _end_epoch(run: _Run, losses: list[float]) -> dict:
+def _end_epoch(training: _TrainingState, losses: list[float]) -> dict:
     """Validate, step the plateau schedule, keep the best weights and counters; the epoch's log row."""
-    options = run.options
-    val_loss, val_dice = _validate(run.model, run.loss_fn, run.val_data, run.device, options.amp, options.dims)
-    lr = run.optimizer.param_groups[0]["lr"]
+    options = training.options
+    val_loss, val_dice = _validate(training.model, training.loss_fn, training.val_data, training.device, options.amp,
+                                   options.dims)
+    lr = training.optimizer.param_groups[0]["lr"]
     if options.schedule == "plateau":
-        run.plateau.step(val_loss)
-    run.epoch += 1
-    if val_loss < run.best_val_loss:
-        run.best_val_loss, run.best_val_dice, run.bad_epochs = val_loss, val_dice, 0
-        write_best_weights(run.folder, asdict(options), run.epoch,
-                           {k: v.cpu() for k, v in run.model.state_dict().items()})
+        training.plateau.step(val_loss)
+    training.epoch += 1
+    if val_loss < training.best_val_loss:
+        training.best_val_loss, training.best_val_dice, training.bad_epochs = val_loss, val_dice, 0
+        write_best_weights(training.folder, asdict(options), training.epoch,
+                           {k: v.cpu() for k, v in training.model.state_dict().items()})
     else:
-        run.bad_epochs += 1
-    row = {"epoch": run.epoch, "train_loss": round(float(np.mean(losses)), 5), "val_loss": round(val_loss, 5),
-           "val_dice": round(val_dice, 5), "lr": f"{lr:.3g}", "seconds": round(run.elapsed(), 1)}
-    run.log.append(row)
+        training.bad_epochs += 1
+    row = {"epoch": training.epoch, "train_loss": round(float(np.mean(losses)), 5), "val_loss": round(val_loss, 5),
+           "val_dice": round(val_dice, 5), "lr": f"{lr:.3g}", "seconds": round(training.elapsed(), 1)}
+    training.log.append(row)
     return row
 
 

@@ -13,11 +13,11 @@ from ibsr_nnunet.core.manifest import Manifest, read_manifest
 from ibsr_nnunet.core.provenance import (
     archive_stale_outputs,
     ensure_current,
-    record,
     recorded_weights,
     staleness,
     weights_changed,
     weights_signature,
+    write_provenance,
 )
 from ibsr_nnunet.core.workspace import Workspace
 
@@ -97,5 +97,6 @@ def predict_in_workspace(ws: Workspace, model: str, loss: str, *, device: str = 
             say(f"{out} was {stale}: predicting every case again")
         predict_files(run, cases, out, device=device, overlap=overlap, reuse=stale is None, on_case=on_case)
         # a finished run nobody trains: its best.pt is still the file the predictions were made with
-        record(out, fingerprint, model=run.name, run=str(run), weights=weights_signature(ws, [best_weights_path(run)]))
+        write_provenance(out, fingerprint, model=run.name, run=str(run),
+                         weights=weights_signature(ws, [best_weights_path(run)]))
     return out

@@ -110,7 +110,7 @@ def tta_dice(run: Path) -> str:
 def prepare(ws_root: Path, say) -> tuple[str, Path]:
     """Convert, plan, train (token schedules) and record the three nnU-Net models and unet2d; reuses what is there."""
     from ibsr_nnunet.core.manifest import read_manifest
-    from ibsr_nnunet.core.provenance import dataset_fingerprint, record
+    from ibsr_nnunet.core.provenance import dataset_fingerprint, write_provenance
     from ibsr_nnunet.core.vocabulary import NNUNET_MODELS
     from ibsr_nnunet.core.workspace import Workspace
     from ibsr_nnunet.nnunet.ensemble import model_record
@@ -145,7 +145,7 @@ def prepare(ws_root: Path, say) -> tuple[str, Path]:
         write_prediction_record(ws.predictions / name, model_record(
             name, trainer, configurations=configurations, folds=(0,), postprocessing_pkl=pkl, crossval_dice=None,
             axcodes=axcodes))  # no validation pass
-        record(ws.predictions / name, dataset_fingerprint(ws), model=name)
+        write_provenance(ws.predictions / name, dataset_fingerprint(ws), model=name)
     return trainer, pkl
 
 

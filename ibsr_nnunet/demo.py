@@ -66,14 +66,14 @@ class DemoResult:
 
 def steps(source: Path, budget: Budget, *, device: str, jobs: int) -> list[Step]:
     """Every command of the pipeline, in order, exactly as a user would type them."""
-    plan = [Step("convert", ["convert", str(source), "--jobs", str(jobs)]),
-            Step("plan", ["plan", "--configs", ",".join(budget.configurations), "--jobs", str(jobs)])]
+    pipeline = [Step("convert", ["convert", str(source), "--jobs", str(jobs)]),
+                Step("plan", ["plan", "--configs", ",".join(budget.configurations), "--jobs", str(jobs)])]
     for configuration in budget.configurations:
         for fold in budget.folds:
-            plan.append(Step(f"train {configuration} fold {fold}", [
+            pipeline.append(Step(f"train {configuration} fold {fold}", [
                 "train", "--fold", str(fold), "--config", configuration, "--epochs", str(budget.epochs),
                 "--iterations-per-epoch", str(budget.iterations), "--device", device, "--seed", str(budget.seed)]))
-    plan.append(Step("ensemble", ["ensemble", "--device", device, "--jobs", str(jobs)]))
+    pipeline.append(Step("ensemble", ["ensemble", "--device", device, "--jobs", str(jobs)]))
     for model in budget.baseline_models:
         limits = []
         if budget.baseline_epochs:
@@ -85,14 +85,14 @@ def steps(source: Path, budget: Budget, *, device: str, jobs: int) -> list[Step]
         options = dict(zip(budget.baseline_options[::2], budget.baseline_options[1::2]))
         own = dict(budget.model_options).get(model, ())
         options.update(zip(own[::2], own[1::2]))
-        # a fixed thread count: the baselines' default picks one by timing, which shared cores make vary by run
-        plan.append(Step(f"baseline {model}", ["baseline", "train", "--model", model, "--loss", budget.baseline_loss,
-                                               "--device", device, "--threads", str(jobs), *limits,
-                                               *(part for pair in options.items() for part in pair)]))
-        plan.append(Step(f"predict {model}", ["baseline", "predict", "--model", model, "--loss",
-                                              budget.baseline_loss, "--device", device]))
-    plan.append(Step("leaderboard", ["leaderboard", "--jobs", str(jobs)]))
-    return plan
+        # a fixed thread count: the baselines' default picks one by timing, which shared cores make vary between demos
+        pipeline.append(Step(f"baseline {model}", ["baseline", "train", "--model", model, "--loss",
+                                                   budget.baseline_loss, "--device", device, "--threads", str(jobs),
+                                                   *limits, *(part for pair in options.items() for part in pair)]))
+        pipeline.append(Step(f"predict {model}", ["baseline", "predict", "--model", model, "--loss",
+                                                  budget.baseline_loss, "--device", device]))
+    pipeline.append(Step("leaderboard", ["leaderboard", "--jobs", str(jobs)]))
+    return pipeline
 
 
 def budget_for(source: Optional[Path], *, epochs: Optional[int] = None, iterations: Optional[int] = None,
@@ -105,8 +105,8 @@ def budget_for(source: Optional[Path], *, epochs: Optional[int] = None, iteratio
     return dataclasses.replace(REAL if source else SYNTHETIC, **overrides)
 
 
-def run(ws: Workspace, source: Optional[Path], budget: Budget, *, device: str = "auto", jobs: int = 1,
-        on_step: Callable[[Step, int, int], None] = lambda step, i, n: None) -> DemoResult:
+def run_demo(ws: Workspace, source: Optional[Path], budget: Budget, *, device: str = "auto", jobs: int = 1,
+             on_step: Callable[[Step, int, int], None] = lambda step, i, n: None) -> DemoResult:
     """Write the phantom (unless a real `source` is given), then run every step; stop at the first failure."""
     from .data.phantom import write_phantoms
 
@@ -122,9 +122,9 @@ def run(ws: Workspace, source: Optional[Path], budget: Budget, *, device: str = 
     logs = ws.root / "demo-logs"
     logs.mkdir(exist_ok=True)
     result = DemoResult()
-    plan = steps(source, budget, device=device, jobs=jobs)
-    for index, step in enumerate(plan):
-        on_step(step, index, len(plan))
+    pipeline = steps(source, budget, device=device, jobs=jobs)
+    for index, step in enumerate(pipeline):
+        on_step(step, index, len(pipeline))
         step.log = logs / f"{index:02d}-{step.name.replace(' ', '-')}.log"
         begin = time.perf_counter()
         with open(step.log, "w") as log:

@@ -193,4 +193,4 @@ def fake_fold(ws: Workspace, trainer: str, config: str, fold: int) -> None:
     """The files of a finished fold (empty), recorded as trained on the workspace's dataset."""
     for name in ("checkpoint_final.pth", "validation/summary.json", "validation/IBSR_01.npz"):
         (folder / name).write_bytes(b"")
-    provenance.record(folder, provenance.dataset_fingerprint(ws))  # trained on this workspace's dataset
+    provenance.write_provenance(folder, provenance.dataset_fingerprint(ws))  # trained on this workspace's dataset

@@ -63,15 +63,15 @@ def baseline_progress(ws: Workspace, name: str) -> Progress:
     folder = ws.baselines / name
     progress = Progress(runs=read_runs(folder))
     try:
-        run = read_run_record(folder)
+        record = read_run_record(folder)
     except InputError:
-        run = None
-    if run is None:
+        record = None
+    if record is None:
         return progress
-    progress.epochs_done = run.epochs_done
-    progress.validation_dice = run.best_val_dice
+    progress.epochs_done = record.epochs_done
+    progress.validation_dice = record.best_val_dice
     predictions = ws.predictions / name
-    progress.finished = run.finished and predictions.is_dir() and any(predictions.glob("*.nii.gz"))
+    progress.finished = record.finished and predictions.is_dir() and any(predictions.glob("*.nii.gz"))
     try:
         rows = read_log(folder)
     except InputError:

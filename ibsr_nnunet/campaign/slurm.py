@@ -70,10 +70,10 @@ def parse_show_job(text: str) -> dict[str, JobState]:
     return states
 
 
-def query_states(run: Runner = subprocess.run) -> Optional[dict[str, JobState]]:
+def query_states(runner: Runner = subprocess.run) -> Optional[dict[str, JobState]]:
     """Every job the controller still knows (finished ones for MinJobAge); None when SLURM cannot be asked."""
     try:
-        result = run(["scontrol", "-o", "show", "job"], capture_output=True, text=True, timeout=60)
+        result = runner(["scontrol", "-o", "show", "job"], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         return None
     if result.returncode != 0:
@@ -81,10 +81,10 @@ def query_states(run: Runner = subprocess.run) -> Optional[dict[str, JobState]]:
     return parse_show_job(result.stdout)
 
 
-def sbatch(run: Runner, argv: list[str]) -> str:
+def sbatch(runner: Runner, argv: list[str]) -> str:
     """Submit one script; its job ID."""
     try:
-        result = run(argv, capture_output=True, text=True, timeout=120)
+        result = runner(argv, capture_output=True, text=True, timeout=120)
     except OSError as err:
         raise InputError(f"sbatch could not be started ({err}); run submit on a SLURM login node.") from None
     if result.returncode != 0:
@@ -93,8 +93,8 @@ def sbatch(run: Runner, argv: list[str]) -> str:
     return result.stdout.strip().split(";")[0]
 
 
-def scancel(run: Runner, job_id: str) -> None:
-    run(["scancel", job_id], capture_output=True, text=True, timeout=60)
+def scancel(runner: Runner, job_id: str) -> None:
+    runner(["scancel", job_id], capture_output=True, text=True, timeout=60)
 
 
 @dataclass
@@ -155,12 +155,12 @@ def parse_cluster(partitions_text: str, nodes_text: str) -> Cluster:
     return Cluster(partitions, nodes)
 
 
-def query_cluster(run: Runner = subprocess.run) -> Optional[Cluster]:
+def query_cluster(runner: Runner = subprocess.run) -> Optional[Cluster]:
     """The cluster's partitions and nodes; None when SLURM cannot be asked (no cluster here)."""
     texts = []
     for what in ("partition", "node"):
         try:
-            result = run(["scontrol", "-o", "show", what], capture_output=True, text=True, timeout=60)
+            result = runner(["scontrol", "-o", "show", what], capture_output=True, text=True, timeout=60)
         except (OSError, subprocess.TimeoutExpired):
             return None
         if result.returncode != 0:

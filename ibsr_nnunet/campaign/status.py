@@ -161,11 +161,11 @@ def _campaign(report: CampaignStatus, ws: Workspace, jobs: list[dict], now: floa
     report.eta_utc = utc(now + report.eta_seconds) if report.eta_seconds is not None else None
 
 
-def status(ws: Workspace, run: Runner = subprocess.run, *, now: Optional[float] = None) -> CampaignStatus:
+def status(ws: Workspace, runner: Runner = subprocess.run, *, now: Optional[float] = None) -> CampaignStatus:
     """One row per recorded configuration × fold and baseline, and the final job; whether SLURM answered; and
     when the campaign is expected to end, as seen at `now` (default: the current time)."""
     now = time.time() if now is None else now
-    states = query_states(run)
+    states = query_states(runner)
     answered = states is not None
     states = states or {}
     fingerprint = _fingerprint(ws)

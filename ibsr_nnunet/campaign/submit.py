@@ -42,7 +42,9 @@ from .slurm import Cluster, JobState, Runner, query_cluster, query_states, sbatc
 
 
 @dataclass
-class SubmitPlan:
+class SubmitRequest:
+    """What one `ibsr-nnunet submit` is asked for: the folds and baselines to train, their budget and resources."""
+
     configs: tuple[str, ...] = CONFIGURATIONS
     folds: tuple[int, ...] = tuple(range(N_FOLDS))
     baselines: tuple[str, ...] = ()  # "model__loss"
@@ -79,29 +81,29 @@ class SubmitResult:
     dry_run: bool
 
 
-def _check_planned(ws: Workspace, plan: SubmitPlan) -> None:
-    configs = ",".join(plan.configs)
+def _check_planned(ws: Workspace, request: SubmitRequest) -> None:
+    configs = ",".join(request.configs)
     plans_json = plans_file(ws)
     if not plans_json.is_file():
         raise InputError(f"{plans_json} does not exist: plan first with `ibsr-nnunet --workspace "
                          f"{shlex.quote(str(ws.root))} plan --configs {configs}`, then submit again.")
     planned = read_plans(ws)["configurations"]
-    missing = [c for c in plan.configs if c not in planned]
+    missing = [c for c in request.configs if c not in planned]
     if missing:
         raise InputError(f"--configs {','.join(missing)} not in {plans_json.name} (has {', '.join(planned)}); "
                          f"run `ibsr-nnunet plan --configs {configs}` or drop them from --configs.")
     n_folds = len(read_splits(ws)) if splits_file(ws).is_file() else N_FOLDS
-    wrong = [f for f in plan.folds if not 0 <= f < n_folds]
+    wrong = [f for f in request.folds if not 0 <= f < n_folds]
     if wrong:
         raise InputError(f"--folds {','.join(map(str, wrong))} do not exist: the dataset has folds 0..{n_folds - 1}.")
 
 
 @dataclass
 class _Campaign:
-    """What one submit works from: the workspace, the plan, the recorded jobs and SLURM's view of them."""
+    """What one submit works from: the workspace, the request, the recorded jobs and SLURM's view of them."""
 
     ws: Workspace
-    plan: SubmitPlan
+    request: SubmitRequest
     cli: list[str]
     jobs: list[dict]
     states: dict[str, JobState]
@@ -116,7 +118,7 @@ class _Campaign:
 
     @property
     def trainer(self) -> str:
-        return trainer_name(self.plan.epochs, self.plan.iterations)
+        return trainer_name(self.request.epochs, self.request.iterations)
 
     @property
     def scripts(self) -> Path:
@@ -186,19 +188,20 @@ def check_resources(resources: render.Resources, cluster: Optional[Cluster], say
 def _handle_stale(c: _Campaign, say: Callable[[str], None]) -> None:
     """Folds and baseline runs made from another dataset are never finished: with --archive-stale they are moved to
     <workspace>/stale/<time>/ (a dry run only says so) and trained afresh; without it, submit refuses. Stale folds
-    beside the planned ones count too (training rewrites the files of their model folder, which `train` refuses);
+    beside the requested ones count too (training rewrites the files of their model folder, which `train` refuses);
     a fold goes with copies of those files."""
-    planned = [fold_folder(c.ws, config, fold, trainer=c.trainer) for config in c.plan.configs for fold in c.plan.folds]
-    beside = {f for folder in planned for f in folder.parent.glob("fold_*") if f.is_dir()}
-    folders = sorted(set(planned) | beside) + [c.ws.baselines / name for name in c.plan.baselines]
+    requested = [fold_folder(c.ws, config, fold, trainer=c.trainer)
+                 for config in c.request.configs for fold in c.request.folds]
+    beside = {f for folder in requested for f in folder.parent.glob("fold_*") if f.is_dir()}
+    folders = sorted(set(requested) | beside) + [c.ws.baselines / name for name in c.request.baselines]
     stale = [(folder, why) for folder in folders if (why := staleness(folder, c.fingerprint))]
     if not stale:
         return
     listed = "; ".join(f"{folder.relative_to(c.ws.root)} ({why})" for folder, why in stale)
-    if not c.plan.archive_stale:
+    if not c.request.archive_stale:
         raise InputError(f"stale runs would be trained on: {listed}; pass --archive-stale to move them to "
                          f"{c.ws.root / 'stale'}/<time>/ and train them afresh (nothing is deleted).")
-    if c.plan.dry_run:
+    if c.request.dry_run:
         c.skipped.append(f"--archive-stale would move {len(stale)} stale run(s) aside: {listed}")
         return
     models = {folder.parent for folder, _ in stale if folder.name.startswith("fold_")}
@@ -210,9 +213,9 @@ def _handle_stale(c: _Campaign, say: Callable[[str], None]) -> None:
 def _fold_arrays(c: _Campaign) -> list[Submission]:
     """One array per configuration, with the folds that are neither finished nor queued/running."""
     submissions = []
-    for config in c.plan.configs:
+    for config in c.request.configs:
         todo = []
-        for fold in c.plan.folds:
+        for fold in c.request.folds:
             folder = fold_folder(c.ws, config, fold, trainer=c.trainer)
             if fold_finished(folder) and c.current(folder):
                 c.skipped.append(f"{config} fold {fold}: already finished ({c.trainer})")
@@ -221,11 +224,12 @@ def _fold_arrays(c: _Campaign) -> list[Submission]:
             else:
                 todo.append(fold)
         if todo:
-            text = render.render_fold_array(c.ws.root, c.cli, c.plan.resources, configuration=config,
-                                            epochs=c.plan.epochs, iterations=c.plan.iterations, device=c.plan.device)
+            text = render.render_fold_array(c.ws.root, c.cli, c.request.resources, configuration=config,
+                                            epochs=c.request.epochs, iterations=c.request.iterations,
+                                            device=c.request.device)
             script = c.scripts / f"nnunet-{config}-{c.stamp}.sbatch"
             argv = render.sbatch_argv(script, render.log_pattern(c.logs, f"nnunet-{config}_%A_%a.out"),
-                                      c.ws.slurm, array=todo, array_parallel=c.plan.resources.array_parallel)
+                                      c.ws.slurm, array=todo, array_parallel=c.request.resources.array_parallel)
             submissions.append(Submission("fold", config, script, argv, text, folds=todo))
     return submissions
 
@@ -233,7 +237,7 @@ def _fold_arrays(c: _Campaign) -> list[Submission]:
 def _baseline_jobs(c: _Campaign) -> list[Submission]:
     """One job per baseline that is neither finished nor queued/running: train, then predict."""
     submissions = []
-    for name in c.plan.baselines:
+    for name in c.request.baselines:
         if (key := c.active_job("baseline", name)) is not None:
             c.skipped.append(f"baseline {name}: job {key} is {c.states[key].state}")
             continue
@@ -241,8 +245,8 @@ def _baseline_jobs(c: _Campaign) -> list[Submission]:
             c.skipped.append(f"baseline {name}: already finished")
             continue
         model, loss = split_baseline_name(name)
-        text = render.render_baseline(c.ws.root, c.cli, c.plan.resources, model=model, loss=loss,
-                                      epochs=c.plan.epochs, iterations=c.plan.iterations, device=c.plan.device)
+        text = render.render_baseline(c.ws.root, c.cli, c.request.resources, model=model, loss=loss,
+                                      epochs=c.request.epochs, iterations=c.request.iterations, device=c.request.device)
         script = c.scripts / f"baseline-{name}-{c.stamp}.sbatch"
         argv = render.sbatch_argv(script, render.log_pattern(c.logs, f"baseline-{name}_%j.out"), c.ws.slurm)
         submissions.append(Submission("baseline", name, script, argv, text))
@@ -261,8 +265,8 @@ def _final_job(c: _Campaign, training: list[Submission]) -> tuple[Optional[Submi
         c.skipped.append(f"final job {final} is {c.states[final].state}: kept")
     elif _final_completed(c) and c.ws.leaderboard.is_file() and not training:
         c.skipped.append("final job already completed and nothing new was submitted")
-    elif c.plan.configs:
-        text = render.render_final(c.ws.root, c.cli, c.plan.resources, trainer=c.trainer, device=c.plan.device)
+    elif c.request.configs:
+        text = render.render_final(c.ws.root, c.cli, c.request.resources, trainer=c.trainer, device=c.request.device)
         return Submission("final", "final", c.scripts / f"final-{c.stamp}.sbatch", [], text), cancel
     else:
         c.skipped.append("final job: not submitted without nnU-Net configurations (--configs)")
@@ -275,46 +279,47 @@ def _final_argv(c: _Campaign, final: Submission, dependencies: list[str]) -> lis
 
 
 def _record(c: _Campaign, sub: Submission, say: Callable[[str], None]) -> None:
-    throttle = c.plan.resources.array_parallel if sub.kind == "fold" else None
+    throttle = c.request.resources.array_parallel if sub.kind == "fold" else None
     c.jobs = append_job(c.ws, {  # after every sbatch: a crash later never loses a job ID
         "kind": sub.kind, "name": sub.name, "job_id": sub.job_id, "folds": sub.folds, "array": sub.kind == "fold",
-        "array_parallel": throttle, "trainer": c.trainer, "epochs": c.plan.epochs, "iterations": c.plan.iterations,
+        "array_parallel": throttle, "trainer": c.trainer, "epochs": c.request.epochs,
+        "iterations": c.request.iterations,
         "script": str(sub.script), "argv": sub.argv, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")}, say=say)
 
 
-def submit(ws: Workspace, plan: SubmitPlan, *, cli: Optional[Sequence[str]] = None, run: Runner = subprocess.run,
-           say: Callable[[str], None] = print) -> SubmitResult:
+def submit(ws: Workspace, request: SubmitRequest, *, cli: Optional[Sequence[str]] = None,
+           runner: Runner = subprocess.run, say: Callable[[str], None] = print) -> SubmitResult:
     """Submit what is neither finished nor already queued/running, then the final job after all of it."""
-    if not plan.configs and not plan.baselines:
+    if not request.configs and not request.baselines:
         raise InputError("nothing to submit: give --configs and/or --baselines.")
-    if plan.configs:
-        _check_planned(ws, plan)
-    states = query_states(run)
-    if states is None and not plan.dry_run:
+    if request.configs:
+        _check_planned(ws, request)
+    states = query_states(runner)
+    if states is None and not request.dry_run:
         raise InputError("SLURM does not answer (`scontrol show job` failed): is this a cluster login node with "
                          "SLURM_CONF set? For a local test cluster run `slurm/local-cluster.sh start`.")
-    check_resources(plan.resources, query_cluster(run), say)
-    c = _Campaign(ws, plan, list(cli or render.default_cli()), load_jobs(ws), states or {},
+    check_resources(request.resources, query_cluster(runner), say)
+    c = _Campaign(ws, request, list(cli or render.default_cli()), load_jobs(ws), states or {},
                   fingerprint=dataset_fingerprint(ws))
     _handle_stale(c, say)
     training = _fold_arrays(c) + _baseline_jobs(c)
     final, cancel = _final_job(c, training)
     submitted = training + ([final] if final else [])
 
-    if plan.dry_run:
+    if request.dry_run:
         if final:
             final.argv = _final_argv(c, final, [f"<{s.kind}:{s.name}>" for s in training])
         return SubmitResult(submitted, c.skipped, dry_run=True)
 
     for job_id in cancel:
-        scancel(run, job_id)
+        scancel(runner, job_id)
         say(f"cancelled the pending final job {job_id}: a new one waits for the new jobs too")
     c.logs.mkdir(parents=True, exist_ok=True)
     for sub in submitted:
         if sub is final:
             sub.argv = _final_argv(c, sub, [s.job_id for s in training if s.job_id])
         write_text(sub.script, sub.text)
-        sub.job_id = sbatch(run, sub.argv)
+        sub.job_id = sbatch(runner, sub.argv)
         _record(c, sub, say)
         say(f"submitted {sub.kind} {sub.name}" + (f" folds {','.join(map(str, sub.folds))}" if sub.folds else "")
             + f": job {sub.job_id}")
@@ -346,7 +351,7 @@ def _baseline_done(c: _Campaign, name: str) -> bool:
 def fold_script(ws: Workspace, configuration: str, fold: int, *, epochs: int, iterations: int, device: str,
                 resources: render.Resources, cli: Optional[Sequence[str]] = None) -> str:
     """One fold's script to `sbatch` by hand, after the same checks as `submit` (planned, the fold exists)."""
-    _check_planned(ws, SubmitPlan(configs=(configuration,), folds=(fold,), epochs=epochs, iterations=iterations,
+    _check_planned(ws, SubmitRequest(configs=(configuration,), folds=(fold,), epochs=epochs, iterations=iterations,
                                   device=device, resources=resources))
     return render.render_fold(ws.root, list(cli or render.default_cli()), resources, configuration=configuration,
                               fold=fold, epochs=epochs, iterations=iterations, device=device)

@@ -105,7 +105,7 @@ def submit(
     """Submit the campaign: nnU-Net fold arrays, baselines, then ensemble + leaderboard once all succeeded."""
     from ..campaign.jobs import jobs_file
     from ..campaign.sbatch import resources_from
-    from ..campaign.submit import SubmitPlan, submit as run_submit
+    from ..campaign.submit import SubmitRequest, submit as run_submit
 
     ws = workspace_of(ctx)
     resources = resources_from(config_file, partition=partition, account=account, time=time_limit,
@@ -113,10 +113,10 @@ def submit(
                                signal_grace=signal_grace, extra_sbatch=extra_sbatch, setup=setup,
                                max_restarts=max_restarts, array_parallel=array_parallel, stage_data=stage_data,
                                local_scratch=local_scratch, seed=seed)
-    plan = SubmitPlan(
+    request = SubmitRequest(
         configs=tuple(configs), folds=tuple(int(f) for f in folds), baselines=tuple(baselines), epochs=epochs,
         iterations=iterations, device=device.value, resources=resources, dry_run=dry_run, archive_stale=archive_stale)
-    result = run_submit(ws, plan, say=console.print)
+    result = run_submit(ws, request, say=console.print)
     if dry_run:
         for sub in result.submitted:  # verbatim (no rich wrapping): what would be written and run
             typer.echo(f"# ===== {sub.kind} {sub.name}: {sub.script} =====")

@@ -33,7 +33,7 @@ def demo(
     baselines, leaderboard."""
     import pandas as pd
 
-    from ..demo import budget_for, run
+    from ..demo import budget_for, run_demo
 
     budget = budget_for(source, epochs=epochs, iterations=iterations, baseline_minutes=baseline_minutes)
     ws = workspace_of(ctx)
@@ -43,7 +43,7 @@ def demo(
         def on_step(step, index, total):
             bar.update(task, total=total, completed=index, description=f"demo: {step.name}")
 
-        result = run(ws, source, budget, device=device.value, jobs=cores(jobs), on_step=on_step)
+        result = run_demo(ws, source, budget, device=device.value, jobs=cores(jobs), on_step=on_step)
         bar.update(task, completed=len(result.steps), description="demo: done")
     table = Table(title=f"ibsr-nnunet demo: {result.seconds / 60:.1f} min in {ws.root}")
     for column in ("step", "seconds", "log (the command and its output)"):

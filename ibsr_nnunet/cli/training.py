@@ -113,13 +113,13 @@ def ensemble(
 ) -> None:
     # the docstring is the command's help, shown on one line in `ibsr-nnunet --help`: kept whole, hence the noqa
     """Best configuration over 2d and 3d_fullres, then held-out and test predictions of 2d, 3d_fullres and their ensemble."""  # noqa: E501
-    from ..models.ensemble import run
+    from ..models.ensemble import build_ensemble
     from ..nnunet.environment import configure
 
     ws = workspace_of(ctx)
     configure(ws, cores(jobs))
     with console.status("nnU-Net: best configuration, predictions, ensemble, postprocessing"):
-        result = run(ws, trainer, jobs=cores(jobs), device=device.value, say=console.print)
+        result = build_ensemble(ws, trainer, jobs=cores(jobs), device=device.value, say=console.print)
     table = Table(title=f"{ws.dataset_name}: {result.selection.trainer}, folds "
                         f"{', '.join(map(str, result.selection.folds))}")
     for column in ("model", "cross-validation Dice", "predictions"):
@@ -130,4 +130,4 @@ def ensemble(
         table.add_row(model + mark, f"{result.results[model]:.4f}", f"{cases} cases in {folder.relative_to(ws.root)}")
     console.print(table)
     console.print(f"winner: {result.reason}")
-    console.print(f"recorded in {result.record} ({result.seconds:.0f} s)")
+    console.print(f"recorded in {result.best_configuration} ({result.seconds:.0f} s)")

@@ -169,7 +169,7 @@ class DurableRun:
             raise InputError(f"{self.folder} is stale: {why}; run `ibsr-nnunet train --archive-stale` (or move the "
                              f"folder away) to train it afresh.")
         self.folder.mkdir(parents=True, exist_ok=True)
-        provenance.record(self.folder, fingerprint, **details)
+        provenance.write_provenance(self.folder, fingerprint, **details)
         self.provenance_written = True
 
     def open_history(self) -> RunLog:

@@ -101,7 +101,7 @@ class Holder:
         job = f", SLURM job {self.slurm_job_id} (restart {self.slurm_restart_count})" if self.slurm_job_id else ""
         return f"PID {self.pid} on {self.host}{job}, `{self.command}`"
 
-    def record(self) -> bytes:
+    def lock_file_bytes(self) -> bytes:
         """The lock file's bytes: everything but the heartbeat, which is the file's mtime."""
         data = asdict(self)
         del data["heartbeat"]
@@ -112,7 +112,7 @@ _TYPES = {"pid": int, "host": str, "boot_id": str, "start_time": (str, type(None
           "slurm_job_id": (str, type(None)), "slurm_restart_count": int, "command": str, "token": str}
 
 
-def parse_record(data: bytes, heartbeat: float) -> Optional[Holder]:
+def parse_holder(data: bytes, heartbeat: float) -> Optional[Holder]:
     """The holder a lock file's bytes name; None when they are not a record of this scheme."""
     try:
         record = json.loads(data)
@@ -120,7 +120,7 @@ def parse_record(data: bytes, heartbeat: float) -> Optional[Holder]:
         return None
     if not isinstance(record, dict):
         return None
-    record.pop("heartbeat", None)  # records of older versions carried it; the mtime is the heartbeat now
+    record.pop("heartbeat", None)  # lock files of older versions carry it; the heartbeat is the mtime
     record.setdefault("token", "")
     known = {f.name for f in fields(Holder)} - {"heartbeat"}
     if set(record) != known or any(not isinstance(record[k], t) or isinstance(record[k], bool)
@@ -186,7 +186,7 @@ def _look(path: Path) -> Optional[_Seen]:
     finally:
         os.close(fd)
     data = b"".join(chunks)
-    return _Seen((status.st_dev, status.st_ino), data, parse_record(data, status.st_mtime))
+    return _Seen((status.st_dev, status.st_ino), data, parse_holder(data, status.st_mtime))
 
 
 def _not_a_lock(path: Path, err: Optional[OSError] = None) -> InputError:
@@ -233,13 +233,13 @@ def _no_space(err: OSError, path: Path, what: str) -> InputError:
                       f"again.")
 
 
-def _link_record(record_file: Path, path: Path) -> bool:
+def _link_holder_file(holder_file: Path, path: Path) -> bool:
     """`link` the record file to `path`: True when it is there now, False when `path` existed."""
     try:
-        os.link(record_file, path)
+        os.link(holder_file, path)
         return True
     except FileExistsError:
-        return os.stat(record_file).st_nlink == 2  # NFS: a retried link whose first try succeeded
+        return os.stat(holder_file).st_nlink == 2  # NFS: a retried link whose first try succeeded
 
 
 class Lock:
@@ -266,9 +266,9 @@ class Lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise _no_space(err, self.path, self.what) from None
-        record_file = self._write_record(self.path.with_name(f".{self.path.name}.{self.me.token[:12]}.new"))
+        holder_file = self._write_holder_file(self.path.with_name(f".{self.path.name}.{self.me.token[:12]}.new"))
         try:
-            self._acquire(record_file)
+            self._acquire(holder_file)
         except OSError as err:
             self._close()
             raise _no_space(err, self.path, self.what) from None
@@ -276,31 +276,31 @@ class Lock:
             self._close()
             raise
         finally:
-            record_file.unlink(missing_ok=True)
+            holder_file.unlink(missing_ok=True)
         self._start_heartbeat()
         return self
 
-    def _write_record(self, record_file: Path) -> Path:
+    def _write_holder_file(self, holder_file: Path) -> Path:
         """Our record, complete and on disk, in a file of its own (nobody looks at it until it is linked)."""
         try:
-            fd = os.open(record_file, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
+            fd = os.open(holder_file, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
         except OSError as err:
             raise _no_space(err, self.path, self.what) from None
         try:
-            os.write(fd, self.me.record())
+            os.write(fd, self.me.lock_file_bytes())
             os.fsync(fd)
         except OSError as err:
             os.close(fd)
-            record_file.unlink(missing_ok=True)
+            holder_file.unlink(missing_ok=True)
             raise _no_space(err, self.path, self.what) from None
         stat = os.fstat(fd)
         self._fd, self._inode = fd, (stat.st_dev, stat.st_ino)
-        return record_file
+        return holder_file
 
-    def _acquire(self, record_file: Path) -> None:
+    def _acquire(self, holder_file: Path) -> None:
         deadline = time.monotonic() + ACQUIRE_SECONDS
         for _ in range(ACQUIRE_TRIES):
-            if _link_record(record_file, self.path):
+            if _link_holder_file(holder_file, self.path):
                 return
             seen = _look(self.path)
             if seen is None:
@@ -311,7 +311,7 @@ class Lock:
                 raise LockedError(
                     f"{self.what} is being written by {holder.describe()} (lock {self.path}); wait for it to "
                     f"finish or stop it; if it is certainly gone, delete {self.path}.", holder)
-            while not self._take_over(seen, reason, record_file):
+            while not self._take_over(seen, reason, holder_file):
                 if time.monotonic() > deadline:
                     raise LockedError(f"{self.what}: the lock {self.path} is being taken over by another process; "
                                       f"try again.", seen.holder)
@@ -324,7 +324,7 @@ class Lock:
     def _why_stale(self, seen: _Seen) -> Optional[str]:
         return _UNREADABLE if seen.holder is None else why_stale(seen.holder, self.me, self.heartbeat)
 
-    def _take_over(self, judged: _Seen, reason: str, record_file: Path) -> bool:
+    def _take_over(self, judged: _Seen, reason: str, holder_file: Path) -> bool:
         """Replace the judged stale file by our record, under the takeover guard. False: the guard is busy (try
         again); True: done, or the path holds something else now (look again)."""
         guard = self.path.with_name(f"{self.path.name}.takeover")
@@ -337,7 +337,7 @@ class Lock:
             if self._why_stale(now) is None:
                 return True  # it came back to life (a heartbeat from another host)
             aside = self.path.with_name(f".{self.path.name}.{self.me.token[:12]}.taking")
-            os.link(record_file, aside)
+            os.link(holder_file, aside)
             os.rename(aside, self.path)  # atomic: the path holds the stale file, then ours, never nothing
         finally:
             guard.unlink(missing_ok=True)
@@ -348,15 +348,15 @@ class Lock:
     def _take_guard(self, guard: Path) -> bool:
         """The takeover guard, taken like a lock. One whose taker died is removed: it is held for milliseconds, so
         it is stale when its taker is gone on this host or it is older than GUARD_STALE_SECONDS."""
-        record = guard.with_name(f".{guard.name}.{self.me.token[:12]}")
+        holder_file = guard.with_name(f".{guard.name}.{self.me.token[:12]}")
         try:
-            record.write_bytes(self.me.record())
-            if _link_record(record, guard):
+            holder_file.write_bytes(self.me.lock_file_bytes())
+            if _link_holder_file(holder_file, guard):
                 return True
         except OSError as err:
             raise _no_space(err, self.path, self.what) from None
         finally:
-            record.unlink(missing_ok=True)
+            holder_file.unlink(missing_ok=True)
         seen = _look(guard)
         if seen is None or (seen.holder is not None
                             and why_stale(seen.holder, self.me, GUARD_STALE_SECONDS / STALE_AFTER_BEATS) is None):
@@ -367,7 +367,7 @@ class Lock:
         except FileNotFoundError:
             return False
         if _look(moved).inode != seen.inode:
-            _link_record(moved, guard)  # we moved a live taker's new guard: put it back
+            _link_holder_file(moved, guard)  # we moved a live taker's new guard: put it back
         moved.unlink(missing_ok=True)
         return False
 

@@ -46,7 +46,7 @@ class Converted(Protocol):
 
 
 @dataclass(frozen=True)
-class CaseRecord:
+class ManifestCase:
     """One converted case as the manifest records it."""
 
     id: str
@@ -89,7 +89,7 @@ class Manifest:
     preprocessing: dict
     split: Split
     orientation: Optional[tuple[str, ...]]
-    cases: tuple[CaseRecord, ...]
+    cases: tuple[ManifestCase, ...]
     files: Optional[dict[str, dict]]
     versions: dict
     created: str
@@ -102,7 +102,7 @@ class Manifest:
         return tuple(getattr(self.split, role))
 
     @property
-    def training_cases(self) -> tuple[CaseRecord, ...]:
+    def training_cases(self) -> tuple[ManifestCase, ...]:
         return tuple(case for case in self.cases if case.role == "train")
 
     @property
@@ -188,12 +188,12 @@ def _text(value) -> str:
     return value
 
 
-def parse_case(saved: dict) -> CaseRecord:
+def parse_case(saved: dict) -> ManifestCase:
     """One case of the manifest's `cases` list."""
     role = saved["role"]
     if role not in ROLES:
         raise ValueError(f"case {saved.get('id')!r} has role {role!r}, not one of {', '.join(ROLES)}")
-    return CaseRecord(id=str(saved["id"]), role=role, shape=tuple(int(n) for n in saved.get("shape") or ()),
+    return ManifestCase(id=str(saved["id"]), role=role, shape=tuple(int(n) for n in saved.get("shape") or ()),
                       spacing=tuple(float(s) for s in saved["spacing"]),
                       affine=tuple(tuple(float(v) for v in row) for row in saved.get("affine") or ()),
                       label_scheme=saved.get("label_scheme"), label_counts=saved.get("label_counts"),

@@ -19,7 +19,7 @@ from .workspace import Workspace
 
 PROVENANCE_FILE = "ibsr_provenance.json"  # in every fold folder, baseline run and prediction set
 KEY = "dataset_fingerprint"
-WEIGHTS = "weights"  # in a prediction set's record (record(..., weights=...)): the weights files it was predicted with
+WEIGHTS = "weights"  # in a prediction set's record (write_provenance(..., weights=...)): the files predicted with
 
 
 def dataset_fingerprint(ws: Workspace) -> str:
@@ -32,7 +32,7 @@ def short(fingerprint: Optional[str]) -> str:
     return fingerprint[:12] if fingerprint else "an unknown dataset (no provenance recorded)"
 
 
-def record(folder: Path, fingerprint: str, **details) -> None:
+def write_provenance(folder: Path, fingerprint: str, **details) -> None:
     """Write `folder`/ibsr_provenance.json: this folder's contents are made from the dataset `fingerprint`."""
     write_json(Path(folder) / PROVENANCE_FILE, {KEY: fingerprint, **details,
                                                 "recorded": time.strftime("%Y-%m-%dT%H:%M:%S")})

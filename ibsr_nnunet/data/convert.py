@@ -24,7 +24,7 @@ from ..core.checksums import file_record, sha256
 from ..core.environment import available_cores
 from ..core.errors import InputError
 from ..core.locks import Lock, lock_path
-from ..core.manifest import CaseRecord, Manifest, Split, parse_case, read_manifest_if_any, write_manifest
+from ..core.manifest import Manifest, ManifestCase, Split, parse_case, read_manifest_if_any, write_manifest
 from ..core.orientation import common_axcodes
 from ..core.provenance import stale_artifacts
 from ..core.vocabulary import NNUNET_LABELS
@@ -102,10 +102,10 @@ def _file_record(path: Optional[Path]) -> Optional[dict]:
 
 
 def convert_case(job: CaseJob) -> dict:
-    """Validate, map and write one subject; returns its manifest record. Runs in a worker process."""
+    """Validate, map and write one subject; returns its manifest entry. Runs in a worker process."""
     image_path = job.subject.image
     image = volumes.read_volume(image_path)
-    record = {
+    case = {
         "id": job.subject.subject_id,
         "role": job.role,
         "shape": list(image.array.shape),
@@ -125,12 +125,12 @@ def convert_case(job: CaseJob) -> dict:
         require_all_tissues(counts, str(label_path))
         # the image's header, so nnU-Net sees identical geometry in both files
         volumes.write_volume(image.with_array(apply_scheme(source_labels, scheme)), job.label_out)
-        record["label_scheme"] = {"name": scheme.name, "mapping": {str(k): v for k, v in scheme.mapping.items()}}
-        record["label_counts"] = {str(k): counts.get(k, 0) for k in sorted(NNUNET_LABELS.values())}
+        case["label_scheme"] = {"name": scheme.name, "mapping": {str(k): v for k, v in scheme.mapping.items()}}
+        case["label_counts"] = {str(k): counts.get(k, 0) for k in sorted(NNUNET_LABELS.values())}
     volumes.write_volume(preprocess.apply(image, job.preprocessing), job.image_out)
     # hashed here, in parallel, so that later checks can tell a hand edit from what convert wrote
-    record["written"] = {_inside_dataset(path): file_record(path) for path in (job.image_out, job.label_out) if path}
-    return record
+    case["written"] = {_inside_dataset(path): file_record(path) for path in (job.image_out, job.label_out) if path}
+    return case
 
 
 def _inside_dataset(path: Path) -> str:
@@ -196,21 +196,21 @@ def _remove_stale_builds(raw_root: Path, name: str) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
-def _run_jobs(jobs: list[CaseJob], processes: int, on_case_done: Callable[[str], None],
-              while_workers_run: Callable[[], object] = lambda: None) -> list[dict]:
+def _convert_cases(jobs: list[CaseJob], processes: int, on_case_done: Callable[[str], None],
+                   while_workers_run: Callable[[], object] = lambda: None) -> list[dict]:
     """Convert every case, in parallel; the first bad case cancels the rest and raises its error.
     `while_workers_run` is called once the workers exist (forking after it could copy a busy thread's locks)."""
     if processes <= 1:
-        records = []
+        converted = []
         for job in jobs:
-            records.append(convert_case(job))
+            converted.append(convert_case(job))
             on_case_done(job.subject.subject_id)
-        return records
+        return converted
     # fork: workers start in milliseconds and inherit the imports; they only run SimpleITK/numpy I/O.
     with ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("fork")) as pool:
         pending = {pool.submit(convert_case, job): job for job in jobs}  # fork pools start every worker here
         while_workers_run()
-        records = []
+        converted = []
         while pending:
             done, _ = wait(pending, return_when=FIRST_EXCEPTION)
             for future in done:
@@ -220,9 +220,9 @@ def _run_jobs(jobs: list[CaseJob], processes: int, on_case_done: Callable[[str],
                     for other in pending:
                         other.cancel()
                     raise error
-                records.append(future.result())
+                converted.append(future.result())
                 on_case_done(job.subject.subject_id)
-    return records
+    return converted
 
 
 def convert(source: str | os.PathLike, ws: Workspace, options: ConvertOptions = ConvertOptions(), *,
@@ -236,24 +236,24 @@ def convert(source: str | os.PathLike, ws: Workspace, options: ConvertOptions = 
     source = Path(source).absolute()
     ws = Workspace(ws.root, options.dataset_id)
     ws.ensure_writable()
-    plan = _plan(source, options)
+    inputs = _conversion_inputs(source, options)
     with Lock(lock_path(ws.raw_dataset), f"dataset {ws.dataset_name}", f"ibsr-nnunet convert {source}"):
-        existing = _up_to_date_manifest(ws, plan.fingerprint, options)
+        existing = _up_to_date_manifest(ws, inputs.fingerprint, options)
         if existing is not None:
             return ConvertResult(ws.raw_dataset, existing, up_to_date=True, seconds={})
         if ws.raw_dataset.exists() and getattr(read_manifest_if_any(ws.raw_dataset), "fingerprint",
-                                               None) != plan.fingerprint:
-            on_replace({kind: found for kind, found in stale_artifacts(ws, plan.fingerprint).items() if found})
-        return _write_dataset(ws, plan, options, on_start, on_case_done)
+                                               None) != inputs.fingerprint:
+            on_replace({kind: found for kind, found in stale_artifacts(ws, inputs.fingerprint).items() if found})
+        return _write_dataset(ws, inputs, options, on_start, on_case_done)
 
 
-def _write_dataset(ws: Workspace, plan: "_Plan", options: ConvertOptions, on_start: Callable[[int], None],
-                   on_case_done: Callable[[str], None]) -> ConvertResult:
+def _write_dataset(ws: Workspace, inputs: "_ConversionInputs", options: ConvertOptions,
+                   on_start: Callable[[int], None], on_case_done: Callable[[str], None]) -> ConvertResult:
     """Build the dataset in a temporary sibling folder, then swap it in: readers see the old one or the new one."""
     _remove_stale_builds(ws.nnunet_raw, ws.dataset_name)
     build = ws.nnunet_raw / f".tmp-{ws.dataset_name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        manifest, folds, seconds = _build_dataset(build, ws, plan, options, on_start, on_case_done)
+        manifest, folds, seconds = _build_dataset(build, ws, inputs, options, on_start, on_case_done)
         swap_in(build, ws.raw_dataset)
     finally:
         shutil.rmtree(build, ignore_errors=True)
@@ -265,7 +265,7 @@ def _write_dataset(ws: Workspace, plan: "_Plan", options: ConvertOptions, on_sta
 
 
 @dataclass(frozen=True)
-class _Plan:
+class _ConversionInputs:
     """What a conversion found and decided before writing anything."""
 
     source: Path
@@ -277,13 +277,14 @@ class _Plan:
     fingerprint: str
 
 
-def _plan(source: Path, options: ConvertOptions) -> _Plan:
+def _conversion_inputs(source: Path, options: ConvertOptions) -> _ConversionInputs:
     """Find the subjects, give each its role, hash their files and fingerprint the whole conversion."""
     layout, subjects = find_subjects(source, options.layout, options.fill)
     roles, policy = assign_roles(subjects, options.heldout_fraction)
     files = {s.subject_id: (_file_record(s.image), _file_record(s.label if roles[s.subject_id] != "test" else None))
              for s in subjects}
-    return _Plan(source, layout, subjects, roles, policy, files, _fingerprint(layout, subjects, roles, options, files))
+    fingerprint = _fingerprint(layout, subjects, roles, options, files)
+    return _ConversionInputs(source, layout, subjects, roles, policy, files, fingerprint)
 
 
 def _up_to_date_manifest(ws: Workspace, fingerprint: str, options: ConvertOptions) -> Optional[Manifest]:
@@ -307,11 +308,11 @@ def _up_to_date_manifest(ws: Workspace, fingerprint: str, options: ConvertOption
     return None
 
 
-def _case_jobs(build: Path, plan: _Plan, options: ConvertOptions) -> list[CaseJob]:
+def _case_jobs(build: Path, inputs: _ConversionInputs, options: ConvertOptions) -> list[CaseJob]:
     """One job per subject, writing into its role's image (and label) folder of `build`."""
     jobs = []
-    for subject in plan.subjects:
-        role = plan.roles[subject.subject_id]
+    for subject in inputs.subjects:
+        role = inputs.roles[subject.subject_id]
         image_folder, label_folder = ROLE_FOLDERS[role]
         jobs.append(CaseJob(
             subject=subject, role=role,
@@ -322,31 +323,31 @@ def _case_jobs(build: Path, plan: _Plan, options: ConvertOptions) -> list[CaseJo
     return jobs
 
 
-def _build_dataset(build: Path, ws: Workspace, plan: _Plan, options: ConvertOptions,
+def _build_dataset(build: Path, ws: Workspace, inputs: _ConversionInputs, options: ConvertOptions,
                    on_start: Callable[[int], None],
                    on_case_done: Callable[[str], None]) -> tuple[Manifest, list[dict], dict[str, float]]:
     """Convert every case into `build`, write its JSON files and have nnU-Net check it; (manifest, folds, seconds)."""
     for folder in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
         (build / folder).mkdir(parents=True)
-    jobs = _case_jobs(build, plan, options)
+    jobs = _case_jobs(build, inputs, options)
     on_start(len(jobs))
     processes = min(options.jobs or available_cores(), len(jobs))
     started = time.perf_counter()
     preload = []
-    records = _run_jobs(jobs, processes, on_case_done, lambda: preload.append(integrity.preload_in_background()))
-    records.sort(key=lambda r: r["id"])
+    converted = _convert_cases(jobs, processes, on_case_done, lambda: preload.append(integrity.preload_in_background()))
+    converted.sort(key=lambda r: r["id"])
     seconds = {"cases": time.perf_counter() - started}
     written = {}
-    for record in records:
-        record["image"], record["label"] = plan.files[record["id"]]
-        written.update(record.pop("written"))
+    for case in converted:
+        case["image"], case["label"] = inputs.files[case["id"]]
+        written.update(case.pop("written"))
 
-    ids = {role: [r["id"] for r in records if r["role"] == role] for role in ("train", "heldout", "test")}
+    ids = {role: [r["id"] for r in converted if r["role"] == role] for role in ("train", "heldout", "test")}
     folds = cross_validation_folds(ids["train"])
     write_json(build / "dataset.json", dataset_json(len(ids["train"])))
     splits = write_splits(build, folds)
     written.update({path.name: file_record(path) for path in (build / "dataset.json", splits)})
-    manifest = _manifest(ws, plan, options, records, ids, len(folds), dict(sorted(written.items())))
+    manifest = _manifest(ws, inputs, options, converted, ids, len(folds), dict(sorted(written.items())))
     write_manifest(build, manifest)
     started = time.perf_counter()
     for thread in preload:
@@ -356,21 +357,21 @@ def _build_dataset(build: Path, ws: Workspace, plan: _Plan, options: ConvertOpti
     return manifest, folds, seconds
 
 
-def _manifest(ws: Workspace, plan: _Plan, options: ConvertOptions, records: list[dict], ids: dict[str, list[str]],
-              n_folds: int, files: dict[str, dict]) -> Manifest:
+def _manifest(ws: Workspace, inputs: _ConversionInputs, options: ConvertOptions, converted: list[dict],
+              ids: dict[str, list[str]], n_folds: int, files: dict[str, dict]) -> Manifest:
     """The manifest: where the dataset came from, how it was converted, its split, every case and written file."""
-    cases: tuple[CaseRecord, ...] = tuple(parse_case(record) for record in records)
+    cases: tuple[ManifestCase, ...] = tuple(parse_case(case) for case in converted)
     return Manifest(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        fingerprint=plan.fingerprint,
+        fingerprint=inputs.fingerprint,
         dataset=ws.dataset_name,
-        source=str(plan.source),
-        layout=plan.layout,
-        label_files=("segTRI_fill" if options.fill else "segTRI") if plan.layout != "misa" else "seg",
+        source=str(inputs.source),
+        layout=inputs.layout,
+        label_files=("segTRI_fill" if options.fill else "segTRI") if inputs.layout != "misa" else "seg",
         label_map=options.label_map.describe() if options.label_map else "auto",
         preprocessing=options.preprocessing.as_record(),
-        split=Split(plan.policy, *(tuple(ids[role]) for role in ("train", "heldout", "test")), folds=n_folds),
-        orientation=common_axcodes([r["affine"] for r in records if r["role"] == "train"]),
+        split=Split(inputs.policy, *(tuple(ids[role]) for role in ("train", "heldout", "test")), folds=n_folds),
+        orientation=common_axcodes([r["affine"] for r in converted if r["role"] == "train"]),
         cases=cases,
         files=files,
         versions=_package_versions(),

@@ -232,7 +232,7 @@ def _evaluate_new(ws: Workspace, fingerprint: str, *, jobs: int, nsd_tolerance: 
     evaluated_now, left_out, redone = [], {}, {}
     rescored = _scored_against_other_references(ws, fingerprint)
 
-    def run(model: str, folder: Path) -> None:
+    def evaluate_set(model: str, folder: Path) -> None:
         recorded = recorded_summary(ws, model)
         if recorded and recorded.get("dataset_fingerprint") == fingerprint:
             reason = outdated_metrics(recorded, nsd_tolerance=nsd_tolerance) or rescored.get(model)
@@ -252,7 +252,7 @@ def _evaluate_new(ws: Workspace, fingerprint: str, *, jobs: int, nsd_tolerance: 
             left_out[model] = other_weights
         elif model in rescored or not is_current(ws, folder, model, fingerprint=fingerprint,
                                                  nsd_tolerance=nsd_tolerance):
-            run(model, folder)
+            evaluate_set(model, folder)
     # evaluations of prediction folders outside the workspace (`evaluate --predictions` elsewhere)
     for summary in sorted(ws.evaluation.glob("*.json")) if ws.evaluation.is_dir() else []:
         recorded = recorded_summary(ws, summary.stem)
@@ -268,7 +268,7 @@ def _evaluate_new(ws: Workspace, fingerprint: str, *, jobs: int, nsd_tolerance: 
             if why:
                 left_out[summary.stem] = f"{reason}, and its predictions are stale ({why}); predict again to rank it"
             else:
-                run(summary.stem, folder)
+                evaluate_set(summary.stem, folder)
     return evaluated_now, left_out, redone
 
 

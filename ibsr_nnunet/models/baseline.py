@@ -100,17 +100,17 @@ class BaselineModel(TrainedModel):
 
     def validation(self) -> Validation:
         try:
-            run = read_run_record(self.folder)
+            record = read_run_record(self.folder)
         except InputError:  # a record cut short: the run exists, its Dice is unknown
             return Validation({"internal_val_dice": math.nan})
-        if run is None:
+        if record is None:
             return Validation({})
-        return Validation({"internal_val_dice": math.nan if run.best_val_dice is None else run.best_val_dice})
+        return Validation({"internal_val_dice": math.nan if record.best_val_dice is None else record.best_val_dice})
 
     def training_seconds(self) -> float:
         """The training budget the run record says was used."""
-        run = read_run_record(self.folder)
-        return run.train_seconds if run is not None else math.nan
+        record = read_run_record(self.folder)
+        return record.train_seconds if record is not None else math.nan
 
     def training_curves(self) -> dict[str, pd.DataFrame]:
         rows = read_log(self.folder)

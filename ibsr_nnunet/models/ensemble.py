@@ -18,7 +18,7 @@ from ..core.atomic import swap_in, write_json
 from ..core.errors import InputError
 from ..core.locks import Lock, lock_path
 from ..core.oriented import Prediction, predict_oriented
-from ..core.provenance import dataset_fingerprint, record, weights_signature
+from ..core.provenance import dataset_fingerprint, weights_signature, write_provenance
 from ..core.workspace import Workspace
 from ..data.volumes import Volume, read_volume, write_volume
 from ..nnunet.ensemble import (
@@ -36,8 +36,8 @@ from ..nnunet.prediction_record import write_prediction_record
 from .protocol import training
 
 
-def run(ws: Workspace, trainer: Optional[str] = None, *, jobs: int = 1, device: str = "auto",
-        say: Callable[[str], None] = print) -> EnsembleResult:
+def build_ensemble(ws: Workspace, trainer: Optional[str] = None, *, jobs: int = 1, device: str = "auto",
+                   say: Callable[[str], None] = print) -> EnsembleResult:
     """Search the best configuration, predict imagesTs with 2d, 3d_fullres and their ensemble, postprocess, record."""
     started = time.perf_counter()
     images = ws.raw_dataset / "imagesTs"
@@ -62,14 +62,14 @@ def run(ws: Workspace, trainer: Optional[str] = None, *, jobs: int = 1, device: 
     reason = (f"{winner} has the highest cross-validation foreground-mean Dice on folds "
               f"{', '.join(map(str, selection.folds))} ({ranked}; nnU-Net keeps the simpler model on a tie); "
               f"{search['post_pp']:.4f} after its postprocessing")
-    record_file = best_configuration_file(ws)
-    write_json(record_file, {  # read back only for its dataset_fingerprint (archive_stale_search)
+    best_file = best_configuration_file(ws)
+    write_json(best_file, {  # read back only for its dataset_fingerprint (archive_stale_search)
         "winner": winner, "reason": reason, "crossval_dice": results, "crossval_dice_post_pp": search["post_pp"],
         "trainer": selection.trainer, "configurations": list(selection.configurations),
         "folds": list(selection.folds), "warnings": selection.warnings,
         "predictions": {m: str(p) for m, p in predictions.items()}, "dataset_fingerprint": fingerprint,
     })
-    return EnsembleResult(selection, results, winner, reason, predictions, record_file, time.perf_counter() - started)
+    return EnsembleResult(selection, results, winner, reason, predictions, best_file, time.perf_counter() - started)
 
 
 def _predict_all(ws: Workspace, selection: Selection, keys: tuple[str, ...], images: Path, fingerprint: str, *,
@@ -129,8 +129,9 @@ def _predict_all(ws: Workspace, selection: Selection, keys: tuple[str, ...], ima
             write_prediction_record(built[key], model_record(
                 model, selection.trainer, configurations=configurations, folds=selection.folds,
                 postprocessing_pkl=postprocessing[key], crossval_dice=search["results"][key], axcodes=axcodes))
-            record(built[key], fingerprint, model=model, trainer=selection.trainer, folds=list(selection.folds),
-                   weights=[entry for c in configurations for entry in weights[c]])
+            used = [entry for c in configurations for entry in weights[c]]
+            write_provenance(built[key], fingerprint, model=model, trainer=selection.trainer,
+                             folds=list(selection.folds), weights=used)
             predictions[model] = ws.predictions / model
         for key, model in ((key, MODEL_NAMES[key]) for key in keys):
             swap_in(built[key], predictions[model])

@@ -116,7 +116,7 @@ class EnsembleResult:
     winner: str  # model name
     reason: str
     predictions: dict[str, Path]  # model name -> folder of <case>.nii.gz
-    record: Path
+    best_configuration: Path  # best_configuration.json
     seconds: float
 
 

@@ -18,15 +18,15 @@ class Scan:
 
 @dataclass(frozen=True)
 class ScanOutcome:
-    """What segmenting one scan gave: its volumes and QC picture, or its error; or the row of an earlier run with
-    the same input, model and options (`reused`)."""
+    """What segmenting one scan gave: its volumes and QC picture, or its error; or the row an earlier `segment` wrote
+    for the same input, model and options (`reused`)."""
 
     scan: Scan
     seconds: float = 0.0
     warnings: tuple[str, ...] = ()
     error: Optional[str] = None
     volumes: dict[str, float] = field(default_factory=dict)
-    reused: Optional[dict] = None  # the volumes.csv row of an earlier run
+    reused: Optional[dict] = None  # the volumes.csv row an earlier `segment` wrote
     qc: Optional[Path] = None
     input_axcodes: str = ""  # the input's axes, as turned to the model's training orientation
 

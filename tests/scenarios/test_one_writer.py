@@ -130,7 +130,7 @@ def take_over_from_another_host(lock_file: Path) -> Holder:
     other = Holder(pid=4242, host="node7", boot_id="another-boot", start_time="1", slurm_job_id=None,
                    slurm_restart_count=0, command="ibsr-nnunet train", heartbeat=time.time())
     replacement = lock_file.with_name("replacement")
-    replacement.write_bytes(other.record())
+    replacement.write_bytes(other.lock_file_bytes())
     os.rename(replacement, lock_file)
     return other
 

@@ -30,7 +30,7 @@ def fake_fold(ws: Workspace, config: str, fold: int, trainer: str, fingerprint: 
     (folder / "validation" / "summary.json").write_text(json.dumps({"foreground_mean": {"Dice": 0.5}}))
     (folder / "validation" / "IBSR_01.npz").write_bytes(b"x")
     if fingerprint:
-        provenance.record(folder, fingerprint)
+        provenance.write_provenance(folder, fingerprint)
     return folder
 
 
@@ -41,7 +41,7 @@ def reference_predictions(ws: Workspace, model: str, fingerprint: str | None) ->
     for case in ws.cases("heldout"):
         shutil.copy(case.label, out / f"{case.id}.nii.gz")
     if fingerprint:
-        provenance.record(out, fingerprint, model=model)
+        provenance.write_provenance(out, fingerprint, model=model)
     return out
 
 
@@ -57,7 +57,7 @@ def test_record_staleness_and_contradiction(tmp_path):
     assert provenance.staleness(folder, "a" * 64) == (
         "made from dataset an unknown dataset (no provenance recorded), the workspace now holds aaaaaaaaaaaa")
     assert provenance.contradicts(folder, "a" * 64) is None  # no record: judged by its contents elsewhere
-    provenance.record(folder, "b" * 64, model="m")
+    provenance.write_provenance(folder, "b" * 64, model="m")
     assert provenance.recorded(folder) == "b" * 64
     assert provenance.staleness(folder, "a" * 64) == (
         "made from dataset bbbbbbbbbbbb, the workspace now holds aaaaaaaaaaaa")
@@ -84,7 +84,7 @@ def test_weights_signature_and_what_changes_it(tmp_path):
     assert provenance.weights_changed(ws, signature).startswith("baselines/unet2d__dice/best.pt changed at ")
     best.unlink()
     assert provenance.weights_changed(ws, signature) == "baselines/unet2d__dice/best.pt is gone"
-    provenance.record(best.parent, "a" * 64, weights=signature)
+    provenance.write_provenance(best.parent, "a" * 64, weights=signature)
     assert provenance.recorded_weights(best.parent) == signature
     assert provenance.recorded_weights(tmp_path) is None  # no record: no weights to judge by
 
@@ -95,7 +95,7 @@ def test_archive_moves_and_deletes_nothing(tmp_path):
     run = ws.baselines / "unet2d__dice"
     run.mkdir(parents=True)
     (run / "best.pt").write_bytes(b"weights")
-    provenance.record(run, OLD)
+    provenance.write_provenance(run, OLD)
     said_lines = []
     with pytest.raises(InputError, match=r"unet2d__dice .*is stale: made from dataset 000000000000.*--archive-stale"):
         provenance.ensure_current(ws, run, what="baseline run", fingerprint="f" * 64, archive_stale=False)
@@ -196,7 +196,7 @@ def test_no_old_score_survives_when_nothing_current_is_left(converted_copy):
     out = reference_predictions(ws, "unet2d__dice", provenance.dataset_fingerprint(ws))
     assert invoke(ws, "leaderboard", "--no-figures").exit_code == 0
     assert len(pd.read_csv(ws.leaderboard)) == 1
-    provenance.record(out, OLD)  # as if the dataset had been replaced since
+    provenance.write_provenance(out, OLD)  # as if the dataset had been replaced since
     result = invoke(ws, "leaderboard", "--no-figures")
     assert result.exit_code == 1 and "now lists no model" in said(result)
     assert pd.read_csv(ws.leaderboard).empty
@@ -218,7 +218,7 @@ def test_ensemble_leaves_stale_folds_out_and_says_which(converted_copy):
     assert "stale folds left out" in stale_warning and f"{trainer}__nnUNetPlans__2d/fold_1" in stale_warning
     assert f"{trainer}__nnUNetPlans__3d_fullres/fold_1" in stale_warning
     for config in ("2d", "3d_fullres"):
-        provenance.record(fold_folder(ws, config, 0, trainer=trainer), OLD)
+        provenance.write_provenance(fold_folder(ws, config, 0, trainer=trainer), OLD)
     with pytest.raises(InputError, match="no finished nnU-Net fold made from this dataset.*stale folds left out"):
         select(ws, trainer)
 
@@ -270,7 +270,7 @@ def test_baseline_train_refuses_a_stale_run(converted_copy):
     run = ws.baselines / "unet2d__dice"
     run.mkdir(parents=True)
     (run / "checkpoint.pt").write_bytes(b"x")
-    provenance.record(run, OLD)
+    provenance.write_provenance(run, OLD)
     result = invoke(ws, "baseline", "train", "--model", "unet2d", "--loss", "dice", "--epochs", "1", "--device", "cpu")
     assert result.exit_code == 1 and f"{run} (baseline run unet2d__dice) is stale" in said(result)
     result = invoke(ws, "baseline", "predict", "--model", "unet2d", "--loss", "dice", "--device", "cpu")
@@ -285,7 +285,7 @@ def test_convert_force_says_what_it_makes_stale(converted_copy, tmp_path):
     fake_fold(ws, "2d", 1, trainer_name(2, 3), fingerprint)
     run = ws.baselines / "unet2d__dice"
     run.mkdir(parents=True)
-    provenance.record(run, fingerprint)
+    provenance.write_provenance(run, fingerprint)
     reference_predictions(ws, "unet2d__dice", fingerprint)
     write_phantoms(tmp_path / "other", 8, layout="misa", size="small", seed=9)
     result = invoke(ws, "convert", tmp_path / "other", "--force")

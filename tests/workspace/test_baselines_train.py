@@ -151,11 +151,11 @@ def test_each_model_trains_and_its_loss_falls(trained, baseline_ws, model):
     assert result.status == "finished" and result.epochs_done == 3
     assert result.log[-1]["train_loss"] < result.log[0]["train_loss"]
     folder = run_dir(baseline_ws, model, "dice_ce")
-    run = json.loads((folder / "run.json").read_text())
-    assert run["finished"] is True and run["epochs_done"] == 3 and run["train_seconds"] > 0
-    assert run["model"] == model and run["loss"] == "dice_ce" and run["options"]["iterations_per_epoch"] == 8
-    assert not set(run["val_cases"]) & set(json.loads(baseline_ws.manifest.read_text())["split"]["heldout"])
-    assert len(run["val_cases"]) == 1 and len(run["train_cases"]) == 4
+    record = json.loads((folder / "run.json").read_text())
+    assert record["finished"] is True and record["epochs_done"] == 3 and record["train_seconds"] > 0
+    assert record["model"] == model and record["loss"] == "dice_ce" and record["options"]["iterations_per_epoch"] == 8
+    assert not set(record["val_cases"]) & set(json.loads(baseline_ws.manifest.read_text())["split"]["heldout"])
+    assert len(record["val_cases"]) == 1 and len(record["train_cases"]) == 4
     with open(folder / "log.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == ["epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds"]
@@ -204,8 +204,8 @@ def test_sigusr1_saves_exits_75_and_the_next_call_resumes(baseline_ws):
     again = subprocess.run(args, capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"resuming {checkpoint.parent} at epoch {saved['epoch']}" in again.stdout
-    run = json.loads((checkpoint.parent / "run.json").read_text())
-    assert run["finished"] and run["epochs_done"] == 4 and run["train_seconds"] > first_seconds
+    record = json.loads((checkpoint.parent / "run.json").read_text())
+    assert record["finished"] and record["epochs_done"] == 4 and record["train_seconds"] > first_seconds
     with open(checkpoint.parent / "log.csv") as handle:
         assert [int(r["epoch"]) for r in csv.DictReader(handle)] == [1, 2, 3, 4]
 

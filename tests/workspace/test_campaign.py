@@ -80,9 +80,9 @@ def planned_workspace(planned_ws: Workspace, tmp_path: Path) -> Workspace:
 def test_submit_again_skips_queued_running_and_finished_and_replaces_a_pending_final(planned_ws, tmp_path):
     ws = planned_workspace(planned_ws, tmp_path)
     slurm = FakeSlurm()
-    plan = submit.SubmitPlan(configs=("2d", "3d_fullres"), folds=(0, 1), baselines=("unet2d__dice_ce",), epochs=3,
+    request = submit.SubmitRequest(configs=("2d", "3d_fullres"), folds=(0, 1), baselines=("unet2d__dice_ce",), epochs=3,
                                iterations=2, device="cpu", resources=sbatch.Resources(gpus_per_job=0))
-    first = submit.submit(ws, plan, cli=CLI, run=slurm, say=lambda _: None)
+    first = submit.submit(ws, request, cli=CLI, runner=slurm, say=lambda _: None)
     assert [(s.kind, s.name, s.job_id) for s in first.submitted] == [
         ("fold", "2d", "101"), ("fold", "3d_fullres", "102"), ("baseline", "unet2d__dice_ce", "103"),
         ("final", "final", "104")]
@@ -90,7 +90,7 @@ def test_submit_again_skips_queued_running_and_finished_and_replaces_a_pending_f
     assert "--dependency=afterok:101:102:103" in final_argv and "--kill-on-invalid-dep=yes" in final_argv
     assert all(s.script.is_file() for s in first.submitted)
 
-    again = submit.submit(ws, plan, cli=CLI, run=slurm, say=lambda _: None)
+    again = submit.submit(ws, request, cli=CLI, runner=slurm, say=lambda _: None)
     assert again.submitted == [] and len(again.skipped) == 6
 
     # 2d fold 0 finished, 2d fold 1 failed, 3d_fullres still running, baseline done: only 2d fold 1 again
@@ -98,9 +98,9 @@ def test_submit_again_skips_queued_running_and_finished_and_replaces_a_pending_f
     (folder / "validation").mkdir(parents=True)
     (folder / "checkpoint_final.pth").write_bytes(b"x")
     (folder / "validation" / "summary.json").write_text("{}")
-    provenance.record(folder, provenance.dataset_fingerprint(ws))  # trained on this workspace's dataset
+    provenance.write_provenance(folder, provenance.dataset_fingerprint(ws))  # trained on this workspace's dataset
     slurm.states.update({"101_0": "COMPLETED", "101_1": "FAILED", "102_0": "RUNNING", "103": "COMPLETED"})
-    third = submit.submit(ws, plan, cli=CLI, run=slurm, say=lambda _: None)
+    third = submit.submit(ws, request, cli=CLI, runner=slurm, say=lambda _: None)
     assert [(s.kind, s.name, s.folds) for s in third.submitted] == [("fold", "2d", [1]), ("final", "final", [])]
     assert "--array=1" in third.submitted[0].argv
     assert ["scancel", "104"] in slurm.calls  # the old final waited for the failed task: replaced
@@ -112,10 +112,10 @@ def test_submit_again_skips_queued_running_and_finished_and_replaces_a_pending_f
 def test_submit_refuses_without_plans_and_dry_run_writes_nothing(planned_ws, tmp_path):
     ws = Workspace.open(tmp_path / "empty")
     with pytest.raises(InputError, match="plan --configs 2d,3d_fullres"):
-        submit.submit(ws, submit.SubmitPlan(), cli=CLI, run=FakeSlurm())
+        submit.submit(ws, submit.SubmitRequest(), cli=CLI, runner=FakeSlurm())
     ws = planned_workspace(planned_ws, tmp_path)
     slurm = FakeSlurm()
-    result = submit.submit(ws, submit.SubmitPlan(folds=(0,), dry_run=True), cli=CLI, run=slurm)
+    result = submit.submit(ws, submit.SubmitRequest(folds=(0,), dry_run=True), cli=CLI, runner=slurm)
     assert [s.kind for s in result.submitted] == ["fold", "fold", "final"]
     assert not [c for c in slurm.calls if c[0] == "sbatch"] and not ws.slurm.exists()
 
@@ -151,9 +151,9 @@ def test_cli_submit_dry_run_prints_scripts_and_submits_nothing(planned_copy, tmp
 
 def test_cli_status_reads_jobs_and_the_controllers_states(planned_copy, tmp_path, monkeypatch):
     slurm = FakeSlurm()
-    plan = submit.SubmitPlan(configs=("2d",), folds=(0, 1), baselines=(), epochs=3, iterations=2, device="cpu",
+    request = submit.SubmitRequest(configs=("2d",), folds=(0, 1), baselines=(), epochs=3, iterations=2, device="cpu",
                              resources=sbatch.Resources(gpus_per_job=0))
-    submit.submit(planned_copy, plan, cli=CLI, run=slurm, say=lambda _: None)
+    submit.submit(planned_copy, request, cli=CLI, runner=slurm, say=lambda _: None)
     jobs = ("JobId=200 ArrayJobId=101 ArrayTaskId=0 JobState=RUNNING Reason=None Restarts=2\n"
             "JobId=201 ArrayJobId=101 ArrayTaskId=1 JobState=FAILED Reason=NonZeroExitCode Restarts=0\n"
             "JobId=102 JobState=PENDING Reason=Dependency Restarts=0\n")
@@ -197,9 +197,9 @@ def test_a_hand_submitted_fold_registers_itself_and_submit_never_submits_it_agai
 
     slurm = FakeSlurm()
     slurm.states["200"] = "RUNNING"
-    plan = submit.SubmitPlan(configs=("2d",), folds=(0, 1, 2), epochs=3, iterations=2, device="cpu",
+    request = submit.SubmitRequest(configs=("2d",), folds=(0, 1, 2), epochs=3, iterations=2, device="cpu",
                              resources=sbatch.Resources(gpus_per_job=0, array_parallel=2))
-    result = submit.submit(ws, plan, cli=CLI, run=slurm, say=lambda _: None)
+    result = submit.submit(ws, request, cli=CLI, runner=slurm, say=lambda _: None)
     assert [(s.kind, s.folds) for s in result.submitted] == [("fold", [1, 2]), ("final", [])]
     assert "--array=1,2%2" in result.submitted[0].argv
     assert "2d fold 0: job 200 is RUNNING" in result.skipped

@@ -84,7 +84,7 @@ def nnunet_model(ws: Workspace) -> str:
     (folder / "model.json").write_text(json.dumps({"model": "nnunet_2d", "trainer": "IbsrTrainer",
                                                    "configurations": ["2d"], "folds": [0, 1],
                                                    "postprocessing_file": str(postprocessing)}))
-    provenance.record(folder, provenance.dataset_fingerprint(ws))
+    provenance.write_provenance(folder, provenance.dataset_fingerprint(ws))
     return "nnunet_2d"
 
 

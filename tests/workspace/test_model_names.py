@@ -10,7 +10,7 @@ import pytest
 
 from helpers import copy_workspace, invoke, said
 from ibsr_nnunet.core.errors import InputError
-from ibsr_nnunet.core.provenance import dataset_fingerprint, record
+from ibsr_nnunet.core.provenance import dataset_fingerprint, write_provenance
 from ibsr_nnunet.core.workspace import Workspace
 
 NOT_A_NAME = "is not a usable model name: use letters, digits"
@@ -44,12 +44,12 @@ def test_model_names_that_are_names_pass(name):
 ], ids=["up", "down-and-up", "300-chars", "unknown-loss", "no-loss"])
 def test_baseline_names_and_submit_baselines(name, problem):
     from baselines.registry import check_baseline_name
-    from ibsr_nnunet.campaign.submit import SubmitPlan
+    from ibsr_nnunet.campaign.submit import SubmitRequest
 
     with pytest.raises(InputError, match=rf"^--baselines '.*' {problem}"):
         check_baseline_name(name, "--baselines")
     with pytest.raises(InputError, match=rf"^--baselines '.*' {problem}"):
-        SubmitPlan(baselines=(name,))
+        SubmitRequest(baselines=(name,))
 
 
 def test_submit_refuses_a_baseline_path_on_the_command_line(tmp_path):
@@ -107,7 +107,7 @@ def write_record(ws: Workspace, **changes) -> Path:
     info = {"model": "nnunet_2d", "trainer": "IbsrTrainer_3ep_10it", "configurations": ["2d"], "folds": [0],
             "postprocessing_file": str(pkl), "axcodes": ["R", "A", "S"], **changes}
     (folder / "model.json").write_text(json.dumps(info))
-    record(folder, dataset_fingerprint(ws), model="nnunet_2d")
+    write_provenance(folder, dataset_fingerprint(ws), model="nnunet_2d")
     return folder / "model.json"
 
 

@@ -27,17 +27,17 @@ HOSTILE = ["ws with space", "it's \"quoted\"", "$(touch CANARY)", "`touch CANARY
            "${IFS}$((1+1))*?[a]", "-n"]
 
 
-def fake_cli(folder: Path, record: Path, exit_code: int = 0) -> list[str]:
+def fake_cli(folder: Path, argv_log: Path, exit_code: int = 0) -> list[str]:
     """A stand-in for `python -m ibsr_nnunet` (its own path hostile too) that records its argv, one per line."""
     script = folder / "fake ibsr-nnunet $(touch CANARY)"
-    script.write_text("#!/bin/bash\nfor a in \"$@\"; do printf '%s\\0' \"$a\"; done >> " + shlex.quote(str(record))
-                      + f"\nprintf '\\n\\0' >> {shlex.quote(str(record))}\nexit {exit_code}\n")
+    script.write_text("#!/bin/bash\nfor a in \"$@\"; do printf '%s\\0' \"$a\"; done >> " + shlex.quote(str(argv_log))
+                      + f"\nprintf '\\n\\0' >> {shlex.quote(str(argv_log))}\nexit {exit_code}\n")
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     return [str(script)]
 
 
-def calls(record: Path) -> list[list[str]]:
-    parts = record.read_text().split("\0")
+def calls(argv_log: Path) -> list[list[str]]:
+    parts = argv_log.read_text().split("\0")
     out, current = [], []
     for part in parts:
         if part == "\n":
@@ -53,8 +53,8 @@ def test_hostile_workspace_paths_are_data_never_code(tmp_path, hostile):
     workdir = tmp_path / "cwd"
     workdir.mkdir()
     ws = tmp_path / hostile / "ws"
-    record = tmp_path / "argv"
-    cli = fake_cli(tmp_path, record)
+    argv_log = tmp_path / "argv"
+    cli = fake_cli(tmp_path, argv_log)
     env = {"PATH": os.environ["PATH"], "SLURM_ARRAY_TASK_ID": "1", "HOME": str(tmp_path)}
     scripts = {
         "fold": sbatch.render_fold_array(ws, cli, CPU, configuration="2d", epochs=3, iterations=2, device="cpu"),
@@ -69,7 +69,7 @@ def test_hostile_workspace_paths_are_data_never_code(tmp_path, hostile):
         result = subprocess.run(["bash", str(script)], cwd=workdir, env=env, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stdout + result.stderr
     assert not list(tmp_path.rglob("CANARY")) and not list(workdir.iterdir()), "a path was executed as code"
-    seen = calls(record)
+    seen = calls(argv_log)
     assert [c[c.index("--workspace") + 1] for c in seen] == [str(ws)] * len(seen)
     assert seen[0][2:] == ["train", "--fold", "1", "--config", "2d", "--epochs", "3", "--iterations-per-epoch", "2",
                            "--device", "cpu"]
@@ -169,10 +169,10 @@ def test_requeues_stop_after_max_restarts_and_the_job_fails_naming_why(tmp_path)
 
 def test_the_hand_script_embeds_its_fold_records_itself_first_and_passes_staging_on(tmp_path):
     """Run as sbatch would (no array variables): register-job first, then train with the embedded fold."""
-    record = tmp_path / "argv"
+    argv_log = tmp_path / "argv"
     staged = sbatch.Resources(gpus_per_job=0, cpus_per_task=1, signal_grace=300, stage_data=True,
                               local_scratch="/node local/$(touch CANARY)")
-    text = sbatch.render_fold(tmp_path / "ws", fake_cli(tmp_path, record), staged, configuration="3d_fullres", fold=2,
+    text = sbatch.render_fold(tmp_path / "ws", fake_cli(tmp_path, argv_log), staged, configuration="3d_fullres", fold=2,
                               epochs=3, iterations=2, device="cpu")
     assert "--array" not in text and "SLURM_ARRAY_TASK_ID:?" not in text and "FOLD=2\n" in text
     assert not any(line.startswith("#SBATCH --output") for line in text.splitlines())
@@ -181,7 +181,7 @@ def test_the_hand_script_embeds_its_fold_records_itself_first_and_passes_staging
     result = subprocess.run(["bash", str(tmp_path / "fold2.sbatch")], cwd=tmp_path, env=env, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
-    seen = calls(record)
+    seen = calls(argv_log)
     assert [c[2:] for c in seen] == [
         ["register-job", "--config", "3d_fullres", "--fold", "2", "--epochs", "3", "--iterations-per-epoch", "2"],
         ["train", "--fold", "2", "--config", "3d_fullres", "--epochs", "3", "--iterations-per-epoch", "2", "--device",

@@ -28,7 +28,7 @@ def trained(converted_ws, tmp_path_factory) -> Workspace:
     return ws
 
 
-def run(ws: Workspace, *args: str):
+def invoke_segment(ws: Workspace, *args: str):
     return invoke(ws, "segment", *args, "--model", MODEL, "--device", "cpu")
 
 
@@ -46,7 +46,7 @@ def test_renamed_nii_and_analyze_inputs_keep_their_names_and_grids(trained, phan
     nib.save(nib.load(phantom_root / "misa" / "Validation_Set" / "IBSR_06" / "IBSR_06.nii.gz"), plain)
     analyze = phantom_root / "analyze" / "IBSR_07" / "images" / "analyze" / "IBSR_07_ana.hdr"
     out = tmp_path / "out"
-    result = run(trained, str(inputs), str(analyze), "--output", str(out))
+    result = invoke_segment(trained, str(inputs), str(analyze), "--output", str(out))
     assert result.exit_code == 0, result.output
     assert f"model: {MODEL}" in said(result) and "s per scan" in said(result)
     assert sorted(p.name for p in out.iterdir()) == [
@@ -64,7 +64,7 @@ def test_a_corrupt_file_is_reported_and_the_others_finish(trained, phantom_root,
     (inputs / "broken.nii.gz").write_bytes(data[: len(data) // 2])
     nib.save(nib.Nifti1Image(np.ones((8, 8), np.int16), np.eye(4)), inputs / "flat.nii.gz")  # 2-D
     out = tmp_path / "out"
-    result = run(trained, str(inputs), "--output", str(out))
+    result = invoke_segment(trained, str(inputs), "--output", str(out))
     assert result.exit_code == 1
     assert "2 of 3 scans failed" in said(result)
     table = check_outputs({"good_tissue.nii.gz": Path(good)}, out).reset_index().set_index("scan")
@@ -77,7 +77,7 @@ def test_a_corrupt_file_is_reported_and_the_others_finish(trained, phantom_root,
 def test_real_test_set_scans(trained, shared_ibsr18, tmp_path):
     scan = shared_ibsr18 / "Test_Set" / "IBSR_02" / "IBSR_02.nii.gz"
     out = tmp_path / "out"
-    result = run(trained, str(scan), "--output", str(out))
+    result = invoke_segment(trained, str(scan), "--output", str(out))
     assert result.exit_code == 0, result.output
     table = check_outputs({"IBSR_02_tissue.nii.gz": scan}, out)
     # trained on 64×32×64 phantoms at ~4×6×4 mm, the real 0.94×1.5×0.94 mm scan is flagged
@@ -89,7 +89,7 @@ def test_default_model_needs_a_leaderboard_and_inputs_must_exist(trained, phanto
     result = invoke(trained, "segment", str(scan), "--output", str(tmp_path / "out"))
     assert result.exit_code == 1 and "no leaderboard" in said(result) and "pass --model" in said(result)
     for missing in (tmp_path / "nope.nii.gz", tmp_path):
-        refused = run(trained, str(missing), "--output", str(tmp_path / "out"))
+        refused = invoke_segment(trained, str(missing), "--output", str(tmp_path / "out"))
         assert refused.exit_code == 1
         assert "does not exist" in said(refused) or "no .nii, .nii.gz or .hdr/.img file" in said(refused)
 
@@ -138,10 +138,10 @@ def test_an_output_folder_inside_the_inputs_is_not_read_back_and_a_file_is_refus
     shutil.copy(phantom_root / "misa" / "Test_Set" / "IBSR_08" / "IBSR_08.nii.gz", inputs / "good.nii.gz")
     out = inputs / "tissue"
     for _ in range(2):
-        result = run(trained, str(inputs), "--output", str(out), "--no-qc")
+        result = invoke_segment(trained, str(inputs), "--output", str(out), "--no-qc")
         assert result.exit_code == 0, result.output
     assert pd.read_csv(out / "volumes.csv")["scan"].tolist() == ["good"]  # not good_tissue read back as input
-    refused = run(trained, str(inputs), "--output", str(inputs / "good.nii.gz"))
+    refused = invoke_segment(trained, str(inputs), "--output", str(inputs / "good.nii.gz"))
     assert refused.exit_code == 1 and "is a file; pass a folder" in said(refused)
 
 
@@ -151,13 +151,13 @@ def test_a_rerun_is_a_no_op_and_redoes_only_what_changed(trained, phantom_root, 
     for case, folder in (("IBSR_08", "Test_Set"), ("IBSR_06", "Validation_Set")):
         shutil.copy(phantom_root / "misa" / folder / case / f"{case}.nii.gz", inputs / f"{case}.nii.gz")
     out = tmp_path / "out"
-    assert run(trained, str(inputs), "--output", str(out)).exit_code == 0
+    assert invoke_segment(trained, str(inputs), "--output", str(out)).exit_code == 0
     stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*_tissue.nii.gz")}
-    again = run(trained, str(inputs), "--output", str(out))
+    again = invoke_segment(trained, str(inputs), "--output", str(out))
     assert again.exit_code == 0 and "nothing redone" in said(again), again.output
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*_tissue.nii.gz")} == stamps
     shutil.copy(phantom_root / "misa" / "Validation_Set" / "IBSR_07" / "IBSR_07.nii.gz", inputs / "IBSR_06.nii.gz")
-    changed = run(trained, str(inputs), "--output", str(out))
+    changed = invoke_segment(trained, str(inputs), "--output", str(out))
     assert changed.exit_code == 0 and "1 scans already up to date" in said(changed), changed.output
     assert (out / "IBSR_08_tissue.nii.gz").stat().st_mtime_ns == stamps["IBSR_08_tissue.nii.gz"]
     assert (out / "IBSR_06_tissue.nii.gz").stat().st_mtime_ns != stamps["IBSR_06_tissue.nii.gz"]
@@ -165,7 +165,7 @@ def test_a_rerun_is_a_no_op_and_redoes_only_what_changed(trained, phantom_root, 
     assert sorted(table["scan"]) == ["IBSR_06", "IBSR_08"] and table["error"].isna().all()
     best = trained.baselines / MODEL / "best.pt"
     best.touch()  # a retrained model: everything is redone
-    redone = run(trained, str(inputs), "--output", str(out))
+    redone = invoke_segment(trained, str(inputs), "--output", str(out))
     assert redone.exit_code == 0 and "already up to date" not in said(redone) and "nothing redone" not in said(redone)
 
 
@@ -179,7 +179,7 @@ def test_every_orientation_of_a_scan_gets_the_identical_map(trained, phantom_roo
     copies = {f"turned{i}": reoriented_copy(source, inputs / f"turned{i}.nii.gz", perm, flips)
               for i, (perm, flips) in enumerate(ORIENTATIONS)}
     out = tmp_path / "out"
-    result = run(trained, str(inputs), "--output", str(out), "--no-qc")
+    result = invoke_segment(trained, str(inputs), "--output", str(out), "--no-qc")
     assert result.exit_code == 0, result.output
     reference = nib.load(str(out / "original_tissue.nii.gz"))
     expected = np.asanyarray(reference.dataobj)
@@ -255,7 +255,7 @@ def test_an_oblique_scan_is_segmented_in_the_nearest_orientation_with_a_warning(
     oblique = inputs / "oblique.nii.gz"
     nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), rotation @ image.affine, header=image.header), str(oblique))
     out = tmp_path / "out"
-    result = run(trained, str(inputs), "--output", str(out), "--no-qc")
+    result = invoke_segment(trained, str(inputs), "--output", str(out), "--no-qc")
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out / "volumes.csv", dtype={"input_axcodes": str}).set_index("scan")
     assert "oblique by 20 degrees (more than 10)" in table.loc["oblique", "warnings"]
@@ -272,7 +272,7 @@ def test_qc_pictures_and_the_contact_sheet(trained, phantom_root, tmp_path):
     inputs = [phantom_root / "misa" / "Test_Set" / "IBSR_08" / "IBSR_08.nii.gz",
               phantom_root / "misa" / "Validation_Set" / "IBSR_06" / "IBSR_06.nii.gz"]
     out = tmp_path / "out"
-    result = run(trained, *map(str, inputs), "--output", str(out), "--qc-sheet")
+    result = invoke_segment(trained, *map(str, inputs), "--output", str(out), "--qc-sheet")
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out / "volumes.csv").set_index("scan")
     for case in ("IBSR_08", "IBSR_06"):
@@ -283,7 +283,7 @@ def test_qc_pictures_and_the_contact_sheet(trained, phantom_root, tmp_path):
     sheet = Image.open(out / "qc_sheet.png")
     assert sheet.size[1] > 1.5 * Image.open(out / "IBSR_08_qc.png").size[1]  # one row per scan
     assert "QC contact sheet" in said(result)
-    none = run(trained, str(inputs[0]), "--output", str(tmp_path / "plain"), "--no-qc")
+    none = invoke_segment(trained, str(inputs[0]), "--output", str(tmp_path / "plain"), "--no-qc")
     assert none.exit_code == 0 and not list((tmp_path / "plain").glob("*.png"))
 
 
@@ -329,7 +329,7 @@ def test_tta_mirrors_every_in_plane_axis(tta, passes):
 def test_soft_volumes_and_speed_options_reach_volumes_csv(trained, phantom_root, tmp_path):
     scan = phantom_root / "misa" / "Test_Set" / "IBSR_08" / "IBSR_08.nii.gz"
     out = tmp_path / "out"
-    result = run(trained, str(scan), "--output", str(out), "--soft-volumes", "--tta", "--step-size", "0.75",
+    result = invoke_segment(trained, str(scan), "--output", str(out), "--soft-volumes", "--tta", "--step-size", "0.75",
                  "--no-qc")
     assert result.exit_code == 0, result.output
     row = pd.read_csv(out / "volumes.csv").iloc[0]
@@ -338,8 +338,8 @@ def test_soft_volumes_and_speed_options_reach_volumes_csv(trained, phantom_root,
     image_ml = np.prod(image.shape[:3]) * np.prod(image.header.get_zooms()[:3]) / 1000
     soft = [row[f"{tissue}_ml_soft"] for tissue in ("CSF", "GM", "WM")]
     assert all(v > 0 for v in soft) and sum(soft) < image_ml  # probabilities: background takes the rest
-    default = run(trained, str(scan), "--output", str(tmp_path / "cpu"), "--no-qc")
+    default = invoke_segment(trained, str(scan), "--output", str(tmp_path / "cpu"), "--no-qc")
     row = pd.read_csv(tmp_path / "cpu" / "volumes.csv").iloc[0]
     assert bool(row["tta"]) is False and np.isnan(row["CSF_ml_soft"]) and default.exit_code == 0
-    bad = run(trained, str(scan), "--output", str(tmp_path / "x"), "--step-size", "0")
+    bad = invoke_segment(trained, str(scan), "--output", str(tmp_path / "x"), "--step-size", "0")
     assert bad.exit_code == 1 and "--step-size 0.0 is outside (0, 1]" in said(bad)

@@ -39,7 +39,7 @@ def scan(phantom_root) -> Path:
     return phantom_root / "misa" / "Test_Set" / "IBSR_08" / "IBSR_08.nii.gz"
 
 
-def run(ws: Workspace, *args: str):
+def invoke_segment(ws: Workspace, *args: str):
     return invoke(ws, "segment", *args, "--model", MODEL, "--device", "cpu")
 
 
@@ -74,7 +74,7 @@ def test_a_folder_with_a_negative_scan_segments_every_scan(trained, scan, tmp_pa
     for index in range(3):
         shutil.copy(scan, inputs / f"c{index}.nii.gz")
     out = tmp_path / "out"
-    result = run(trained, str(inputs), "--output", str(out))
+    result = invoke_segment(trained, str(inputs), "--output", str(out))
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out / "volumes.csv", keep_default_na=False).set_index("scan")
     assert len(table) == 7 and set(table["status"]) == {"ok"} and set(table["error"]) == {""}
@@ -110,7 +110,7 @@ def test_a_qc_or_prediction_failure_is_that_scans_row_and_the_others_go_on(train
     monkeypatch.setattr(baselines.infer.Predictor, "__call__",
                         _predict_fails_for(12345.0, baselines.infer.Predictor.__call__))
     out = tmp_path / "out"
-    result = run(trained, str(inputs), "--output", str(out))
+    result = invoke_segment(trained, str(inputs), "--output", str(out))
     assert result.exit_code == 1
     assert "2 of 5 scans failed: b_qc.nii.gz, d_predict.nii.gz" in said(result)
     table = pd.read_csv(out / "volumes.csv", keep_default_na=False).set_index("scan")
@@ -123,13 +123,13 @@ def test_a_qc_or_prediction_failure_is_that_scans_row_and_the_others_go_on(train
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["segment.json", "volumes.csv"] + [f"{n}_{kind}" for n in "ace" for kind in ("qc.png", "tissue.nii.gz")])
     monkeypatch.undo()
-    again = run(trained, str(inputs), "--output", str(out))  # the failed ones are redone, the rest reused
+    again = invoke_segment(trained, str(inputs), "--output", str(out))  # the failed ones are redone, the rest reused
     assert again.exit_code == 0, again.output
     assert "3 scans already up to date" in said(again)
 
 
 def test_an_output_folder_that_cannot_be_created_is_one_sentence(trained, scan):
-    result = run(trained, str(scan), "--output", "/proc/ibsr-nnunet-out")
+    result = invoke_segment(trained, str(scan), "--output", "/proc/ibsr-nnunet-out")
     assert result.exit_code == 1 and result.exception is None or isinstance(result.exception, SystemExit)
     assert "cannot create the output folder /proc/ibsr-nnunet-out" in said(result)
     assert "Traceback" not in result.output
@@ -163,7 +163,7 @@ def test_a_full_disk_in_segment_is_one_sentence(trained, scan, tiny_disk, inside
     out = tiny_disk / "out" if inside else tiny_disk  # the lock file lies beside the output folder
     out.mkdir(exist_ok=True)
     fill(tiny_disk, 0)
-    result = run(trained, str(scan), "--output", str(out))
+    result = invoke_segment(trained, str(scan), "--output", str(out))
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
     written = lock_path(out) if inside else out  # the lock is the first file written
     assert f"no space left on {tiny_disk} while writing {written}" in said(result)

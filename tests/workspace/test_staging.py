@@ -36,13 +36,13 @@ def test_stage_copies_what_training_reads_then_reuses_an_identical_copy(planned_
 def test_two_runs_staging_at_once_end_with_one_copy_and_no_leftovers(planned_ws, tmp_path):
     results, errors = [], []
 
-    def run():
+    def stage_once():
         try:
             results.append(staging.stage(planned_ws, "nnUNetPlans_3d_fullres", local_scratch=tmp_path))
         except Exception as err:  # noqa: BLE001 - reported below
             errors.append(err)
 
-    threads = [threading.Thread(target=run) for _ in range(3)]
+    threads = [threading.Thread(target=stage_once) for _ in range(3)]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -60,7 +60,7 @@ def campaign(converted_copy) -> Path:
     baseline = ws.baselines / "unet2d__dice_ce"
     for folder in (fold0, fold1, baseline):
         folder.mkdir(parents=True)
-        provenance.record(folder, fingerprint)
+        provenance.write_provenance(folder, fingerprint)
     # fold 0: epochs of 600 s on the V100 (not the current device), then 310 s, then 290..330 s on the H200
     logs = [nnunet_log(fold0, "training_log_1.txt", range(0, 10), [600.0] * 10),
             nnunet_log(fold0, "training_log_2.txt", range(10, 20), [310.0] * 10),
@@ -99,9 +99,9 @@ def campaign(converted_copy) -> Path:
 
 
 def answering(text: str):
-    def run(argv, **kwargs):
+    def runner(argv, **kwargs):
         return subprocess.CompletedProcess(argv, 0, stdout=text, stderr="")
-    return run
+    return runner
 
 
 RUNNING = ("JobId=201 ArrayJobId=101 ArrayTaskId=0 JobState=RUNNING Reason=None Restarts=2 ExitCode=0:0\n"
@@ -111,7 +111,7 @@ RUNNING = ("JobId=201 ArrayJobId=101 ArrayTaskId=0 JobState=RUNNING Reason=None 
 
 
 def test_each_job_and_the_campaign_get_the_hand_computed_numbers(campaign):
-    report = status(campaign, run=answering(RUNNING), now=NOW)
+    report = status(campaign, runner=answering(RUNNING), now=NOW)
     rows = {(r.kind, r.fold): r for r in report.rows}
     fold0, fold1, base = rows[("fold", 0)], rows[("fold", 1)], rows[("baseline", None)]
 
@@ -142,7 +142,7 @@ def test_each_job_and_the_campaign_get_the_hand_computed_numbers(campaign):
 
 
 def test_history_survives_slurm_forgetting_the_jobs(campaign):
-    report = status(campaign, run=answering(""), now=NOW)  # MinJobAge passed: the controller knows none of them
+    report = status(campaign, runner=answering(""), now=NOW)  # MinJobAge passed: the controller knows none of them
     rows = {(r.kind, r.fold): r for r in report.rows}
     assert (rows[("fold", 0)].restarts, rows[("fold", 0)].end_reasons) == (2, ["usr1", "usr1"])
     assert rows[("fold", 1)].restarts == 0 and rows[("fold", 1)].end_reasons == ["usr1"]
@@ -159,7 +159,7 @@ def test_a_stalled_fold_shows_the_fix_and_blocks_the_campaign_eta(campaign):
                                 {"at": NOW - 300, "device_name": "NVIDIA H200", "epoch_start": 10,
                                  "end": dict(stuck)}]).replace('"r0"', '"s0"').replace('"r1"', '"s1"'))
     report = status(campaign,
-                    run=answering(RUNNING.replace("ArrayTaskId=1 JobState=PENDING Reason=Resources",
+                    runner=answering(RUNNING.replace("ArrayTaskId=1 JobState=PENDING Reason=Resources",
                                                   "ArrayTaskId=1 JobState=FAILED Reason=NonZeroExitCode")),
                     now=NOW)
     row = next(r for r in report.rows if r.fold == 1)
@@ -201,7 +201,7 @@ def test_a_fold_not_started_yet_borrows_the_eta_of_its_measured_siblings(campaig
     jobs = json.loads((campaign.slurm / "jobs.json").read_text())
     jobs["jobs"][0]["folds"] = [0, 1, 2]
     (campaign.slurm / "jobs.json").write_text(json.dumps(jobs))
-    report = status(campaign, run=answering(RUNNING), now=NOW)
+    report = status(campaign, runner=answering(RUNNING), now=NOW)
     fold2 = next(r for r in report.rows if r.fold == 2)
     # 100 epochs left, not running: with fold 0's numbers 310 × 100 + 140 × 10 = 32400, with fold 1's
     # 300 × 100 + 200 × 10 = 32000; median 32200

@@ -168,7 +168,8 @@ def test_an_nnunet_set_whose_fold_was_retrained_is_left_out(converted_copy):
     out.mkdir(parents=True)
     for case in ws.cases("heldout"):  # the references: what the set scores does not matter here
         shutil.copy(case.label, out / f"{case.id}.nii.gz")
-    provenance.record(out, provenance.dataset_fingerprint(ws), weights=provenance.weights_signature(ws, [checkpoint]))
+    signature = provenance.weights_signature(ws, [checkpoint])
+    provenance.write_provenance(out, provenance.dataset_fingerprint(ws), weights=signature)
     assert invoke(ws, "leaderboard", "--no-figures").exit_code == 0
     assert pd.read_csv(ws.leaderboard)["model"].tolist() == ["nnunet_2d"]
     checkpoint.write_bytes(b"fold 0, retrained")

@@ -26,7 +26,7 @@ from ibsr_nnunet.core.locks import (
 
 def write_holder(path: Path, holder: Holder) -> None:
     """A lock file as another process leaves it; its mtime is the holder's heartbeat."""
-    path.write_bytes(holder.record())
+    path.write_bytes(holder.lock_file_bytes())
     os.utime(path, (holder.heartbeat, holder.heartbeat))
 
 

@@ -9,8 +9,8 @@ import pytest
 
 from ibsr_nnunet.core.errors import InputError
 from ibsr_nnunet.core.manifest import (
-    CaseRecord,
     Manifest,
+    ManifestCase,
     Split,
     manifest_path,
     read_manifest,
@@ -23,9 +23,9 @@ RAS = ((1.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0), (0.0, 0
 LAS = ((-1.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0), (0.0, 0.0, 0.0, 1.0))
 
 
-def case(case_id: str, role: str, spacing: tuple[float, ...], affine=RAS) -> CaseRecord:
+def case(case_id: str, role: str, spacing: tuple[float, ...], affine=RAS) -> ManifestCase:
     labelled = role != "test"
-    return CaseRecord(id=case_id, role=role, shape=(4, 5, 6), spacing=spacing, affine=affine,
+    return ManifestCase(id=case_id, role=role, shape=(4, 5, 6), spacing=spacing, affine=affine,
                       label_scheme={"name": "misa", "mapping": {"0": 0, "1": 1}} if labelled else None,
                       label_counts={"0": 100, "1": 20} if labelled else None,
                       image={"path": f"/src/{case_id}.nii.gz", "sha256": "a" * 64},
