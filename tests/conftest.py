@@ -132,6 +132,20 @@ def planned_ws(converted_ws, tmp_path_factory) -> Workspace:
     return ws
 
 
+@pytest.fixture(scope="session")
+def baseline_ws(converted_ws, tmp_path_factory) -> Workspace:
+    """`converted_ws` with a unet2d__dice_ce trained on the CPU for 2 epochs of 10 iterations (width 4, 32² patches,
+    batches of 2): a finished baseline in seconds. Shared by the session: read it, never change it (copy it)."""
+    from helpers import invoke
+
+    ws = copy_workspace(converted_ws, tmp_path_factory.mktemp("baseline") / "ws")
+    result = invoke(ws, "baseline", "train", "--model", "unet2d", "--loss", "dice_ce", "--epochs", "2",
+                    "--iterations-per-epoch", "10", "--width", "4", "--patch-size", "32", "--batch-size", "2",
+                    "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    return ws
+
+
 @pytest.fixture
 def converted_copy(converted_ws, tmp_path) -> Workspace:
     """A writable copy of `converted_ws`."""

@@ -4,6 +4,7 @@ nnU-Net folds."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -194,3 +195,16 @@ def fake_fold(ws: Workspace, trainer: str, config: str, fold: int) -> None:
     for name in ("checkpoint_final.pth", "validation/summary.json", "validation/IBSR_01.npz"):
         (folder / name).write_bytes(b"")
     provenance.write_provenance(folder, provenance.dataset_fingerprint(ws))  # trained on this workspace's dataset
+
+
+def write_holder(path: Path, holder) -> None:
+    """A lock file as another process leaves it (holder: a core.locks.Holder); its mtime is the heartbeat."""
+    path.write_bytes(holder.lock_file_bytes())
+    os.utime(path, (holder.heartbeat, holder.heartbeat))
+
+
+def runs_lines(folder: Path) -> list[dict]:
+    """The folder's runs.jsonl, one dict a line."""
+    from ibsr_nnunet.core.runlog import RUNS_FILE
+
+    return [json.loads(line) for line in (Path(folder) / RUNS_FILE).read_text().splitlines()]

@@ -6,15 +6,11 @@ import json
 import os
 import shutil
 
-import nibabel as nib
-import numpy as np
 import pytest
 
 from helpers import (
-    ORIENTATIONS,
     fake_fold,
     invoke,
-    reoriented_copy,
     said,
 )
 from ibsr_nnunet.core import provenance
@@ -105,31 +101,3 @@ def test_segment_refuses_an_nnunet_model_whose_fold_is_not_finished(converted_co
             (fold / "checkpoint_final.pth").unlink()
         with pytest.raises(InputError, match=sentence):
             choose_model(ws, model)
-
-
-def test_ensemble_turns_only_images_in_another_orientation_and_carries_maps_back(phantom_root, tmp_path):
-    """The ensemble's way through core/oriented.py on real files: IBSR's own orientation is predicted as it is, a
-    permuted and flipped copy is turned to the training axes voxel for voxel, and its map carried back."""
-    from ibsr_nnunet.core.oriented import Prediction, predict_oriented
-    from ibsr_nnunet.data.volumes import read_volume
-
-    image = phantom_root / "misa" / "Test_Set" / "IBSR_08" / "IBSR_08.nii.gz"
-    same = tmp_path / "IBSR_08_0000.nii.gz"
-    shutil.copy(image, same)
-    turned = reoriented_copy(image, tmp_path / "IBSR_09_0000.nii.gz", *ORIENTATIONS[1])
-    seen = {}
-
-    def predict(volumes):
-        for key, volume in volumes:
-            seen[key] = volume
-            yield Prediction(key, volume.array.astype(np.uint8) % 4)  # a "prediction": the turned voxels
-
-    carried = {c.key: c for c in predict_oriented([("same", lambda: read_volume(same)),
-                                                    ("turned", lambda: read_volume(turned))], ("R", "A", "S"), predict)}
-    original = np.asanyarray(nib.load(str(image)).dataobj)[..., 0]
-    assert carried["same"].reorientation.identity and not carried["turned"].reorientation.identity
-    for key in ("same", "turned"):  # both are seen by the model exactly as the original scan
-        np.testing.assert_array_equal(seen[key].array, original)
-        np.testing.assert_allclose(seen[key].affine, nib.load(str(image)).affine)
-    np.testing.assert_array_equal(carried["turned"].prediction.labels,
-                                  np.asanyarray(nib.load(str(turned)).dataobj).astype(np.uint8) % 4)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import write_holder
 from ibsr_nnunet.core.errors import InputError
 from ibsr_nnunet.core.exitcodes import EXIT_LOCKED
 from ibsr_nnunet.core.locks import (
@@ -25,12 +26,6 @@ from ibsr_nnunet.core.locks import (
     why_stale,
 )
 from lock_races import STATES, dead_pid, race
-
-
-def write_holder(path: Path, holder: Holder) -> None:
-    """A lock file as another process leaves it; its mtime is the holder's heartbeat."""
-    path.write_bytes(holder.lock_file_bytes())
-    os.utime(path, (holder.heartbeat, holder.heartbeat))
 
 
 def hold_in_child(path: Path, heartbeat: float = 30.0) -> subprocess.Popen:

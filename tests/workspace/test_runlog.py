@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 
-from ibsr_nnunet.core.runlog import RUNS_FILE, append_line
-
-
-def lines(folder) -> list[dict]:
-    return [json.loads(line) for line in (folder / RUNS_FILE).read_text().splitlines()]
+from helpers import runs_lines
+from ibsr_nnunet.core.runlog import append_line
 
 
 def _append_many(folder: str, writer: int) -> None:
@@ -26,5 +22,5 @@ def test_concurrent_appends_stay_whole_lines(tmp_path):
         process.start()
     for process in processes:
         process.join(60)
-    records = lines(tmp_path)  # every line parses
+    records = runs_lines(tmp_path)  # every line parses
     assert len(records) == 600 and len({r["run"] for r in records}) == 600

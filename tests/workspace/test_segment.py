@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import ORIENTATIONS, carried_back, check_segment_outputs, copy_workspace, invoke, reoriented_copy, said
+from helpers import check_segment_outputs, copy_workspace, invoke, said
 from ibsr_nnunet.core.workspace import Workspace
 from ibsr_nnunet.segment import collect_inputs, output_names, tissue_volumes
 
@@ -18,14 +18,9 @@ MODEL = "unet2d__dice_ce"
 
 
 @pytest.fixture(scope="module")
-def trained(converted_ws, tmp_path_factory) -> Workspace:
-    """A copy of the session's converted seed-0 phantom workspace with a briefly trained unet2d__dice_ce."""
-    ws = copy_workspace(converted_ws, tmp_path_factory.mktemp("segment") / "ws")
-    result = invoke(ws, "baseline", "train", "--model", "unet2d", "--loss", "dice_ce", "--epochs", "2",
-                    "--iterations-per-epoch", "10", "--width", "4", "--patch-size", "32", "--batch-size", "2",
-                    "--device", "cpu")
-    assert result.exit_code == 0, result.output
-    return ws
+def trained(baseline_ws, tmp_path_factory) -> Workspace:
+    """A copy of the session's converted phantom workspace with its briefly trained unet2d__dice_ce."""
+    return copy_workspace(baseline_ws, tmp_path_factory.mktemp("segment") / "ws")
 
 
 def invoke_segment(ws: Workspace, *args: str):
@@ -170,100 +165,6 @@ def test_a_rerun_is_a_no_op_and_redoes_only_what_changed(trained, phantom_root, 
 
 
 # ---- orientation, QC pictures, soft volumes, TTA ---------------------------------------------------------------
-
-def test_every_orientation_of_a_scan_gets_the_identical_map(trained, phantom_root, tmp_path):
-    source = phantom_root / "misa" / "Test_Set" / "IBSR_08" / "IBSR_08.nii.gz"
-    inputs = tmp_path / "scans"
-    inputs.mkdir()
-    shutil.copy(source, inputs / "original.nii.gz")
-    copies = {f"turned{i}": reoriented_copy(source, inputs / f"turned{i}.nii.gz", perm, flips)
-              for i, (perm, flips) in enumerate(ORIENTATIONS)}
-    out = tmp_path / "out"
-    result = invoke_segment(trained, str(inputs), "--output", str(out), "--no-qc")
-    assert result.exit_code == 0, result.output
-    reference = nib.load(str(out / "original_tissue.nii.gz"))
-    expected = np.asanyarray(reference.dataobj)
-    table = pd.read_csv(out / "volumes.csv").set_index("scan")
-    assert table.loc["original", "input_axcodes"] == "RAS"
-    for name, copy in copies.items():
-        written = nib.load(str(out / f"{name}_tissue.nii.gz"))
-        assert written.shape == nib.load(str(copy)).shape[:3]
-        np.testing.assert_array_equal(written.affine, nib.load(str(copy)).affine)
-        # carried back through the inverse of the copy's own permutation and flips: voxel for voxel the original map
-        np.testing.assert_array_equal(carried_back(np.asanyarray(written.dataobj), *ORIENTATIONS[int(name[-1])]),
-                                      expected)
-        assert table.loc[name, "CSF_ml"] == table.loc["original", "CSF_ml"]
-        # warnings judge the scan as the model sees it: a permuted spacing is no reason for one
-        assert str(table.loc[name, "warnings"]) == str(table.loc["original", "warnings"])
-    assert table.loc["turned1", "input_axcodes"] == "SLA"
-
-
-def test_baselines_slice_across_the_training_axis_whatever_the_input_spacing(trained):
-    from baselines.run_folder import TrainingOrientation, read_orientation
-
-    recorded = read_orientation(trained.baselines / MODEL)
-    assert recorded == TrainingOrientation(("R", "A", "S"), 1)
-
-
-def test_a_1mm_isotropic_scan_is_still_sliced_across_the_training_axis(trained, phantom_root, monkeypatch):
-    """The thickest-axis rule would pick axis 0 (sagittal) for equal voxel sizes; the recorded axis 1 wins."""
-    import baselines.infer as infer
-    from ibsr_nnunet.data.volumes import Volume
-
-    source = nib.load(str(phantom_root / "misa" / "Test_Set" / "IBSR_08" / "IBSR_08.nii.gz"))
-    array = np.asanyarray(source.dataobj)[..., 0]
-    header = nib.Nifti1Header()
-    header.set_data_shape(array.shape)
-    header.set_zooms((1.0, 1.0, 1.0))
-    header.set_sform(np.eye(4), code=1)
-    seen = []
-    real = infer.predict_array
-    monkeypatch.setattr(infer, "predict_array", lambda model, image, *a, **k: seen.append(image.shape) or real(
-        model, image, *a, **k))
-    predictor = infer.Predictor(trained.baselines / MODEL, device="cpu")
-    labels, _ = predictor(Volume(array, header))
-    x, y, z = array.shape
-    assert seen == [(y, x, z)] and labels.shape == array.shape
-
-
-def test_ibsr_cases_come_out_of_baseline_predict_unchanged_by_the_orientation_step(trained):
-    """The workspace's own cases are already in the training orientation: `baseline predict` (Predictor) gives
-    exactly the map of the bare sliding window across the recorded axis."""
-    from baselines.data import zscore
-    from baselines.infer import Predictor, predict_array
-    from ibsr_nnunet.data.volumes import read_volume
-
-    _, image, _ = trained.cases("heldout")[0]
-    volume = read_volume(image)
-    predictor = Predictor(trained.baselines / MODEL, device="cpu")
-    labels, _ = predictor(volume)
-    bare = predict_array(predictor.model, np.ascontiguousarray(np.moveaxis(zscore(np.asarray(volume.array)), 1, 0)),
-                         predictor.window, amp=predictor.amp)
-    np.testing.assert_array_equal(labels, np.moveaxis(bare, 0, 1))
-    assert (labels > 0).any()
-
-
-def test_an_oblique_scan_is_segmented_in_the_nearest_orientation_with_a_warning(trained, phantom_root, tmp_path):
-    source = phantom_root / "misa" / "Test_Set" / "IBSR_08" / "IBSR_08.nii.gz"
-    image = nib.load(str(source))
-    turn = np.radians(20)  # about the S axis: nearest axis-aligned orientation is still R, A, S
-    rotation = np.eye(4)
-    rotation[:2, :2] = [[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]]
-    inputs = tmp_path / "scans"
-    inputs.mkdir()
-    shutil.copy(source, inputs / "straight.nii.gz")
-    oblique = inputs / "oblique.nii.gz"
-    nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), rotation @ image.affine, header=image.header), str(oblique))
-    out = tmp_path / "out"
-    result = invoke_segment(trained, str(inputs), "--output", str(out), "--no-qc")
-    assert result.exit_code == 0, result.output
-    table = pd.read_csv(out / "volumes.csv", dtype={"input_axcodes": str}).set_index("scan")
-    assert "oblique by 20 degrees (more than 10)" in table.loc["oblique", "warnings"]
-    assert "oblique" not in str(table.loc["straight", "warnings"]) and table.loc["oblique", "input_axcodes"] == "RAS"
-    written = nib.load(str(out / "oblique_tissue.nii.gz"))
-    np.testing.assert_array_equal(written.affine, nib.load(str(oblique)).affine)  # not resampled: the input's grid
-    np.testing.assert_array_equal(np.asanyarray(written.dataobj),
-                                  np.asanyarray(nib.load(str(out / "straight_tissue.nii.gz")).dataobj))
 
 
 def test_qc_pictures_and_the_contact_sheet(trained, phantom_root, tmp_path):

@@ -160,3 +160,47 @@ def test_a_seed_is_passed_to_train_and_no_seed_adds_nothing(tmp_path):
 def test_a_fold_that_is_not_a_fold_number_is_refused(fold, message):
     with pytest.raises(InputError, match=message):
         sbatch.render_fold(WS, CLI, CPU, configuration="2d", fold=fold, epochs=1, iterations=1, device="cpu")
+
+
+@pytest.mark.parametrize("toml, message", [
+    ("gpus_per_job = 1.5", "gpus_per_job = 1.5 is refused; expected a whole number of GPUs"),
+    ("cpus_per_task = true", "cpus_per_task = True is refused; expected a whole number of CPUs, 1 or more"),
+    ("signal_grace = true", "signal_grace = True is refused; expected whole seconds, at least 60"),
+    ('cpus_per_task = "eight"', "cpus_per_task = 'eight' is refused; expected a whole number of CPUs"),
+    ("signal_grace = 30", "signal_grace = 30 is refused; expected whole seconds, at least 60"),
+    ('gpu_option = "gpu"', "gpu_option = 'gpu' is refused; expected gres (--gres=gpu:N) or gpus (--gpus=N)"),
+    ('time = "tomorrow"', "time = 'tomorrow' is refused; expected a SLURM time"),
+    ('partition = "gpu\\n"', "partition = 'gpu\\n' is refused"),
+    ("extra_sbatch = 3", "extra_sbatch = 3 is refused; expected a list of sbatch options"),
+    ("seed = -1", "seed = -1 is refused; expected a whole number, 0 or more"),
+    ('seed = "7"', "seed = '7' is refused; expected a whole number, 0 or more"),
+])
+def test_config_file_values_are_checked_by_type_and_range(tmp_path, toml, message):
+    config = tmp_path / "slurm.toml"
+    config.write_text(toml + "\n")
+    with pytest.raises(InputError) as refused:
+        sbatch.resources_from(config)
+    assert str(refused.value).startswith(f"--config-file {config}: ") and message in str(refused.value)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"signal_grace": 59}, "--signal-grace: signal_grace = 59 is refused"),
+    ({"cpus_per_task": 0}, "--cpus-per-task: cpus_per_task = 0 is refused"),
+    ({"seed": -1}, "--seed: seed = -1 is refused"),
+    ({"time": "00:10:00", "signal_grace": 600}, "--signal-grace 600 s is not less than --time 00:10:00 (600 s)"),
+    ({"time": "5", "signal_grace": 600}, "--signal-grace 600 s is not less than --time 5 (300 s)"),
+])
+def test_options_follow_the_same_rules(options, message):
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        sbatch.resources_from(**options)
+
+
+@pytest.mark.parametrize("text, seconds", [("90", 5400), ("10:30", 630), ("24:00:00", 86400), ("1-00", 86400),
+                                           ("1-02:03", 93780), ("1-02:03:04", 93784), ("x", None), ("1:2:3:4", None)])
+def test_slurm_times(text, seconds):
+    assert sbatch.slurm_seconds(text) == seconds
+
+
+def test_a_two_minute_slot_with_a_100_second_grace_is_accepted():
+    resources = sbatch.resources_from(time="00:02:00", signal_grace=100)
+    assert "#SBATCH --time=00:02:00" in resources.sbatch_lines()

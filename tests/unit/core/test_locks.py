@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import write_holder
 from ibsr_nnunet.core.errors import InputError
 from ibsr_nnunet.core.exitcodes import EXIT_LOCKED, EXIT_REQUEUE
 from ibsr_nnunet.core.locks import (
@@ -22,12 +23,6 @@ from ibsr_nnunet.core.locks import (
     read_holder,
     why_stale,
 )
-
-
-def write_holder(path: Path, holder: Holder) -> None:
-    """A lock file as another process leaves it; its mtime is the holder's heartbeat."""
-    path.write_bytes(holder.lock_file_bytes())
-    os.utime(path, (holder.heartbeat, holder.heartbeat))
 
 
 def test_exit_codes_are_distinct():

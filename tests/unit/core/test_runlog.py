@@ -3,10 +3,9 @@ the stall rule, and whole lines under concurrent appends."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
+from helpers import runs_lines
 from ibsr_nnunet.core.durable import StopRun, conclude
 from ibsr_nnunet.core.exitcodes import EXIT_LOCKED, EXIT_REQUEUE, EXIT_STALLED
 from ibsr_nnunet.core.locks import Holder, LockedError, LockLost
@@ -14,10 +13,6 @@ from ibsr_nnunet.core.runlog import RUNS_FILE, RunLog, parse_utc, read_runs, rec
 
 SLURM = {"SLURM_JOB_ID": "4711", "SLURM_ARRAY_JOB_ID": "4700", "SLURM_ARRAY_TASK_ID": "3",
          "SLURM_RESTART_COUNT": "2"}
-
-
-def lines(folder) -> list[dict]:
-    return [json.loads(line) for line in (folder / RUNS_FILE).read_text().splitlines()]
 
 
 def one_run(folder, reason: str, start: int, end: int, **begin) -> bool:
@@ -35,7 +30,7 @@ def test_a_run_appends_a_start_and_an_end_line_with_the_slurm_and_device_fields(
     log.begin(epoch=5, device="cuda", device_name="NVIDIA H200", compile=True, log="training_log_x.txt")
     log.epoch_finished(6)
     assert log.end("finished") is False
-    start, end = lines(tmp_path)
+    start, end = runs_lines(tmp_path)
     assert start["event"] == "start" and end["event"] == "end" and start["run"] == end["run"]
     assert start["start"] == "2023-11-14T22:13:20.000000Z" and parse_utc(start["start"]) == 1_700_000_000.0
     assert (start["slurm_job"], start["slurm_job_id"], start["slurm_array_task"], start["slurm_restart_count"]) == (
@@ -62,7 +57,7 @@ def test_a_start_without_an_end_is_recorded_as_killed_by_the_next_run_with_the_e
     assert runs[0].end["end"] is None and runs[0].seconds is None
     assert runs[1].start["epochs_redone"] == 2
     # the killed line is written before the new start line, and once
-    assert [(line["event"], line.get("reason")) for line in lines(tmp_path)] == [
+    assert [(line["event"], line.get("reason")) for line in runs_lines(tmp_path)] == [
         ("start", None), ("end", "killed"), ("start", None), ("end", "finished")]
 
 

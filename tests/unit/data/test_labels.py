@@ -75,3 +75,10 @@ def test_absent_tissue_named():
     require_all_tissues({0: 3, 1: 1, 2: 1, 3: 1}, "f")
     with pytest.raises(InputError, match="CSF, WM"):
         require_all_tissues({0: 3, 2: 1}, "f.nii.gz")
+
+
+@pytest.mark.parametrize("dtype, low, high", [(np.int8, -100, 100), (np.int16, -30000, 30000), (np.uint16, 2, 65535),
+                                              (np.int32, -(2 ** 31), 2 ** 31 - 1)])
+def test_label_values_are_counted_in_any_integer_dtype_and_range(dtype, low, high):
+    array = np.array([0, 0, 0, low, high, high, 1], dtype=dtype)
+    assert value_counts(array) == dict(sorted({0: 3, low: 1, high: 2, 1: 1}.items()))

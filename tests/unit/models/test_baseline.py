@@ -1,0 +1,25 @@
+"""The baseline kind on a hand-made run folder: its best weights, its orientation, its record and its lock."""
+
+from __future__ import annotations
+
+import json
+
+from ibsr_nnunet.core.locks import Lock, lock_path
+from ibsr_nnunet.models import load_model
+
+
+def test_a_baseline_is_its_best_weights_and_its_orientation(ws, provenance):
+    run = ws.baselines / "unet2d__dice_ce"
+    provenance(run)
+    model = load_model(ws, "unet2d__dice_ce")
+    assert model.kind == "baseline" and not model.trained() and "is not trained in this workspace" in model.refusal()
+    (run / "best.pt").write_bytes(b"w")
+    (run / "orientation.json").write_text(json.dumps({"axcodes": ["R", "I", "A"], "slicing_axis": 2}))
+    assert model.trained() and model.weight_files() == [run / "best.pt"] and model.axcodes == ("R", "I", "A")
+    assert model.remake == "ibsr-nnunet baseline predict --model unet2d --loss dice_ce"
+    assert "has not finished training" in model.refusal()
+    (run / "run.json").write_text(json.dumps({"finished": True, "best_val_dice": 0.75, "train_seconds": 12.0}))
+    assert model.refusal() is None
+    assert model.validation().columns == {"internal_val_dice": 0.75} and model.training_seconds() == 12.0
+    with Lock(lock_path(run), "baseline run", "ibsr-nnunet baseline train"):
+        assert "is being trained right now" in model.refusal()
