@@ -337,53 +337,6 @@ def test_submit_counts_a_stale_fold_beside_the_planned_ones(planned_copy, monkey
 
 # ---- the whole story, as a new user would live it -----------------------------------------------------------------
 
-@pytest.mark.integration
-def test_a_replaced_dataset_never_reuses_a_fold_a_baseline_or_a_score(tmp_path):
-    """convert A -> plan -> train 2 epochs -> predictions -> leaderboard; convert B --force; every later step redoes
-    its work or refuses naming the stale artifact, and no score of A survives in leaderboard.csv."""
-    ws = tmp_path / "ws"
-    for name, seed in (("A", 1), ("B", 9)):
-        write_phantoms(tmp_path / name, 6, layout="misa", size="small", seed=seed)
-    train = ["train", "--fold", "0", "--config", "2d", "--epochs", "2", "--iterations-per-epoch", "3",
-             "--device", "cpu"]
-    baseline = ["--model", "unet2d", "--loss", "dice", "--device", "cpu"]
-    tiny = ["--epochs", "1", "--iterations-per-epoch", "3", "--width", "8", "--patch-size", "32", "--batch-size", "2"]
-    for step in (["convert", str(tmp_path / "A")], ["plan", "--configs", "2d"], train,
-                 ["baseline", "train", *baseline, *tiny], ["baseline", "predict", *baseline],
-                 ["leaderboard", "--no-figures"]):
-        done = cli(ws, *step)
-        assert done.returncode == 0, f"{step}: {done.stdout}{done.stderr}"
-    old_fingerprint = read_manifest(Workspace.open(ws)).fingerprint
-    assert pd.read_csv(ws / "leaderboard.csv")["dataset_fingerprint"].tolist() == [old_fingerprint]
-
-    replaced = cli(ws, "convert", str(tmp_path / "B"), "--force")
-    assert replaced.returncode == 0 and "makes stale: 1 trained folds, 1 baseline runs, 1 prediction sets" in \
-        " ".join(replaced.stdout.split())
-    assert cli(ws, "plan", "--configs", "2d").returncode == 0
-    refused = cli(ws, *train)
-    assert refused.returncode == 1 and "is stale: made from dataset " + old_fingerprint[:12] in " ".join(
-        refused.stderr.split()), refused.stdout + refused.stderr
-    board = cli(ws, "leaderboard", "--no-figures")
-    assert board.returncode == 1 and pd.read_csv(ws / "leaderboard.csv").empty  # no score of A survives
-    assert cli(ws, "ensemble").returncode == 1
-
-    retrained = cli(ws, *train, "--archive-stale")
-    assert retrained.returncode == 0, retrained.stdout + retrained.stderr
-    assert "archived the stale 2d fold 0" in " ".join(retrained.stdout.split())
-    assert list((ws / "stale").glob("*/nnUNet_results/*/*/fold_0/checkpoint_final.pth"))
-    for step in (["baseline", "train", *baseline, *tiny, "--archive-stale"], ["baseline", "predict", *baseline],
-                 ["leaderboard", "--no-figures"]):
-        done = cli(ws, *step)
-        assert done.returncode == 0, f"{step}: {done.stdout}{done.stderr}"
-    new_fingerprint = read_manifest(Workspace.open(ws)).fingerprint
-    board = pd.read_csv(ws / "leaderboard.csv")
-    assert board["dataset_fingerprint"].tolist() == [new_fingerprint] and new_fingerprint != old_fingerprint
-    summary = json.loads((ws / "evaluation" / "unet2d__dice.json").read_text())
-    assert summary["dataset_fingerprint"] == new_fingerprint and summary["cases"] == list(
-        read_manifest(Workspace.open(ws)).split.heldout)
-    assert np.isfinite(board["mean_dice"]).all()
-
-
 RESULTS = ("nnUNet_results", "baselines", "predictions", "evaluation", "figures", "best_configuration.json",
            "leaderboard.csv")  # what the steps after `convert` make; nnUNet_raw/_preprocessed are the inputs
 
@@ -401,10 +354,11 @@ def result_checksums(ws: Path) -> dict[str, str]:
 
 
 @pytest.mark.integration
-def test_a_replaced_dataset_keeps_every_result_of_the_old_one_in_place_or_in_the_archive(tmp_path):
-    """convert A -> plan -> train a tiny fold -> ensemble -> baseline train/predict -> leaderboard; convert B --force
-    and the same steps with --archive-stale: every file of A's results is unchanged in place or in stale/<time>/, and
-    an archived fold still has the trainer-level files nnU-Net needs beside it."""
+def test_a_replaced_dataset_never_reuses_a_result_and_keeps_each_in_place_or_in_the_archive(tmp_path):
+    """convert A -> plan -> train a tiny fold -> ensemble -> baseline train/predict -> leaderboard; convert B --force:
+    every later step refuses naming the stale artifact and no score of A survives in leaderboard.csv; the same steps
+    with --archive-stale redo the work from B, and every file of A's results is unchanged in place or in
+    stale/<time>/, an archived fold with the trainer-level files nnU-Net needs beside it."""
     ws = tmp_path / "ws"
     for name, seed in (("A", 1), ("B", 9)):
         write_phantoms(tmp_path / name, 6, layout="misa", size="small", seed=seed)
@@ -413,21 +367,37 @@ def test_a_replaced_dataset_keeps_every_result_of_the_old_one_in_place_or_in_the
     baseline = ["--model", "unet2d", "--loss", "dice", "--device", "cpu"]
     tiny = ["--epochs", "1", "--iterations-per-epoch", "3", "--width", "8", "--patch-size", "32", "--batch-size", "2"]
 
-    def steps(archive: list[str]) -> None:
+    def steps(archive: list[str]) -> dict[str, str]:
+        said_by = {}
         for step in (["plan", "--configs", "2d"], [*train, *archive], ["ensemble", "--device", "cpu"],
                      ["baseline", "train", *baseline, *tiny, *archive], ["baseline", "predict", *baseline],
                      ["leaderboard"]):
             done = cli(ws, *step)
             assert done.returncode == 0, f"{step}: {done.stdout}{done.stderr}"
+            said_by[step[0]] = " ".join(done.stdout.split())
+        return said_by
 
     assert cli(ws, "convert", str(tmp_path / "A")).returncode == 0
     steps([])
+    old_fingerprint = read_manifest(Workspace.open(ws)).fingerprint
+    assert set(pd.read_csv(ws / "leaderboard.csv")["dataset_fingerprint"]) == {old_fingerprint}
     before = result_checksums(ws)
     assert any(name.endswith("fold_0/checkpoint_final.pth") for name in before)
     assert {"best_configuration.json", "leaderboard.csv", "evaluation/unet2d__dice.json"} <= set(before)
 
-    assert cli(ws, "convert", str(tmp_path / "B"), "--force").returncode == 0
-    steps(["--archive-stale"])
+    replaced = cli(ws, "convert", str(tmp_path / "B"), "--force")
+    assert replaced.returncode == 0 and "makes stale: 1 trained folds, 1 baseline runs, 2 prediction sets" in \
+        " ".join(replaced.stdout.split()), replaced.stdout
+    assert cli(ws, "plan", "--configs", "2d").returncode == 0
+    refused = cli(ws, *train)
+    assert refused.returncode == 1 and "is stale: made from dataset " + old_fingerprint[:12] in " ".join(
+        refused.stderr.split()), refused.stdout + refused.stderr
+    board = cli(ws, "leaderboard", "--no-figures")
+    assert board.returncode == 1 and pd.read_csv(ws / "leaderboard.csv").empty  # no score of A survives
+    assert cli(ws, "ensemble").returncode == 1
+
+    said_by = steps(["--archive-stale"])
+    assert "archived the stale 2d fold 0" in said_by["train"]
     after = result_checksums(ws)
     archived = {}
     for file in sorted((ws / "stale").rglob("*")):
@@ -439,7 +409,13 @@ def test_a_replaced_dataset_keeps_every_result_of_the_old_one_in_place_or_in_the
     [fold] = list((ws / "stale").glob("*/nnUNet_results/*/*2d/fold_0"))
     for name in ("plans.json", "dataset.json", "dataset_fingerprint.json"):
         assert (fold.parent / name).is_file(), f"{fold.parent / name} is missing: nnU-Net cannot use the archived fold"
-    assert pd.read_csv(ws / "leaderboard.csv")["dataset_fingerprint"].nunique() == 1
+    new_fingerprint = read_manifest(Workspace.open(ws)).fingerprint
+    board = pd.read_csv(ws / "leaderboard.csv")
+    assert set(board["dataset_fingerprint"]) == {new_fingerprint} and new_fingerprint != old_fingerprint
+    summary = json.loads((ws / "evaluation" / "unet2d__dice.json").read_text())
+    assert summary["dataset_fingerprint"] == new_fingerprint and summary["cases"] == list(
+        read_manifest(Workspace.open(ws)).split.heldout)
+    assert np.isfinite(board["mean_dice"]).all()
 
 
 @pytest.mark.workspace
