@@ -16,8 +16,8 @@ to 29 MB). Carry that folder and the checkout to the GPU machine and there, in t
 the code that runs is the code carried. `--no-deps` everywhere: the image's own numpy, torch, scipy, pandas,
 matplotlib... stay as they are, and only the distributions in CARRY are added. CARRY is what
 `import ibsr_nnunet.cli, baselines, nnunetv2` loads beyond IMAGE
-(the package list of a CUDA image with torch 2.11, Python 3.12); tests/test_gpu_check.py checks it against what the
-imports really load, so a new dependency cannot be forgotten here.
+(the package list of a CUDA image with torch 2.11, Python 3.12); tests/workspace/test_gpu_check.py checks it against
+what the imports really load, so a new dependency cannot be forgotten here.
 """
 
 from __future__ import annotations
