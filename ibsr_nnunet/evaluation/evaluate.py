@@ -6,7 +6,10 @@ its summary `<name>.json`:
     mean and std (class -> metric -> value), mean_dice, newest_prediction_mtime, dataset_fingerprint,
     reference_sha256 (case -> checksum of the reference labels scored against)
 
-A summary that is missing or cannot be read counts as no evaluation: it is redone."""
+Summaries of older metric sets lack keys: version 1 has no metrics, metrics_version or nsd_tolerance_mm (its metrics
+are dice, hd, hd95 and avd); one without reference_sha256 has no checksums recorded. `read_summary` refuses one that
+is cut short or not a summary in one sentence; for `recorded_summary` a summary that is missing or cannot be read
+counts as no evaluation: it is redone."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import pandas as pd
@@ -22,7 +25,7 @@ import pandas as pd
 from ..core import checksums, provenance
 from ..core.atomic import atomic_path, write_json
 from ..core.errors import InputError
-from ..core.jsonfile import read_json_or_none
+from ..core.jsonfile import read_json_object
 from ..core.locks import Lock, lock_path
 from ..core.manifest import read_manifest
 from ..core.names import check_model_name
@@ -37,7 +40,7 @@ METRICS = ("dice", "hd", "hd95", "avd", "nsd")
 METRICS_VERSION = 3
 ADDED = {2: "nsd", 3: "volumes in mL"}  # what each version added
 COLUMNS = ["model", "case", "class", "label", *METRICS, "ref_voxels", "pred_voxels", "ref_ml", "pred_ml"]
-REFERENCE_KEY = "reference_sha256"  # in the summary: case -> checksum of the reference labels it was scored against
+V1_METRICS = ("dice", "hd", "hd95", "avd")  # what a summary without metrics (version 1) was scored with
 AFFINE_TOLERANCE = 1e-3  # mm: float32 headers round-trip with ~1e-5 error; anything larger is another grid
 
 
@@ -121,23 +124,24 @@ def evaluate(ws: Workspace, predictions: Path, name: str, *, jobs: int = 1, nsd_
             table.to_csv(tmp, index=False)
         per_class = per_class_summary(table)
         means, stds = per_class.xs("mean", axis=1, level=1), per_class.xs("std", axis=1, level=1)
-        write_json(summary, {
-            "model": name, "predictions": str(predictions.resolve()), "cases": sorted(refs),
-            "metrics": list(METRICS), "metrics_version": METRICS_VERSION, "nsd_tolerance_mm": float(nsd_tolerance),
-            "mean": means.to_dict(orient="index"), "std": stds.to_dict(orient="index"),
-            "mean_dice": float(means["dice"].mean()),
-            "newest_prediction_mtime": max(found[c].stat().st_mtime for c in refs),
-            "dataset_fingerprint": fingerprint,
-            REFERENCE_KEY: {case: checksums.sha256(refs[case]) for case in sorted(refs)},
-        })
+        write_summary(ws, EvaluationSummary(
+            model=name, predictions=predictions.resolve(), cases=tuple(sorted(refs)), metrics=METRICS,
+            metrics_version=METRICS_VERSION, nsd_tolerance_mm=float(nsd_tolerance),
+            mean=_nested_floats(means.to_dict(orient="index")), std=_nested_floats(stds.to_dict(orient="index")),
+            mean_dice=float(means["dice"].mean()),
+            newest_prediction_mtime=max(found[c].stat().st_mtime for c in refs), dataset_fingerprint=fingerprint,
+            reference_sha256={case: checksums.sha256(refs[case]) for case in sorted(refs)}))
     return Evaluation(name, table, csv, summary, time.perf_counter() - started)
 
 
 def _archive_other_dataset(ws: Workspace, name: str, fingerprint: str, say: Callable[[str], None]) -> None:
     """An evaluation of `name` recorded on another dataset (or on none) is moved to the archive, not overwritten."""
     summary = summary_path(ws, name)
-    saved = read_json_or_none(summary)
-    made_on = saved.get("dataset_fingerprint") if isinstance(saved, dict) else None
+    try:
+        saved = read_summary(ws, name)
+    except InputError:
+        saved = None  # unreadable: made on no known dataset
+    made_on = saved.dataset_fingerprint if saved is not None else None
     if summary.exists() and made_on != fingerprint:
         why = f"scored on dataset {provenance.short(made_on)}, the workspace now holds {provenance.short(fingerprint)}"
         provenance.archive_stale_outputs(ws, [summary, summary.with_suffix(".csv")], what=f"evaluation {name}",
@@ -169,17 +173,125 @@ def _matching_predictions(ws: Workspace, known: set[str], predictions: Path,
     return found
 
 
+# ---- <name>.json ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EvaluationSummary:
+    """An evaluation's summary: what was scored, against what, how, and the means (this module's docstring)."""
+
+    model: str
+    predictions: Path  # the folder scored, resolved
+    cases: tuple[str, ...]
+    metrics: tuple[str, ...]
+    metrics_version: int
+    nsd_tolerance_mm: Optional[float]  # None: not recorded
+    mean: dict[str, dict[str, float]]  # class -> metric -> value
+    std: dict[str, dict[str, float]]
+    mean_dice: float
+    newest_prediction_mtime: float
+    dataset_fingerprint: Optional[str]  # None: not recorded
+    reference_sha256: Optional[dict[str, str]]  # case -> checksum; None: not recorded
+
+    def as_record(self) -> dict:
+        return {"model": self.model, "predictions": str(self.predictions), "cases": list(self.cases),
+                "metrics": list(self.metrics), "metrics_version": self.metrics_version,
+                "nsd_tolerance_mm": self.nsd_tolerance_mm, "mean": self.mean, "std": self.std,
+                "mean_dice": self.mean_dice, "newest_prediction_mtime": self.newest_prediction_mtime,
+                "dataset_fingerprint": self.dataset_fingerprint, "reference_sha256": self.reference_sha256}
+
+    def outdated_metrics(self, *, nsd_tolerance: float = NSD_TOLERANCE) -> Optional[str]:
+        """Why its metrics are not this version's at this NSD tolerance (a phrase), or None."""
+        version = self.metrics_version
+        if version != METRICS_VERSION:
+            added = [ADDED[v] for v in range(version + 1, METRICS_VERSION + 1) if v in ADDED]
+            return (f"scored with metric set v{version} ({', '.join(self.metrics)}), not v{METRICS_VERSION}"
+                    + (f" (adds {', '.join(added)})" if added else ""))
+        if self.nsd_tolerance_mm is None:
+            return f"NSD tolerance not recorded, not {nsd_tolerance:g} mm"
+        if self.nsd_tolerance_mm != float(nsd_tolerance):
+            return f"NSD scored at {self.nsd_tolerance_mm:g} mm, not {nsd_tolerance:g} mm"
+        return None
+
+    def changed_references(self, now: dict[str, str]) -> Optional[str]:
+        """Why it was not scored against the reference labels `now` (case -> checksum), or None."""
+        if self.reference_sha256 is None:
+            return "the checksums of the reference labels it was scored against are not recorded"
+        scored_against = self.reference_sha256
+        changed = sorted(case for case in set(scored_against) | set(now) if scored_against.get(case) != now.get(case))
+        if changed:
+            return f"the reference labels of {', '.join(changed)} changed since it was scored"
+        return None
+
+
 def summary_path(ws: Workspace, name: str) -> Path:
     return ws.evaluation / f"{name}.json"
 
 
-def recorded_summary(ws: Workspace, name: str) -> Optional[dict]:
-    """The evaluation summary of `name`, or None when it or its CSV is missing or unreadable."""
-    summary = summary_path(ws, name)
-    if not summary.is_file() or not (ws.evaluation / f"{name}.csv").is_file():
+def write_summary(ws: Workspace, summary: EvaluationSummary) -> None:
+    write_json(summary_path(ws, summary.model), summary.as_record())
+
+
+def read_summary(ws: Workspace, name: str) -> Optional[EvaluationSummary]:
+    """The evaluation summary of `name`, or None when it has none; InputError naming the file when it is cut short
+    or not a summary."""
+    path = summary_path(ws, name)
+    fix = f"run `ibsr-nnunet evaluate --name {name}` on its predictions again to rewrite it"
+    saved = read_json_object(path, fix, "an evaluation summary", missing_ok=True)
+    if saved is None:
         return None
-    saved = read_json_or_none(summary)
-    return saved if isinstance(saved, dict) else None
+    try:
+        model, predictions, cases = saved["model"], saved["predictions"], saved["cases"]
+        if not isinstance(model, str) or not isinstance(predictions, str) or not _strings(cases):
+            raise TypeError("model and predictions must be text, cases a list of case IDs")
+        metrics, version = saved.get("metrics", list(V1_METRICS)), saved.get("metrics_version", 1)
+        if not _strings(metrics) or not _whole(version):
+            raise TypeError("metrics must be a list of names, metrics_version a whole number")
+        tolerance, fingerprint = saved.get("nsd_tolerance_mm"), saved.get("dataset_fingerprint")
+        references = saved.get("reference_sha256")
+        if fingerprint is not None and not isinstance(fingerprint, str):
+            raise TypeError("dataset_fingerprint must be text")
+        return EvaluationSummary(
+            model=model, predictions=Path(predictions), cases=tuple(cases), metrics=tuple(metrics),
+            metrics_version=version, nsd_tolerance_mm=None if tolerance is None else _number(tolerance),
+            mean=_nested_floats(saved["mean"]), std=_nested_floats(saved["std"]),
+            mean_dice=_number(saved["mean_dice"]), newest_prediction_mtime=_number(saved["newest_prediction_mtime"]),
+            dataset_fingerprint=fingerprint,
+            reference_sha256=({str(c): str(s) for c, s in references.items()} if isinstance(references, dict)
+                              else None))
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise InputError(f"{path} is not an evaluation summary ({type(err).__name__}: {err}); {fix}.") from None
+
+
+def recorded_summary(ws: Workspace, name: str) -> Optional[EvaluationSummary]:
+    """The evaluation summary of `name`, or None when it or its CSV is missing or it cannot be read: an evaluation
+    that counts as none, redone and never current."""
+    if not (ws.evaluation / f"{name}.csv").is_file():
+        return None
+    try:
+        return read_summary(ws, name)
+    except InputError:
+        return None
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{value!r} is not a number")
+    return float(value)
+
+
+def _nested_floats(table: Any) -> dict[str, dict[str, float]]:
+    """class -> metric -> value, every value a float (an infinite distance stays infinite)."""
+    if not isinstance(table, dict) or not all(isinstance(row, dict) for row in table.values()):
+        raise TypeError("mean and std must map each class to its metrics")
+    return {str(c): {str(m): _number(v) for m, v in row.items()} for c, row in table.items()}
 
 
 def is_current(ws: Workspace, predictions: Path, name: str, *, fingerprint: str,
@@ -187,36 +299,10 @@ def is_current(ws: Workspace, predictions: Path, name: str, *, fingerprint: str,
     """True when `name` was evaluated on the dataset `fingerprint` from these predictions, with this metric set and
     NSD tolerance, and none changed since."""
     recorded = recorded_summary(ws, name)
-    if recorded is None or recorded.get("dataset_fingerprint") != fingerprint:
+    if recorded is None or recorded.dataset_fingerprint != fingerprint:
         return False
-    if outdated_metrics(recorded, nsd_tolerance=nsd_tolerance):
+    if recorded.outdated_metrics(nsd_tolerance=nsd_tolerance):
         return False
-    files = [predictions / f"{case}.nii.gz" for case in recorded.get("cases", [])]
-    return (recorded.get("predictions") == str(predictions.resolve()) and all(f.is_file() for f in files)
-            and max(f.stat().st_mtime for f in files) <= recorded.get("newest_prediction_mtime", -1))
-
-
-def changed_references(recorded: dict, now: dict[str, str]) -> Optional[str]:
-    """Why an evaluation summary was not scored against the reference labels `now` (case -> checksum), or None."""
-    scored_against = recorded.get(REFERENCE_KEY)
-    if not isinstance(scored_against, dict):
-        return "the checksums of the reference labels it was scored against are not recorded"
-    changed = sorted(case for case in set(scored_against) | set(now) if scored_against.get(case) != now.get(case))
-    if changed:
-        return f"the reference labels of {', '.join(changed)} changed since it was scored"
-    return None
-
-
-def outdated_metrics(recorded: dict, *, nsd_tolerance: float = NSD_TOLERANCE) -> Optional[str]:
-    """Why an evaluation summary's metrics are not this version's at this NSD tolerance (a phrase), or None."""
-    version = recorded.get("metrics_version", 1)
-    if version != METRICS_VERSION:
-        metrics = recorded.get("metrics", ["dice", "hd", "hd95", "avd"])
-        added = [ADDED[v] for v in range(version + 1, METRICS_VERSION + 1) if v in ADDED]
-        return (f"scored with metric set v{version} ({', '.join(metrics)}), not v{METRICS_VERSION}"
-                + (f" (adds {', '.join(added)})" if added else ""))
-    scored_at = recorded.get("nsd_tolerance_mm")
-    if scored_at != float(nsd_tolerance):
-        return f"NSD scored at {scored_at:g} mm, not {nsd_tolerance:g} mm" if isinstance(scored_at, float) else \
-            f"NSD tolerance not recorded, not {nsd_tolerance:g} mm"
-    return None
+    files = [predictions / f"{case}.nii.gz" for case in recorded.cases]
+    return (recorded.predictions == predictions.resolve() and bool(files) and all(f.is_file() for f in files)
+            and max(f.stat().st_mtime for f in files) <= recorded.newest_prediction_mtime)

@@ -23,10 +23,9 @@ from . import statistics
 from .evaluate import (
     COLUMNS,
     METRICS,
-    changed_references,
     evaluate,
     is_current,
-    outdated_metrics,
+    read_summary,
     recorded_summary,
     references,
 )
@@ -234,8 +233,8 @@ def _evaluate_new(ws: Workspace, fingerprint: str, *, jobs: int, nsd_tolerance: 
 
     def evaluate_set(model: str, folder: Path) -> None:
         recorded = recorded_summary(ws, model)
-        if recorded and recorded.get("dataset_fingerprint") == fingerprint:
-            reason = outdated_metrics(recorded, nsd_tolerance=nsd_tolerance) or rescored.get(model)
+        if recorded and recorded.dataset_fingerprint == fingerprint:
+            reason = recorded.outdated_metrics(nsd_tolerance=nsd_tolerance) or rescored.get(model)
             if reason:
                 redone[model] = reason
         if on_model:
@@ -256,10 +255,10 @@ def _evaluate_new(ws: Workspace, fingerprint: str, *, jobs: int, nsd_tolerance: 
     # evaluations of prediction folders outside the workspace (`evaluate --predictions` elsewhere)
     for summary in sorted(ws.evaluation.glob("*.json")) if ws.evaluation.is_dir() else []:
         recorded = recorded_summary(ws, summary.stem)
-        if summary.stem in sets or not recorded or recorded.get("dataset_fingerprint") != fingerprint:
+        if summary.stem in sets or not recorded or recorded.dataset_fingerprint != fingerprint:
             continue
-        reason = outdated_metrics(recorded, nsd_tolerance=nsd_tolerance) or rescored.get(summary.stem)
-        folder = Path(recorded.get("predictions", ""))
+        reason = recorded.outdated_metrics(nsd_tolerance=nsd_tolerance) or rescored.get(summary.stem)
+        folder = recorded.predictions
         if reason and not folder.is_dir():
             left_out[summary.stem] = (f"{reason}, and its predictions {folder} are gone; evaluate it again with "
                                       f"`ibsr-nnunet evaluate` to rank it")
@@ -289,11 +288,11 @@ def _scored_against_other_references(ws: Workspace, fingerprint: str) -> dict[st
     than the workspace holds now (or recorded none)."""
     summaries = sorted(ws.evaluation.glob("*.json")) if ws.evaluation.is_dir() else []
     evaluated = {s.stem: recorded for s in summaries
-                 if (recorded := recorded_summary(ws, s.stem)) and recorded.get("dataset_fingerprint") == fingerprint}
+                 if (recorded := recorded_summary(ws, s.stem)) and recorded.dataset_fingerprint == fingerprint}
     if not evaluated:
         return {}
     now = checksums.reference_sha256(ws, references(ws))
-    return {model: why for model, recorded in evaluated.items() if (why := changed_references(recorded, now))}
+    return {model: why for model, recorded in evaluated.items() if (why := recorded.changed_references(now))}
 
 
 def dataset_changes_note(ws: Workspace) -> list[str]:
@@ -311,15 +310,19 @@ def _current_evaluations(ws: Workspace, fingerprint: str, left_out: dict[str, st
     on different cases; any other evaluation is left out, and said why."""
     tables = []
     for csv in sorted(ws.evaluation.glob("*.csv")) if ws.evaluation.is_dir() else []:
-        recorded = recorded_summary(ws, csv.stem) or {}
-        made_on = recorded.get("dataset_fingerprint")
         if csv.stem in left_out:
             continue  # its prediction set is stale: so is its evaluation
-        if made_on != fingerprint:
+        try:
+            recorded = read_summary(ws, csv.stem)
+        except InputError as unreadable:
+            left_out[csv.stem] = str(unreadable).rstrip(".")
+            continue
+        made_on = recorded.dataset_fingerprint if recorded is not None else None
+        if recorded is None or made_on != fingerprint:
             left_out[csv.stem] = (f"evaluated on dataset {provenance.short(made_on)}, not on this one; evaluate it "
                                   f"again to rank it")
             continue
-        outdated = outdated_metrics(recorded, nsd_tolerance=nsd_tolerance)
+        outdated = recorded.outdated_metrics(nsd_tolerance=nsd_tolerance)
         if outdated:
             left_out[csv.stem] = f"{outdated}; evaluate it again to rank it"
             continue
