@@ -14,7 +14,7 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from ..core.atomic import swap_in, write_json
+from ..core.atomic import swap_in
 from ..core.errors import InputError
 from ..core.locks import Lock, lock_path
 from ..core.oriented import Prediction, predict_oriented
@@ -22,12 +22,13 @@ from ..core.provenance import dataset_fingerprint, weights_signature, write_prov
 from ..core.workspace import Workspace
 from ..data.volumes import Volume, read_volume, write_volume
 from ..nnunet.ensemble import (
+    BestConfiguration,
     EnsembleResult,
     Selection,
     archive_stale_search,
-    best_configuration_file,
     model_record,
     select,
+    write_best_configuration,
 )
 from ..nnunet.paths import MODEL_NAMES, fold_folder
 from ..nnunet.plans import read_plans
@@ -62,13 +63,11 @@ def build_ensemble(ws: Workspace, trainer: Optional[str] = None, *, jobs: int = 
     reason = (f"{winner} has the highest cross-validation foreground-mean Dice on folds "
               f"{', '.join(map(str, selection.folds))} ({ranked}; nnU-Net keeps the simpler model on a tie); "
               f"{search['post_pp']:.4f} after its postprocessing")
-    best_file = best_configuration_file(ws)
-    write_json(best_file, {  # read back only for its dataset_fingerprint (archive_stale_search)
-        "winner": winner, "reason": reason, "crossval_dice": results, "crossval_dice_post_pp": search["post_pp"],
-        "trainer": selection.trainer, "configurations": list(selection.configurations),
-        "folds": list(selection.folds), "warnings": selection.warnings,
-        "predictions": {m: str(p) for m, p in predictions.items()}, "dataset_fingerprint": fingerprint,
-    })
+    best_file = write_best_configuration(ws, BestConfiguration(
+        winner=winner, reason=reason, crossval_dice={m: float(d) for m, d in results.items()},
+        crossval_dice_post_pp=float(search["post_pp"]), trainer=selection.trainer,
+        configurations=selection.configurations, folds=selection.folds, warnings=tuple(selection.warnings),
+        predictions=predictions, dataset_fingerprint=fingerprint))
     return EnsembleResult(selection, results, winner, reason, predictions, best_file, time.perf_counter() - started)
 
 

@@ -1,5 +1,19 @@
 """The `ensemble` step's nnU-Net side: which folds to search over, the record of each nnU-Net model, and the
-best-configuration search's outputs (models/ensemble.py predicts the sets)."""
+best-configuration search's outputs (models/ensemble.py predicts the sets). The one module that writes and reads our
+record of the search, `<workspace>/best_configuration.json`:
+
+    winner                 the model with the highest cross-validation Dice, e.g. nnunet_ensemble
+    reason                 why, in a sentence
+    crossval_dice          model -> cross-validation foreground-mean Dice before postprocessing
+    crossval_dice_post_pp  the winner's Dice after its postprocessing
+    trainer                the trainer searched, e.g. IbsrTrainer
+    configurations         the configurations searched, e.g. ["2d", "3d_fullres"]
+    folds                  the folds searched, e.g. [0, 1, 2, 3, 4]
+    warnings               each warning of the fold selection, in words
+    predictions            model -> its prediction folder
+    dataset_fingerprint    the dataset it was made from
+
+Read back for its dataset_fingerprint only: a search made from another dataset is moved to the archive."""
 
 from __future__ import annotations
 
@@ -7,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from ..core.atomic import write_json
 from ..core.errors import InputError
-from ..core.jsonfile import read_json_or_none
+from ..core.jsonfile import read_json_object
 from ..core.provenance import (
     KEY,
     archive_stale_outputs,
@@ -129,9 +144,71 @@ def model_record(model: str, trainer: str, *, configurations: tuple[str, ...], f
 
 
 def best_configuration_file(ws: Workspace) -> Path:
-    """Our record of the search: winner, reason, each model's cross-validation Dice before and after
-    postprocessing, trainer, configurations, folds, warnings, prediction folders, dataset_fingerprint."""
+    """Our record of the search (BestConfiguration)."""
     return ws.root / BEST_CONFIGURATION_FILE
+
+
+@dataclass(frozen=True)
+class BestConfiguration:
+    """best_configuration.json: the search's winner, why, and what it searched (this module's docstring)."""
+
+    winner: str
+    reason: str
+    crossval_dice: dict[str, float]
+    crossval_dice_post_pp: float
+    trainer: str
+    configurations: tuple[str, ...]
+    folds: tuple[int, ...]
+    warnings: tuple[str, ...]
+    predictions: dict[str, Path]
+    dataset_fingerprint: str
+
+    def as_record(self) -> dict:
+        return {"winner": self.winner, "reason": self.reason, "crossval_dice": self.crossval_dice,
+                "crossval_dice_post_pp": self.crossval_dice_post_pp, "trainer": self.trainer,
+                "configurations": list(self.configurations), "folds": list(self.folds),
+                "warnings": list(self.warnings), "predictions": {m: str(p) for m, p in self.predictions.items()},
+                KEY: self.dataset_fingerprint}
+
+
+def write_best_configuration(ws: Workspace, record: BestConfiguration) -> Path:
+    """Write the record; its path."""
+    path = best_configuration_file(ws)
+    write_json(path, record.as_record())
+    return path
+
+
+def read_best_configuration(ws: Workspace) -> Optional[BestConfiguration]:
+    """The workspace's record of the search, or None when it has none; InputError naming the file when it is cut
+    short or not a record."""
+    path = best_configuration_file(ws)
+    fix = "run `ibsr-nnunet ensemble` again to rewrite it"
+    saved = read_json_object(path, fix, "a best-configuration record", missing_ok=True)
+    if saved is None:
+        return None
+    try:
+        dice, post_pp, folds = saved["crossval_dice"], saved["crossval_dice_post_pp"], saved["folds"]
+        texts = (saved["winner"], saved["reason"], saved["trainer"], saved[KEY])
+        configurations, warnings, predictions = saved["configurations"], saved["warnings"], saved["predictions"]
+        if not all(isinstance(t, str) for t in texts) or not _strings(configurations) or not _strings(warnings):
+            raise TypeError("winner, reason, trainer, dataset_fingerprint, configurations and warnings must be text")
+        if not isinstance(folds, list) or any(not isinstance(f, int) or isinstance(f, bool) for f in folds):
+            raise TypeError("folds must be whole numbers")
+        if not isinstance(dice, dict) or not isinstance(predictions, dict) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in (*dice.values(), post_pp)):
+            raise TypeError("crossval_dice must map each model to a number, predictions each model to its folder")
+        winner, reason, trainer, fingerprint = texts
+        return BestConfiguration(
+            winner=winner, reason=reason, crossval_dice={str(m): float(d) for m, d in dice.items()},
+            crossval_dice_post_pp=float(post_pp), trainer=trainer, configurations=tuple(configurations),
+            folds=tuple(folds), warnings=tuple(warnings),
+            predictions={str(m): Path(str(p)) for m, p in predictions.items()}, dataset_fingerprint=fingerprint)
+    except (KeyError, TypeError) as err:
+        raise InputError(f"{path} is not a best-configuration record ({type(err).__name__}: {err}); {fix}.") from None
+
+
+def _strings(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
 def search_outputs(ws: Workspace) -> list[Path]:
@@ -146,8 +223,11 @@ def archive_stale_search(ws: Workspace, fingerprint: str, prediction_sets: list[
                            say: Callable[[str], None]) -> None:
     """Move the search's outputs and the prediction sets this run rewrites to the archive when they were made from
     another dataset (a missing or unreadable record counts as another)."""
-    saved = read_json_or_none(best_configuration_file(ws))
-    made_from = saved.get(KEY) if isinstance(saved, dict) else None
+    try:
+        saved = read_best_configuration(ws)
+    except InputError:
+        saved = None
+    made_from = saved.dataset_fingerprint if saved is not None else None
     if made_from != fingerprint:
         archive_stale_outputs(ws, search_outputs(ws), what="the best-configuration search",
                               why=f"made from dataset {short(made_from)}, the workspace now holds {short(fingerprint)}",

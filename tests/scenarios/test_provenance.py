@@ -420,11 +420,21 @@ def test_a_replaced_dataset_never_reuses_a_result_and_keeps_each_in_place_or_in_
 
 @pytest.mark.workspace
 def test_ensemble_archives_the_search_and_prediction_sets_of_another_dataset(converted_copy):
-    from ibsr_nnunet.nnunet.ensemble import archive_stale_search, best_configuration_file
+    from ibsr_nnunet.nnunet.ensemble import (
+        BestConfiguration,
+        archive_stale_search,
+        best_configuration_file,
+        write_best_configuration,
+    )
+
+    def search_of(fingerprint: str) -> BestConfiguration:
+        return BestConfiguration("nnunet_2d", "the only one", {"nnunet_2d": 0.5}, 0.5, trainer_name(2, 3), ("2d",),
+                                 (0,), (), {"nnunet_2d": ws.predictions / "nnunet_2d"}, fingerprint)
 
     ws = converted_copy
     model = fold_folder(ws, "2d", 0, trainer=trainer_name(2, 3)).parent
-    old = {best_configuration_file(ws): json.dumps({"dataset_fingerprint": OLD}),
+    write_best_configuration(ws, search_of(OLD))
+    old = {best_configuration_file(ws): best_configuration_file(ws).read_text(),
            model / "crossval_results_folds_0" / "summary.json": "{}",
            ws.results_dataset / "ensembles" / "ensemble___x___0" / "summary.json": "{}",
            ws.results_dataset / "inference_information.json": "{}",
@@ -443,6 +453,6 @@ def test_ensemble_archives_the_search_and_prediction_sets_of_another_dataset(con
     assert all(not path.exists() and moved[path].read_text() == text for path, text in old.items())
     assert list((ws.root / "stale").glob("*/predictions/nnunet_2d/IBSR_06.nii.gz")) and not stale_set.exists()
     assert current_set.is_dir()  # of this dataset: left for the run to replace
-    best_configuration_file(ws).write_text(json.dumps({"dataset_fingerprint": provenance.dataset_fingerprint(ws)}))
+    write_best_configuration(ws, search_of(provenance.dataset_fingerprint(ws)))
     archive_stale_search(ws, provenance.dataset_fingerprint(ws), [current_set], say=lines.append)
     assert len(lines) == 2 and best_configuration_file(ws).is_file()  # a current search stays in place
