@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ibsr_nnunet.core.durable import DurableRun, TrainOutcome
-from ibsr_nnunet.core.errors import InputError
 from ibsr_nnunet.core.locks import Lock, current_holder, lock_path
 from ibsr_nnunet.core.manifest import Manifest, read_manifest
 from ibsr_nnunet.core.provenance import (
@@ -72,19 +71,13 @@ def unfinished(run: Path) -> Optional[str]:
 def predict_in_workspace(ws: Workspace, model: str, loss: str, *, device: str = "auto", overlap: float = 0.5,
                          on_case: Optional[Callable[[str, bool], None]] = None,
                          say: Callable[[str], None] = print) -> Path:
-    """Predict every held-out and test case into <workspace>/predictions/<model>__<loss>/; predictions made from
-    another dataset are moved to the archive and redone, those made with other weights are redone; a run trained
-    on another dataset, or not finished, is refused. The set records the signature of the weights (best.pt) it
-    came from."""
+    """Predict every held-out and test case into <workspace>/predictions/<model>__<loss>/ with a run the model
+    interface says is ready (models/baseline.py `refusal`: trained, on this dataset, finished, nobody training it);
+    predictions made from another dataset are moved to the archive and redone, those made with other weights are
+    redone. The set records the signature of the weights (best.pt) it came from."""
     manifest = read_manifest(ws)
     fingerprint = manifest.fingerprint
     run = run_dir(ws, model, loss)
-    why = staleness(run, fingerprint)
-    if why:
-        raise InputError(f"{run} (baseline run) is stale: {why}; train it again with `ibsr-nnunet baseline train "
-                         f"--model {model} --loss {loss} --archive-stale`, then predict.")
-    if run.is_dir() and (why := unfinished(run)):
-        raise InputError(f"baseline run {run.name} ({run}) {why}, then predict.")
     out = ws.predictions / run.name
     cases = [(case.id, case.image) for role in ("heldout", "test") for case in ws.cases(role, manifest)]
     with Lock(lock_path(out), f"prediction set {out.name}", f"ibsr-nnunet baseline predict --model {model} "

@@ -119,12 +119,16 @@ def predict_command(
     from baselines.workspace import predict_in_workspace
 
     from ..core.devices import torch_device
+    from ..core.errors import InputError
+    from ..models import load_model
 
     model, loss, device = model.value, loss.value, device.value
     check_baseline_name(baseline_name(model, loss), "--model/--loss")  # it names a workspace folder
     torch_device(device)
     fraction("--overlap", overlap, with_zero=True)
     ws = workspace_of(ctx)
+    if why := load_model(ws, baseline_name(model, loss)).refusal(then="predict"):
+        raise InputError(why)
     total = sum(len(ws.cases(role)) for role in ("heldout", "test"))
     kept = []
     with progress_bar() as bar:

@@ -58,7 +58,12 @@ class BaselineModel(TrainedModel):
 
     @property
     def retrain(self) -> str:
-        return "ibsr-nnunet baseline train --archive-stale"
+        return f"{self._train} --archive-stale"
+
+    @property
+    def _train(self) -> str:
+        model, loss = split_baseline_name(self.name)
+        return f"ibsr-nnunet baseline train --model {model} --loss {loss}"
 
     def trained(self) -> bool:
         return best_weights_path(self.folder).is_file()
@@ -69,11 +74,11 @@ class BaselineModel(TrainedModel):
     def refusal(self, then: str = "segment") -> Optional[str]:
         from baselines.workspace import unfinished  # torch: only when a baseline is about to be used
 
-        if not self.trained():
-            return (f"model {self.name} is not trained in this workspace (no {best_weights_path(self.folder)}); pick "
-                    f"a model of the leaderboard or train it with `ibsr-nnunet baseline train`.")
-        if why := self.stale():
+        if why := self.stale():  # first: `baseline train` refuses a stale run folder, weights or not
             return f"model {self.name} is stale ({self.folder}: {why}); run `{self.retrain}` first."
+        if not self.trained():
+            return (f"model {self.name} is not trained in this workspace (no {best_weights_path(self.folder)}); "
+                    f"train it with `{self._train}`, then {then}.")
         if why := unfinished(self.folder):
             return f"model {self.name} ({self.folder}) {why}, then {then}."
         return None

@@ -126,9 +126,9 @@ class TrainedModel(ABC):
         """Whether the model's weights are in the workspace."""
 
     @abstractmethod
-    def refusal(self) -> Optional[str]:
+    def refusal(self, then: str = "segment") -> Optional[str]:
         """None when the model can predict now; else one sentence: not trained here, stale, its record broken, or
-        its training not finished or being written."""
+        its training not finished or being written (what to do, `then` the command asked for, e.g. predict)."""
 
     # ---- orientation, preprocessing, prediction ---------------------------------------------------------------
     @cached_property

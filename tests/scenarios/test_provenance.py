@@ -274,7 +274,8 @@ def test_baseline_train_refuses_a_stale_run(converted_copy):
     result = invoke(ws, "baseline", "train", "--model", "unet2d", "--loss", "dice", "--epochs", "1", "--device", "cpu")
     assert result.exit_code == 1 and f"{run} (baseline run unet2d__dice) is stale" in said(result)
     result = invoke(ws, "baseline", "predict", "--model", "unet2d", "--loss", "dice", "--device", "cpu")
-    assert result.exit_code == 1 and "(baseline run) is stale" in said(result) and "--archive-stale" in said(result)
+    assert result.exit_code == 1 and f"model unet2d__dice is stale ({run}: made from dataset 000000000000" in said(
+        result) and "`ibsr-nnunet baseline train --model unet2d --loss dice --archive-stale` first" in said(result)
 
 
 @pytest.mark.workspace

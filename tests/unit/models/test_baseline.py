@@ -23,3 +23,16 @@ def test_a_baseline_is_its_best_weights_and_its_orientation(ws, provenance):
     assert model.validation().columns == {"internal_val_dice": 0.75} and model.training_seconds() == 12.0
     with Lock(lock_path(run), "baseline run", "ibsr-nnunet baseline train"):
         assert "is being trained right now" in model.refusal()
+
+
+def test_a_refusal_says_what_to_run_then_the_command_asked_for(ws, provenance):
+    missing = ws.baselines / "unet2d__dice" / "best.pt"
+    assert load_model(ws, "unet2d__dice").refusal(then="predict") == (
+        f"model unet2d__dice is not trained in this workspace (no {missing}); train it with `ibsr-nnunet baseline "
+        f"train --model unet2d --loss dice`, then predict.")
+    run = ws.baselines / "unet2d__dice"
+    provenance(run, "0" * 64)
+    (run / "checkpoint.pt").write_bytes(b"x")  # stale and without best weights: retraining it is what to do
+    assert load_model(ws, "unet2d__dice").refusal(then="predict") == (
+        f"model unet2d__dice is stale ({run}: made from dataset 000000000000, the workspace now holds ffffffffffff); "
+        f"run `ibsr-nnunet baseline train --model unet2d --loss dice --archive-stale` first.")
