@@ -133,7 +133,7 @@ def planned_ws(converted_ws, tmp_path_factory) -> Workspace:
 
 
 @pytest.fixture(scope="session")
-def baseline_ws(converted_ws, tmp_path_factory) -> Workspace:
+def trained_baseline_ws(converted_ws, tmp_path_factory) -> Workspace:
     """`converted_ws` with a unet2d__dice_ce trained on the CPU for 2 epochs of 10 iterations (width 4, 32² patches,
     batches of 2): a finished baseline in seconds. Shared by the session: read it, never change it (copy it)."""
     from helpers import invoke

@@ -16,9 +16,9 @@ MODEL = "unet2d__dice_ce"
 
 
 @pytest.fixture(scope="module")
-def trained(baseline_ws, tmp_path_factory) -> Workspace:
+def trained(trained_baseline_ws, tmp_path_factory) -> Workspace:
     """A copy of the session's converted phantom workspace with its briefly trained unet2d__dice_ce."""
-    return copy_workspace(baseline_ws, tmp_path_factory.mktemp("orientation") / "ws")
+    return copy_workspace(trained_baseline_ws, tmp_path_factory.mktemp("orientation") / "ws")
 
 
 def invoke_segment(ws: Workspace, *args: str):

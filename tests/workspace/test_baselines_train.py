@@ -277,7 +277,8 @@ def test_predictions_keep_the_input_geometry(trained, baseline_ws, model, tmp_pa
 
 def test_cli_trains_predicts_and_refuses(baseline_ws):
     before = invoke(baseline_ws, "baseline", "predict", "--model", "denseunet2d", "--loss", "focal")
-    assert before.exit_code == 1 and "no trained model" in before.output and "baseline train" in before.output
+    assert before.exit_code == 1 and "is not trained in this workspace" in before.output
+    assert "baseline train --model denseunet2d --loss focal" in before.output
     trained = invoke(baseline_ws, "baseline", "train", "--model", "resunet2d", "--loss", "focal_tversky",
                      "--epochs", "2", "--iterations-per-epoch", "3", "--optimizer", "sgd",
                      "--schedule", "plateau", "--augment", "--threads", "1", *TINY)

@@ -58,9 +58,9 @@ def test_submit_refuses_a_baseline_path_on_the_command_line(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trained(baseline_ws, tmp_path_factory) -> Workspace:
+def trained(trained_baseline_ws, tmp_path_factory) -> Workspace:
     """A copy of the session's converted phantom workspace with its briefly trained unet2d__dice_ce."""
-    return copy_workspace(baseline_ws, tmp_path_factory.mktemp("names") / "ws")
+    return copy_workspace(trained_baseline_ws, tmp_path_factory.mktemp("names") / "ws")
 
 
 @pytest.mark.parametrize("where, problem", [
