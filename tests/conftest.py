@@ -39,11 +39,22 @@ def tier_problem(item: pytest.Item) -> str | None:
     return f"is outside the tier folders: move it under tests/{{{','.join(TIERS)},{SCENARIOS}}}/"
 
 
+def worker_group(item: pytest.Item) -> str:
+    """The pytest-xdist group of a test (`-n 2 --dist loadgroup`): the tests of the one local SLURM cluster share a
+    worker, the others go with their file, so each module fixture is built once."""
+    if "cluster" in getattr(item, "fixturenames", ()):
+        return "local-slurm-cluster"
+    return Path(item.path).resolve().relative_to(TESTS).as_posix()
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects by the markers set here
 def pytest_collection_modifyitems(config, items):
     problems = [f"{item.nodeid} {problem}" for item in items if (problem := tier_problem(item))]
     if problems:
         raise pytest.UsageError("every test carries exactly one tier:\n" + "\n".join(problems))
+    if config.pluginmanager.hasplugin("xdist"):
+        for item in items:
+            item.add_marker(pytest.mark.xdist_group(worker_group(item)))
 
 
 @pytest.fixture(autouse=True)
