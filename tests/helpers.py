@@ -42,6 +42,14 @@ def invoke(workspace: Union[Path, Workspace, None], *args: str, env: Optional[di
         return CliRunner().invoke(app, [*prefix, *map(str, args)], env=env)
 
 
+BASELINE = "unet2d__dice_ce"  # the model of the session's trained_baseline_ws
+
+
+def segment_with_baseline(ws: Union[Path, Workspace], *args: str):
+    """`ibsr-nnunet segment ARGS... --model unet2d__dice_ce --device cpu` in-process, with the session's baseline."""
+    return invoke(ws, "segment", *args, "--model", BASELINE, "--device", "cpu")
+
+
 def said(result) -> str:
     """A Result's output with rich's box characters folded away and its line wrapping undone."""
     text = result.output

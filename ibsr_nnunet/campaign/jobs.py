@@ -15,7 +15,10 @@ from ..core.atomic import write_json
 from ..core.errors import InputError
 from ..core.jsonfile import read_json_object
 from ..core.locks import Lock, LockedError, lock_path
+from ..core.vocabulary import NNUNET_MODELS
 from ..core.workspace import Workspace
+from ..models.protocol import Progress, TrainingJob
+from ..models.registry import load_model
 
 JOBS_FILE = "jobs.json"
 LOCK_WAIT_SECONDS = 60  # writers hold the lock for milliseconds: wait for it rather than fail
@@ -71,6 +74,16 @@ def state_key(record: dict, fold: Optional[int]) -> str:
     if fold is not None and record.get("array", True):
         return f"{record['job_id']}_{fold}"
     return str(record["job_id"])
+
+
+def job_progress(ws: Workspace, record: dict, fold: Optional[int] = None) -> Progress:
+    """Where a recorded fold (`fold` of the record's configuration) or baseline job stands, as its model reads it."""
+    name = NNUNET_MODELS[record["name"]] if record["kind"] == "fold" else record["name"]
+    model = load_model(ws, name)
+    if model is None:
+        raise InputError(f"{jobs_file(ws)} records a {record['kind']} job named {record['name']!r}, which names no "
+                         f"model; move the file away and run `ibsr-nnunet submit` again.")
+    return model.progress(TrainingJob(record.get("epochs"), fold, record.get("trainer")))
 
 
 def register_running_fold(ws: Workspace, configuration: str, fold: int, *, trainer: str, epochs: int,

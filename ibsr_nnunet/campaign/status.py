@@ -12,10 +12,9 @@ from ..core.exitcodes import EXIT_LOCKED, EXIT_STALLED
 from ..core.provenance import dataset_fingerprint, staleness
 from ..core.runlog import STALL_FIX, median, utc
 from ..core.workspace import Workspace
-from ..nnunet.paths import fold_folder
+from ..models.protocol import Progress
 from .eta import History, campaign_eta, final_job_seconds, job_eta, summarize
-from .jobs import load_jobs, state_key
-from .progress import Progress, baseline_progress, fold_progress
+from .jobs import job_progress, load_jobs, state_key
 from .slurm import JobState, Runner, query_states
 
 STALLED_REASON = (f"stalled: two runs in a row were stopped by the time-limit warning before finishing an epoch "
@@ -178,9 +177,8 @@ def status(ws: Workspace, runner: Runner = subprocess.run, *, now: Optional[floa
         row = StatusRow(kind, name, fold, key, state.state if state else "unknown", _reason(state),
                         state.restarts if state else None)
         if kind in ("fold", "baseline"):
-            folder = fold_folder(ws, name, fold, trainer=record["trainer"]) if kind == "fold" else ws.baselines / name
-            progress = fold_progress(folder, record["epochs"]) if kind == "fold" else baseline_progress(ws, name)
-            row.stale = fingerprint is None or staleness(folder, fingerprint) is not None
+            progress = job_progress(ws, record, fold)
+            row.stale = fingerprint is None or staleness(progress.folder, fingerprint) is not None
             row.epochs_done, row.epochs_total = progress.epochs_done, record["epochs"]
             row.pseudo_dice, row.val_loss, row.validation_dice = (progress.pseudo_dice, progress.val_loss,
                                                                    progress.validation_dice)

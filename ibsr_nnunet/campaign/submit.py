@@ -36,8 +36,7 @@ from ..nnunet.paths import (
 )
 from ..nnunet.plans import read_plans, read_splits
 from . import sbatch as render
-from .jobs import append_job, load_jobs, state_key
-from .progress import baseline_progress
+from .jobs import append_job, job_progress, load_jobs, state_key
 from .slurm import Cluster, JobState, Runner, query_cluster, query_states, sbatch, scancel
 
 
@@ -344,7 +343,8 @@ def _baseline_done(c: _Campaign, name: str) -> bool:
     """A baseline is done when its last job COMPLETED, or its training finished and its predictions exist."""
     records = [r for r in c.jobs if r["kind"] == "baseline" and r["name"] == name]
     state = c.states.get(records[-1]["job_id"]) if records else None
-    done = (state is not None and state.state == "COMPLETED") or baseline_progress(c.ws, name).finished
+    done = ((state is not None and state.state == "COMPLETED")
+            or job_progress(c.ws, {"kind": "baseline", "name": name}).finished)
     return done and c.current(c.ws.baselines / name)
 
 

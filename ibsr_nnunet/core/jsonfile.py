@@ -38,6 +38,6 @@ def read_json_or_none(path: Path) -> Any:
     """The file's content, or None when it is missing, unreadable or not JSON: for records whose loss only means
     that what they describe is taken as unknown (and redone), never as current."""
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
+        return read_json(path, "", missing_ok=True)
+    except InputError:
         return None

@@ -11,13 +11,14 @@ from typing import Iterable, Iterator, Optional
 import pandas as pd
 
 from baselines.registry import LOSSES, MODELS, baseline_name, baseline_problem, split_baseline_name
-from baselines.run_folder import best_weights_path, read_log, read_orientation, read_run_record
+from baselines.run_folder import EpochRow, best_weights_path, read_log, read_orientation, read_run_record
 
 from ..core.errors import InputError
 from ..core.oriented import Prediction
+from ..core.runlog import Run, read_runs
 from ..core.workspace import Workspace
 from ..data.volumes import Volume
-from .protocol import PredictSettings, TrainedModel, Validation
+from .protocol import RECENT_EPOCHS, PredictSettings, Progress, TrainedModel, TrainingJob, Validation, current_device
 from .registry import register
 
 
@@ -120,3 +121,46 @@ class BaselineModel(TrainedModel):
     def training_curves(self) -> dict[str, pd.DataFrame]:
         rows = read_log(self.folder)
         return {self.name: pd.DataFrame([asdict(row) for row in rows])} if rows else {}
+
+    def progress(self, job: TrainingJob) -> Progress:
+        """From the run's own record and log (training rewrites them at every save); finished once its
+        predictions are written too."""
+        if job.fold is not None:
+            raise InputError(f"{self.name} is trained in one run, not by folds (fold {job.fold} asked for).")
+        runs = tuple(read_runs(self.folder))
+        try:
+            record = read_run_record(self.folder)
+        except InputError:  # cut short while it is rewritten: nothing known yet
+            record = None
+        if record is None:
+            return Progress(self.folder, runs=runs)
+        predictions = self.ws.predictions / self.name
+        finished = record.finished and predictions.is_dir() and any(predictions.glob("*.nii.gz"))
+        try:
+            rows = read_log(self.folder)
+        except InputError:
+            rows = ()
+        latest = {"val_loss": rows[-1].val_loss, "pseudo_dice": rows[-1].val_dice} if rows else {}
+        return Progress(self.folder, record.epochs_done, validation_dice=record.best_val_dice, finished=finished,
+                        runs=runs, epoch_seconds=_epoch_seconds(rows, runs) if rows else (), **latest)
+
+
+def _epoch_seconds(rows: tuple[EpochRow, ...], runs: tuple[Run, ...]) -> tuple[float, ...]:
+    """Durations of the latest epochs on the current device, from log.csv's `seconds` (training time summed
+    across runs, at each epoch's end). A run's first epoch is left out: its difference spans the restart."""
+    elapsed = {row.epoch: row.seconds for row in rows}
+    device = current_device(runs)
+    first_of_run = {run.epoch_start + 1 for run in runs if run.epoch_start is not None}
+    own = set()
+    for i, run in enumerate(runs):
+        if run.start.get("device_name") != device or run.epoch_start is None:
+            continue
+        last = run.epoch_end
+        if last is None:  # running, or killed: until the next run's start, else the log's end
+            later = [r.epoch_start for r in runs[i + 1:] if r.epoch_start is not None]
+            last = later[0] if later else max(elapsed, default=0)
+        own.update(range(run.epoch_start + 1, last + 1))
+    if not runs:  # trained before runs were recorded: every epoch
+        own = set(elapsed)
+    return tuple(elapsed[e] - elapsed[e - 1] for e in sorted(own)
+                 if e in elapsed and e - 1 in elapsed and e not in first_of_run)[-RECENT_EPOCHS:]

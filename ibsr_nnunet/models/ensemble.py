@@ -17,8 +17,9 @@ import numpy as np
 from ..core.atomic import swap_in
 from ..core.errors import InputError
 from ..core.locks import Lock, lock_path
+from ..core.manifest import Manifest, read_manifest
 from ..core.oriented import Prediction, predict_oriented
-from ..core.provenance import dataset_fingerprint, weights_signature, write_provenance
+from ..core.provenance import weights_signature, write_provenance
 from ..core.workspace import Workspace
 from ..data.volumes import Volume, read_volume, write_volume
 from ..nnunet.ensemble import (
@@ -34,7 +35,6 @@ from ..nnunet.paths import MODEL_NAMES, fold_folder
 from ..nnunet.plans import read_plans
 from ..nnunet.predict import find_best_configuration, predict_chain
 from ..nnunet.prediction_record import write_prediction_record
-from .protocol import training
 
 
 def build_ensemble(ws: Workspace, trainer: Optional[str] = None, *, jobs: int = 1, device: str = "auto",
@@ -48,7 +48,8 @@ def build_ensemble(ws: Workspace, trainer: Optional[str] = None, *, jobs: int = 
     read_plans(ws)  # nnU-Net's search reads them: refused here in one sentence when cut short
     for warning in selection.warnings:
         say(f"warning: {warning}")
-    fingerprint = dataset_fingerprint(ws)
+    manifest = read_manifest(ws)
+    fingerprint = manifest.fingerprint
     keys = (*selection.configurations, *(("ensemble",) if len(selection.configurations) > 1 else ()))
     ws.predictions.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as held:  # one writer per prediction set
@@ -56,7 +57,8 @@ def build_ensemble(ws: Workspace, trainer: Optional[str] = None, *, jobs: int = 
             held.enter_context(Lock(lock_path(ws.predictions / MODEL_NAMES[key]), f"prediction set {MODEL_NAMES[key]}",
                                     "ibsr-nnunet ensemble", say=say))
         archive_stale_search(ws, fingerprint, [ws.predictions / MODEL_NAMES[key] for key in keys], say=say)
-        search, predictions = _predict_all(ws, selection, keys, images, fingerprint, jobs=jobs, device=device, say=say)
+        search, predictions = _predict_all(ws, selection, keys, images, manifest, jobs=jobs, device=device,
+                                           say=say)
     results = {MODEL_NAMES[k]: v for k, v in search["results"].items()}
     winner = MODEL_NAMES[search["winner"]]
     ranked = ", ".join(f"{m} {d:.4f}" for m, d in sorted(results.items(), key=lambda kv: -kv[1]))
@@ -71,7 +73,7 @@ def build_ensemble(ws: Workspace, trainer: Optional[str] = None, *, jobs: int = 
     return EnsembleResult(selection, results, winner, reason, predictions, best_file, time.perf_counter() - started)
 
 
-def _predict_all(ws: Workspace, selection: Selection, keys: tuple[str, ...], images: Path, fingerprint: str, *,
+def _predict_all(ws: Workspace, selection: Selection, keys: tuple[str, ...], images: Path, manifest: Manifest, *,
                  jobs: int, device: str, say: Callable[[str], None]) -> tuple[dict, dict[str, Path]]:
     """nnU-Net's search, then every model's postprocessed predictions on each image's own grid, built in a scratch
     folder and swapped in."""
@@ -87,7 +89,7 @@ def _predict_all(ws: Workspace, selection: Selection, keys: tuple[str, ...], ima
         weights = {c: weights_signature(ws, [fold_folder(ws, c, f, trainer=selection.trainer) / "checkpoint_final.pth"
                                              for f in selection.folds]) for c in selection.configurations}
         postprocessing = {key: search["sources"][key] / "postprocessing.pkl" for key in keys}
-        axcodes = training(ws).axcodes
+        axcodes, fingerprint = manifest.training_axcodes, manifest.fingerprint
 
         def chain(volumes: Iterator[tuple[str, Volume]]) -> Iterator[Prediction]:
             """The oriented volumes written for nnU-Net, the chain over them, one map per model stacked last."""

@@ -15,15 +15,16 @@ import pandas as pd
 
 from ..core.errors import InputError
 from ..core.oriented import Prediction
+from ..core.runlog import Run, read_runs
 from ..core.vocabulary import CONFIGURATIONS, N_FOLDS, NNUNET_MODELS
 from ..core.workspace import Workspace
 from ..data.volumes import Volume, read_volume, write_volume
-from ..nnunet.fold import fold_epochs, fold_unready, log_seconds, logs
+from ..nnunet.fold import fold_epochs, fold_finished, fold_unready, log_epochs, log_seconds, logs, validation_dice
 from ..nnunet.paths import fold_folder, model_folder, trainer_schedule
 from ..nnunet.predict import predict_chain
 from ..nnunet.prediction_record import PredictionRecord, prediction_record_path, read_prediction_record
 from ..nnunet.validation import crossval_dice
-from .protocol import PredictSettings, TrainedModel, Validation
+from .protocol import RECENT_EPOCHS, PredictSettings, Progress, TrainedModel, TrainingJob, Validation, current_device
 from .registry import register
 
 CURVE = ("train_loss", "val_loss", "pseudo_dice")
@@ -225,6 +226,32 @@ class NnunetModel(TrainedModel):
             if not curve.empty:
                 curves[f"{fold.parent.name.rsplit('__', 1)[-1]} {fold.name}"] = curve
         return curves
+
+    def progress(self, job: TrainingJob) -> Progress:
+        """One fold of one configuration, from nnU-Net's own files (training logs, validation summary) and
+        runs.jsonl."""
+        configurations = [c for c, name in NNUNET_MODELS.items() if name == self.name and c in CONFIGURATIONS]
+        if not configurations or job.fold is None or job.trainer is None:
+            return super().progress(job)  # the ensemble: each of its folds is a job of its configuration
+        folder = fold_folder(self.ws, configurations[0], job.fold, trainer=job.trainer)
+        finished, runs = fold_finished(folder), tuple(read_runs(folder))
+        curve = fold_curve(folder)
+        completed = curve.dropna(subset=["train_loss"])  # an epoch's losses are logged when it ends
+        latest = {column: float(values.iloc[-1]) for column in ("pseudo_dice", "val_loss")
+                  if len(values := curve[column].dropna())}
+        done = int(completed["epoch"].max()) + 1 if len(completed) else 0
+        return Progress(folder, job.epochs if finished and job.epochs is not None else done, finished=finished,
+                        runs=runs, validation_dice=validation_dice(folder),
+                        epoch_seconds=_fold_epoch_seconds(folder, runs), **latest)
+
+
+def _fold_epoch_seconds(folder: Path, runs: tuple[Run, ...]) -> tuple[float, ...]:
+    """Durations of the latest epochs on the current device, from the training log each run recorded (every log
+    when no run recorded one: a fold trained by nnU-Net's own command)."""
+    device = current_device(runs)
+    recorded = [run.start["log"] for run in runs if run.start.get("log") and run.start.get("device_name") == device]
+    paths = [folder / log for log in recorded] if recorded else logs(folder)
+    return tuple(e.seconds for path in paths for e in log_epochs(path) if e.finished)[-RECENT_EPOCHS:]
 
 
 def fold_curve(fold: Path) -> pd.DataFrame:

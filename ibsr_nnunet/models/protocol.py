@@ -1,22 +1,25 @@
 """What every trained model of a workspace is, whatever made it: a name and kind, the folder its provenance is
 recorded in, the weight files it is, the orientation and preprocessing it was trained with, whether it is ready,
-prediction of volumes already in its training orientation, and its validation scores and training history."""
+prediction of volumes already in its training orientation, its validation scores and training history, and where
+a training job of it stands."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import ClassVar, Iterable, Iterator, Optional
 
 import pandas as pd
 
-from ..core.manifest import read_manifest
+from ..core.errors import InputError
+from ..core.manifest import Manifest, read_manifest
 from ..core.oriented import Prediction
-from ..core.provenance import dataset_fingerprint, staleness, weights_signature
+from ..core.provenance import staleness, weights_signature
+from ..core.runlog import Run
 from ..core.workspace import Workspace
 from ..data.preprocess import Preprocessing
 from ..data.volumes import Volume
@@ -30,9 +33,8 @@ class Training:
     preprocessing: Preprocessing
 
 
-def training(ws: Workspace) -> Training:
-    """The conversion manifest's training orientation and preprocessing (the one place models read it)."""
-    manifest = read_manifest(ws)
+def training(manifest: Manifest) -> Training:
+    """The conversion manifest's training orientation and preprocessing (the one place models read them)."""
     settings = dict(manifest.preprocessing)
     settings["n4_iterations"] = tuple(settings["n4_iterations"])
     return Training(manifest.training_axcodes, Preprocessing(**settings))
@@ -61,12 +63,48 @@ class Validation:
 
 
 @dataclass(frozen=True)
+class TrainingJob:
+    """One training job of a model, as a campaign submitted it: the epochs it trains (None: unknown), its fold (None
+    for a model trained in one run) and the trainer it runs (None for kinds with one trainer)."""
+
+    epochs: Optional[int] = None
+    fold: Optional[int] = None
+    trainer: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a training job stands, read from the files training writes (no torch, no SLURM): epochs done, the
+    latest pseudo-Dice and validation loss, the final validation Dice, whether it finished, its run history
+    (runs.jsonl) and the recent epochs' seconds on the current device; `folder` is where its provenance lies."""
+
+    folder: Path
+    epochs_done: int = 0
+    pseudo_dice: Optional[float] = None
+    val_loss: Optional[float] = None
+    validation_dice: Optional[float] = None
+    finished: bool = False
+    runs: tuple[Run, ...] = field(default_factory=tuple)
+    epoch_seconds: tuple[float, ...] = field(default_factory=tuple)
+
+
+RECENT_EPOCHS = 20  # Progress.epoch_seconds: this many latest epochs on the current device
+
+
+def current_device(runs: Iterable[Run]) -> Optional[str]:
+    """The device model of the latest run that recorded one."""
+    names = [run.start.get("device_name") for run in runs if run.start.get("device_name")]
+    return names[-1] if names else None
+
+
+@dataclass(frozen=True)
 class TrainedModel(ABC):
     """A trained model of the workspace `ws` named `name`. A kind subclasses this once, answers for its names by
     membership (`claims`), and registers itself with models.registry.register."""
 
     ws: Workspace
     name: str
+    given_manifest: Optional[Manifest] = field(default=None, kw_only=True, compare=False, repr=False)
     kind: ClassVar[str]
 
     # ---- which names are this kind's --------------------------------------------------------------------------
@@ -110,13 +148,18 @@ class TrainedModel(ABC):
     def retrain(self) -> str:
         """The command that makes a stale model from this dataset again."""
 
+    @cached_property
+    def manifest(self) -> Manifest:
+        """The workspace's conversion manifest: the one the command read and gave at loading, else read here once."""
+        return self.given_manifest if self.given_manifest is not None else read_manifest(self.ws)
+
     def stale(self) -> Optional[str]:
         """Why the model was made from another dataset than the workspace's, or None."""
-        return staleness(self.folder, dataset_fingerprint(self.ws))
+        return staleness(self.folder, self.manifest.fingerprint)
 
     def signature(self) -> str:
         """Changes whenever the model's weights (bytes, size or mtime) or the dataset change."""
-        identity = {"model": self.name, "dataset": dataset_fingerprint(self.ws),
+        identity = {"model": self.name, "dataset": self.manifest.fingerprint,
                     "weights": weights_signature(self.ws, self.weight_files())}
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
@@ -133,7 +176,7 @@ class TrainedModel(ABC):
     # ---- orientation, preprocessing, prediction ---------------------------------------------------------------
     @cached_property
     def _training(self) -> Training:
-        return training(self.ws)
+        return training(self.manifest)
 
     @property
     def axcodes(self) -> tuple[str, ...]:
@@ -163,3 +206,8 @@ class TrainedModel(ABC):
     @abstractmethod
     def training_curves(self) -> dict[str, pd.DataFrame]:
         """label -> epoch, train_loss, val_loss, ... per run or fold; empty without logs."""
+
+    def progress(self, job: TrainingJob) -> Progress:
+        """Where `job` stands, while it trains or after; an InputError when the kind trains no such job (a kind that
+        campaigns train overrides this)."""
+        raise InputError(f"model {self.name} is trained by no campaign job.")

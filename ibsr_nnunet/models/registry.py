@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 
 from ..core.errors import InputError
+from ..core.manifest import Manifest
 from ..core.names import check_model_name, quoted
 from ..core.workspace import Workspace
 from .protocol import TrainedModel
@@ -45,11 +46,12 @@ def checked_name(name: str, option: str = "--model") -> str:
     raise InputError(f"{option} {quoted(name)} {nearest.refusal_of_name(name)}.")
 
 
-def load_model(ws: Workspace, name: str) -> TrainedModel | None:
+def load_model(ws: Workspace, name: str, manifest: Manifest | None = None) -> TrainedModel | None:
     """The model `name` of the workspace (not checked for readiness: see TrainedModel.refusal), or None when no
-    kind claims the name (an `evaluate --name` entry of predictions made elsewhere)."""
+    kind claims the name (an `evaluate --name` entry of predictions made elsewhere). `manifest`: the workspace's,
+    when the command has read it already."""
     kind = kind_of(name)
-    return kind(ws, name) if kind is not None else None
+    return kind(ws, name, given_manifest=manifest) if kind is not None else None
 
 
 def trained_models(ws: Workspace) -> list[TrainedModel]:

@@ -8,7 +8,8 @@ from typing import Optional
 import pandas as pd
 
 from ..core.errors import InputError
-from ..core.provenance import dataset_fingerprint, recorded_weights, weights_changed
+from ..core.manifest import Manifest, read_manifest
+from ..core.provenance import recorded_weights, weights_changed
 from ..core.workspace import Workspace
 from ..models import TrainedModel, checked_name, load_model
 
@@ -31,15 +32,16 @@ def checked_model_name(name: str) -> str:
     return checked_name(name, "--model")
 
 
-def choose_model(ws: Workspace, name: Optional[str]) -> Chosen:
+def choose_model(ws: Workspace, name: Optional[str], manifest: Optional[Manifest] = None) -> Chosen:
     """`name`, or the leaderboard's best model, with its held-out scores (none when they were made with other weights
     than it holds now); refused when it was made from another dataset than the workspace's, or when its training (a
-    baseline run, an nnU-Net fold) has not finished."""
+    baseline run, an nnU-Net fold) has not finished. `manifest`: the workspace's, when the command has read it."""
+    manifest = read_manifest(ws) if manifest is None else manifest
     if name is not None:
         checked_model_name(name)
     board = pd.read_csv(ws.leaderboard) if ws.leaderboard.is_file() else None
     if board is not None and "dataset_fingerprint" in board and not board.empty:
-        if set(board["dataset_fingerprint"].astype(str)) != {dataset_fingerprint(ws)}:
+        if set(board["dataset_fingerprint"].astype(str)) != {manifest.fingerprint}:
             board = None  # scores of another dataset say nothing about these models
     if name is None and board is None and ws.leaderboard.is_file():
         raise InputError(f"{ws.leaderboard} ranks models of another dataset; run `ibsr-nnunet leaderboard` again, "
@@ -50,7 +52,7 @@ def choose_model(ws: Workspace, name: Optional[str]) -> Chosen:
             raise InputError(f"no leaderboard at {ws.leaderboard} to pick the best model from; "
                              "run `ibsr-nnunet leaderboard`, or pass --model "
                              "(e.g. nnunet_ensemble or unet2d__dice_ce).")
-        name = _best_trained(ws, board)
+        name = _best_trained(ws, board, manifest)
     scores = None
     predicted = recorded_weights(ws.predictions / name)
     if predicted and (changed := weights_changed(ws, predicted)):
@@ -60,18 +62,18 @@ def choose_model(ws: Workspace, name: Optional[str]) -> Chosen:
         board = None  # its scores were made with other weights than the model holds now
     if board is not None and name in set(board["model"]):
         scores = board.set_index("model").loc[name].to_dict()
-    model = load_model(ws, name)
+    model = load_model(ws, name, manifest)
     if why := model.refusal(then="segment"):
         raise InputError(why)
     return Chosen(model, scores)
 
 
-def _best_trained(ws: Workspace, board: pd.DataFrame) -> str:
+def _best_trained(ws: Workspace, board: pd.DataFrame, manifest: Manifest) -> str:
     """The best-ranked leaderboard model that is a trained model of this workspace (not an `evaluate --name` entry
     of outside predictions)."""
     ranked = [str(model) for model in board.sort_values("rank")["model"]]
     for name in ranked:
-        if (model := load_model(ws, name)) is not None and model.trained():
+        if (model := load_model(ws, name, manifest)) is not None and model.trained():
             return name
     raise InputError(f"none of the models on {ws.leaderboard} ({', '.join(ranked)}) is trained in this workspace; "
                      f"pass --model, or train one (`ibsr-nnunet ensemble`, `ibsr-nnunet baseline train`).")

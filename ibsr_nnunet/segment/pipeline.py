@@ -14,6 +14,7 @@ from typing import Callable, Iterator, Optional
 from ..core.atomic import FULL_DISK, NoSpaceError, atomic_path, no_space
 from ..core.errors import InputError
 from ..core.locks import Lock, lock_path
+from ..core.manifest import read_manifest
 from ..core.orientation import OBLIQUE_DEGREES, obliquity_degrees
 from ..core.oriented import Carried, predict_oriented
 from ..core.workspace import Workspace
@@ -63,7 +64,8 @@ def segment(ws: Workspace, inputs: list[Path], output: Path, *, model_name: Opti
     if output.exists() and not output.is_dir():
         raise InputError(f"--output {output} is a file; pass a folder (it is created if missing).")
     files = collect_inputs(inputs, exclude=output)
-    chosen = choose_model(ws, model_name)
+    manifest = read_manifest(ws)  # once: the model, the reference and the choice all read it from here
+    chosen = choose_model(ws, model_name, manifest)
     options = options.resolved(device)
     names = output_names(files)
     scans = [Scan(input=f, name=names[f], output=output / f"{names[f]}_tissue.nii.gz") for f in files]
@@ -123,7 +125,7 @@ def _segment_all(ws: Workspace, model: TrainedModel, scans: list[Scan], output: 
     """Each scan read, turned to the model's training orientation, checked and preprocessed there as in training
     (so every orientation of a scan gives the same input) a few scans ahead, predicted, and finished on its input's
     grid."""
-    reference = training_reference(ws)
+    reference = training_reference(ws, model.manifest)
     scratch = output / f".tmp-segment-{os.getpid()}-{secrets.token_hex(4)}"
     scratch.mkdir(parents=True)
     warnings: dict[str, list[str]] = {}

@@ -7,7 +7,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..core.manifest import read_manifest
+from ..core.manifest import Manifest
 from ..core.workspace import Workspace
 from ..data.volumes import Volume
 from ..nnunet.plans import read_dataset_fingerprint
@@ -26,12 +26,13 @@ class Reference:
     spacing: tuple[float, float, float]
 
 
-def training_reference(ws: Workspace) -> Reference:
+def training_reference(ws: Workspace, manifest: Manifest) -> Reference:
+    """From nnU-Net's dataset fingerprint (when planned) and the workspace's conversion manifest."""
     fingerprint = read_dataset_fingerprint(ws)
     intensity = None
     if fingerprint is not None:
         intensity = fingerprint["foreground_intensity_properties_per_channel"]["0"]["percentile_99_5"]
-    return Reference(intensity, read_manifest(ws).training_spacing)
+    return Reference(intensity, manifest.training_spacing)
 
 
 def scan_warnings(volume: Volume, reference: Reference) -> list[str]:

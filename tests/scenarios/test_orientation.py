@@ -9,24 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import ORIENTATIONS, carried_back, copy_workspace, invoke, reoriented_copy
+from helpers import BASELINE, ORIENTATIONS, carried_back, invoke, reoriented_copy, segment_with_baseline
 from ibsr_nnunet.core.workspace import Workspace
-
-MODEL = "unet2d__dice_ce"
-
-
-@pytest.fixture(scope="module")
-def trained(trained_baseline_ws, tmp_path_factory) -> Workspace:
-    """A copy of the session's converted phantom workspace with its briefly trained unet2d__dice_ce."""
-    return copy_workspace(trained_baseline_ws, tmp_path_factory.mktemp("orientation") / "ws")
-
-
-def invoke_segment(ws: Workspace, *args: str):
-    return invoke(ws, "segment", *args, "--model", MODEL, "--device", "cpu")
 
 
 @pytest.mark.workspace
-def test_every_orientation_of_a_scan_gets_the_identical_map(trained, phantom_root, tmp_path):
+def test_every_orientation_of_a_scan_gets_the_identical_map(trained_baseline_ws, phantom_root, tmp_path):
     source = phantom_root / "misa" / "Test_Set" / "IBSR_08" / "IBSR_08.nii.gz"
     inputs = tmp_path / "scans"
     inputs.mkdir()
@@ -34,7 +22,7 @@ def test_every_orientation_of_a_scan_gets_the_identical_map(trained, phantom_roo
     copies = {f"turned{i}": reoriented_copy(source, inputs / f"turned{i}.nii.gz", perm, flips)
               for i, (perm, flips) in enumerate(ORIENTATIONS)}
     out = tmp_path / "out"
-    result = invoke_segment(trained, str(inputs), "--output", str(out), "--no-qc")
+    result = segment_with_baseline(trained_baseline_ws, str(inputs), "--output", str(out), "--no-qc")
     assert result.exit_code == 0, result.output
     reference = nib.load(str(out / "original_tissue.nii.gz"))
     expected = np.asanyarray(reference.dataobj)
@@ -54,15 +42,15 @@ def test_every_orientation_of_a_scan_gets_the_identical_map(trained, phantom_roo
 
 
 @pytest.mark.workspace
-def test_baselines_slice_across_the_training_axis_whatever_the_input_spacing(trained):
+def test_baselines_slice_across_the_training_axis_whatever_the_input_spacing(trained_baseline_ws):
     from baselines.run_folder import TrainingOrientation, read_orientation
 
-    recorded = read_orientation(trained.baselines / MODEL)
+    recorded = read_orientation(trained_baseline_ws.baselines / BASELINE)
     assert recorded == TrainingOrientation(("R", "A", "S"), 1)
 
 
 @pytest.mark.workspace
-def test_a_1mm_isotropic_scan_is_still_sliced_across_the_training_axis(trained, phantom_root, monkeypatch):
+def test_a_1mm_isotropic_scan_is_still_sliced_across_the_training_axis(trained_baseline_ws, phantom_root, monkeypatch):
     """The thickest-axis rule would pick axis 0 (sagittal) for equal voxel sizes; the recorded axis 1 wins."""
     import baselines.infer as infer
     from ibsr_nnunet.data.volumes import Volume
@@ -77,23 +65,23 @@ def test_a_1mm_isotropic_scan_is_still_sliced_across_the_training_axis(trained, 
     real = infer.predict_array
     monkeypatch.setattr(infer, "predict_array", lambda model, image, *a, **k: seen.append(image.shape) or real(
         model, image, *a, **k))
-    predictor = infer.Predictor(trained.baselines / MODEL, device="cpu")
+    predictor = infer.Predictor(trained_baseline_ws.baselines / BASELINE, device="cpu")
     labels, _ = predictor(Volume(array, header))
     x, y, z = array.shape
     assert seen == [(y, x, z)] and labels.shape == array.shape
 
 
 @pytest.mark.workspace
-def test_ibsr_cases_come_out_of_baseline_predict_unchanged_by_the_orientation_step(trained):
+def test_ibsr_cases_come_out_of_baseline_predict_unchanged_by_the_orientation_step(trained_baseline_ws):
     """The workspace's own cases are already in the training orientation: `baseline predict` (Predictor) gives
     exactly the map of the bare sliding window across the recorded axis."""
     from baselines.data import zscore
     from baselines.infer import Predictor, predict_array
     from ibsr_nnunet.data.volumes import read_volume
 
-    _, image, _ = trained.cases("heldout")[0]
+    _, image, _ = trained_baseline_ws.cases("heldout")[0]
     volume = read_volume(image)
-    predictor = Predictor(trained.baselines / MODEL, device="cpu")
+    predictor = Predictor(trained_baseline_ws.baselines / BASELINE, device="cpu")
     labels, _ = predictor(volume)
     bare = predict_array(predictor.model, np.ascontiguousarray(np.moveaxis(zscore(np.asarray(volume.array)), 1, 0)),
                          predictor.window, amp=predictor.amp)
@@ -102,7 +90,8 @@ def test_ibsr_cases_come_out_of_baseline_predict_unchanged_by_the_orientation_st
 
 
 @pytest.mark.workspace
-def test_an_oblique_scan_is_segmented_in_the_nearest_orientation_with_a_warning(trained, phantom_root, tmp_path):
+def test_an_oblique_scan_is_segmented_in_the_nearest_orientation_with_a_warning(trained_baseline_ws, phantom_root,
+                                                                                 tmp_path):
     source = phantom_root / "misa" / "Test_Set" / "IBSR_08" / "IBSR_08.nii.gz"
     image = nib.load(str(source))
     turn = np.radians(20)  # about the S axis: nearest axis-aligned orientation is still R, A, S
@@ -114,7 +103,7 @@ def test_an_oblique_scan_is_segmented_in_the_nearest_orientation_with_a_warning(
     oblique = inputs / "oblique.nii.gz"
     nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), rotation @ image.affine, header=image.header), str(oblique))
     out = tmp_path / "out"
-    result = invoke_segment(trained, str(inputs), "--output", str(out), "--no-qc")
+    result = segment_with_baseline(trained_baseline_ws, str(inputs), "--output", str(out), "--no-qc")
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out / "volumes.csv", dtype={"input_axcodes": str}).set_index("scan")
     assert "oblique by 20 degrees (more than 10)" in table.loc["oblique", "warnings"]
@@ -181,8 +170,7 @@ def test_real_scans_in_several_orientations_and_an_analyze_copy(trained_real, sh
     analyze = inputs / "analyze.hdr"
     nib.save(nib.AnalyzeImage(np.asanyarray(volume.dataobj)[..., 0], None, nib.AnalyzeHeader()), str(analyze))
     out = tmp_path / "out"
-    result = invoke(trained_real, "segment", str(inputs), "--output", str(out), "--model", MODEL, "--device", "cpu",
-                    "--no-qc")
+    result = segment_with_baseline(trained_real, str(inputs), "--output", str(out), "--no-qc")
     assert result.exit_code == 0, result.output
     expected = np.asanyarray(nib.load(str(out / "original_tissue.nii.gz")).dataobj)
     for i, (perm, flips) in enumerate(ORIENTATIONS[1:], start=1):

@@ -10,21 +10,17 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import check_segment_outputs, copy_workspace, invoke, said
+from helpers import BASELINE, check_segment_outputs, copy_workspace, invoke, said, segment_with_baseline
 from ibsr_nnunet.core.workspace import Workspace
 from ibsr_nnunet.segment import collect_inputs, output_names, tissue_volumes
 
-MODEL = "unet2d__dice_ce"
+MODEL = BASELINE
 
 
 @pytest.fixture(scope="module")
 def trained(trained_baseline_ws, tmp_path_factory) -> Workspace:
-    """A copy of the session's converted phantom workspace with its briefly trained unet2d__dice_ce."""
+    """A copy of the session's briefly trained unet2d__dice_ce workspace (a test here rewrites its weights)."""
     return copy_workspace(trained_baseline_ws, tmp_path_factory.mktemp("segment") / "ws")
-
-
-def invoke_segment(ws: Workspace, *args: str):
-    return invoke(ws, "segment", *args, "--model", MODEL, "--device", "cpu")
 
 
 def check_outputs(inputs: dict[str, Path], out: Path, model: str = MODEL) -> pd.DataFrame:
@@ -41,7 +37,7 @@ def test_renamed_nii_and_analyze_inputs_keep_their_names_and_grids(trained, phan
     nib.save(nib.load(phantom_root / "misa" / "Validation_Set" / "IBSR_06" / "IBSR_06.nii.gz"), plain)
     analyze = phantom_root / "analyze" / "IBSR_07" / "images" / "analyze" / "IBSR_07_ana.hdr"
     out = tmp_path / "out"
-    result = invoke_segment(trained, str(inputs), str(analyze), "--output", str(out))
+    result = segment_with_baseline(trained, str(inputs), str(analyze), "--output", str(out))
     assert result.exit_code == 0, result.output
     assert f"model: {MODEL}" in said(result) and "s per scan" in said(result)
     assert sorted(p.name for p in out.iterdir()) == [
@@ -59,7 +55,7 @@ def test_a_corrupt_file_is_reported_and_the_others_finish(trained, phantom_root,
     (inputs / "broken.nii.gz").write_bytes(data[: len(data) // 2])
     nib.save(nib.Nifti1Image(np.ones((8, 8), np.int16), np.eye(4)), inputs / "flat.nii.gz")  # 2-D
     out = tmp_path / "out"
-    result = invoke_segment(trained, str(inputs), "--output", str(out))
+    result = segment_with_baseline(trained, str(inputs), "--output", str(out))
     assert result.exit_code == 1
     assert "2 of 3 scans failed" in said(result)
     table = check_outputs({"good_tissue.nii.gz": Path(good)}, out).reset_index().set_index("scan")
@@ -72,7 +68,7 @@ def test_a_corrupt_file_is_reported_and_the_others_finish(trained, phantom_root,
 def test_real_test_set_scans(trained, shared_ibsr18, tmp_path):
     scan = shared_ibsr18 / "Test_Set" / "IBSR_02" / "IBSR_02.nii.gz"
     out = tmp_path / "out"
-    result = invoke_segment(trained, str(scan), "--output", str(out))
+    result = segment_with_baseline(trained, str(scan), "--output", str(out))
     assert result.exit_code == 0, result.output
     table = check_outputs({"IBSR_02_tissue.nii.gz": scan}, out)
     # trained on 64×32×64 phantoms at ~4×6×4 mm, the real 0.94×1.5×0.94 mm scan is flagged
@@ -84,7 +80,7 @@ def test_default_model_needs_a_leaderboard_and_inputs_must_exist(trained, phanto
     result = invoke(trained, "segment", str(scan), "--output", str(tmp_path / "out"))
     assert result.exit_code == 1 and "no leaderboard" in said(result) and "pass --model" in said(result)
     for missing in (tmp_path / "nope.nii.gz", tmp_path):
-        refused = invoke_segment(trained, str(missing), "--output", str(tmp_path / "out"))
+        refused = segment_with_baseline(trained, str(missing), "--output", str(tmp_path / "out"))
         assert refused.exit_code == 1
         assert "does not exist" in said(refused) or "no .nii, .nii.gz or .hdr/.img file" in said(refused)
 
@@ -133,10 +129,10 @@ def test_an_output_folder_inside_the_inputs_is_not_read_back_and_a_file_is_refus
     shutil.copy(phantom_root / "misa" / "Test_Set" / "IBSR_08" / "IBSR_08.nii.gz", inputs / "good.nii.gz")
     out = inputs / "tissue"
     for _ in range(2):
-        result = invoke_segment(trained, str(inputs), "--output", str(out), "--no-qc")
+        result = segment_with_baseline(trained, str(inputs), "--output", str(out), "--no-qc")
         assert result.exit_code == 0, result.output
     assert pd.read_csv(out / "volumes.csv")["scan"].tolist() == ["good"]  # not good_tissue read back as input
-    refused = invoke_segment(trained, str(inputs), "--output", str(inputs / "good.nii.gz"))
+    refused = segment_with_baseline(trained, str(inputs), "--output", str(inputs / "good.nii.gz"))
     assert refused.exit_code == 1 and "is a file; pass a folder" in said(refused)
 
 
@@ -146,13 +142,13 @@ def test_a_rerun_is_a_no_op_and_redoes_only_what_changed(trained, phantom_root, 
     for case, folder in (("IBSR_08", "Test_Set"), ("IBSR_06", "Validation_Set")):
         shutil.copy(phantom_root / "misa" / folder / case / f"{case}.nii.gz", inputs / f"{case}.nii.gz")
     out = tmp_path / "out"
-    assert invoke_segment(trained, str(inputs), "--output", str(out)).exit_code == 0
+    assert segment_with_baseline(trained, str(inputs), "--output", str(out)).exit_code == 0
     stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*_tissue.nii.gz")}
-    again = invoke_segment(trained, str(inputs), "--output", str(out))
+    again = segment_with_baseline(trained, str(inputs), "--output", str(out))
     assert again.exit_code == 0 and "nothing redone" in said(again), again.output
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*_tissue.nii.gz")} == stamps
     shutil.copy(phantom_root / "misa" / "Validation_Set" / "IBSR_07" / "IBSR_07.nii.gz", inputs / "IBSR_06.nii.gz")
-    changed = invoke_segment(trained, str(inputs), "--output", str(out))
+    changed = segment_with_baseline(trained, str(inputs), "--output", str(out))
     assert changed.exit_code == 0 and "1 scans already up to date" in said(changed), changed.output
     assert (out / "IBSR_08_tissue.nii.gz").stat().st_mtime_ns == stamps["IBSR_08_tissue.nii.gz"]
     assert (out / "IBSR_06_tissue.nii.gz").stat().st_mtime_ns != stamps["IBSR_06_tissue.nii.gz"]
@@ -160,7 +156,7 @@ def test_a_rerun_is_a_no_op_and_redoes_only_what_changed(trained, phantom_root, 
     assert sorted(table["scan"]) == ["IBSR_06", "IBSR_08"] and table["error"].isna().all()
     best = trained.baselines / MODEL / "best.pt"
     best.touch()  # a retrained model: everything is redone
-    redone = invoke_segment(trained, str(inputs), "--output", str(out))
+    redone = segment_with_baseline(trained, str(inputs), "--output", str(out))
     assert redone.exit_code == 0 and "already up to date" not in said(redone) and "nothing redone" not in said(redone)
 
 
@@ -173,7 +169,7 @@ def test_qc_pictures_and_the_contact_sheet(trained, phantom_root, tmp_path):
     inputs = [phantom_root / "misa" / "Test_Set" / "IBSR_08" / "IBSR_08.nii.gz",
               phantom_root / "misa" / "Validation_Set" / "IBSR_06" / "IBSR_06.nii.gz"]
     out = tmp_path / "out"
-    result = invoke_segment(trained, *map(str, inputs), "--output", str(out), "--qc-sheet")
+    result = segment_with_baseline(trained, *map(str, inputs), "--output", str(out), "--qc-sheet")
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out / "volumes.csv").set_index("scan")
     for case in ("IBSR_08", "IBSR_06"):
@@ -184,7 +180,7 @@ def test_qc_pictures_and_the_contact_sheet(trained, phantom_root, tmp_path):
     sheet = Image.open(out / "qc_sheet.png")
     assert sheet.size[1] > 1.5 * Image.open(out / "IBSR_08_qc.png").size[1]  # one row per scan
     assert "QC contact sheet" in said(result)
-    none = invoke_segment(trained, str(inputs[0]), "--output", str(tmp_path / "plain"), "--no-qc")
+    none = segment_with_baseline(trained, str(inputs[0]), "--output", str(tmp_path / "plain"), "--no-qc")
     assert none.exit_code == 0 and not list((tmp_path / "plain").glob("*.png"))
 
 
@@ -230,8 +226,8 @@ def test_tta_mirrors_every_in_plane_axis(tta, passes):
 def test_soft_volumes_and_speed_options_reach_volumes_csv(trained, phantom_root, tmp_path):
     scan = phantom_root / "misa" / "Test_Set" / "IBSR_08" / "IBSR_08.nii.gz"
     out = tmp_path / "out"
-    result = invoke_segment(trained, str(scan), "--output", str(out), "--soft-volumes", "--tta", "--step-size", "0.75",
-                 "--no-qc")
+    result = segment_with_baseline(trained, str(scan), "--output", str(out), "--soft-volumes", "--tta", "--step-size",
+                                   "0.75", "--no-qc")
     assert result.exit_code == 0, result.output
     row = pd.read_csv(out / "volumes.csv").iloc[0]
     assert (bool(row["tta"]), row["step_size"]) == (True, 0.75)
@@ -239,8 +235,23 @@ def test_soft_volumes_and_speed_options_reach_volumes_csv(trained, phantom_root,
     image_ml = np.prod(image.shape[:3]) * np.prod(image.header.get_zooms()[:3]) / 1000
     soft = [row[f"{tissue}_ml_soft"] for tissue in ("CSF", "GM", "WM")]
     assert all(v > 0 for v in soft) and sum(soft) < image_ml  # probabilities: background takes the rest
-    default = invoke_segment(trained, str(scan), "--output", str(tmp_path / "cpu"), "--no-qc")
+    default = segment_with_baseline(trained, str(scan), "--output", str(tmp_path / "cpu"), "--no-qc")
     row = pd.read_csv(tmp_path / "cpu" / "volumes.csv").iloc[0]
     assert bool(row["tta"]) is False and np.isnan(row["CSF_ml_soft"]) and default.exit_code == 0
-    bad = invoke_segment(trained, str(scan), "--output", str(tmp_path / "x"), "--step-size", "0")
+    bad = segment_with_baseline(trained, str(scan), "--output", str(tmp_path / "x"), "--step-size", "0")
     assert bad.exit_code == 1 and "--step-size 0.0 is outside (0, 1]" in said(bad)
+
+
+def test_one_segment_command_reads_the_conversion_manifest_once(trained_baseline_ws, phantom_root, tmp_path,
+                                                                monkeypatch):
+    """The model's provenance, reuse signature, orientation and preprocessing, and the training reference all come
+    from the one manifest the command read."""
+    import ibsr_nnunet.core.manifest as manifest_module
+
+    parsed = []
+    real = manifest_module.parse_manifest
+    monkeypatch.setattr(manifest_module, "parse_manifest", lambda path, saved: parsed.append(path) or real(path, saved))
+    scan = phantom_root / "misa" / "Test_Set" / "IBSR_08" / "IBSR_08.nii.gz"
+    result = segment_with_baseline(trained_baseline_ws, str(scan), "--output", str(tmp_path / "out"), "--no-qc")
+    assert result.exit_code == 0, result.output
+    assert parsed == [manifest_module.manifest_path(trained_baseline_ws.raw_dataset)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -15,7 +16,8 @@ FINGERPRINT = "f" * 64
 @pytest.fixture
 def ws(tmp_path, monkeypatch) -> Workspace:
     ws = Workspace.open(tmp_path / "ws")
-    monkeypatch.setattr("ibsr_nnunet.models.protocol.dataset_fingerprint", lambda _: FINGERPRINT)
+    manifest = SimpleNamespace(fingerprint=FINGERPRINT)  # all a model reads of the manifest here
+    monkeypatch.setattr("ibsr_nnunet.models.protocol.read_manifest", lambda _: manifest)
     return ws
 
 

@@ -1,4 +1,4 @@
-"""The baseline kind on a hand-made run folder: its best weights, its orientation, its record and its lock."""
+"""The baseline kind on a hand-made run folder: its best weights, orientation, record, lock and progress."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 
 from ibsr_nnunet.core.locks import Lock, lock_path
 from ibsr_nnunet.models import load_model
+from ibsr_nnunet.models.protocol import TrainingJob
 
 
 def test_a_baseline_is_its_best_weights_and_its_orientation(ws, provenance):
@@ -36,3 +37,24 @@ def test_a_refusal_says_what_to_run_then_the_command_asked_for(ws, provenance):
     assert load_model(ws, "unet2d__dice").refusal(then="predict") == (
         f"model unet2d__dice is stale ({run}: made from dataset 000000000000, the workspace now holds ffffffffffff); "
         f"run `ibsr-nnunet baseline train --model unet2d --loss dice --archive-stale` first.")
+
+
+def test_a_baselines_progress_is_its_record_and_log_and_finished_only_with_predictions(ws):
+    run = ws.baselines / "unet2d__dice_ce"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"epochs_done": 4, "finished": True, "best_val_dice": 0.5}))
+    (run / "log.csv").write_text("epoch,train_loss,val_loss,val_dice,lr,seconds\n" + "".join(
+        f"{e},0.5,0.{e},0.{e + 5},0.001,{s}\n" for e, s in zip(range(1, 5), (10, 21, 33, 60))))
+    model = load_model(ws, "unet2d__dice_ce")
+    progress = model.progress(TrainingJob(epochs=4))
+    assert (progress.folder, progress.epochs_done, progress.validation_dice) == (run, 4, 0.5)
+    assert (progress.val_loss, progress.pseudo_dice, progress.finished) == (0.4, 0.9, False)  # no predictions yet
+    assert progress.epoch_seconds == (11, 12, 27)  # log.csv's summed seconds, differenced (no runs recorded)
+    (ws.predictions / "unet2d__dice_ce").mkdir(parents=True)
+    (ws.predictions / "unet2d__dice_ce" / "IBSR_06.nii.gz").write_bytes(b"")
+    assert model.progress(TrainingJob()).finished
+
+
+def test_a_baseline_not_started_has_no_progress_yet(ws):
+    progress = load_model(ws, "unet3d__focal").progress(TrainingJob(epochs=4))
+    assert (progress.epochs_done, progress.finished, progress.runs, progress.epoch_seconds) == (0, False, (), ())

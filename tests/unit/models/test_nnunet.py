@@ -1,12 +1,16 @@
 """The nnU-Net kind on hand-made folders: a model is its folds and postprocessing, its signature follows the weights'
-bytes, and an unfinished fold or another dataset makes it refused."""
+bytes, an unfinished fold or another dataset makes it refused, and a fold's progress is read from its log."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
+
+from ibsr_nnunet.core.errors import InputError
 from ibsr_nnunet.core.workspace import Workspace
 from ibsr_nnunet.models import load_model
+from ibsr_nnunet.models.protocol import TrainingJob
 
 TRAINER = "IbsrTrainer_3ep_10it"
 
@@ -60,3 +64,29 @@ def test_a_stale_model_is_refused(ws, provenance):
     model = nnunet_set(ws, provenance)
     provenance(model.folder, "0" * 64)
     assert model.refusal().startswith("model nnunet_ensemble is stale") and "`ibsr-nnunet ensemble`" in model.refusal()
+
+
+def test_a_folds_progress_is_read_from_its_log_through_the_configurations_model(ws):
+    fold = ws.results_dataset / f"{TRAINER}__nnUNetPlans__2d" / "fold_1"
+    fold.mkdir(parents=True)
+    (fold / "training_log_1.txt").write_text("".join(
+        f"2026-11-30 10:00:0{e}.000001: Epoch {e}\n2026-11-30 10:00:0{e}.000002: train_loss -0.{e + 1}\n"
+        f"2026-11-30 10:00:0{e}.000003: val_loss -0.{e + 2}\n"
+        f"2026-11-30 10:00:0{e}.000004: Pseudo dice [0.{e + 5}, 0.{e + 6}]\n"
+        f"2026-11-30 10:00:0{e}.000005: Epoch time: {e + 2}.5 s\n" for e in range(3))
+        + "2026-11-30 10:00:09.000001: Epoch 3\n")  # epoch 3 began, not finished
+    progress = load_model(ws, "nnunet_2d").progress(TrainingJob(epochs=10, fold=1, trainer=TRAINER))
+    assert (progress.folder, progress.epochs_done, progress.finished) == (fold, 3, False)
+    assert progress.val_loss == pytest.approx(-0.4) and progress.pseudo_dice == pytest.approx(0.75)
+    assert progress.epoch_seconds == (2.5, 3.5, 4.5) and progress.runs == () and progress.validation_dice is None
+
+
+@pytest.mark.parametrize("name, job", [
+    ("nnunet_ensemble", TrainingJob(10, 0, TRAINER)),  # its folds are jobs of its configurations
+    ("nnunet_2d", TrainingJob(10, None, TRAINER)),  # every nnU-Net job trains one fold
+    ("nnunet_3d_fullres", TrainingJob(10, 0, None)),  # ... with one trainer
+    ("unet2d__dice_ce", TrainingJob(10, 2)),  # a baseline trains in one run
+])
+def test_a_job_the_kind_never_trains_is_refused(ws, name, job):
+    with pytest.raises(InputError, match=f"^model {name} is trained by no campaign job|trained in one run"):
+        load_model(ws, name).progress(job)
