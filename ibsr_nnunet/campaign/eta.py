@@ -1,7 +1,7 @@
 """Restarts, redone work, GPU-hours and finishing times of folds, baselines and the campaign, from their run history.
 
 A job's ETA is `seconds_per_epoch × epochs left + restart overhead × starts ahead`:
-- seconds_per_epoch: the median of the recent finished epochs on the current device (each model's `progress` reads them);
+- seconds_per_epoch: the median of the recent finished epochs on the current device (read by each model's `progress`);
 - restart overhead: what a run costs beyond its epochs, measured from the history: the median start-up beyond one
   epoch (from the run's start to its first finished epoch: loading, torch.compile when used) plus the median
   unsaved part-epoch that a run stopped by USR1/TERM leaves to be redone;
