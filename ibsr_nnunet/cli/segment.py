@@ -47,6 +47,9 @@ def segment(
     qc: Annotated[bool, typer.Option("--qc/--no-qc", help="A QC picture per scan: <name>_qc.png.")] = True,
     qc_sheet: Annotated[bool, typer.Option(
         "--qc-sheet", help="One contact sheet of every scan: qc_sheet.png.")] = False,
+    strip: Annotated[bool, typer.Option(
+        "--strip", help="Skull-strip each scan first with deepbet (pip install \"ibsr-nnunet[strip]\"): writes "
+                        "<name>_brainmask.nii.gz and tiv_ml.")] = False,
 ) -> None:
     """Segment new scans into CSF, GM and WM, and report tissue volumes (mL), fractions and BPF."""
     from ..nnunet.environment import configure
@@ -65,7 +68,8 @@ def segment(
             console.print(f"model: {chosen.name}{' (the leaderboard best)' if model is None else ''}; {said}")
             bar.update(task, total=total, description=f"segment with {chosen.name}")
 
-        options = SegmentOptions(tta=tta, step_size=step_size, soft_volumes=soft_volumes, qc=qc, qc_sheet=qc_sheet)
+        options = SegmentOptions(tta=tta, step_size=step_size, soft_volumes=soft_volumes, qc=qc, qc_sheet=qc_sheet,
+                                  strip=strip)
         result = run_segment(ws, inputs, output, model_name=model, device=device.value, jobs=cores(jobs),
                              options=options, on_start=on_start, on_scan_done=lambda _: bar.advance(task))
     table = Table(title=f"tissue volumes ({result.model.name})")

@@ -11,6 +11,8 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+import numpy as np
+
 from ..core.atomic import FULL_DISK, NoSpaceError, atomic_path, no_space
 from ..core.errors import InputError
 from ..core.locks import Lock, lock_path
@@ -28,7 +30,8 @@ from .measures import soft_volumes, tissue_volumes
 from .options import SegmentOptions
 from .record import SegmentRecord, write_volumes_csv
 from .reference import scan_warnings, training_reference
-from .scans import Scan, ScanOutcome
+from .scans import Scan, ScanOutcome, brain_mask_path
+from .strip import BrainExtractor, Stripped, require_deepbet
 
 STAGED_AHEAD = 2  # scans read and prepared on a thread while the one before them is predicted
 
@@ -61,6 +64,8 @@ def segment(ws: Workspace, inputs: list[Path], output: Path, *, model_name: Opti
     model and options are not redone.
     """
     output = Path(output)
+    if options.strip:
+        require_deepbet()
     if output.exists() and not output.is_dir():
         raise InputError(f"--output {output} is a file; pass a folder (it is created if missing).")
     files = collect_inputs(inputs, exclude=output)
@@ -126,12 +131,17 @@ def _segment_all(ws: Workspace, model: TrainedModel, scans: list[Scan], output: 
     (so every orientation of a scan gives the same input) a few scans ahead, predicted, and finished on its input's
     grid."""
     reference = training_reference(ws, model.manifest)
+    extractor = BrainExtractor(device) if options.strip else None
     scratch = output / f".tmp-segment-{os.getpid()}-{secrets.token_hex(4)}"
     scratch.mkdir(parents=True)
     warnings: dict[str, list[str]] = {}
+    brains: dict[str, Stripped] = {}  # by scan, on the training orientation's grid
 
     def prepare(name: str, oriented: Volume) -> Volume:
         found = warnings.setdefault(name, [])
+        if extractor is not None:
+            brains[name] = extractor(oriented)
+            oriented = oriented.with_array(np.where(brains[name].mask, oriented.array, 0).astype(oriented.array.dtype))
         found += scan_warnings(oriented, reference)  # spacing compared axis by axis, as trained
         oblique = obliquity_degrees(oriented.affine)  # turning permutes and flips axes: the same obliquity
         if oblique > OBLIQUE_DEGREES:
@@ -146,7 +156,8 @@ def _segment_all(ws: Workspace, model: TrainedModel, scans: list[Scan], output: 
         inputs = [(scan.name, partial(read_volume, scan.input)) for scan in scans]
         for carried in predict_oriented(inputs, model.axcodes, lambda turned: model.predict(turned, settings),
                                         prepare=prepare, ahead=STAGED_AHEAD):
-            yield _finish(carried, by_name[carried.key], tuple(warnings.pop(carried.key, ())), model.name, options)
+            yield _finish(carried, by_name[carried.key], tuple(warnings.pop(carried.key, ())), model.name, options,
+                          brains.pop(carried.key, None))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -164,9 +175,9 @@ def _failure(what: str, err: Exception, target: Optional[Path]) -> str:
 
 
 def _finish(carried: Carried[Volume], scan: Scan, warnings: tuple[str, ...], model: str,
-            options: SegmentOptions) -> ScanOutcome:
-    """Write one scan's map on its input's grid, its volumes, and its QC picture; a scan that fails here keeps no
-    files (a re-run redoes it whole)."""
+            options: SegmentOptions, brain: Optional[Stripped]) -> ScanOutcome:
+    """Write one scan's map on its input's grid, its brain mask when stripped, its volumes, and its QC picture; a
+    scan that fails here keeps no files (a re-run redoes it whole)."""
     axes = "".join(carried.reorientation.input_axcodes) if carried.reorientation else ""
     seconds = carried.seconds
     if carried.error is not None:
@@ -181,20 +192,29 @@ def _finish(carried: Carried[Volume], scan: Scan, warnings: tuple[str, ...], mod
     step = "writing the tissue map"
     volume, tissue = carried.original, predicted.labels
     picture = scan.output.with_name(f"{scan.name}_qc.png")
+    mask_file = brain_mask_path(scan)
     try:
         if tissue.shape != volume.array.shape:
             raise InputError(f"prediction shape {tissue.shape} differs from the input's {volume.array.shape}")
+        mask = None if brain is None else carried.reorientation.undo(brain.mask)
+        if mask is not None:
+            tissue = np.where(mask, tissue, 0).astype(tissue.dtype)  # nothing outside the brain is brain tissue
         with atomic_path(scan.output) as tmp:
             write_volume(volume.with_array(tissue), tmp)
         volumes = tissue_volumes(tissue, volume.spacing)
         if predicted.sums is not None:
             volumes.update(soft_volumes(predicted.sums, volume.spacing))
+        if mask is not None:
+            step = "writing the brain mask"
+            with atomic_path(mask_file) as tmp:
+                write_volume(volume.with_array(mask.astype(np.uint8)), tmp)
+            volumes["tiv_ml"] = brain.tiv_ml
         drawn = None
         if options.qc:
             step = "drawing the QC picture"
-            drawn = qc.qc_picture(qc.snapshot(scan.name, volume, tissue, volumes, model), picture)
+            drawn = qc.qc_picture(qc.snapshot(scan.name, volume, tissue, volumes, model, mask), picture)
     except Exception as err:
-        for made in (scan.output, picture):
+        for made in (scan.output, picture, mask_file):
             made.unlink(missing_ok=True)
         return ScanOutcome(scan, seconds + time.perf_counter() - started, warnings, _failure(step, err, None),
                            input_axcodes=axes)

@@ -41,3 +41,8 @@ class ScanOutcome:
     @property
     def output(self) -> Path:
         return self.scan.output
+
+
+def brain_mask_path(scan: Scan) -> Path:
+    """Where `segment --strip` writes the scan's brain mask, beside its map."""
+    return scan.output.with_name(f"{scan.name}_brainmask.nii.gz")
