@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 def snapshot(name: str, volume: Volume, tissue: np.ndarray, volumes: dict, model: str,
-             brain: Optional[np.ndarray] = None) -> "Snapshot":
+             brain: Optional[np.ndarray] = None, score: Optional[float] = None) -> "Snapshot":
     """The scan and its map (and the brain mask it was stripped with), turned to R, A, S axes for the picture, titled
     with the scan, model and volumes."""
     from ..evaluation.qc import Snapshot
@@ -24,7 +24,8 @@ def snapshot(name: str, volume: Volume, tissue: np.ndarray, volumes: dict, model
     display = towards(volume.affine, ("R", "A", "S"))
     shown = volume.reoriented(display)
     v = volumes
-    title = (f"{name} — {model}\nCSF {v['CSF_ml']:.1f} mL · GM {v['GM_ml']:.1f} mL · WM {v['WM_ml']:.1f} mL · "
+    title = (f"{name} — {model}" + (f" · QC score {score:.2f}" if score is not None else "") + "\n"
+             f"CSF {v['CSF_ml']:.1f} mL · GM {v['GM_ml']:.1f} mL · WM {v['WM_ml']:.1f} mL · "
              f"BPF {v['BPF']:.3f}" + (f" · TIV {v['tiv_ml']:.0f} mL" if "tiv_ml" in v else ""))
     return Snapshot(name, np.asarray(shown.array, dtype=np.float32), display.apply(tissue), shown.spacing, title,
                     None if brain is None else display.apply(brain))
