@@ -15,6 +15,7 @@ from ..data.volumes import read_volume
 from .measures import tissue_volumes
 
 COMPARED = ("CSF_ml", "GM_ml", "WM_ml", "total_ml", "GM_fraction", "WM_fraction")
+LOG_SCALE = ("CSF_ml", "GM_ml", "WM_ml", "total_ml")  # compared as log(1 mL + volume): a tissue gone is far out
 Z_FLAG = 3.0  # standard deviations from the training cases' mean that flag a measure
 Z_FREE = 2.0  # the volume term starts to fall beyond this many
 Z_SCALE = 2.0  # ... and is 1/2 this many SDs further out
@@ -27,11 +28,19 @@ WARNING_FACTOR = 0.8  # each scan warning (not stripped, spacing, intensity, obl
 
 @dataclass(frozen=True)
 class TrainingVolumes:
-    """The mean and standard deviation of each COMPARED measure over the workspace's training cases' labels."""
+    """The mean and standard deviation of each COMPARED measure over the workspace's training cases' labels (volumes
+    on a log scale: they are skewed, and a tissue that vanishes must stand out)."""
 
-    mean: dict[str, float]
+    mean: dict[str, float]  # of each measure as compared (log(1 + mL) for LOG_SCALE)
     sd: dict[str, float]
     cases: int
+
+    def z(self, measure: str, value: float) -> float:
+        return (compared(measure, value) - self.mean[measure]) / self.sd[measure]
+
+
+def compared(measure: str, value: float) -> float:
+    return math.log1p(max(value, 0.0)) if measure in LOG_SCALE else value
 
 
 def training_volumes(ws: Workspace, manifest: Manifest) -> TrainingVolumes:
@@ -40,9 +49,9 @@ def training_volumes(ws: Workspace, manifest: Manifest) -> TrainingVolumes:
     for _, _, label in ws.cases("train", manifest):
         volume = read_volume(label)
         rows.append(tissue_volumes(np.asarray(volume.array).astype(np.uint8), volume.spacing))
-    mean = {k: float(np.mean([r[k] for r in rows])) for k in COMPARED}
-    sd = {k: max(float(np.std([r[k] for r in rows], ddof=1)) if len(rows) > 1 else 0.0, SD_FLOOR * abs(mean[k]))
-          for k in COMPARED}
+    values = {k: [compared(k, r[k]) for r in rows] for k in COMPARED}
+    mean = {k: float(np.mean(v)) for k, v in values.items()}
+    sd = {k: max(float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, SD_FLOOR * abs(mean[k])) for k, v in values.items()}
     return TrainingVolumes(mean, sd, len(rows))
 
 
@@ -59,11 +68,11 @@ def assess(volumes: dict[str, float], confidence: Optional[float], warnings: tup
     1 / (1 + (excess / Z_SCALE)²), so that even far outliers stay ordered), 0.5 for an implausible total, and
     WARNING_FACTOR per scan warning."""
     flags = []
-    z = {k: (volumes[k] - reference.mean[k]) / reference.sd[k]
-         for k in COMPARED if math.isfinite(volumes.get(k, math.nan))}
+    z = {k: reference.z(k, volumes[k]) for k in COMPARED if math.isfinite(volumes.get(k, math.nan))}
     for k, value in z.items():
         if abs(value) > Z_FLAG:
-            flags.append(f"{k} {volumes[k]:.3g} is {value:+.1f} SD from the training cases' {reference.mean[k]:.3g}")
+            typical = math.expm1(reference.mean[k]) if k in LOG_SCALE else reference.mean[k]
+            flags.append(f"{k} {volumes[k]:.3g} is {value:+.1f} SD from the training cases' {typical:.3g}")
     worst = max((abs(v) for v in z.values()), default=0.0)
     volume_term = 1.0 / (1.0 + (max(0.0, worst - Z_FREE) / Z_SCALE) ** 2)
     total = volumes.get("total_ml", math.nan)

@@ -70,5 +70,6 @@ def test_a_scan_read_with_voxels_twice_too_large_is_flagged(trained, phantom_roo
     flags = table.loc["doubled", "qc_flags"]
     assert "implausible for an adult brain" in flags and "WM_ml" in flags and "spacing" in flags
     assert table.loc["doubled", "total_ml"] == pytest.approx(8 * table.loc["right", "total_ml"], rel=0.05)
-    assert table.loc["doubled", "qc_score"] < 0.25 * table.loc["right", "qc_score"]
+    # halved for the total, × 0.8 for the spacing warning, and the volumes further out still
+    assert table.loc["doubled", "qc_score"] <= 0.4 * table.loc["right", "qc_score"] + 1e-4
     assert BASELINE == table.loc["right", "model"]
