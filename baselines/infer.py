@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -13,7 +14,7 @@ from ibsr_nnunet.core.atomic import atomic_path
 from ibsr_nnunet.core.choices import fraction
 from ibsr_nnunet.core.errors import InputError
 from ibsr_nnunet.core.orientation import axcodes as axcodes_of
-from ibsr_nnunet.core.oriented import Prediction, predict_oriented
+from ibsr_nnunet.core.oriented import Prediction, confidence, predict_oriented
 from ibsr_nnunet.data.volumes import Volume, read_volume, write_volume
 
 from .data import slicing_axis, zscore
@@ -47,13 +48,23 @@ def window_starts(extent: int, window: int, overlap: float) -> list[int]:
     return [int(round(i * (extent - window) / (count - 1))) for i in range(count)]
 
 
+@dataclass(frozen=True)
+class Soft:
+    """What a prediction's probabilities say beyond its labels: each class's summed probability over all voxels (the
+    soft voxel count), and the confidence: the mean, over the voxels labelled tissue, of the most likely class's
+    probability (NaN when none is)."""
+
+    sums: np.ndarray
+    confidence: float
+
+
 @torch.no_grad()
 def predict_array(model: UNet, image: np.ndarray, window: tuple[int, ...], *, overlap: float = 0.5,
                   batch_size: int = 8, device: torch.device = torch.device("cpu"), amp: bool = True,
                   tuner: ThreadTuner | None = None, tta: bool = False,
-                  probabilities: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """uint8 labels for a z-scored (S, H, W) image; with `probabilities`, also each class's summed probability over
-    all voxels (the soft voxel count; outside the brain's box all of it is background's).
+                  probabilities: bool = False) -> np.ndarray | tuple[np.ndarray, Soft]:
+    """uint8 labels for a z-scored (S, H, W) image; with `probabilities`, also their Soft summary (outside the
+    brain's box all probability is background's).
 
     2D models (len(window) == 2) run slice by slice along axis 0, with windows inside each slice; 3D models use 3D
     windows. overlap: fraction shared by neighbouring windows; each window's softmax is weighted by a Gaussian.
@@ -71,6 +82,7 @@ def predict_array(model: UNet, image: np.ndarray, window: tuple[int, ...], *, ov
     labels = np.zeros(image.shape, np.uint8)
     sums = np.zeros(classes)
     sums[0] = image.size
+    sure = float("nan")
     if len(brain[0]):  # z-scored images are 0 outside the brain: nothing to segment there
         # only the brain's bounding box is segmented (2.4x fewer voxels on IBSR); outside it is background
         box = tuple(slice(int(a.min()), int(a.max()) + 1) for a in brain)
@@ -81,7 +93,8 @@ def predict_array(model: UNet, image: np.ndarray, window: tuple[int, ...], *, ov
         if probabilities:
             sums += probs.sum(dim=tuple(range(1, probs.ndim))).double().numpy()
             sums[0] -= probs[0].numel()  # the box's voxels were counted as background above
-    return (labels, sums) if probabilities else labels
+            sure = confidence(probs.numpy(), labels[box])
+    return (labels, Soft(sums, sure)) if probabilities else labels
 
 
 def _predict_box(model: UNet, image: np.ndarray, window: tuple[int, ...], overlap: float, batch_size: int,
@@ -169,8 +182,8 @@ class Predictor:
         self.overlap, self.batch_size, self.tta = overlap, batch_size, tta
         self.orientation = read_orientation(run)
 
-    def __call__(self, volume: Volume, probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        """(uint8 labels on `volume`'s grid, each class's summed probability or None) for a volume in the training
+    def __call__(self, volume: Volume, probabilities: bool = False) -> tuple[np.ndarray, Soft | None]:
+        """(uint8 labels on `volume`'s grid, their Soft summary or None) for a volume in the training
         orientation."""
         axis = self.orientation.slicing_axis if self.orientation else None
         axis = slicing_axis(volume.spacing) if axis is None else int(axis)
@@ -178,8 +191,8 @@ class Predictor:
         found = predict_array(self.model, image, self.window, overlap=self.overlap, batch_size=self.batch_size,
                               device=self.device, amp=self.amp, tuner=self.tuner, tta=self.tta,
                               probabilities=probabilities)
-        labels, sums = found if probabilities else (found, None)
-        return np.ascontiguousarray(np.moveaxis(labels, 0, axis)), sums
+        labels, soft = found if probabilities else (found, None)
+        return np.ascontiguousarray(np.moveaxis(labels, 0, axis)), soft
 
 
 def predict_files(run: Path, images: list[tuple[str, Path]], out_dir: Path, *, device: str = "auto",

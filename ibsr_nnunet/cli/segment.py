@@ -47,6 +47,12 @@ def segment(
     qc: Annotated[bool, typer.Option("--qc/--no-qc", help="A QC picture per scan: <name>_qc.png.")] = True,
     qc_sheet: Annotated[bool, typer.Option(
         "--qc-sheet", help="One contact sheet of every scan: qc_sheet.png.")] = False,
+    qc_threshold: Annotated[float, typer.Option(
+        "--qc-threshold", min=0.0, max=1.0,
+        help="Mark scans whose QC score (0-1, volumes.csv qc_score) is below this as to check.")] = 0.5,
+    strip: Annotated[bool, typer.Option(
+        "--strip", help="Skull-strip each scan first with deepbet (pip install \"ibsr-nnunet[strip]\"): writes "
+                        "<name>_brainmask.nii.gz and tiv_ml.")] = False,
 ) -> None:
     """Segment new scans into CSF, GM and WM, and report tissue volumes (mL), fractions and BPF."""
     from ..nnunet.environment import configure
@@ -65,22 +71,25 @@ def segment(
             console.print(f"model: {chosen.name}{' (the leaderboard best)' if model is None else ''}; {said}")
             bar.update(task, total=total, description=f"segment with {chosen.name}")
 
-        options = SegmentOptions(tta=tta, step_size=step_size, soft_volumes=soft_volumes, qc=qc, qc_sheet=qc_sheet)
+        options = SegmentOptions(tta=tta, step_size=step_size, soft_volumes=soft_volumes, qc=qc, qc_sheet=qc_sheet,
+                                  strip=strip)
         result = run_segment(ws, inputs, output, model_name=model, device=device.value, jobs=cores(jobs),
                              options=options, on_start=on_start, on_scan_done=lambda _: bar.advance(task))
     table = Table(title=f"tissue volumes ({result.model.name})")
-    for column in ("scan", "CSF mL", "GM mL", "WM mL", "BPF", "seconds", "warnings"):
-        table.add_column(column, justify="left" if column in ("scan", "warnings") else "right")
+    for column in ("scan", "CSF mL", "GM mL", "WM mL", "BPF", "QC", "seconds", "flags"):
+        table.add_column(column, justify="left" if column in ("scan", "flags") else "right")
     for scan in result.scans:
         if scan.error:
-            table.add_row(scan.input.name, "-", "-", "-", "-", f"{scan.seconds:.1f}",
+            table.add_row(scan.input.name, "-", "-", "-", "-", "-", f"{scan.seconds:.1f}",
                           f"[red]failed: {escape(scan.error)}[/]")
         else:
             v = scan.reused if scan.reused is not None else scan.volumes
             seconds = "reused" if scan.reused is not None else f"{scan.seconds:.1f}"
-            warnings = v.get("warnings", "") if scan.reused is not None else "; ".join(scan.warnings)
+            flags = v.get("qc_flags", "") if scan.reused is not None else "; ".join(scan.quality.flags)
+            score = scan.quality_score
+            shown = f"[bold yellow]{score:.2f} check[/]" if not score >= qc_threshold else f"{score:.2f}"
             table.add_row(scan.input.name, f"{float(v['CSF_ml']):.1f}", f"{float(v['GM_ml']):.1f}",
-                          f"{float(v['WM_ml']):.1f}", f"{float(v['BPF']):.3f}", seconds, warnings)
+                          f"{float(v['WM_ml']):.1f}", f"{float(v['BPF']):.3f}", shown, seconds, escape(str(flags)))
     console.print(table)
     done = [s for s in result.scans if not s.error and s.reused is None]
     if len(result.reused) == len(result.scans):
@@ -90,8 +99,11 @@ def segment(
         console.print(f"{len(result.reused)} scans already up to date (same input, model and options): reused")
     if done:
         console.print(f"{len(done)} label maps in {output}; {sum(s.seconds for s in done) / len(done):.1f} s per scan")
+    check = [s.input.name for s in result.scans if not s.error and not s.quality_score >= qc_threshold]
+    if check:
+        console.print(f"{len(check)} scans to check (QC score below {qc_threshold:g}): {', '.join(check)}")
     if result.sheet:
-        console.print(f"QC contact sheet: {result.sheet}")
+        console.print(f"QC contact sheet (lowest QC score first): {result.sheet}")
     console.print(f"wrote {result.csv}")
     if result.failed:  # the others are written: the command still fails, naming each failed scan's row
         names = ", ".join(scan.input.name for scan in result.failed)

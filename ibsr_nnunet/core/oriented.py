@@ -30,8 +30,9 @@ V = TypeVar("V", bound=Turnable)
 
 @dataclass(frozen=True)
 class Prediction:
-    """One volume's prediction: uint8 labels (trailing axes allowed: one map each) and each class's summed
-    probability, or the error and the step it failed in."""
+    """One volume's prediction: uint8 labels (trailing axes allowed: one map each), each class's summed probability
+    and the confidence (the mean highest class probability over the tissue voxels) when probabilities were asked
+    for; or the error and the step it failed in."""
 
     key: str
     labels: Optional[np.ndarray] = None
@@ -39,6 +40,16 @@ class Prediction:
     seconds: float = 0.0
     error: Optional[Exception] = None
     step: str = "the prediction"
+    confidence: Optional[float] = None
+
+
+def confidence(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """The mean over the tissue voxels (labels > 0) of the highest class probability (probabilities: C × the labels'
+    shape); NaN when no voxel is tissue."""
+    tissue = np.asarray(labels) > 0
+    if not tissue.any():
+        return float("nan")
+    return float(np.asarray(probabilities).max(axis=0)[tissue].mean())
 
 
 @dataclass(frozen=True)

@@ -193,3 +193,23 @@ def write_phantoms(out: str | Path, subjects: int = 6, *, layout: str = "misa", 
         images.append(image_path)
         on_subject_done(sid)
     return images
+
+
+# A stand-in for an unstripped head around a skull-stripped scan: shells at fixed distances (mm) outside the brain,
+# intensities as fractions of the brain's 90th percentile (T1: CSF and cortical bone dark, marrow mid, scalp fat
+# bright), then a slight blur and Rician-like noise everywhere, air included. Its limits: the shells follow the brain's
+# own outline (a real skull is smoother and thicker at the base), and there are no eyes, neck, face or neck muscles.
+HEAD_SHELLS = ((0.0, 2.0, 0.25), (2.0, 4.0, 0.05), (4.0, 7.0, 0.45), (7.0, 9.0, 0.08), (9.0, 14.0, 1.1))
+
+
+def with_head(array: np.ndarray, spacing: tuple[float, float, float], seed: int = 0) -> np.ndarray:
+    """A skull-stripped T1 `array` (zeros outside the brain) inside a synthetic CSF gap, skull and scalp (float32)."""
+    brain = ndimage.binary_fill_holes(array != 0)
+    outside = ndimage.distance_transform_edt(~brain, sampling=spacing)
+    bright = float(np.percentile(array[brain], 90))
+    head = np.asarray(array, dtype=np.float32).copy()
+    for inner, outer, level in HEAD_SHELLS:
+        head[(outside > inner) & (outside <= outer)] = level * bright
+    head = ndimage.gaussian_filter(head, 0.7)
+    noise = np.random.default_rng(seed).normal(0.0, 0.02 * bright, (2, *head.shape))
+    return np.hypot(head + noise[0], noise[1]).astype(np.float32)  # magnitude of complex noise: positive, Rician

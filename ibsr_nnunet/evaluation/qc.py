@@ -1,10 +1,12 @@
 """Quality-control pictures of segmented scans: three orthogonal slices through the brain's centre with the tissue
-map over them, per scan and as one contact sheet for a batch (the tissue colours are the leaderboard figures')."""
+map over them (and the outline of the brain mask a stripped scan was cut with), per scan and as one contact sheet for
+a batch (the tissue colours are the leaderboard figures')."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -14,6 +16,7 @@ from ..core.vocabulary import TISSUES
 from .figures import LABEL_MAP, TISSUE_COLOURS, save_figure
 
 VIEWS = ("sagittal", "coronal", "axial")
+BRAIN_OUTLINE = "#ffd700"  # the skull-stripping mask's edge: yellow, unlike every tissue colour
 
 
 @dataclass
@@ -25,6 +28,7 @@ class Snapshot:
     labels: np.ndarray  # uint8, same shape
     spacing: tuple[float, float, float]
     title: str
+    brain: Optional[np.ndarray] = None  # bool, same shape: the mask the scan was skull-stripped with, outlined
 
 
 def brain_centre(labels: np.ndarray, image: np.ndarray) -> tuple[int, int, int]:
@@ -35,22 +39,24 @@ def brain_centre(labels: np.ndarray, image: np.ndarray) -> tuple[int, int, int]:
     return tuple(int(round(float(np.mean(np.nonzero(mask)[axis])))) for axis in range(3))  # type: ignore[return-value]
 
 
-def _crop(image: np.ndarray, labels: np.ndarray, margin: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    """Both slices cut to the head (nonzero image or map) plus a margin: the brain fills the panel."""
+def _crop(image: np.ndarray, labels: np.ndarray, brain: np.ndarray, margin: int = 4) -> tuple[np.ndarray, ...]:
+    """The slices cut to the head (nonzero image or map) plus a margin: the brain fills the panel."""
     rows, cols = np.nonzero((image != 0) | (labels != 0))
     if not len(rows):
-        return image, labels
+        return image, labels, brain
     box = np.s_[max(rows.min() - margin, 0):rows.max() + margin + 1,
                 max(cols.min() - margin, 0):cols.max() + margin + 1]
-    return image[box], labels[box]
+    return image[box], labels[box], brain[box]
 
 
-def _views(snapshot: Snapshot) -> list[tuple[np.ndarray, np.ndarray, float]]:
-    """(image, labels, aspect) of the sagittal, coronal and axial slices, oriented for display (up = S or A)."""
+def _views(snapshot: Snapshot) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
+    """(image, labels, brain mask, aspect) of the sagittal, coronal and axial slices, oriented for display (up = S
+    or A); the mask is all False when the scan was not stripped."""
     x, y, z = brain_centre(snapshot.labels, snapshot.image)
     sx, sy, sz = snapshot.spacing
+    brain = snapshot.brain if snapshot.brain is not None else np.zeros(snapshot.labels.shape, bool)
     cuts = [(np.s_[x, :, :], sz / sy), (np.s_[:, y, :], sz / sx), (np.s_[:, :, z], sy / sx)]
-    return [(*_crop(snapshot.image[cut].T, snapshot.labels[cut].T), aspect) for cut, aspect in cuts]
+    return [(*_crop(snapshot.image[cut].T, snapshot.labels[cut].T, brain[cut].T), aspect) for cut, aspect in cuts]
 
 
 def grey_window(image: np.ndarray) -> tuple[float, float]:
@@ -66,10 +72,13 @@ def grey_window(image: np.ndarray) -> tuple[float, float]:
 
 def _draw(axes, snapshot: Snapshot) -> None:
     low, high = grey_window(snapshot.image)
-    for axis, view, (image, labels, aspect) in zip(axes, VIEWS, _views(snapshot)):
+    for axis, view, (image, labels, brain, aspect) in zip(axes, VIEWS, _views(snapshot)):
         axis.imshow(image, cmap="gray", vmin=low, vmax=high, origin="lower", aspect=aspect, interpolation="nearest")
         axis.imshow(np.ma.masked_equal(labels, 0), cmap=LABEL_MAP, vmin=0, vmax=3, alpha=0.45, origin="lower",
                     aspect=aspect, interpolation="nearest")
+        if brain.any() and not brain.all():
+            axis.contour(brain.astype(np.float32), levels=[0.5], colors=[BRAIN_OUTLINE], linewidths=0.9,
+                         origin="lower")
         axis.text(0.02, 0.02, view, transform=axis.transAxes, color="white", fontsize=8, va="bottom")
         axis.set_axis_off()
 

@@ -98,11 +98,12 @@ class BaselineModel(TrainedModel):
         for key, volume in volumes:
             started = time.perf_counter()
             try:
-                labels, sums = predictor(volume, probabilities=settings.probabilities)
+                labels, soft = predictor(volume, probabilities=settings.probabilities)
             except Exception as err:
                 yield Prediction(key, error=err, seconds=time.perf_counter() - started)
                 continue
-            yield Prediction(key, labels, sums, time.perf_counter() - started)
+            yield Prediction(key, labels, soft and soft.sums, time.perf_counter() - started,
+                             confidence=soft and soft.confidence)
 
     def validation(self) -> Validation:
         try:

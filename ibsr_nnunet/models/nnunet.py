@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.errors import InputError
-from ..core.oriented import Prediction
+from ..core.oriented import Prediction, confidence
 from ..core.runlog import Run, read_runs
 from ..core.vocabulary import CONFIGURATIONS, N_FOLDS, NNUNET_MODELS
 from ..core.workspace import Workspace
@@ -175,14 +175,16 @@ class NnunetModel(TrainedModel):
             started = time.perf_counter()
             try:
                 labels = read_volume(chained.labels / f"{key}.nii.gz").array.astype(np.uint8)
-                sums = None
+                sums = sure = None
                 if settings.probabilities:  # the softmax (the ensemble's average) before postprocessing
                     with np.load(chained.probabilities / f"{key}.npz") as npz:
-                        sums = npz["probabilities"].reshape(npz["probabilities"].shape[0], -1).sum(axis=1)
+                        softmax = npz["probabilities"]
+                    sums = softmax.reshape(softmax.shape[0], -1).sum(axis=1)
+                    sure = confidence(softmax, softmax.argmax(axis=0))  # nnU-Net's axis order: the same voxels
             except Exception as err:
                 yield Prediction(key, error=err, step="reading nnU-Net's prediction")
                 continue
-            yield Prediction(key, labels, sums, seconds[key] + time.perf_counter() - started)
+            yield Prediction(key, labels, sums, seconds[key] + time.perf_counter() - started, confidence=sure)
 
     def _lenient_record(self) -> Optional[PredictionRecord]:
         """model.json as written, unchecked (validation and history only read the folds it names), or None."""

@@ -13,13 +13,14 @@ from ..core.choices import fraction
 class SegmentOptions:
     """How to segment. tta None: on for CUDA, off for the CPU (mirroring costs 2-6x there: bench/segment.py);
     step_size: the sliding window's step as a fraction of its size (nnU-Net's tile step; a baseline's overlap is
-    1 - step_size)."""
+    1 - step_size); strip: skull-strip each scan with deepbet first (segment/strip.py)."""
 
     tta: Optional[bool] = None
     step_size: float = 0.5
     soft_volumes: bool = False
     qc: bool = True
     qc_sheet: bool = False
+    strip: bool = False
 
     def __post_init__(self) -> None:
         fraction("--step-size", self.step_size, example="e.g. 0.5 (nnU-Net's default)")

@@ -11,6 +11,8 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+import numpy as np
+
 from ..core.atomic import FULL_DISK, NoSpaceError, atomic_path, no_space
 from ..core.errors import InputError
 from ..core.locks import Lock, lock_path
@@ -26,9 +28,11 @@ from .choice import Chosen, choose_model
 from .inputs import collect_inputs, output_names
 from .measures import soft_volumes, tissue_volumes
 from .options import SegmentOptions
+from .quality import TrainingVolumes, assess, training_volumes
 from .record import SegmentRecord, write_volumes_csv
 from .reference import scan_warnings, training_reference
-from .scans import Scan, ScanOutcome
+from .scans import Scan, ScanOutcome, brain_mask_path
+from .strip import BrainExtractor, Stripped, require_deepbet
 
 STAGED_AHEAD = 2  # scans read and prepared on a thread while the one before them is predicted
 
@@ -61,6 +65,8 @@ def segment(ws: Workspace, inputs: list[Path], output: Path, *, model_name: Opti
     model and options are not redone.
     """
     output = Path(output)
+    if options.strip:
+        require_deepbet()
     if output.exists() and not output.is_dir():
         raise InputError(f"--output {output} is a file; pass a folder (it is created if missing).")
     files = collect_inputs(inputs, exclude=output)
@@ -115,8 +121,9 @@ def _segment_locked(ws: Workspace, chosen: Chosen, scans: list[Scan], output: Pa
     record.save(output)
     sheet = None
     if options.qc_sheet:
-        done = [(s.name, s.input, s.output, s.volumes) for s in ordered if not s.error]
-        sheet = qc.draw_sheet(done, output / "qc_sheet.png", model.name)
+        done = sorted((s for s in ordered if not s.error), key=lambda s: s.quality_score)  # the lowest score first
+        sheet = qc.draw_sheet([(s.name, s.input, s.output, s.volumes) for s in done], output / "qc_sheet.png",
+                              model.name)
     return SegmentResult(chosen, ordered, csv, sheet)
 
 
@@ -126,12 +133,18 @@ def _segment_all(ws: Workspace, model: TrainedModel, scans: list[Scan], output: 
     (so every orientation of a scan gives the same input) a few scans ahead, predicted, and finished on its input's
     grid."""
     reference = training_reference(ws, model.manifest)
+    expected = training_volumes(ws, model.manifest)
+    extractor = BrainExtractor(device) if options.strip else None
     scratch = output / f".tmp-segment-{os.getpid()}-{secrets.token_hex(4)}"
     scratch.mkdir(parents=True)
     warnings: dict[str, list[str]] = {}
+    brains: dict[str, Stripped] = {}  # by scan, on the training orientation's grid
 
     def prepare(name: str, oriented: Volume) -> Volume:
         found = warnings.setdefault(name, [])
+        if extractor is not None:
+            brains[name] = extractor(oriented)
+            oriented = oriented.with_array(np.where(brains[name].mask, oriented.array, 0).astype(oriented.array.dtype))
         found += scan_warnings(oriented, reference)  # spacing compared axis by axis, as trained
         oblique = obliquity_degrees(oriented.affine)  # turning permutes and flips axes: the same obliquity
         if oblique > OBLIQUE_DEGREES:
@@ -140,13 +153,14 @@ def _segment_all(ws: Workspace, model: TrainedModel, scans: list[Scan], output: 
         return apply(oriented, model.preprocessing)
 
     settings = PredictSettings(device=device, tta=bool(options.tta), step_size=options.step_size,
-                               probabilities=options.soft_volumes, jobs=jobs, scratch=scratch)
+                               probabilities=True, jobs=jobs, scratch=scratch)  # the confidence
     by_name = {scan.name: scan for scan in scans}
     try:
         inputs = [(scan.name, partial(read_volume, scan.input)) for scan in scans]
         for carried in predict_oriented(inputs, model.axcodes, lambda turned: model.predict(turned, settings),
                                         prepare=prepare, ahead=STAGED_AHEAD):
-            yield _finish(carried, by_name[carried.key], tuple(warnings.pop(carried.key, ())), model.name, options)
+            yield _finish(carried, by_name[carried.key], tuple(warnings.pop(carried.key, ())), model.name, options,
+                          brains.pop(carried.key, None), expected)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -164,9 +178,9 @@ def _failure(what: str, err: Exception, target: Optional[Path]) -> str:
 
 
 def _finish(carried: Carried[Volume], scan: Scan, warnings: tuple[str, ...], model: str,
-            options: SegmentOptions) -> ScanOutcome:
-    """Write one scan's map on its input's grid, its volumes, and its QC picture; a scan that fails here keeps no
-    files (a re-run redoes it whole)."""
+            options: SegmentOptions, brain: Optional[Stripped], expected: TrainingVolumes) -> ScanOutcome:
+    """Write one scan's map on its input's grid, its brain mask when stripped, its volumes and QC score, and its QC
+    picture; a scan that fails here keeps no files (a re-run redoes it whole)."""
     axes = "".join(carried.reorientation.input_axcodes) if carried.reorientation else ""
     seconds = carried.seconds
     if carried.error is not None:
@@ -181,21 +195,33 @@ def _finish(carried: Carried[Volume], scan: Scan, warnings: tuple[str, ...], mod
     step = "writing the tissue map"
     volume, tissue = carried.original, predicted.labels
     picture = scan.output.with_name(f"{scan.name}_qc.png")
+    mask_file = brain_mask_path(scan)
     try:
         if tissue.shape != volume.array.shape:
             raise InputError(f"prediction shape {tissue.shape} differs from the input's {volume.array.shape}")
+        mask = None if brain is None else carried.reorientation.undo(brain.mask)
+        if mask is not None:
+            tissue = np.where(mask, tissue, 0).astype(tissue.dtype)  # nothing outside the brain is brain tissue
         with atomic_path(scan.output) as tmp:
             write_volume(volume.with_array(tissue), tmp)
         volumes = tissue_volumes(tissue, volume.spacing)
-        if predicted.sums is not None:
+        if predicted.sums is not None and options.soft_volumes:
             volumes.update(soft_volumes(predicted.sums, volume.spacing))
+        if mask is not None:
+            step = "writing the brain mask"
+            with atomic_path(mask_file) as tmp:
+                write_volume(volume.with_array(mask.astype(np.uint8)), tmp)
+            volumes["tiv_ml"] = brain.tiv_ml
+        quality = assess(volumes, predicted.confidence, warnings, expected)
         drawn = None
         if options.qc:
             step = "drawing the QC picture"
-            drawn = qc.qc_picture(qc.snapshot(scan.name, volume, tissue, volumes, model), picture)
+            drawn = qc.qc_picture(qc.snapshot(scan.name, volume, tissue, volumes, model, mask, quality.score),
+                                  picture)
     except Exception as err:
-        for made in (scan.output, picture):
+        for made in (scan.output, picture, mask_file):
             made.unlink(missing_ok=True)
         return ScanOutcome(scan, seconds + time.perf_counter() - started, warnings, _failure(step, err, None),
                            input_axcodes=axes)
-    return ScanOutcome(scan, seconds + time.perf_counter() - started, warnings, None, volumes, None, drawn, axes)
+    return ScanOutcome(scan, seconds + time.perf_counter() - started, warnings, None, volumes, None, drawn, axes,
+                       quality)

@@ -15,16 +15,20 @@ if TYPE_CHECKING:
     from ..evaluation.qc import Snapshot
 
 
-def snapshot(name: str, volume: Volume, tissue: np.ndarray, volumes: dict, model: str) -> "Snapshot":
-    """The scan and its map, turned to R, A, S axes for the picture, titled with the scan, model and volumes."""
+def snapshot(name: str, volume: Volume, tissue: np.ndarray, volumes: dict, model: str,
+             brain: Optional[np.ndarray] = None, score: Optional[float] = None) -> "Snapshot":
+    """The scan and its map (and the brain mask it was stripped with), turned to R, A, S axes for the picture, titled
+    with the scan, model and volumes."""
     from ..evaluation.qc import Snapshot
 
     display = towards(volume.affine, ("R", "A", "S"))
     shown = volume.reoriented(display)
     v = volumes
-    title = (f"{name} — {model}\nCSF {v['CSF_ml']:.1f} mL · GM {v['GM_ml']:.1f} mL · WM {v['WM_ml']:.1f} mL · "
-             f"BPF {v['BPF']:.3f}")
-    return Snapshot(name, np.asarray(shown.array, dtype=np.float32), display.apply(tissue), shown.spacing, title)
+    title = (f"{name} — {model}" + (f" · QC score {score:.2f}" if score is not None else "") + "\n"
+             f"CSF {v['CSF_ml']:.1f} mL · GM {v['GM_ml']:.1f} mL · WM {v['WM_ml']:.1f} mL · "
+             f"BPF {v['BPF']:.3f}" + (f" · TIV {v['tiv_ml']:.0f} mL" if "tiv_ml" in v else ""))
+    return Snapshot(name, np.asarray(shown.array, dtype=np.float32), display.apply(tissue), shown.spacing, title,
+                    None if brain is None else display.apply(brain))
 
 
 def qc_picture(shot: "Snapshot", target: Path) -> Path:

@@ -13,13 +13,12 @@ from ..core.atomic import atomic_path, write_json
 from ..core.jsonfile import read_json_or_none
 from .inputs import input_signature, stem
 from .options import SegmentOptions
-from .scans import Scan, ScanOutcome
+from .scans import Scan, ScanOutcome, brain_mask_path
 
-VOLUME_COLUMNS = ["scan", "status", "input", "output", "model", "input_axcodes", "tta", "step_size", "CSF_ml", "GM_ml",
-                  "WM_ml", "total_ml", "GM_fraction", "WM_fraction", "BPF", "CSF_ml_soft", "GM_ml_soft", "WM_ml_soft",
-                  "qc", "seconds", "warnings", "error"]
 MEASURES = ["CSF_ml", "GM_ml", "WM_ml", "total_ml", "GM_fraction", "WM_fraction", "BPF", "CSF_ml_soft", "GM_ml_soft",
-            "WM_ml_soft"]
+            "WM_ml_soft", "tiv_ml"]  # tiv_ml: deepbet's intracranial volume, with --strip
+VOLUME_COLUMNS = ["scan", "status", "input", "output", "model", "input_axcodes", "tta", "step_size", "strip",
+                  *MEASURES, "qc_score", "qc_flags", "qc", "seconds", "warnings", "error"]
 
 
 def write_volumes_csv(outcomes: list[ScanOutcome], model: str, output: Path, options: SegmentOptions) -> Path:
@@ -31,8 +30,9 @@ def write_volumes_csv(outcomes: list[ScanOutcome], model: str, output: Path, opt
             continue
         rows.append({"scan": stem(s.input), "status": "failed" if s.error else "ok", "input": str(s.input),
                      "output": "" if s.error else str(s.output), "model": model, "input_axcodes": s.input_axcodes,
-                     "tta": options.tta, "step_size": options.step_size,
-                     **{c: s.volumes.get(c, math.nan) for c in MEASURES}, "qc": str(s.qc) if s.qc else "",
+                     "tta": options.tta, "step_size": options.step_size, "strip": options.strip,
+                     **{c: s.volumes.get(c, math.nan) for c in MEASURES}, "qc_score": s.quality_score,
+                     "qc_flags": "; ".join(s.quality.flags) if s.quality else "", "qc": str(s.qc) if s.qc else "",
                      "seconds": round(s.seconds, 3), "warnings": "; ".join(s.warnings), "error": s.error or ""})
     csv = output / "volumes.csv"
     with atomic_path(csv) as tmp:
@@ -64,7 +64,7 @@ class SegmentRecord:
     def _wanted(self, scan: Scan, signature: str, options: SegmentOptions) -> dict:
         return {"input": str(scan.input.absolute()), "input_sha256": input_signature(scan.input), "model": signature,
                 "tta": options.tta, "step_size": options.step_size, "soft_volumes": options.soft_volumes,
-                "qc": options.qc}
+                "qc": options.qc, "strip": options.strip}
 
     def reusable(self, scan: Scan, signature: str, options: SegmentOptions) -> Optional[dict]:
         entry = self.entries.get(scan.name)
@@ -72,6 +72,8 @@ class SegmentRecord:
         if entry is None or row is None or not scan.output.is_file():
             return None
         if options.qc and not scan.output.with_name(f"{scan.name}_qc.png").is_file():
+            return None
+        if options.strip and not brain_mask_path(scan).is_file():
             return None
         return row if entry == self._wanted(scan, signature, options) else None
 

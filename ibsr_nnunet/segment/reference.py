@@ -41,7 +41,8 @@ def scan_warnings(volume: Volume, reference: Reference) -> list[str]:
     brain = volume.array[volume.array != 0]
     zero_fraction = 1 - brain.size / volume.array.size
     if zero_fraction < SKULL_ZERO_FRACTION:
-        found.append(f"does not look skull-stripped: only {zero_fraction:.0%} of voxels are 0")
+        found.append(f"does not look skull-stripped: only {zero_fraction:.0%} of voxels are 0 (pass --strip to strip "
+                     f"it first)")
     if reference.intensity_995 and brain.size:
         high = float(np.percentile(brain, 99.5))
         ratio = high / reference.intensity_995

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
+
+from .quality import Quality
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,14 @@ class ScanOutcome:
     reused: Optional[dict] = None  # the volumes.csv row an earlier `segment` wrote
     qc: Optional[Path] = None
     input_axcodes: str = ""  # the input's axes, as turned to the model's training orientation
+    quality: Optional[Quality] = None  # segment/quality.py: its QC score and flags
+
+    @property
+    def quality_score(self) -> float:
+        """The QC score, this run's or the reused row's; NaN when there is none."""
+        if self.reused is not None:
+            return float(self.reused.get("qc_score", math.nan))
+        return self.quality.score if self.quality is not None else math.nan
 
     @property
     def input(self) -> Path:
@@ -41,3 +52,8 @@ class ScanOutcome:
     @property
     def output(self) -> Path:
         return self.scan.output
+
+
+def brain_mask_path(scan: Scan) -> Path:
+    """Where `segment --strip` writes the scan's brain mask, beside its map."""
+    return scan.output.with_name(f"{scan.name}_brainmask.nii.gz")

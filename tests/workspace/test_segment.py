@@ -206,8 +206,10 @@ def test_soft_volumes_are_probability_sums_times_the_voxel_volume():
 
     image = np.zeros((6, 20, 20), np.float32)
     image[1:5, 2:12, 3:9] = 1.0  # a 4×10×6 brain box of 240 voxels in 2400
-    labels, sums = predict_array(ConstantModel(), image, (8, 8), overlap=0.5, amp=False, probabilities=True)
+    labels, soft = predict_array(ConstantModel(), image, (8, 8), overlap=0.5, amp=False, probabilities=True)
+    sums = soft.sums
     np.testing.assert_allclose(sums, [2400 - 240 + 0.1 * 240, 0.2 * 240, 0.3 * 240, 0.4 * 240], rtol=1e-5)
+    assert soft.confidence == pytest.approx(0.4)  # WM's 0.4 is the highest probability in every tissue voxel
     assert (labels[1:5, 2:12, 3:9] == 3).all() and labels.sum() == 3 * 240  # hard: WM in the box, counts exact
     volumes = soft_volumes(sums, (1.0, 2.0, 0.5))  # 1 mm³ voxels
     assert volumes == pytest.approx({"CSF_ml_soft": 0.048, "GM_ml_soft": 0.072, "WM_ml_soft": 0.096}, rel=1e-5)
