@@ -136,6 +136,69 @@ class Augment:
         return np.concatenate([matrix, np.zeros((dims, 1))], axis=1)
 
 
+@dataclass(frozen=True)
+class Appearance:
+    """How scans from elsewhere differ, drawn on z-scored batches (inside the brain only: outside stays 0).
+
+    Each sample gets, each with probability `p`: gamma (exponent log-uniform in 1/gamma..gamma, on the brain's
+    range), a smooth multiplicative bias field (up to ±bias, on the intensities before z-scoring, whose mean is
+    taken as `offset` standard deviations above 0), Gaussian noise (σ uniform up to `noise`, in z-score units), and a
+    lower resolution (down-sampled by a factor up to `resolution`, then back, linearly). Labels are unchanged.
+    """
+
+    p: float = 0.3
+    gamma: float = 1.5
+    bias: float = 0.3
+    offset: float = 3.0
+    noise: float = 0.4
+    resolution: float = 2.0
+
+    def __call__(self, image: torch.Tensor, label: torch.Tensor, rng: np.random.Generator):
+        n, dims = image.shape[0], image.ndim - 2
+        # every number is drawn whether or not it is used, so one sample's choice never shifts the next one's draws
+        use = rng.random((n, 4)) < self.p
+        gammas = np.exp(rng.uniform(-math.log(self.gamma), math.log(self.gamma), n))
+        fields = rng.uniform(1 - self.bias, 1 + self.bias, (n, 1) + (3,) * dims).astype(np.float32)
+        sigmas = rng.uniform(0, self.noise, n)
+        factors = rng.uniform(1, self.resolution, n)
+        noise = torch.from_numpy(rng.standard_normal(tuple(image.shape)).astype(np.float32))
+        mode = "bilinear" if dims == 2 else "trilinear"
+        out = image.clone()
+        for i in range(n):
+            brain = image[i] != 0
+            if not brain.any():
+                continue
+            x = out[i:i + 1]
+            if use[i, 0]:
+                low, high = x[0][brain].min(), x[0][brain].max()
+                x = low + (high - low) * ((x - low) / (high - low + 1e-8)).clamp(0, 1) ** float(gammas[i])
+            if use[i, 1]:
+                field = F.interpolate(torch.from_numpy(fields[i:i + 1]), size=tuple(image.shape[2:]), mode=mode,
+                                      align_corners=True)
+                x = field * (x + self.offset) - self.offset
+            if use[i, 2]:
+                x = x + float(sigmas[i]) * noise[i:i + 1]
+            if use[i, 3]:
+                size = tuple(max(1, int(round(s / factors[i]))) for s in image.shape[2:])
+                x = F.interpolate(F.interpolate(x, size=size, mode=mode, align_corners=False),
+                                  size=tuple(image.shape[2:]), mode=mode, align_corners=False)
+            out[i] = torch.where(brain, x[0], torch.zeros(()))
+        return out, label
+
+
+def chained(*steps):
+    """One batch transform applying `steps` in order (each (image, label, rng) -> (image, label)); None for none."""
+    steps = [step for step in steps if step is not None]
+    if not steps:
+        return None
+
+    def apply(image: torch.Tensor, label: torch.Tensor, rng: np.random.Generator):
+        for step in steps:
+            image, label = step(image, label, rng)
+        return image, label
+    return apply
+
+
 class PatchSampler:
     """Random training patches from labelled cases, over-representing CSF.
 
@@ -146,7 +209,7 @@ class PatchSampler:
     """
 
     def __init__(self, cases: list[Case], patch: tuple[int, ...], csf_fraction: float = 0.33,
-                 uniform_fraction: float = 0.1, augment: Augment | None = None, seed: int = 0):
+                 uniform_fraction: float = 0.1, augment=None, seed: int = 0):
         if not cases or any(c.label is None for c in cases):
             raise ValueError("PatchSampler needs at least one case, all of them labelled")
         if len(patch) not in (2, 3) or min(patch) < 1:

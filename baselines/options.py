@@ -30,6 +30,7 @@ class TrainOptions:
     patience: stop after this many epochs without a better validation loss. val_cases: training subjects kept for
     internal validation (0 = 20 %, at least one). val_batches: fixed validation batches per epoch.
     csf_fraction: share of patches centred on CSF. augment: flips, rotation, scale, shear and intensity jitter.
+    appearance: gamma, bias field, noise and lower resolution (baselines.data.Appearance), for scans from elsewhere.
     device: auto | cuda | cpu. amp: mixed precision (fp16 on CUDA, bf16 on CPUs with native bf16). threads: CPU threads
     (0 = pick 1 or torch's count while training, whichever is faster now: see baselines.threads).
     infer_window: sliding-window edge at inference (0 = patch_size). seed: data order, augmentation,
@@ -56,6 +57,7 @@ class TrainOptions:
     val_batches: int = 8
     csf_fraction: float = 0.33
     augment: bool = True
+    appearance: bool = True
     device: str = "auto"
     amp: bool = True
     threads: int = 0
@@ -132,4 +134,5 @@ def device_defaults(device: str, optimizer: str = "adam", model: str = "unet2d")
 def options_from(saved: dict) -> TrainOptions:
     """TrainOptions from a saved dict, ignoring keys this version no longer knows."""
     known = {f.name for f in fields(TrainOptions)}
+    saved = {"appearance": False, **saved}  # runs saved before the option trained without it
     return TrainOptions(**{k: v for k, v in saved.items() if k in known})

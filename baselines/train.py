@@ -17,7 +17,7 @@ from ibsr_nnunet.core.errors import InputError
 from ibsr_nnunet.core.runlog import cpu_name
 from ibsr_nnunet.core.signals import StopSignals
 
-from .data import Augment, PatchSampler, load_case
+from .data import Appearance, Augment, PatchSampler, chained, load_case
 from .losses import build_loss
 from .models import build_model
 from .options import IDENTITY, TrainOptions
@@ -265,7 +265,8 @@ def _start_training(folder: Path, train_files: list[tuple[str, Path, Path]], opt
     train_ids, val_ids = split_validation([c[0] for c in train_files], options.val_cases, options.seed)
     cases = {cid: load_case(cid, image, label) for cid, image, label in train_files}
     sampler = PatchSampler([cases[c] for c in train_ids], options.patch, options.csf_fraction,
-                           augment=Augment() if options.augment else None, seed=options.seed)
+                           augment=chained(Augment() if options.augment else None,
+                                           Appearance() if options.appearance else None), seed=options.seed)
     # validation: the same un-augmented patches every epoch, so its losses are comparable across epochs
     val_sampler = PatchSampler([cases[c] for c in val_ids], options.patch, options.csf_fraction, seed=options.seed + 1)
     val_data = [val_sampler.batch(options.batch_size) for _ in range(options.val_batches)]

@@ -53,6 +53,9 @@ def train_command(
         help="plateau (ReduceLROnPlateau on validation loss; GPU default) or cosine (CPU default)."),
     augment: Optional[bool] = typer.Option(
         None, "--augment/--no-augment", help="Flips, rotation, scale, shear, intensity jitter (CPU default: off)."),
+    appearance: Optional[bool] = typer.Option(
+        None, "--appearance/--no-appearance",
+        help="Gamma, bias field, noise and lower resolution, for scans from elsewhere (default: on)."),
     patience: Optional[int] = typer.Option(
         None, "--patience", help="Stop after this many epochs without a better validation loss (default 10)."),
     device: Annotated[Optional[Device], typer.Option(
@@ -77,7 +80,8 @@ def train_command(
         model=model and model.value, loss=loss and loss.value, optimizer=optimizer and optimizer.value,
         device=device and device.value, schedule=schedule and schedule.value, minutes=minutes, epochs=epochs,
         iterations_per_epoch=iterations, batch_size=batch_size, lr=lr, width=width, depth=depth, dropout=dropout,
-        patch_size=patch_size, augment=augment, patience=patience, seed=seed, threads=threads)
+        patch_size=patch_size, augment=augment, appearance=appearance, patience=patience, seed=seed,
+        threads=threads)
     model, loss = options.model, options.loss
     folder = run_dir(ws, model, loss)
     with progress_bar() as bar:
