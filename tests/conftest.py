@@ -147,14 +147,10 @@ def planned_ws(converted_ws, tmp_path_factory) -> Workspace:
 def trained_baseline_ws(converted_ws, tmp_path_factory) -> Workspace:
     """`converted_ws` with a unet2d__dice_ce trained on the CPU for 2 epochs of 10 iterations (width 4, 32² patches,
     batches of 2): a finished baseline in seconds. Shared by the session: read it, never change it (copy it)."""
-    from helpers import invoke
+    from helpers import trained_phantom_baseline
 
-    ws = copy_workspace(converted_ws, tmp_path_factory.mktemp("baseline") / "ws")
-    result = invoke(ws, "baseline", "train", "--model", "unet2d", "--loss", "dice_ce", "--epochs", "2",
-                    "--iterations-per-epoch", "10", "--width", "4", "--patch-size", "32", "--batch-size", "2",
-                    "--device", "cpu")
-    assert result.exit_code == 0, result.output
-    return ws
+    return trained_phantom_baseline(converted_ws, tmp_path_factory.mktemp("baseline") / "ws", epochs=2,
+                                    iterations=10, width=4, batch_size=2)
 
 
 @pytest.fixture

@@ -45,6 +45,18 @@ def invoke(workspace: Union[Path, Workspace, None], *args: str, env: Optional[di
 BASELINE = "unet2d__dice_ce"  # the model of the session's trained_baseline_ws
 
 
+def trained_phantom_baseline(source: Workspace, target: Path, *, epochs: int, iterations: int, width: int,
+                             batch_size: int) -> Workspace:
+    """A copy of the converted phantom workspace `source` at `target`, with unet2d__dice_ce trained on the CPU (32²
+    patches) for `epochs` × `iterations`."""
+    ws = copy_workspace(source, target)
+    result = invoke(ws, "baseline", "train", "--model", "unet2d", "--loss", "dice_ce", "--epochs", str(epochs),
+                    "--iterations-per-epoch", str(iterations), "--width", str(width), "--patch-size", "32",
+                    "--batch-size", str(batch_size), "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    return ws
+
+
 def segment_with_baseline(ws: Union[Path, Workspace], *args: str):
     """`ibsr-nnunet segment ARGS... --model unet2d__dice_ce --device cpu` in-process, with the session's baseline."""
     return invoke(ws, "segment", *args, "--model", BASELINE, "--device", "cpu")

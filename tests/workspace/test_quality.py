@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import BASELINE, copy_workspace, invoke, segment_with_baseline
+from helpers import BASELINE, segment_with_baseline, trained_phantom_baseline
 
 NOISE = (0.0, 0.1, 0.2, 0.4, 0.8)  # σ as a fraction of the brain's 99th percentile
 
@@ -18,12 +18,8 @@ NOISE = (0.0, 0.1, 0.2, 0.4, 0.8)  # σ as a fraction of the brain's 99th percen
 @pytest.fixture(scope="module")
 def trained(converted_ws, tmp_path_factory):
     """A unet2d__dice_ce trained for 6 × 50 iterations on the phantoms (width 8): confident where the scan is clean."""
-    ws = copy_workspace(converted_ws, tmp_path_factory.mktemp("quality") / "ws")
-    result = invoke(ws, "baseline", "train", "--model", "unet2d", "--loss", "dice_ce", "--epochs", "6",
-                    "--iterations-per-epoch", "50", "--width", "8", "--patch-size", "32", "--batch-size", "4",
-                    "--device", "cpu")
-    assert result.exit_code == 0, result.output
-    return ws
+    return trained_phantom_baseline(converted_ws, tmp_path_factory.mktemp("quality") / "ws", epochs=6,
+                                    iterations=50, width=8, batch_size=4)
 
 
 @pytest.fixture(scope="module")
