@@ -75,6 +75,8 @@ class SegmentRecord:
             return None
         if options.strip and not brain_mask_path(scan).is_file():
             return None
+        if str(row.get("qc_score", "")) in ("", "nan"):  # written before the QC score existed: score it now
+            return None
         return row if entry == self._wanted(scan, signature, options) else None
 
     def update(self, outcomes: list[ScanOutcome], signature: str, options: SegmentOptions) -> None:

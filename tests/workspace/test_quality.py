@@ -69,3 +69,16 @@ def test_a_scan_read_with_voxels_twice_too_large_is_flagged(trained, phantom_roo
     # halved for the total, × 0.8 for the spacing warning, and the volumes further out still
     assert table.loc["doubled", "qc_score"] <= 0.4 * table.loc["right", "qc_score"] + 1e-4
     assert BASELINE == table.loc["right", "model"]
+
+
+def test_a_row_written_without_a_qc_score_is_segmented_again(trained, phantom_root, tmp_path):
+    scan = phantom_root / "misa" / "Validation_Set" / "IBSR_06" / "IBSR_06.nii.gz"
+    out = tmp_path / "out"
+    assert segment_with_baseline(trained, str(scan), "--output", str(out), "--no-qc").exit_code == 0
+    table = pd.read_csv(out / "volumes.csv")
+    table.drop(columns=["qc_score", "qc_flags"]).to_csv(out / "volumes.csv", index=False)  # an older version's
+    again = segment_with_baseline(trained, str(scan), "--output", str(out), "--no-qc")
+    assert again.exit_code == 0 and "reused" not in again.output and "already up to date" not in again.output
+    assert pd.read_csv(out / "volumes.csv")["qc_score"].iloc[0] == pytest.approx(table["qc_score"].iloc[0])
+    third = segment_with_baseline(trained, str(scan), "--output", str(out), "--no-qc")
+    assert "nothing redone" in " ".join(third.output.split())
