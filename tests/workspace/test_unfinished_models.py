@@ -6,6 +6,7 @@ re-segmented by `segment`."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -52,13 +53,18 @@ def test_a_baseline_being_trained_is_refused_until_it_finishes(converted_copy, p
         while not (run / "run.json").is_file() and training.poll() is None and time.time() < deadline:
             time.sleep(0.05)  # until its first epoch is written: best.pt and run.json exist, unfinished
         assert training.poll() is None and (run / "best.pt").is_file(), training.communicate()[0][-3000:]
-        busy = f"({run}) is being trained right now by PID {training.pid} on "
-        refused = predict(ws)
-        assert refused.exit_code == 1 and busy in said(refused) and "wait for it to finish, then predict." in said(
-            refused), said(refused)
-        refused = segment(ws, scans, out)
-        assert refused.exit_code == 1 and busy in said(refused) and "wait for it to finish, then segment." in said(
-            refused), said(refused)
+        # paused, as `scontrol suspend` would: it keeps its lock, and it cannot finish between the two refusals
+        os.kill(training.pid, signal.SIGSTOP)
+        try:
+            busy = f"({run}) is being trained right now by PID {training.pid} on "
+            refused = predict(ws)
+            assert refused.exit_code == 1 and busy in said(refused) and "wait for it to finish, then predict." in (
+                said(refused)), said(refused)
+            refused = segment(ws, scans, out)
+            assert refused.exit_code == 1 and busy in said(refused) and "wait for it to finish, then segment." in (
+                said(refused)), said(refused)
+        finally:
+            os.kill(training.pid, signal.SIGCONT)
         assert training.poll() is None  # both were refused while it was still training
         output, _ = training.communicate(timeout=300)
     finally:
