@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -186,7 +187,10 @@ class Appearance:
         return out, label
 
 
-def chained(*steps):
+BatchTransform = Callable[[torch.Tensor, torch.Tensor, np.random.Generator], tuple[torch.Tensor, torch.Tensor]]
+
+
+def chained(*steps: Optional[BatchTransform]) -> Optional[BatchTransform]:
     """One batch transform applying `steps` in order (each (image, label, rng) -> (image, label)); None for none."""
     steps = [step for step in steps if step is not None]
     if not steps:
@@ -209,7 +213,7 @@ class PatchSampler:
     """
 
     def __init__(self, cases: list[Case], patch: tuple[int, ...], csf_fraction: float = 0.33,
-                 uniform_fraction: float = 0.1, augment=None, seed: int = 0):
+                 uniform_fraction: float = 0.1, augment: Optional[BatchTransform] = None, seed: int = 0):
         if not cases or any(c.label is None for c in cases):
             raise ValueError("PatchSampler needs at least one case, all of them labelled")
         if len(patch) not in (2, 3) or min(patch) < 1:

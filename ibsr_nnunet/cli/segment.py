@@ -75,6 +75,7 @@ def segment(
                                   strip=strip)
         result = run_segment(ws, inputs, output, model_name=model, device=device.value, jobs=cores(jobs),
                              options=options, on_start=on_start, on_scan_done=lambda _: bar.advance(task))
+    to_check = [s.input for s in result.scans if not s.error and not s.quality_score >= qc_threshold]  # NaN too
     table = Table(title=f"tissue volumes ({result.model.name})")
     for column in ("scan", "CSF mL", "GM mL", "WM mL", "BPF", "QC", "seconds", "flags"):
         table.add_column(column, justify="left" if column in ("scan", "flags") else "right")
@@ -86,8 +87,8 @@ def segment(
             v = scan.reused if scan.reused is not None else scan.volumes
             seconds = "reused" if scan.reused is not None else f"{scan.seconds:.1f}"
             flags = v.get("qc_flags", "") if scan.reused is not None else "; ".join(scan.quality.flags)
-            score = scan.quality_score
-            shown = f"[bold yellow]{score:.2f} check[/]" if not score >= qc_threshold else f"{score:.2f}"
+            shown = f"{scan.quality_score:.2f}"
+            shown = f"[bold yellow]{shown} check[/]" if scan.input in to_check else shown
             table.add_row(scan.input.name, f"{float(v['CSF_ml']):.1f}", f"{float(v['GM_ml']):.1f}",
                           f"{float(v['WM_ml']):.1f}", f"{float(v['BPF']):.3f}", shown, seconds, escape(str(flags)))
     console.print(table)
@@ -99,9 +100,9 @@ def segment(
         console.print(f"{len(result.reused)} scans already up to date (same input, model and options): reused")
     if done:
         console.print(f"{len(done)} label maps in {output}; {sum(s.seconds for s in done) / len(done):.1f} s per scan")
-    check = [s.input.name for s in result.scans if not s.error and not s.quality_score >= qc_threshold]
-    if check:
-        console.print(f"{len(check)} scans to check (QC score below {qc_threshold:g}): {', '.join(check)}")
+    if to_check:
+        console.print(f"{len(to_check)} scans to check (QC score below {qc_threshold:g}): "
+                      f"{', '.join(path.name for path in to_check)}")
     if result.sheet:
         console.print(f"QC contact sheet (lowest QC score first): {result.sheet}")
     console.print(f"wrote {result.csv}")

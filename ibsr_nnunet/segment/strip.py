@@ -52,12 +52,6 @@ class BrainExtractor:
         self._bet.model.to(self._device)
         self._bet.bbox_model.to(self._device)
 
-    @property
-    def version(self) -> str:
-        from importlib.metadata import version
-
-        return version("deepbet")
-
     def __call__(self, volume: Volume) -> Stripped:
         """The brain of `volume` (any orientation): deepbet's mask grown by GROW_VOXELS, on the volume's own grid."""
         import torch
