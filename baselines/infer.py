@@ -23,6 +23,7 @@ from .options import options_from
 from .precision import autocast
 from .registry import split_baseline_name
 from .run_folder import best_weights_path, read_best_weights, read_orientation
+from .spacing import argmax_on, far_from, to_spacing
 from .threads import ThreadTuner
 
 
@@ -73,28 +74,52 @@ def predict_array(model: UNet, image: np.ndarray, window: tuple[int, ...], *, ov
     (picks CPU threads), or None. tta: average the softmax over every mirroring of the window's spatial axes
     (4 passes in 2D, 8 in 3D), as nnU-Net's test-time mirroring does.
     """
-    if len(window) != model.dims:
-        raise ValueError(f"a {model.dims}D model needs a {model.dims}-number window, got {window}")
-    fraction("--overlap", overlap, with_zero=True)
-    model.eval()
-    classes = model.head.out_channels
-    brain = np.nonzero(image)
     labels = np.zeros(image.shape, np.uint8)
-    sums = np.zeros(classes)
+    sums = np.zeros(model.head.out_channels)
     sums[0] = image.size
     sure = float("nan")
-    if len(brain[0]):  # z-scored images are 0 outside the brain: nothing to segment there
-        # only the brain's bounding box is segmented (2.4x fewer voxels on IBSR); outside it is background
-        box = tuple(slice(int(a.min()), int(a.max()) + 1) for a in brain)
-        forward = tuner or (lambda work: work())
-        probs = _predict_box(model, image[box], window, overlap, batch_size,
-                             lambda batch: forward(lambda: _forward(model, batch, device, amp, tta)))
+    found = _brain_probabilities(model, image, window, overlap, batch_size, device, amp, tuner, tta)
+    if found is not None:
+        box, probs = found
         labels[box] = probs.argmax(0).numpy().astype(np.uint8)
         if probabilities:
             sums += probs.sum(dim=tuple(range(1, probs.ndim))).double().numpy()
             sums[0] -= probs[0].numel()  # the box's voxels were counted as background above
             sure = confidence(probs.numpy(), labels[box])
     return (labels, Soft(sums, sure)) if probabilities else labels
+
+
+@torch.no_grad()
+def predict_probabilities(model: UNet, image: np.ndarray, window: tuple[int, ...], *, overlap: float = 0.5,
+                          batch_size: int = 8, device: torch.device = torch.device("cpu"), amp: bool = True,
+                          tuner: ThreadTuner | None = None, tta: bool = False) -> np.ndarray:
+    """float32 class probabilities (C, S, H, W) of a z-scored (S, H, W) image, as predict_array computes them;
+    outside the brain's box all probability is background's."""
+    probs = np.zeros((model.head.out_channels, *image.shape), np.float32)
+    probs[0] = 1
+    found = _brain_probabilities(model, image, window, overlap, batch_size, device, amp, tuner, tta)
+    if found is not None:
+        box, inside = found
+        probs[(slice(None), *box)] = inside.numpy()
+    return probs
+
+
+def _brain_probabilities(model: UNet, image: np.ndarray, window: tuple[int, ...], overlap: float, batch_size: int,
+                         device: torch.device, amp: bool, tuner: ThreadTuner | None,
+                         tta: bool) -> tuple[tuple[slice, ...], torch.Tensor] | None:
+    """(the brain's bounding box, its class probabilities), or None when the image has no brain voxel."""
+    if len(window) != model.dims:
+        raise ValueError(f"a {model.dims}D model needs a {model.dims}-number window, got {window}")
+    fraction("--overlap", overlap, with_zero=True)
+    model.eval()
+    brain = np.nonzero(image)
+    if not len(brain[0]):  # z-scored images are 0 outside the brain: nothing to segment there
+        return None
+    # only the brain's bounding box is segmented (2.4x fewer voxels on IBSR); outside it is background
+    box = tuple(slice(int(a.min()), int(a.max()) + 1) for a in brain)
+    forward = tuner or (lambda work: work())
+    return box, _predict_box(model, image[box], window, overlap, batch_size,
+                             lambda batch: forward(lambda: _forward(model, batch, device, amp, tta)))
 
 
 def _predict_box(model: UNet, image: np.ndarray, window: tuple[int, ...], overlap: float, batch_size: int,
@@ -169,10 +194,12 @@ def load_model(run: Path, device: torch.device) -> tuple[UNet, dict]:
 
 class Predictor:
     """A trained baseline, loaded once, that segments volumes already in its training orientation
-    (core/oriented.py brings them there and back); 2D models slice across the axis they were trained on."""
+    (core/oriented.py brings them there and back); 2D models slice across the axis they were trained on. With
+    `resample`, a volume far from the training spacing (spacing.py) is resampled to it (2D models: in the slices'
+    plane) and its probabilities carried back onto its grid before the argmax."""
 
     def __init__(self, run: Path, *, device: str = "auto", overlap: float = 0.5, batch_size: int = 8,
-                 threads: int = 0, tta: bool = False):
+                 threads: int = 0, tta: bool = False, resample: bool = True):
         self.device = devices.torch_device(device)
         self.tuner = ThreadTuner((threads or torch.get_num_threads(),) if threads or self.device.type != "cpu"
                                  else None, every=20)
@@ -181,18 +208,45 @@ class Predictor:
         self.amp = saved.get("amp", True)
         self.overlap, self.batch_size, self.tta = overlap, batch_size, tta
         self.orientation = read_orientation(run)
+        self.resample = resample
+
+    def target_spacing(self, volume: Volume) -> tuple[float, ...] | None:
+        """The spacing `volume` (in the training orientation) is predicted at: the training spacing when some axis is
+        far from it, else None (its own). A 2D model sees each slice alone, so its slicing axis keeps the volume's
+        own spacing (as nnU-Net's 2d resamples in plane only)."""
+        if not self.resample or self.orientation is None or self.orientation.spacing is None:
+            return None
+        target = list(self.orientation.spacing)
+        if self.model.dims == 2:
+            target[self._axis(volume)] = volume.spacing[self._axis(volume)]
+        return tuple(target) if far_from(volume.spacing, target) else None
+
+    def _axis(self, volume: Volume) -> int:
+        axis = self.orientation.slicing_axis if self.orientation else None
+        return slicing_axis(volume.spacing) if axis is None else int(axis)
 
     def __call__(self, volume: Volume, probabilities: bool = False) -> tuple[np.ndarray, Soft | None]:
         """(uint8 labels on `volume`'s grid, their Soft summary or None) for a volume in the training
         orientation."""
-        axis = self.orientation.slicing_axis if self.orientation else None
-        axis = slicing_axis(volume.spacing) if axis is None else int(axis)
-        image = np.ascontiguousarray(np.moveaxis(zscore(np.asarray(volume.array)), axis, 0))
-        found = predict_array(self.model, image, self.window, overlap=self.overlap, batch_size=self.batch_size,
-                              device=self.device, amp=self.amp, tuner=self.tuner, tta=self.tta,
-                              probabilities=probabilities)
+        axis = self._axis(volume)
+        settings = dict(overlap=self.overlap, batch_size=self.batch_size, device=self.device, amp=self.amp,
+                        tuner=self.tuner, tta=self.tta)
+        image = np.asarray(volume.array)
+        if target := self.target_spacing(volume):
+            # moved after resampling, so both grids keep the volume's axis order
+            resampled = to_spacing(image, volume.spacing, target)
+            probs = predict_probabilities(self.model, _sliced(zscore(resampled), axis), self.window, **settings)
+            labels, sums, sure = argmax_on(np.moveaxis(probs, 1, axis + 1), image.shape)
+            return labels, Soft(sums, sure) if probabilities else None
+        found = predict_array(self.model, _sliced(zscore(image), axis), self.window, probabilities=probabilities,
+                              **settings)
         labels, soft = found if probabilities else (found, None)
         return np.ascontiguousarray(np.moveaxis(labels, 0, axis)), soft
+
+
+def _sliced(image: np.ndarray, axis: int) -> np.ndarray:
+    """The image with the slicing axis first, as the networks take it."""
+    return np.ascontiguousarray(np.moveaxis(image, axis, 0))
 
 
 def predict_files(run: Path, images: list[tuple[str, Path]], out_dir: Path, *, device: str = "auto",

@@ -10,8 +10,9 @@
                       epoch), train_seconds, finished
     log.csv           one row per finished epoch: epoch, train_loss, val_loss, val_dice, lr, seconds (training time
                       summed across resumes at the epoch's end)
-    orientation.json  the axis codes of the training images and the axis 2D models slice across:
-                      {"axcodes": ["R", "A", "S"], "slicing_axis": 1}
+    orientation.json  the axis codes of the training images, the axis 2D models slice across and the training
+                      images' median spacing (mm) in that orientation:
+                      {"axcodes": ["R", "A", "S"], "slicing_axis": 1, "spacing": [0.9375, 1.5, 0.9375]}
 
 Every write is atomic. Reading needs no torch except for the two checkpoints."""
 
@@ -150,15 +151,19 @@ def read_log(folder: Path) -> tuple[EpochRow, ...]:
 
 @dataclass(frozen=True)
 class TrainingOrientation:
-    """The axis codes of the training images and the axis 2D models slice across in that orientation."""
+    """The axis codes of the training images, the axis 2D models slice across in that orientation, and the training
+    images' median spacing (mm) there (None for a run recorded before it was: its scans are never resampled)."""
 
     axcodes: tuple[str, ...]
     slicing_axis: int
+    spacing: Optional[tuple[float, ...]] = None
 
 
 def write_orientation(folder: Path, orientation: TrainingOrientation) -> None:
-    write_json(Path(folder) / ORIENTATION, {"axcodes": list(orientation.axcodes),
-                                            "slicing_axis": int(orientation.slicing_axis)})
+    record = {"axcodes": list(orientation.axcodes), "slicing_axis": int(orientation.slicing_axis)}
+    if orientation.spacing is not None:
+        record["spacing"] = [float(s) for s in orientation.spacing]
+    write_json(Path(folder) / ORIENTATION, record)
 
 
 def read_orientation(folder: Path) -> Optional[TrainingOrientation]:
@@ -166,8 +171,12 @@ def read_orientation(folder: Path) -> Optional[TrainingOrientation]:
     and 2D models slice across the thickest axis, as they were)."""
     saved = read_json_or_none(Path(folder) / ORIENTATION)
     try:
-        return TrainingOrientation(tuple(saved["axcodes"]), int(saved["slicing_axis"]))
-    except (ValueError, KeyError, TypeError):
+        spacing = saved.get("spacing")
+        spacing = tuple(float(s) for s in spacing) if spacing is not None else None
+        if spacing is not None and (len(spacing) != len(saved["axcodes"]) or min(spacing) <= 0):
+            spacing = None  # not a spacing this tool wrote: predict at the scan's own, as before it was recorded
+        return TrainingOrientation(tuple(saved["axcodes"]), int(saved["slicing_axis"]), spacing)
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
 
 

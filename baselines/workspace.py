@@ -50,9 +50,10 @@ def train_in_workspace(ws: Workspace, options: TrainOptions, *, archive_stale: b
 
 
 def training_orientation(manifest: Manifest) -> TrainingOrientation:
-    """The axis codes of the dataset's training images, and the axis 2D models slice across in that orientation
-    (the one with the largest spacing: IBSR's 1.5 mm coronal axis)."""
-    return TrainingOrientation(manifest.training_axcodes, slicing_axis(manifest.training_spacing))
+    """The axis codes of the dataset's training images, the axis 2D models slice across in that orientation (the
+    one with the largest spacing: IBSR's 1.5 mm coronal axis), and their median spacing there."""
+    spacing = manifest.training_spacing
+    return TrainingOrientation(manifest.training_axcodes, slicing_axis(spacing), spacing)
 
 
 def unfinished(run: Path) -> Optional[str]:

@@ -4,12 +4,16 @@ to check: the shared held-out pair segmented as stored and in variants, scored a
 Variants of each held-out scan (all skull-stripped, as IBSR18 is; noise and bias only inside the brain):
     stored; axes permuted and flipped (affine exact); intensities × 4; a smooth multiplicative bias field (±20 %,
     and ±40 %); Gaussian noise with σ = 2.5, 5, 10, 20, 30, 40 and 60 % of the brain's 99th percentile; gamma 0.6, 1.6;
-    resampled to 1 mm isotropic (linear), its map carried back to the stored grid (nearest) to be scored, with
-    the ceiling of that round trip beside it (the true labels resampled there and back).
+    resampled to 0.7, 1, 1.2 and 1.5 mm isotropic (linear), each map carried back to the stored grid (nearest) to be
+    scored, with the ceiling of that round trip beside it (the true labels resampled there and back).
 Printed: Dice per tissue and its mean per variant (mean over the cases), the drop against stored, the QC score,
 and Spearman's ρ between the QC score and the true mean Dice over every (variant, case).
 
-    python bench/robustness.py --workspace DIR [--model unet2d__dice_ce]
+    python bench/robustness.py --workspace DIR [--model unet2d__dice_ce] [--no-resample] [--variants A,B,...]
+
+--no-resample: baselines predict the isotropic variants at their own spacing instead of resampling them to the
+training spacing first (segment --no-resample), to measure what that resampling gains. --variants: only these
+(e.g. stored,noise_5,iso_1mm); the default is every one.
 
 DIR is a workspace converted from the shared IBSR18 data with the model trained (bench/strip.py --workspace DIR
 makes one). Numbers: bench/README.md.
@@ -33,6 +37,7 @@ from ibsr_nnunet.core.workspace import Workspace
 from ibsr_nnunet.data.volumes import read_volume
 
 NOISE = (0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.6)
+ISOTROPIC = (0.7, 1.0, 1.2, 1.5)  # mm
 
 
 def bias_field(shape: tuple[int, ...], amplitude: float, seed: int) -> np.ndarray:
@@ -48,7 +53,7 @@ def resampled(array: np.ndarray, zooms: np.ndarray, order: int) -> np.ndarray:
 
 
 def back_to(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """A map on the 1 mm grid back onto the stored grid (nearest)."""
+    """A map on an isotropic grid back onto the stored grid (nearest)."""
     back = resampled(array, [n / m for n, m in zip(shape, array.shape)], 0)
     out = np.zeros(shape, back.dtype)
     region = tuple(slice(0, min(n, m)) for n, m in zip(shape, back.shape))
@@ -83,11 +88,11 @@ def variants(image: Path, folder: Path) -> dict[str, Path]:
         save(f"noise_{sigma * 100:g}", np.where(brain, array + rng.normal(0, sigma * high, array.shape), 0))
     for gamma in (0.6, 1.6):
         save(f"gamma_{gamma:g}", np.where(brain, high * (np.clip(array, 0, None) / high) ** gamma, 0))
-    zooms = np.abs(np.diag(stored.affine)[:3])
-    iso = resampled(array, zooms, 1)
-    affine = stored.affine.copy()
-    affine[:3, :3] = np.diag(np.sign(np.diag(stored.affine)[:3]))
-    save("iso_1mm", iso, affine)
+    for size in ISOTROPIC:
+        iso = resampled(array, np.abs(np.diag(stored.affine)[:3]) / size, 1)
+        affine = stored.affine.copy()
+        affine[:3, :3] = np.diag(np.sign(np.diag(stored.affine)[:3]) * size)
+        save(f"iso_{size:g}mm", iso, affine)
     return made
 
 
@@ -103,19 +108,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workspace", type=Path, required=True, help="converted shared IBSR18, model trained")
     parser.add_argument("--model", default="unet2d__dice_ce")
+    parser.add_argument("--no-resample", action="store_true", help="segment --no-resample")
+    parser.add_argument("--variants", default="", help="comma-separated variant names (default: all)")
     args = parser.parse_args()
     ws = Workspace.open(args.workspace)
-    root = args.workspace.parent / "robustness"
+    root = args.workspace.parent / ("robustness-no-resample" if args.no_resample else "robustness")
     shutil.rmtree(root, ignore_errors=True)
     cases = {}
+    wanted = set(filter(None, args.variants.split(",")))
     for case, image, label in ws.cases("heldout"):
         (root / case).mkdir(parents=True)
-        cases[case] = (variants(image, root / case), label)
+        made = variants(image, root / case)
+        if unknown := wanted - set(made):
+            raise SystemExit(f"--variants: {', '.join(sorted(unknown))} unknown; choose from {', '.join(made)}")
+        cases[case] = ({k: v for k, v in made.items() if not wanted or k in wanted}, label)
     out = root / "out"
     inputs = [str(p) for made, _ in cases.values() for p in made.values()]
     print(f"segment {len(inputs)} scans with {args.model} ...", flush=True)
     done = subprocess.run([sys.executable, "-m", "ibsr_nnunet", "--workspace", str(ws.root), "segment", *inputs,
-                           "--output", str(out), "--model", args.model, "--device", "cpu", "--no-qc"],
+                           "--output", str(out), "--model", args.model, "--device", "cpu", "--no-qc",
+                           "--no-resample" if args.no_resample else "--resample"],
                           capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"segment failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
@@ -129,16 +141,20 @@ def main() -> None:
             predicted = np.asarray(read_volume(Path(row["output"])).array).astype(np.uint8)
             if name == "permuted":  # back from the permuted and flipped grid: undo the flips, then the permutation
                 predicted = np.flip(np.flip(predicted, 2), 0).transpose(np.argsort((1, 2, 0)))
-            if name == "iso_1mm":
+            if name.startswith("iso_"):
                 predicted = back_to(predicted, truth.shape)
             rows.append({"variant": name, "case": case, **dice_per_tissue(predicted, truth),
                          "qc_score": float(row["qc_score"]), "qc_flags": str(row["qc_flags"])})
-        ceiling = back_to(resampled(truth, np.abs(np.diag(nib.load(str(label)).affine)[:3]), 0), truth.shape)
-        rows.append({"variant": "iso_1mm labels round trip", "case": case, **dice_per_tissue(ceiling, truth)})
+        for size in (s for s in ISOTROPIC if not wanted or f"iso_{s:g}mm" in wanted):
+            zooms = np.abs(np.diag(nib.load(str(label)).affine)[:3]) / size
+            ceiling = back_to(resampled(truth, zooms, 0), truth.shape)
+            rows.append({"variant": f"iso_{size:g}mm labels round trip", "case": case,
+                         **dice_per_tissue(ceiling, truth)})
     frame = pd.DataFrame(rows)
     columns = [*TISSUES.values(), "mean", "qc_score"]
     summary = frame.groupby("variant", sort=False)[columns].mean()
-    summary.insert(4, "drop", summary["mean"] - summary.loc["stored", "mean"])
+    if "stored" in summary.index:
+        summary.insert(4, "drop", summary["mean"] - summary.loc["stored", "mean"])
     pd.set_option("display.width", 200)
     print(summary.round(4).to_string())
     scored = frame.dropna(subset=["qc_score"])

@@ -53,6 +53,10 @@ def segment(
     strip: Annotated[bool, typer.Option(
         "--strip", help="Skull-strip each scan first with deepbet (pip install \"ibsr-nnunet[strip]\"): writes "
                         "<name>_brainmask.nii.gz and tiv_ml.")] = False,
+    resample: Annotated[bool, typer.Option(
+        "--resample/--no-resample",
+        help="Baselines: resample a scan whose spacing is more than 1.2x from the training spacing on some axis to "
+             "it first (nnU-Net always resamples).")] = True,
 ) -> None:
     """Segment new scans into CSF, GM and WM, and report tissue volumes (mL), fractions and BPF."""
     from ..nnunet.environment import configure
@@ -72,7 +76,7 @@ def segment(
             bar.update(task, total=total, description=f"segment with {chosen.name}")
 
         options = SegmentOptions(tta=tta, step_size=step_size, soft_volumes=soft_volumes, qc=qc, qc_sheet=qc_sheet,
-                                  strip=strip)
+                                  strip=strip, resample=resample)
         result = run_segment(ws, inputs, output, model_name=model, device=device.value, jobs=cores(jobs),
                              options=options, on_start=on_start, on_scan_done=lambda _: bar.advance(task))
     to_check = [s.input for s in result.scans if not s.error and not s.quality_score >= qc_threshold]  # NaN too

@@ -67,6 +67,19 @@ class Reorientation:
         return affine @ orientations.inv_ornt_aff(transform, shape[:3])
 
 
+def oriented_spacing(spacing: tuple[float, ...], affine: np.ndarray, target: tuple[str, ...]) -> tuple[float, ...]:
+    """The voxel sizes (mm) of an image with `spacing` and `affine` once turned to the `target` axis codes: the
+    same sizes, permuted as its axes are."""
+    reorientation = towards(affine, target)
+    if reorientation.identity:
+        return tuple(float(s) for s in spacing)
+    transform = reorientation._transform(reorientation.input_axcodes, reorientation.target_axcodes)
+    turned = [0.0] * len(spacing)
+    for size, (axis, _) in zip(spacing, transform):
+        turned[int(axis)] = float(size)
+    return tuple(turned)
+
+
 def towards(affine: np.ndarray, target: tuple[str, ...]) -> Reorientation:
     """How to bring an image with `affine` to the `target` axis codes; an oblique image goes to the nearest
     axis-aligned orientation."""

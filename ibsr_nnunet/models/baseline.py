@@ -94,7 +94,7 @@ class BaselineModel(TrainedModel):
         from baselines.infer import Predictor
 
         predictor = Predictor(self.folder, device=settings.device, overlap=1 - settings.step_size,
-                              tta=bool(settings.tta))
+                              tta=bool(settings.tta), resample=settings.resample)
         for key, volume in volumes:
             started = time.perf_counter()
             try:

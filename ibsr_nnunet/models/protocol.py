@@ -43,7 +43,8 @@ def training(manifest: Manifest) -> Training:
 @dataclass(frozen=True)
 class PredictSettings:
     """How to predict: the device, test-time mirroring, the sliding window's step (a fraction of the window),
-    whether to sum each class's probability, worker processes, and a scratch folder the model may write to."""
+    whether to sum each class's probability, worker processes, a scratch folder the model may write to, and whether
+    a model that predicts at the scan's own spacing resamples one far from its training spacing first."""
 
     device: str = "auto"
     tta: bool = False
@@ -51,6 +52,7 @@ class PredictSettings:
     probabilities: bool = False
     jobs: int = 1
     scratch: Optional[Path] = None
+    resample: bool = True
 
 
 @dataclass(frozen=True)

@@ -153,7 +153,8 @@ def _segment_all(ws: Workspace, model: TrainedModel, scans: list[Scan], output: 
         return apply(oriented, model.preprocessing)
 
     settings = PredictSettings(device=device, tta=bool(options.tta), step_size=options.step_size,
-                               probabilities=True, jobs=jobs, scratch=scratch)  # the confidence
+                               probabilities=True, jobs=jobs, scratch=scratch,  # probabilities: the confidence
+                               resample=options.resample)
     by_name = {scan.name: scan for scan in scans}
     try:
         inputs = [(scan.name, partial(read_volume, scan.input)) for scan in scans]

@@ -13,6 +13,7 @@ from ..core.manifest import Manifest
 from ..core.workspace import Workspace
 from ..data.volumes import read_volume
 from .measures import tissue_volumes
+from .reference import INTENSITY_WARNING
 
 COMPARED = ("CSF_ml", "GM_ml", "WM_ml", "total_ml", "GM_fraction", "WM_fraction")
 LOG_SCALE = ("CSF_ml", "GM_ml", "WM_ml", "total_ml")  # compared as log(1 mL + volume): a tissue gone is far out
@@ -23,7 +24,10 @@ SD_FLOOR = 0.05  # of the training mean: a handful of alike training cases must 
 ADULT_TOTAL_ML = (900.0, 2000.0)  # CSF + GM + WM of an adult brain (IBSR18's: 1,000-1,650 mL)
 CONFIDENCE_FLAG = 0.85  # mean highest class probability over the tissue voxels
 CONFIDENCE_RANGE = (0.25, 0.97)  # mapped to 0 and 1 of the confidence term (0.25: four equally likely classes)
-WARNING_FACTOR = 0.8  # each scan warning (not stripped, spacing, intensity, oblique) multiplies the score
+WARNING_FACTOR = 0.8  # each scan warning (not stripped, spacing, oblique) multiplies the score
+# every model z-scores its input: intensities x 4 gave the identical map (bench/robustness.py), so that warning is a
+# flag only
+UNSCORED_WARNINGS = (INTENSITY_WARNING,)
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,7 @@ def assess(volumes: dict[str, float], confidence: Optional[float], warnings: tup
     """The score is the product of a confidence term (the confidence mapped linearly from CONFIDENCE_RANGE onto 0-1,
     squared), a volume term (1 while every measure is within Z_FREE SDs of training's, then falling as
     1 / (1 + (excess / Z_SCALE)²), so that even far outliers stay ordered), 0.5 for an implausible total, and
-    WARNING_FACTOR per scan warning."""
+    WARNING_FACTOR per scan warning (but the UNSCORED_WARNINGS, flags only)."""
     flags = []
     z = {k: reference.z(k, volumes[k]) for k in COMPARED if math.isfinite(volumes.get(k, math.nan))}
     for k, value in z.items():
@@ -90,5 +94,6 @@ def assess(volumes: dict[str, float], confidence: Optional[float], warnings: tup
         bottom, top = CONFIDENCE_RANGE
         confidence_term = min(1.0, max(0.0, (confidence - bottom) / (top - bottom))) ** 2
     flags += warnings
-    score = confidence_term * volume_term * total_term * WARNING_FACTOR ** len(warnings)
+    scored = [w for w in warnings if not w.startswith(UNSCORED_WARNINGS)]
+    score = confidence_term * volume_term * total_term * WARNING_FACTOR ** len(scored)
     return Quality(round(score, 4), tuple(flags))

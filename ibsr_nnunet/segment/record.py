@@ -18,7 +18,7 @@ from .scans import Scan, ScanOutcome, brain_mask_path
 MEASURES = ["CSF_ml", "GM_ml", "WM_ml", "total_ml", "GM_fraction", "WM_fraction", "BPF", "CSF_ml_soft", "GM_ml_soft",
             "WM_ml_soft", "tiv_ml"]  # tiv_ml: deepbet's intracranial volume, with --strip
 VOLUME_COLUMNS = ["scan", "status", "input", "output", "model", "input_axcodes", "tta", "step_size", "strip",
-                  *MEASURES, "qc_score", "qc_flags", "qc", "seconds", "warnings", "error"]
+                  "resample", *MEASURES, "qc_score", "qc_flags", "qc", "seconds", "warnings", "error"]
 
 
 def write_volumes_csv(outcomes: list[ScanOutcome], model: str, output: Path, options: SegmentOptions) -> Path:
@@ -31,7 +31,8 @@ def write_volumes_csv(outcomes: list[ScanOutcome], model: str, output: Path, opt
         rows.append({"scan": stem(s.input), "status": "failed" if s.error else "ok", "input": str(s.input),
                      "output": "" if s.error else str(s.output), "model": model, "input_axcodes": s.input_axcodes,
                      "tta": options.tta, "step_size": options.step_size, "strip": options.strip,
-                     **{c: s.volumes.get(c, math.nan) for c in MEASURES}, "qc_score": s.quality_score,
+                     "resample": options.resample, **{c: s.volumes.get(c, math.nan) for c in MEASURES},
+                     "qc_score": s.quality_score,
                      "qc_flags": "; ".join(s.quality.flags) if s.quality else "", "qc": str(s.qc) if s.qc else "",
                      "seconds": round(s.seconds, 3), "warnings": "; ".join(s.warnings), "error": s.error or ""})
     csv = output / "volumes.csv"
@@ -64,7 +65,7 @@ class SegmentRecord:
     def _wanted(self, scan: Scan, signature: str, options: SegmentOptions) -> dict:
         return {"input": str(scan.input.absolute()), "input_sha256": input_signature(scan.input), "model": signature,
                 "tta": options.tta, "step_size": options.step_size, "soft_volumes": options.soft_volumes,
-                "qc": options.qc, "strip": options.strip}
+                "qc": options.qc, "strip": options.strip, "resample": options.resample}
 
     def reusable(self, scan: Scan, signature: str, options: SegmentOptions) -> Optional[dict]:
         entry = self.entries.get(scan.name)

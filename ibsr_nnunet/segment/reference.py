@@ -16,6 +16,7 @@ from ..nnunet.plans import read_dataset_fingerprint
 INTENSITY_RATIO = 2.0  # scan's 99.5th percentile of brain voxels vs training's, either way
 SKULL_ZERO_FRACTION = 0.2  # a skull-stripped T1 is mostly exact zeros; IBSR's are ~80 % zeros
 SPACING_RATIO = 1.5  # per axis, either way
+INTENSITY_WARNING = "intensity far from training"
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ def scan_warnings(volume: Volume, reference: Reference) -> list[str]:
         high = float(np.percentile(brain, 99.5))
         ratio = high / reference.intensity_995
         if not 1 / INTENSITY_RATIO <= ratio <= INTENSITY_RATIO:
-            found.append(f"intensity far from training: 99.5th percentile {high:.4g} vs {reference.intensity_995:.4g}")
+            found.append(f"{INTENSITY_WARNING}: 99.5th percentile {high:.4g} vs {reference.intensity_995:.4g}")
     ratios = [s / r for s, r in zip(volume.spacing, reference.spacing)]
     if any(not 1 / SPACING_RATIO <= r <= SPACING_RATIO for r in ratios):
         found.append(f"spacing {tuple(round(s, 3) for s in volume.spacing)} mm is far from training's "

@@ -44,15 +44,16 @@ def test_every_orientation_of_a_scan_gets_the_identical_map(trained_baseline_ws,
 @pytest.mark.workspace
 def test_baselines_slice_across_the_training_axis_whatever_the_input_spacing(trained_baseline_ws):
     from baselines.run_folder import TrainingOrientation, read_orientation
+    from ibsr_nnunet.core.manifest import read_manifest
 
     recorded = read_orientation(trained_baseline_ws.baselines / BASELINE)
-    assert recorded == TrainingOrientation(("R", "A", "S"), 1)
+    spacing = read_manifest(trained_baseline_ws).training_spacing
+    assert recorded == TrainingOrientation(("R", "A", "S"), 1, spacing)
+    assert spacing[1] == max(spacing) and spacing[0] == spacing[2] < spacing[1]
 
 
-@pytest.mark.workspace
-def test_a_1mm_isotropic_scan_is_still_sliced_across_the_training_axis(trained_baseline_ws, phantom_root, monkeypatch):
-    """The thickest-axis rule would pick axis 0 (sagittal) for equal voxel sizes; the recorded axis 1 wins."""
-    import baselines.infer as infer
+def _isotropic_copy(phantom_root):
+    """The phantom's IBSR_08 with 1 mm voxels: the thickest-axis rule would slice it across axis 0 (sagittal)."""
     from ibsr_nnunet.data.volumes import Volume
 
     source = nib.load(str(phantom_root / "misa" / "Test_Set" / "IBSR_08" / "IBSR_08.nii.gz"))
@@ -61,14 +62,61 @@ def test_a_1mm_isotropic_scan_is_still_sliced_across_the_training_axis(trained_b
     header.set_data_shape(array.shape)
     header.set_zooms((1.0, 1.0, 1.0))
     header.set_sform(np.eye(4), code=1)
+    return Volume(array, header)
+
+
+@pytest.mark.workspace
+def test_a_1mm_isotropic_scan_is_still_sliced_across_the_training_axis(trained_baseline_ws, phantom_root, monkeypatch):
+    """Predicted at its own spacing (--no-resample): the recorded axis 1 wins over the thickest-axis rule."""
+    import baselines.infer as infer
+
+    volume = _isotropic_copy(phantom_root)
     seen = []
     real = infer.predict_array
     monkeypatch.setattr(infer, "predict_array", lambda model, image, *a, **k: seen.append(image.shape) or real(
         model, image, *a, **k))
+    predictor = infer.Predictor(trained_baseline_ws.baselines / BASELINE, device="cpu", resample=False)
+    labels, _ = predictor(volume)
+    x, y, z = volume.array.shape
+    assert seen == [(y, x, z)] and labels.shape == volume.array.shape
+
+
+@pytest.mark.workspace
+def test_a_scan_far_from_the_training_spacing_is_predicted_at_it_and_its_map_carried_back(trained_baseline_ws,
+                                                                                           phantom_root, monkeypatch):
+    """The network sees the scan on the training spacing's grid, sliced across the training axis; the labels come
+    back on the scan's own grid, from probabilities carried back before the argmax."""
+    import baselines.infer as infer
+    from baselines.spacing import resampled_shape
+    from ibsr_nnunet.data.volumes import Volume
+
+    volume = _isotropic_copy(phantom_root)
+    seen = []
+    real = infer.predict_probabilities
+    monkeypatch.setattr(infer, "predict_probabilities", lambda model, image, *a, **k: seen.append(image) or real(
+        model, image, *a, **k))
     predictor = infer.Predictor(trained_baseline_ws.baselines / BASELINE, device="cpu")
-    labels, _ = predictor(Volume(array, header))
-    x, y, z = array.shape
-    assert seen == [(y, x, z)] and labels.shape == array.shape
+    training = predictor.orientation.spacing
+    target = predictor.target_spacing(volume)
+    assert target == (training[0], 1.0, training[2])  # a 2D model: in the slices' plane only
+    labels, soft = predictor(volume, probabilities=True)
+    x, y, z = resampled_shape(volume.array.shape, (1.0, 1.0, 1.0), target)
+    assert [image.shape for image in seen] == [(y, x, z)]
+    assert labels.shape == volume.array.shape and labels.dtype == np.uint8
+    assert set(np.unique(labels)) == {0, 1, 2, 3}
+    assert soft.sums.sum() == pytest.approx(volume.array.size, rel=1e-4)  # probabilities sum to 1 per voxel
+    # the same grid as training: the map at the scan's own spacing is a different one
+    unresampled, _ = infer.Predictor(trained_baseline_ws.baselines / BASELINE, device="cpu", resample=False)(volume)
+    assert (labels != unresampled).any()
+    # a scan at the training spacing is left as it is
+    from ibsr_nnunet.data.volumes import read_volume
+
+    _, image, _ = trained_baseline_ws.cases("heldout")[0]
+    assert predictor.target_spacing(read_volume(image)) is None
+    # nor one that differs only across the slices, which a 2D model sees one by one
+    header = volume.header.copy()
+    header.set_zooms((training[0], training[1] / 3, training[2]))
+    assert predictor.target_spacing(Volume(volume.array, header)) is None
 
 
 @pytest.mark.workspace

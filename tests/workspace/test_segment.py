@@ -244,6 +244,37 @@ def test_soft_volumes_and_speed_options_reach_volumes_csv(trained, phantom_root,
     assert bad.exit_code == 1 and "--step-size 0.0 is outside (0, 1]" in said(bad)
 
 
+def test_a_scan_far_from_the_training_spacing_is_resampled_unless_told_not_to(trained, phantom_root, tmp_path):
+    """A phantom scan at the training spacing with each voxel split in two along axis 0, in the slices' plane (2x
+    finer than training). Resampled
+    by default: the network sees the stored scan again, and the map is its probabilities carried onto the fine grid
+    before the argmax. --no-resample shows the network a brain twice as wide. The option is part of what a reused
+    row must match."""
+    from baselines.data import zscore
+    from baselines.infer import Predictor, predict_probabilities
+    from baselines.spacing import argmax_on
+
+    predictor = Predictor(trained.baselines / BASELINE, device="cpu")
+    image = np.asanyarray(nib.load(str(phantom_root / "misa" / "Test_Set" / "IBSR_08" / "IBSR_08.nii.gz")).dataobj)
+    image = image[..., 0]
+    array = np.repeat(image, 2, axis=0)  # on the training spacing's grid, exactly `image` again
+    scan = tmp_path / "fine.nii.gz"
+    nib.save(nib.Nifti1Image(array, np.diag([*np.array(predictor.orientation.spacing) / (2, 1, 1), 1])), str(scan))
+    probs = predict_probabilities(predictor.model, np.moveaxis(zscore(image), 1, 0), predictor.window,
+                                  amp=predictor.amp)
+    expected, _, _ = argmax_on(np.moveaxis(probs, 1, 2), array.shape)
+    out = tmp_path / "out"
+    maps = {}
+    for flag in ("--resample", "--no-resample"):
+        result = segment_with_baseline(trained, str(scan), "--output", str(out), "--no-qc", flag)
+        assert result.exit_code == 0, result.output
+        row = pd.read_csv(out / "volumes.csv").iloc[0]
+        assert bool(row["resample"]) is (flag == "--resample") and "reused" not in said(result)
+        maps[flag] = np.asanyarray(nib.load(str(out / "fine_tissue.nii.gz")).dataobj)
+    np.testing.assert_array_equal(maps["--resample"], expected)
+    assert maps["--no-resample"].shape == array.shape and (maps["--no-resample"] != expected).mean() > 0.01
+
+
 def test_one_segment_command_reads_the_conversion_manifest_once(trained_baseline_ws, phantom_root, tmp_path,
                                                                 monkeypatch):
     """The model's provenance, reuse signature, orientation and preprocessing, and the training reference all come

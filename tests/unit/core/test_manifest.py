@@ -3,6 +3,7 @@ spacing; a cut-short or malformed manifest refused in one sentence."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -64,6 +65,15 @@ def test_a_written_manifest_reads_back_equal(ws):
 def test_training_spacing_is_the_median_of_the_training_cases_only(ws):
     write_manifest(ws.raw_dataset, manifest())
     assert read_manifest(ws).training_spacing == pytest.approx((0.9, 1.5, 0.9))  # held-out and test left out
+
+
+def test_training_spacing_is_taken_in_the_training_orientation(ws):
+    """A training case stored with its axes permuted (A, S, R) has its voxel sizes permuted back before the median."""
+    ars = ((0.0, 0.0, 1.0, 0.0), (1.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.0, 0.0, 0.0, 1.0))
+    cases = list(manifest().cases)
+    cases[2] = case("IBSR_03", "train", (3.0, 0.8, 0.8), affine=ars)  # (R, A, S) = (0.8, 3.0, 0.8)
+    write_manifest(ws.raw_dataset, dataclasses.replace(manifest(), cases=tuple(cases)))
+    assert read_manifest(ws).training_spacing == pytest.approx((0.9, 1.5, 0.9))
 
 
 def test_training_axcodes_recorded_or_read_from_the_training_affines():

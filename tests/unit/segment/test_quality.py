@@ -40,6 +40,9 @@ def volumes(**z) -> dict:
     (volumes(), None, (), 0.0, ("no tissue predicted, or no confidence measured",)),
     (volumes(), 0.25, (), 0.0, ("low confidence: mean highest probability 0.250 over the tissue voxels",)),
     (volumes(), 0.97, ("oblique by 20 degrees", "spacing far"), 0.64, ("oblique by 20 degrees", "spacing far")),
+    # z-scoring undoes an intensity scale: flagged, not scored
+    (volumes(), 0.97, ("intensity far from training: 99.5th percentile 4e+03 vs 1e+03", "spacing far"), 0.8,
+     ("intensity far from training: 99.5th percentile 4e+03 vs 1e+03", "spacing far")),
 ])
 def test_the_score_is_the_product_of_its_terms(measured, confidence, warnings, score, flags):
     quality = assess(measured, confidence, warnings, REFERENCE)
