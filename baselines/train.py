@@ -90,19 +90,20 @@ def _check_same_run(folder: Path, saved: dict, options: TrainOptions) -> None:
 def train(folder: Path, train_files: list[tuple[str, Path, Path]], options: TrainOptions, *,
           on_epoch: Callable[[dict], None] | None = None, on_iteration: Callable[[], None] | None = None,
           on_start: Callable[[int, int | None], None] | None = None,
-          durable: DurableRun | None = None) -> TrainOutcome:
+          durable: DurableRun | None = None, tracked: dict | None = None) -> TrainOutcome:
     """Train (or resume) the run in `folder` on labelled (id, image, label) files; an internal validation split
     is taken from these files only. on_start(start_epoch, total_epochs), on_iteration() and on_epoch(log row)
     report progress. A durable run (core/durable.py): `durable` is the caller's, its lock taken (default: one of
     this folder, entered and locked here); a stop signal saves and raises StopRun, which it turns into Requeue (75)
-    or Stalled (76); each call that trains is recorded in the folder's runs.jsonl."""
+    or Stalled (76); each call that trains is recorded in the folder's runs.jsonl (with `tracked`, what its start
+    line says about the run's experiment tracking)."""
     if durable is None:
         folder = Path(folder)
         with DurableRun(folder, what=f"baseline run {folder.name}", command="baseline train",
                         history="baseline train") as durable:
             durable.acquire()
             return train(folder, train_files, options, on_epoch=on_epoch, on_iteration=on_iteration,
-                         on_start=on_start, durable=durable)
+                         on_start=on_start, durable=durable, tracked=tracked)
     began = time.perf_counter()
     folder = Path(folder)
     state = read_resume_checkpoint(folder)
@@ -114,11 +115,11 @@ def train(folder: Path, train_files: list[tuple[str, Path, Path]], options: Trai
                                 train_seconds=state["train_seconds"], log=tuple(state["log"]))
     durable.open_history()
     return _train(folder, train_files, options, state, began=began, durable=durable, on_epoch=on_epoch,
-                  on_iteration=on_iteration, on_start=on_start)
+                  on_iteration=on_iteration, on_start=on_start, tracked=tracked)
 
 
 def _train(folder: Path, train_files: list[tuple[str, Path, Path]], options: TrainOptions, state: dict | None, *,
-           began: float, durable: DurableRun, on_epoch, on_iteration, on_start) -> TrainOutcome:
+           began: float, durable: DurableRun, on_epoch, on_iteration, on_start, tracked: dict | None) -> TrainOutcome:
     """The training loop of `train`, recorded by `durable` from its start on."""
     training = _start_training(folder, train_files, options, began)
     if state is not None:
@@ -127,7 +128,8 @@ def _train(folder: Path, train_files: list[tuple[str, Path, Path]], options: Tra
     folder.mkdir(parents=True, exist_ok=True)
     device = training.device
     durable.begin(epoch=start_epoch, device=device.type,
-                  device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name())
+                  device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+                  **({"tracking": tracked} if tracked else {}))
     if on_start:
         on_start(start_epoch, options.epochs)
     finished = training.budget_spent()

@@ -18,6 +18,7 @@ from ibsr_nnunet.core.provenance import (
     weights_signature,
     write_provenance,
 )
+from ibsr_nnunet.core.tracking import Tracking, tracked_run_id
 from ibsr_nnunet.core.workspace import Workspace
 
 from .data import slicing_axis
@@ -25,6 +26,7 @@ from .infer import predict_files
 from .options import TrainOptions
 from .registry import split_baseline_name
 from .run_folder import TrainingOrientation, best_weights_path, run_dir, run_finished, write_orientation
+from .tracking import epoch_tracker
 from .train import train
 
 
@@ -32,9 +34,11 @@ def train_in_workspace(ws: Workspace, options: TrainOptions, *, archive_stale: b
                        on_epoch: Optional[Callable[[dict], None]] = None,
                        on_iteration: Optional[Callable[[], None]] = None,
                        on_start: Optional[Callable[[int, Optional[int]], None]] = None,
-                       say: Callable[[str], None] = print) -> TrainOutcome:
+                       tracking: Tracking = Tracking(), say: Callable[[str], None] = print) -> TrainOutcome:
     """Train (or resume) the run of `options.model` + `options.loss` on the workspace's training cases: a durable
-    run (core/durable.py) of the run folder, under its lock, refused while made from another dataset."""
+    run (core/durable.py) of the run folder, under its lock, refused while made from another dataset. With
+    `tracking`, its epochs go to one W&B run per run folder and dataset (tracking.py), resumed runs included."""
+    tracking.require()
     folder = run_dir(ws, options.model, options.loss)
     with DurableRun(folder, what=f"baseline run {folder.name}", history="baseline train", say=say,
                     command=f"ibsr-nnunet baseline train --model {options.model} --loss {options.loss}") as run:
@@ -45,8 +49,25 @@ def train_in_workspace(ws: Workspace, options: TrainOptions, *, archive_stale: b
                        archive_stale=archive_stale, say=say)
         run.record_provenance(fingerprint, model=options.model, loss=options.loss)
         write_orientation(folder, training_orientation(manifest))
-        return train(folder, ws.cases("train", manifest), options, on_epoch=on_epoch, on_iteration=on_iteration,
-                     on_start=on_start, durable=run)
+        run_id = tracked_run_id(folder, fingerprint)
+        tracker = epoch_tracker(tracking, folder, run_id, {"model": options.model, "loss": options.loss,
+                                                           "dataset_fingerprint": fingerprint})
+
+        def logged(row: dict) -> None:
+            if tracker is not None:
+                tracker.log(row)
+            if on_epoch is not None:
+                on_epoch(row)
+
+        finished = False
+        try:
+            outcome = train(folder, ws.cases("train", manifest), options, on_epoch=logged, on_iteration=on_iteration,
+                            on_start=on_start, durable=run, tracked=tracking.record(run_id))
+            finished = True
+            return outcome
+        finally:
+            if tracker is not None:
+                tracker.close(exit_code=0 if finished else 1)
 
 
 def training_orientation(manifest: Manifest) -> TrainingOrientation:

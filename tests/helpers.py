@@ -228,3 +228,39 @@ def runs_lines(folder: Path) -> list[dict]:
     from ibsr_nnunet.core.runlog import RUNS_FILE
 
     return [json.loads(line) for line in (Path(folder) / RUNS_FILE).read_text().splitlines()]
+
+
+def wandb_offline_runs(folder: Path) -> list[tuple[str, list[dict]]]:
+    """Each offline W&B run file under folder/wandb/ in the order written: (its run id, its history rows). The file is
+    W&B's record log (LevelDB's log format: 32 KiB blocks of checksummed chunks, each chunk a piece of one protobuf
+    Record); W&B 0.19+ ships no reader for it in Python."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    block, found = 32768, []
+    for path in sorted(Path(folder).glob("wandb/offline-run-*/run-*.wandb")):
+        data = path.read_bytes()
+        assert data[:4] == b":W&B", f"{path} is not a W&B run file"
+        position, pending, rows, run_id = 7, b"", [], None
+        while position + 7 <= len(data):
+            if block - position % block < 7:  # a block's tail too short for a chunk header is padding
+                position += block - position % block
+                continue
+            _, length, kind = struct.unpack("<IHB", data[position:position + 7])
+            chunk, position = data[position + 7:position + 7 + length], position + 7 + length
+            if kind == 0:
+                break
+            pending = chunk if kind in (1, 2) else pending + chunk
+            if kind not in (1, 4):  # FIRST and MIDDLE pieces wait for the LAST
+                continue
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            which = record.WhichOneof("record_type")
+            if which == "run":
+                run_id = record.run.run_id
+            elif which == "history":
+                rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                             for item in record.history.item})
+        found.append((run_id, rows))
+    return found

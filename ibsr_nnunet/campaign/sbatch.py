@@ -25,6 +25,7 @@ from baselines.registry import baseline_name
 
 from ..core.errors import InputError
 from ..core.exitcodes import EXIT_LOCKED, EXIT_REQUEUE, EXIT_STALLED
+from ..core.tracking import DEFAULT_PROJECT, MODES, PROJECT, TOOLS, Tracking
 
 TEMPLATE_PACKAGE = "ibsr_nnunet.campaign.templates"  # the checkout's slurm/ folder
 PLACEHOLDER = re.compile(r"\{\{([A-Z_]+)\}\}")
@@ -81,6 +82,10 @@ RULES = {
     "local_scratch": (lambda v: isinstance(v, str) and v.startswith("/") and not any(c in v for c in "\n\r\0"),
                       "an absolute folder on each node's local disk, e.g. /local/scratch"),
     "seed": (_whole(0), "a whole number, 0 or more"),
+    "track": (lambda v: v in TOOLS, f"{' or '.join(TOOLS)} (the experiment tracker)"),
+    "track_mode": (lambda v: v in MODES, " or ".join(MODES)),
+    "track_project": (lambda v: isinstance(v, str) and PROJECT.fullmatch(v) is not None,
+                      "a W&B project name of letters, digits and _ . -"),
 }
 LISTS = ("extra_sbatch", "setup")  # settings given as repeated options or TOML lists
 
@@ -111,6 +116,9 @@ class Resources:
     stage_data: bool = False  # nnU-Net folds copy the preprocessed data to node-local disk first
     local_scratch: Optional[str] = None  # node-local folder for --stage-data; none: $SLURM_TMPDIR, then $TMPDIR
     seed: Optional[int] = None  # nnU-Net folds train seeded (`train --seed`); none: unseeded
+    track: Optional[str] = None  # every training job logs to this tracker (`train --track`); none: untracked
+    track_mode: Optional[str] = None  # none: offline
+    track_project: Optional[str] = None  # none: core.tracking.DEFAULT_PROJECT
 
     def __post_init__(self) -> None:
         for line in self.setup if isinstance(self.setup, tuple) else ():
@@ -122,11 +130,17 @@ class Resources:
                 check_setting(f.name, value, f"--{f.name.replace('_', '-')}")
         for line in self.extra_sbatch:
             extra_sbatch_line(line)
+        if (self.track_mode or self.track_project) and not self.track:
+            raise InputError("--track-mode and --track-project need --track wandb; add it or leave them out.")
         limit = slurm_seconds(self.time) if self.time else None
         if limit is not None and self.signal_grace >= limit:
             raise InputError(f"--signal-grace {self.signal_grace} s is not less than --time {self.time} ({limit} s): "
                              f"every run would be told to save before it could train; give a smaller grace or a "
                              f"longer time.")
+
+    @property
+    def tracking(self) -> Tracking:
+        return Tracking(self.track, self.track_mode or MODES[0], self.track_project or DEFAULT_PROJECT)
 
     def sbatch_lines(self, training: bool = True) -> list[str]:
         """The `#SBATCH` lines of these resources (the training-only ones are in the templates themselves)."""
@@ -163,7 +177,7 @@ RESOURCE_KEYS = {f.name for f in fields(Resources)}
 def load_config_file(path: Path) -> dict[str, Any]:
     """Resource settings from a TOML file: top-level keys or a [slurm] table, named like the Resources fields
     (partition, account, time, gpus_per_job, gpu_option, cpus_per_task, mem, signal_grace, extra_sbatch, setup,
-    max_restarts, array_parallel, stage_data, local_scratch, seed)."""
+    max_restarts, array_parallel, stage_data, local_scratch, seed, track, track_mode, track_project)."""
     try:
         data = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as err:
@@ -246,8 +260,13 @@ def _schedule(epochs: int, iterations: int, device: str) -> dict[str, str]:
     return {"EPOCHS": str(int(epochs)), "ITERATIONS": str(int(iterations)), "DEVICE": _name(device, "--device")}
 
 
+def _tracking_options(resources: Resources) -> str:
+    """What every training command is told about experiment tracking ("" for none)."""
+    return "".join(f" {shlex.quote(part)}" for part in resources.tracking.options())
+
+
 def _train_options(resources: Resources) -> str:
-    """What `train` is told beyond its schedule: node-local staging of the preprocessed data, a seed."""
+    """What `train` is told beyond its schedule: node-local staging of the preprocessed data, a seed, tracking."""
     options = ""
     if resources.stage_data:
         options += " --stage-data"
@@ -255,7 +274,7 @@ def _train_options(resources: Resources) -> str:
             options += f" --local-scratch {shlex.quote(resources.local_scratch)}"
     if resources.seed is not None:
         options += f" --seed {int(resources.seed)}"
-    return options
+    return options + _tracking_options(resources)
 
 
 def _fold(workspace: Path, cli: Sequence[str], resources: Resources, configuration: str, *, epochs: int,
@@ -310,6 +329,7 @@ def render_baseline(workspace: Path, cli: Sequence[str], resources: Resources, *
         **_schedule(epochs, iterations, device),
         "MODEL": _name(model, "baseline model"),
         "LOSS": _name(loss, "baseline loss"),
+        "TRAIN_OPTIONS": _tracking_options(resources),
     })
 
 

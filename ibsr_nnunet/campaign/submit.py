@@ -291,6 +291,7 @@ def submit(ws: Workspace, request: SubmitRequest, *, cli: Optional[Sequence[str]
     """Submit what is neither finished nor already queued/running, then the final job after all of it."""
     if not request.configs and not request.baselines:
         raise InputError("nothing to submit: give --configs and/or --baselines.")
+    request.resources.tracking.require()  # the jobs run this installation's command
     if request.configs:
         _check_planned(ws, request)
     states = query_states(runner)
@@ -351,6 +352,7 @@ def _baseline_done(c: _Campaign, name: str) -> bool:
 def fold_script(ws: Workspace, configuration: str, fold: int, *, epochs: int, iterations: int, device: str,
                 resources: render.Resources, cli: Optional[Sequence[str]] = None) -> str:
     """One fold's script to `sbatch` by hand, after the same checks as `submit` (planned, the fold exists)."""
+    resources.tracking.require()
     _check_planned(ws, SubmitRequest(configs=(configuration,), folds=(fold,), epochs=epochs, iterations=iterations,
                                   device=device, resources=resources))
     return render.render_fold(ws.root, list(cli or render.default_cli()), resources, configuration=configuration,

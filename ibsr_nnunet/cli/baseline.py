@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..core.choices import fraction
+from ..core.tracking import DEFAULT_PROJECT
 from .common import (
     ArchiveStaleOption,
     BaselineModel,
@@ -15,10 +16,14 @@ from .common import (
     Loss,
     Optimizer,
     Schedule,
+    TrackModeOption,
+    TrackOption,
+    TrackProjectOption,
     console,
     progress_bar,
     refusals,
     stage_app,
+    tracking_of,
     workspace_of,
 )
 
@@ -66,6 +71,9 @@ def train_command(
         None, "--threads", min=0, help="CPU threads (default 0: 1 or all, whichever trains faster now; a fixed count "
         "trains the same weights on every run, since the thread count changes how float sums round)."),
     archive_stale: ArchiveStaleOption = False,
+    track: TrackOption = None,
+    track_mode: TrackModeOption = "offline",
+    track_project: TrackProjectOption = DEFAULT_PROJECT,
 ) -> None:
     """Train one baseline; resumes by itself, and exits 75 after saving when SIGUSR1/SIGTERM asks it to stop (76
     when two runs in a row were stopped by SIGUSR1 before finishing an epoch).
@@ -76,6 +84,7 @@ def train_command(
     from baselines.workspace import train_in_workspace
 
     ws = workspace_of(ctx)
+    tracking = tracking_of(track, track_mode, track_project)
     options = TrainOptions.for_device(
         model=model and model.value, loss=loss and loss.value, optimizer=optimizer and optimizer.value,
         device=device and device.value, schedule=schedule and schedule.value, minutes=minutes, epochs=epochs,
@@ -99,7 +108,8 @@ def train_command(
                               f"val loss {row['val_loss']:.4f}, val Dice {row['val_dice']:.4f}, lr {row['lr']}")
 
         result = train_in_workspace(ws, options, archive_stale=archive_stale, on_epoch=epoch_done,
-                                    on_iteration=lambda: bar.advance(task), on_start=start, say=bar.console.print)
+                                    on_iteration=lambda: bar.advance(task), on_start=start, tracking=tracking,
+                                    say=bar.console.print)
     if result.status == "already finished":
         console.print(f"{model} + {loss} is already finished ({result.epochs_done} epochs): {folder}")
         return

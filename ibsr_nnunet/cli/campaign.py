@@ -12,6 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ..core.tracking import DEFAULT_PROJECT, EXTRA as TRACKING_EXTRA
 from ..core.vocabulary import CONFIGURATIONS
 from ..nnunet.paths import FULL_EPOCHS, FULL_ITERATIONS
 from .common import (
@@ -59,10 +60,17 @@ LocalScratch = Annotated[Optional[str], typer.Option(
 ConfigFile = Annotated[Optional[Path], typer.Option(
     "--config-file",
     help="TOML with these settings (partition, account, time, gpus_per_job, gpu_option, cpus_per_task, mem, "
-         "signal_grace, extra_sbatch, setup, max_restarts, array_parallel, stage_data, local_scratch, seed); "
-         "options win.")]
+         "signal_grace, extra_sbatch, setup, max_restarts, array_parallel, stage_data, local_scratch, seed, track, "
+         "track_mode, track_project); options win.")]
 Seed = Annotated[Optional[int], typer.Option(
     "--seed", min=0, help="nnU-Net folds train seeded (`train --seed`; default: unseeded).")]
+Track = Annotated[Optional[str], typer.Option(
+    "--track", help=f"Every training job logs its epochs to Weights & Biases: wandb (needs `{TRACKING_EXTRA}`); a "
+                    f"requeued job continues the same W&B run.")]
+TrackMode = Annotated[Optional[str], typer.Option(
+    "--track-mode", help="offline (default: files in each run folder's wandb/, `wandb sync` later) or online.")]
+TrackProject = Annotated[Optional[str], typer.Option(
+    "--track-project", help=f"The W&B project (default {DEFAULT_PROJECT}).")]
 Epochs = Annotated[int, typer.Option("--epochs", min=1, help="Epochs of every training job.")]
 Iterations = Annotated[int, typer.Option(
     "--iterations-per-epoch", min=1, help="Iterations per epoch of every training job.")]
@@ -97,6 +105,9 @@ def submit(
     stage_data: StageData = None,
     local_scratch: LocalScratch = None,
     seed: Seed = None,
+    track: Track = None,
+    track_mode: TrackMode = None,
+    track_project: TrackProject = None,
     config_file: ConfigFile = None,
     dry_run: bool = typer.Option(False, "--dry-run",
                                  help="Print the scripts and sbatch command lines; submit nothing."),
@@ -112,7 +123,8 @@ def submit(
                                gpus_per_job=gpus_per_job, cpus_per_task=cpus_per_task, mem=mem,
                                signal_grace=signal_grace, extra_sbatch=extra_sbatch, setup=setup,
                                max_restarts=max_restarts, array_parallel=array_parallel, stage_data=stage_data,
-                               local_scratch=local_scratch, seed=seed)
+                               local_scratch=local_scratch, seed=seed, track=track, track_mode=track_mode,
+                               track_project=track_project)
     request = SubmitRequest(
         configs=tuple(configs), folds=tuple(int(f) for f in folds), baselines=tuple(baselines), epochs=epochs,
         iterations=iterations, device=device.value, resources=resources, dry_run=dry_run, archive_stale=archive_stale)
@@ -180,6 +192,9 @@ def script(
     stage_data: StageData = None,
     local_scratch: LocalScratch = None,
     seed: Seed = None,
+    track: Track = None,
+    track_mode: TrackMode = None,
+    track_project: TrackProject = None,
     config_file: ConfigFile = None,
 ) -> None:
     """Print one fold's job script to sbatch by hand (`script ... > fold0.sbatch && sbatch fold0.sbatch`)."""
@@ -192,7 +207,7 @@ def script(
                                gpus_per_job=gpus_per_job, cpus_per_task=cpus_per_task, mem=mem,
                                signal_grace=signal_grace, extra_sbatch=extra_sbatch, setup=setup,
                                max_restarts=max_restarts, stage_data=stage_data, local_scratch=local_scratch,
-                               seed=seed)
+                               seed=seed, track=track, track_mode=track_mode, track_project=track_project)
     text = fold_script(ws, config.value, fold, epochs=epochs, iterations=iterations, device=device.value,
                        resources=resources)
     typer.echo(text, nl=False)  # the script alone on stdout; what to know about it on stderr

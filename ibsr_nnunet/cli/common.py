@@ -19,6 +19,7 @@ from ..core.devices import DEVICES
 from ..core.environment import available_cores
 from ..core.errors import InputError
 from ..core.exitcodes import EXIT_INTERRUPTED
+from ..core.tracking import EXTRA as TRACKING_EXTRA, Tracking
 from ..core.vocabulary import CONFIGURATIONS, N_FOLDS, PHANTOM_SIZES
 from ..core.workspace import WORKSPACE_ENV, Workspace
 from ..data.layouts import LAYOUTS
@@ -71,6 +72,18 @@ DeviceOption = Annotated[Device, typer.Option(
 ArchiveStaleOption = Annotated[bool, typer.Option(
     "--archive-stale", help="Move a run made from another dataset to <workspace>/stale/<time>/ and start afresh.")]
 JobsOption = Annotated[int, typer.Option("--jobs", min=0, help="Parallel processes (0 = all available cores).")]
+TrackOption = Annotated[Optional[str], typer.Option(
+    "--track", help=f"Log every epoch to Weights & Biases: wandb (needs `{TRACKING_EXTRA}`); a resumed or requeued "
+                    f"run continues the same W&B run.")]
+TrackModeOption = Annotated[str, typer.Option(
+    "--track-mode", help="offline (files in the run folder's wandb/, uploaded later with `wandb sync`: compute "
+                         "nodes often have no internet) or online.")]
+TrackProjectOption = Annotated[str, typer.Option("--track-project", help="The W&B project.")]
+
+
+def tracking_of(track: Optional[str], mode: str, project: str) -> Tracking:
+    """The --track options as one checked Tracking (InputError on a bad value)."""
+    return Tracking(track, mode, project)
 
 
 def cores(jobs: int) -> int:

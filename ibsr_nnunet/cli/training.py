@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from ..core.tracking import DEFAULT_PROJECT
 from ..core.vocabulary import CONFIGURATIONS
 from ..nnunet.paths import FULL_EPOCHS, FULL_ITERATIONS
 from ..nnunet.train import COMPILE_DEFAULT
@@ -17,11 +18,15 @@ from .common import (
     Device,
     DeviceOption,
     JobsOption,
+    TrackModeOption,
+    TrackOption,
+    TrackProjectOption,
     configs_list,
     console,
     cores,
     refusals,
     stage_app,
+    tracking_of,
     workspace_of,
 )
 
@@ -82,6 +87,9 @@ def train(
     seed: Annotated[Optional[int], typer.Option(
         "--seed", min=0, help="Seed the weights, the batches and their augmentation: the same seed on the same "
         "software and CPU trains the same fold, resumed or not. Default: unseeded, as nnU-Net.")] = None,
+    track: TrackOption = None,
+    track_mode: TrackModeOption = "offline",
+    track_project: TrackProjectOption = DEFAULT_PROJECT,
 ) -> None:
     """Train one fold; resumes by itself, and exits 75 after saving when SIGUSR1/SIGTERM asks it to stop (76 when
     two runs in a row were stopped by SIGUSR1 before finishing an epoch)."""
@@ -92,7 +100,8 @@ def train(
     configure(ws, cores(0))
     result = run_train(ws, config.value, fold, epochs=epochs, iterations=iterations, device=device.value,
                        save_every=save_every, archive_stale=archive_stale, stage_data=stage_data,
-                       local_scratch=local_scratch, compile=compile_network, seed=seed, say=console.print)
+                       local_scratch=local_scratch, compile=compile_network, seed=seed,
+                       tracking=tracking_of(track, track_mode, track_project), say=console.print)
     if result.status == "already finished":
         console.print(f"{config.value} fold {fold} is already finished: {result.folder}")
         return

@@ -99,3 +99,26 @@ def quiet_fork_pools(log: Path):
         for module in (ensemble, evaluate, postprocessing):
             stack.enter_context(fork_pools(module))
         yield
+
+
+@contextlib.contextmanager
+def tracked(tracking, run_id: str):
+    """nnU-Net's own W&B variables (v2.7+: nnUNet_wandb_enabled, _project, _mode) for a trainer built inside, with
+    W&B's run id set to ours (nnU-Net takes W&B's default, and on a resume the id it finds in the fold's wandb/);
+    W&B kept off the console. Restored afterwards. `tracking`: core.tracking.Tracking."""
+    if not tracking.enabled:
+        yield
+        return
+    settings = {"nnUNet_wandb_enabled": "1", "nnUNet_wandb_project": tracking.project,
+                "nnUNet_wandb_mode": tracking.mode, "WANDB_RUN_ID": run_id, "WANDB_SILENT": "true",
+                "WANDB_CONSOLE": "off"}
+    before = {key: os.environ.get(key) for key in settings}
+    os.environ.update(settings)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -13,8 +13,9 @@ from ..core.errors import InputError
 from ..core.provenance import dataset_fingerprint, ensure_current, short
 from ..core.readwrite import reading, refuse_while_written
 from ..core.runlog import cpu_name
+from ..core.tracking import Tracking, tracked_run_id
 from ..core.workspace import Workspace
-from .environment import resolve_device
+from .environment import resolve_device, tracked
 from .fold import CHECKPOINTS, epochs_reached, fold_finished, newest_checkpoint
 from .paths import FULL_EPOCHS, FULL_ITERATIONS, fold_folder, plan_stamp, plans_file, trainer_files, trainer_name
 from .plans import read_plan_stamp, read_plans, read_preprocessed_dataset_json, read_splits
@@ -103,14 +104,17 @@ def _announce(signum: int) -> None:
 def train(ws: Workspace, configuration: str, fold: int, *, epochs: int = FULL_EPOCHS,
           iterations: int = FULL_ITERATIONS, device: str = "auto", save_every: int = 1, archive_stale: bool = False,
           stage_data: bool = False, local_scratch: Optional[Path] = None, compile: Optional[bool] = None,
-          seed: Optional[int] = None, say: Callable[[str], None] = print) -> TrainOutcome:
+          seed: Optional[int] = None, tracking: Tracking = Tracking(),
+          say: Callable[[str], None] = print) -> TrainOutcome:
     """Train (or resume, or skip) one fold, then write nnU-Net's validation with probabilities (--npz).
 
     A durable run (core/durable.py): one writer per fold, SIGUSR1/SIGTERM at any point (start-up included) end it
     after a checkpoint with Requeue (75), or Stalled (76) when this run and the one before were both stopped by
     SIGUSR1 before finishing an epoch; each run that trains is recorded in the fold's runs.jsonl. A fold made from
     another dataset is refused, or archived with `archive_stale`. `compile`: nnU-Net's torch.compile on CUDA (None:
-    see _compile_setting). `seed`: seeded, reproducible training (seeding.py); None: nnU-Net's unseeded."""
+    see _compile_setting). `seed`: seeded, reproducible training (seeding.py); None: nnU-Net's unseeded. `tracking`:
+    nnU-Net's own W&B logging, into one W&B run per fold folder and dataset (core/tracking.py)."""
+    tracking.require()
     name = trainer_name(epochs, iterations)
     folder = fold_folder(ws, configuration, fold, trainer=name)
     command = f"ibsr-nnunet train --fold {fold} --config {configuration}"
@@ -134,7 +138,8 @@ def train(ws: Workspace, configuration: str, fold: int, *, epochs: int = FULL_EP
                 ws, plans["configurations"][configuration]["data_identifier"], enabled=stage_data,
                 local_scratch=local_scratch, say=say):
             return _train_fold(ws, plans, configuration, fold, name=name, torch_device=torch_device,
-                               save_every=save_every, seed=seed, run=run, say=say)
+                               save_every=save_every, seed=seed, run=run, tracking=tracking,
+                               tracked_id=tracked_run_id(folder, fingerprint), say=say)
 
 
 def _ensure_model_current(ws: Workspace, folder: Path, *, configuration: str, name: str, fingerprint: str,
@@ -149,9 +154,19 @@ def _ensure_model_current(ws: Workspace, folder: Path, *, configuration: str, na
 
 
 def _train_fold(ws: Workspace, plans: dict, configuration: str, fold: int, *, name: str, torch_device,
-                save_every: int, seed: Optional[int], run: DurableRun, say: Callable[[str], None]) -> TrainOutcome:
+                save_every: int, seed: Optional[int], run: DurableRun, tracking: Tracking, tracked_id: str,
+                say: Callable[[str], None]) -> TrainOutcome:
     """Build our trainer, resume from the newest readable checkpoint (loaded once), record the run's start, train,
     validate."""
+    with tracked(tracking, tracked_id):  # nnU-Net opens its W&B run when the trainer is built
+        return _build_and_train(ws, plans, configuration, fold, name=name, torch_device=torch_device,
+                                save_every=save_every, seed=seed, run=run, tracked=tracking.record(tracked_id),
+                                say=say)
+
+
+def _build_and_train(ws: Workspace, plans: dict, configuration: str, fold: int, *, name: str, torch_device,
+                     save_every: int, seed: Optional[int], run: DurableRun, tracked: Optional[dict],
+                     say: Callable[[str], None]) -> TrainOutcome:
     folder = run.folder
     checkpoint = newest_checkpoint(folder, torch_device, say)
     dataset_json = read_preprocessed_dataset_json(ws)
@@ -167,7 +182,7 @@ def _train_fold(ws: Workspace, plans: dict, configuration: str, fold: int, *, na
     start_epoch = trainer.current_epoch
     run.begin(epoch=start_epoch, device=torch_device.type, device_name=device_name(torch_device),
               reached=epochs_reached(folder), compile=trainer._do_i_compile(), log=Path(trainer.log_file).name,
-              seed=seed)
+              seed=seed, **({"tracking": tracked} if tracked else {}))
     resumed_from = checkpoint.name if checkpoint is not None else None
     del checkpoint  # its tensors: the trainer holds its own copies now
     if resumed_from != CHECKPOINTS[0]:

@@ -154,6 +154,33 @@ def test_a_seed_is_passed_to_train_and_no_seed_adds_nothing(tmp_path):
     assert sbatch.resources_from(config).seed == 5
 
 
+def test_tracking_reaches_every_training_command_and_none_adds_nothing(tmp_path):
+    tracked = sbatch.resources_from(gpus_per_job=0, cpus_per_task=1, signal_grace=300, seed=3, track="wandb",
+                                    track_project="ibsr.cpu-runs")
+    fold = sbatch.render_fold_array(WS, CLI, tracked, configuration="2d", epochs=3, iterations=2, device="cpu")
+    assert ("--device cpu --seed 3 --track wandb --track-mode offline --track-project ibsr.cpu-runs\n" in fold)
+    baseline = sbatch.render_baseline(WS, CLI, tracked, model="unet2d", loss="ce", epochs=2, iterations=5,
+                                      device="cpu")
+    train_line = next(line for line in baseline.splitlines() if "--iterations-per-epoch" in line)
+    assert train_line.endswith("--device cpu --track wandb --track-mode offline --track-project ibsr.cpu-runs")
+    assert "--track" not in baseline.split("baseline predict")[1]  # predicting logs nothing
+    assert "--track" not in CASES["baseline-unet2d__dice_ce-gpu.sbatch"]() + CASES["nnunet-fold-2d-cpu.sbatch"]()
+    config = tmp_path / "slurm.toml"
+    config.write_text('track = "wandb"\ntrack_mode = "online"\n')
+    assert sbatch.resources_from(config).tracking.options() == [
+        "--track", "wandb", "--track-mode", "online", "--track-project", "ibsr-nnunet"]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"track": "mlflow"}, "--track: track = 'mlflow' is refused; expected wandb"),
+    ({"track_mode": "online"}, "--track-mode and --track-project need --track wandb"),
+    ({"track": "wandb", "track_project": "a b"}, "--track-project: track_project = 'a b' is refused"),
+])
+def test_bad_tracking_settings_are_refused(options, message):
+    with pytest.raises(InputError, match=re.escape(message)):
+        sbatch.resources_from(**options)
+
+
 @pytest.mark.parametrize("fold, message", [
     (-1, r"^--fold -1 must be a whole number, 0 or more\.$"),
 ])
