@@ -66,6 +66,9 @@ ENTRY_MODULES = ("ibsr_nnunet.cli", "ibsr_nnunet.nnunet.train", "ibsr_nnunet.nnu
                  "nnunetv2.postprocessing.remove_connected_components")
 STDLIB_SHADOWS = {"argparse"}  # distributions on PyPI that only shadow a standard-library module
 OPTIONAL = {"imagecodecs"}  # imported inside try/except when present (by tifffile); 26 MB not worth carrying
+# imported inside try/except when present (wandb by nnU-Net's logger: the `tracking` extra, which the GPU check does
+# not use), so kept out of the import that decides what to carry
+NOT_IMPORTED = ("wandb",)
 PLATFORMS = ("manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_24_x86_64", "manylinux_2_27_x86_64",
              "manylinux_2_28_x86_64", "manylinux_2_31_x86_64", "manylinux_2_34_x86_64")
 
@@ -75,12 +78,17 @@ def normalise(name: str) -> str:
 
 
 def imported_distributions(modules: tuple[str, ...] = ENTRY_MODULES) -> set[str]:
-    """Normalised names of the distributions whose top-level packages importing `modules` loads."""
+    """Normalised names of the distributions whose top-level packages importing `modules` loads (NOT_IMPORTED
+    blocked)."""
+    for name in NOT_IMPORTED:
+        sys.modules.setdefault(name, None)  # `import wandb` then raises ImportError, as where it is not installed
     for module in modules:
         importlib.import_module(module)
     owners = metadata.packages_distributions()
     found = set()
-    for module in list(sys.modules):
+    for module, loaded in list(sys.modules.items()):
+        if loaded is None:  # a blocked or failed import loaded nothing
+            continue
         for dist in owners.get(module.split(".")[0], ()):
             found.add(normalise(dist))
     return found - STDLIB_SHADOWS - OPTIONAL
