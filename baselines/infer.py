@@ -218,7 +218,8 @@ class Predictor:
             return None
         target = list(self.orientation.spacing)
         if self.model.dims == 2:
-            target[self._axis(volume)] = volume.spacing[self._axis(volume)]
+            axis = self._axis(volume)
+            target[axis] = volume.spacing[axis]
         return tuple(target) if far_from(volume.spacing, target) else None
 
     def _axis(self, volume: Volume) -> int:

@@ -4,7 +4,6 @@ W&B step per epoch, into the same W&B run whenever the run resumes."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 from ibsr_nnunet.core.tracking import Tracking
 
@@ -14,13 +13,24 @@ from .run_folder import LOG_COLUMNS
 class EpochTracker:
     """One training call's part of the W&B run `run_id` (offline: files in the run folder's wandb/, where nnU-Net
     keeps its fold's), opened at the first finished epoch, so a call that trains none leaves nothing; `log` takes
-    each finished epoch's log row, `close` ends this call's part."""
+    each finished epoch's log row (nothing without tracking). A context manager: leaving it ends this call's part,
+    marked failed when an exception (a stop signal included) left it."""
 
     def __init__(self, tracking: Tracking, folder: Path, run_id: str, config: dict):
         self.tracking, self.folder, self.run_id, self.config = tracking, Path(folder), run_id, config
         self.run = None
 
+    def __enter__(self) -> "EpochTracker":
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        if self.run is not None:
+            self.run.finish(exit_code=0 if kind is None else 1)
+            self.run = None
+
     def log(self, row: dict) -> None:
+        if not self.tracking.enabled:
+            return
         if self.run is None:
             import wandb
 
@@ -29,12 +39,3 @@ class EpochTracker:
                                   settings=wandb.Settings(silent=True, console="off"))
         values = {key: float(row[key]) for key in LOG_COLUMNS if key != "epoch" and row.get(key) is not None}
         self.run.log(values, step=int(row["epoch"]))
-
-    def close(self, exit_code: int = 0) -> None:
-        if self.run is not None:
-            self.run.finish(exit_code=exit_code)
-            self.run = None
-
-
-def epoch_tracker(tracking: Tracking, folder: Path, run_id: str, config: dict) -> Optional[EpochTracker]:
-    return EpochTracker(tracking, folder, run_id, config) if tracking.enabled else None

@@ -26,7 +26,7 @@ from .infer import predict_files
 from .options import TrainOptions
 from .registry import split_baseline_name
 from .run_folder import TrainingOrientation, best_weights_path, run_dir, run_finished, write_orientation
-from .tracking import epoch_tracker
+from .tracking import EpochTracker
 from .train import train
 
 
@@ -50,24 +50,16 @@ def train_in_workspace(ws: Workspace, options: TrainOptions, *, archive_stale: b
         run.record_provenance(fingerprint, model=options.model, loss=options.loss)
         write_orientation(folder, training_orientation(manifest))
         run_id = tracked_run_id(folder, fingerprint)
-        tracker = epoch_tracker(tracking, folder, run_id, {"model": options.model, "loss": options.loss,
-                                                           "dataset_fingerprint": fingerprint})
+        with EpochTracker(tracking, folder, run_id, {"model": options.model, "loss": options.loss,
+                                                     "dataset_fingerprint": fingerprint}) as tracker:
 
-        def logged(row: dict) -> None:
-            if tracker is not None:
+            def logged(row: dict) -> None:
                 tracker.log(row)
-            if on_epoch is not None:
-                on_epoch(row)
+                if on_epoch is not None:
+                    on_epoch(row)
 
-        finished = False
-        try:
-            outcome = train(folder, ws.cases("train", manifest), options, on_epoch=logged, on_iteration=on_iteration,
-                            on_start=on_start, durable=run, tracked=tracking.record(run_id))
-            finished = True
-            return outcome
-        finally:
-            if tracker is not None:
-                tracker.close(exit_code=0 if finished else 1)
+            return train(folder, ws.cases("train", manifest), options, on_epoch=logged, on_iteration=on_iteration,
+                         on_start=on_start, durable=run, tracked=tracking.record(run_id))
 
 
 def training_orientation(manifest: Manifest) -> TrainingOrientation:

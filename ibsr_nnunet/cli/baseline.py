@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..core.choices import fraction
-from ..core.tracking import DEFAULT_PROJECT
+from ..core.tracking import DEFAULT_PROJECT, Tracking
 from .common import (
     ArchiveStaleOption,
     BaselineModel,
@@ -23,7 +23,6 @@ from .common import (
     progress_bar,
     refusals,
     stage_app,
-    tracking_of,
     workspace_of,
 )
 
@@ -84,7 +83,7 @@ def train_command(
     from baselines.workspace import train_in_workspace
 
     ws = workspace_of(ctx)
-    tracking = tracking_of(track, track_mode, track_project)
+    tracking = Tracking(track, track_mode, track_project)
     options = TrainOptions.for_device(
         model=model and model.value, loss=loss and loss.value, optimizer=optimizer and optimizer.value,
         device=device and device.value, schedule=schedule and schedule.value, minutes=minutes, epochs=epochs,

@@ -19,7 +19,7 @@ from ..core.devices import DEVICES
 from ..core.environment import available_cores
 from ..core.errors import InputError
 from ..core.exitcodes import EXIT_INTERRUPTED
-from ..core.tracking import EXTRA as TRACKING_EXTRA, Tracking
+from ..core.tracking import EXTRA as TRACKING_EXTRA
 from ..core.vocabulary import CONFIGURATIONS, N_FOLDS, PHANTOM_SIZES
 from ..core.workspace import WORKSPACE_ENV, Workspace
 from ..data.layouts import LAYOUTS
@@ -79,12 +79,6 @@ TrackModeOption = Annotated[str, typer.Option(
     "--track-mode", help="offline (files in the run folder's wandb/, uploaded later with `wandb sync`: compute "
                          "nodes often have no internet) or online.")]
 TrackProjectOption = Annotated[str, typer.Option("--track-project", help="The W&B project.")]
-
-
-def tracking_of(track: Optional[str], mode: str, project: str) -> Tracking:
-    """The --track options as one checked Tracking (InputError on a bad value)."""
-    return Tracking(track, mode, project)
-
 
 def cores(jobs: int) -> int:
     """--jobs N, or every core this process may use when it is 0."""

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..core.tracking import DEFAULT_PROJECT
+from ..core.tracking import DEFAULT_PROJECT, Tracking
 from ..core.vocabulary import CONFIGURATIONS
 from ..nnunet.paths import FULL_EPOCHS, FULL_ITERATIONS
 from ..nnunet.train import COMPILE_DEFAULT
@@ -26,7 +26,6 @@ from .common import (
     cores,
     refusals,
     stage_app,
-    tracking_of,
     workspace_of,
 )
 
@@ -101,7 +100,7 @@ def train(
     result = run_train(ws, config.value, fold, epochs=epochs, iterations=iterations, device=device.value,
                        save_every=save_every, archive_stale=archive_stale, stage_data=stage_data,
                        local_scratch=local_scratch, compile=compile_network, seed=seed,
-                       tracking=tracking_of(track, track_mode, track_project), say=console.print)
+                       tracking=Tracking(track, track_mode, track_project), say=console.print)
     if result.status == "already finished":
         console.print(f"{config.value} fold {fold} is already finished: {result.folder}")
         return

@@ -118,11 +118,11 @@ class Manifest:
     @property
     def training_spacing(self) -> tuple[float, ...]:
         """The median voxel spacing (mm) of the training cases, axis by axis in the training orientation."""
-        from .orientation import oriented_spacing  # nibabel
+        from .orientation import towards  # nibabel
 
         axcodes = self.training_axcodes
         return tuple(float(s) for s in np.median(
-            [oriented_spacing(case.spacing, np.array(case.affine), axcodes) for case in self.training_cases], axis=0))
+            [towards(np.array(case.affine), axcodes).sizes(case.spacing) for case in self.training_cases], axis=0))
 
     def as_record(self) -> dict:
         record = {"tool": self.tool, "created": self.created, "fingerprint": self.fingerprint,

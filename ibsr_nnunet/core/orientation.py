@@ -59,25 +59,21 @@ class Reorientation:
         return np.ascontiguousarray(orientations.apply_orientation(
             array, self._transform(self.target_axcodes, self.input_axcodes)))
 
+    def sizes(self, spacing: tuple[float, ...]) -> tuple[float, ...]:
+        """Per-axis voxel sizes of the input (mm) in the target's axis order: permuted as the axes are."""
+        if self.identity:
+            return tuple(float(s) for s in spacing)
+        turned = [0.0] * len(spacing)
+        for size, (axis, _) in zip(spacing, self._transform(self.input_axcodes, self.target_axcodes)):
+            turned[int(axis)] = float(size)
+        return tuple(turned)
+
     def affine(self, affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         """The affine of the reoriented array: every voxel stays where it was in the world."""
         if self.identity:
             return affine
         transform = self._transform(self.input_axcodes, self.target_axcodes)
         return affine @ orientations.inv_ornt_aff(transform, shape[:3])
-
-
-def oriented_spacing(spacing: tuple[float, ...], affine: np.ndarray, target: tuple[str, ...]) -> tuple[float, ...]:
-    """The voxel sizes (mm) of an image with `spacing` and `affine` once turned to the `target` axis codes: the
-    same sizes, permuted as its axes are."""
-    reorientation = towards(affine, target)
-    if reorientation.identity:
-        return tuple(float(s) for s in spacing)
-    transform = reorientation._transform(reorientation.input_axcodes, reorientation.target_axcodes)
-    turned = [0.0] * len(spacing)
-    for size, (axis, _) in zip(spacing, transform):
-        turned[int(axis)] = float(size)
-    return tuple(turned)
 
 
 def towards(affine: np.ndarray, target: tuple[str, ...]) -> Reorientation:

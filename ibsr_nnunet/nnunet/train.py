@@ -134,12 +134,14 @@ def train(ws: Workspace, configuration: str, fold: int, *, epochs: int = FULL_EP
         run.record_provenance(fingerprint, configuration=configuration, fold=fold, trainer=name)
         run.open_history()
         torch_device = resolve_device(device)
+        tracked_id = tracked_run_id(folder, fingerprint)
+        # nnU-Net opens its W&B run when the trainer is built
         with _compile_setting(compile, cuda=torch_device.type == "cuda"), staged_preprocessed(
                 ws, plans["configurations"][configuration]["data_identifier"], enabled=stage_data,
-                local_scratch=local_scratch, say=say):
+                local_scratch=local_scratch, say=say), tracked(tracking, tracked_id):
             return _train_fold(ws, plans, configuration, fold, name=name, torch_device=torch_device,
-                               save_every=save_every, seed=seed, run=run, tracking=tracking,
-                               tracked_id=tracked_run_id(folder, fingerprint), say=say)
+                               save_every=save_every, seed=seed, run=run, tracking=tracking.record(tracked_id),
+                               say=say)
 
 
 def _ensure_model_current(ws: Workspace, folder: Path, *, configuration: str, name: str, fingerprint: str,
@@ -154,19 +156,10 @@ def _ensure_model_current(ws: Workspace, folder: Path, *, configuration: str, na
 
 
 def _train_fold(ws: Workspace, plans: dict, configuration: str, fold: int, *, name: str, torch_device,
-                save_every: int, seed: Optional[int], run: DurableRun, tracking: Tracking, tracked_id: str,
+                save_every: int, seed: Optional[int], run: DurableRun, tracking: Optional[dict],
                 say: Callable[[str], None]) -> TrainOutcome:
-    """Build our trainer, resume from the newest readable checkpoint (loaded once), record the run's start, train,
-    validate."""
-    with tracked(tracking, tracked_id):  # nnU-Net opens its W&B run when the trainer is built
-        return _build_and_train(ws, plans, configuration, fold, name=name, torch_device=torch_device,
-                                save_every=save_every, seed=seed, run=run, tracked=tracking.record(tracked_id),
-                                say=say)
-
-
-def _build_and_train(ws: Workspace, plans: dict, configuration: str, fold: int, *, name: str, torch_device,
-                     save_every: int, seed: Optional[int], run: DurableRun, tracked: Optional[dict],
-                     say: Callable[[str], None]) -> TrainOutcome:
+    """Build our trainer, resume from the newest readable checkpoint (loaded once), record the run's start (with
+    `tracking`, what the start line says of it), train, validate."""
     folder = run.folder
     checkpoint = newest_checkpoint(folder, torch_device, say)
     dataset_json = read_preprocessed_dataset_json(ws)
@@ -182,7 +175,7 @@ def _build_and_train(ws: Workspace, plans: dict, configuration: str, fold: int, 
     start_epoch = trainer.current_epoch
     run.begin(epoch=start_epoch, device=torch_device.type, device_name=device_name(torch_device),
               reached=epochs_reached(folder), compile=trainer._do_i_compile(), log=Path(trainer.log_file).name,
-              seed=seed, **({"tracking": tracked} if tracked else {}))
+              seed=seed, **({"tracking": tracking} if tracking else {}))
     resumed_from = checkpoint.name if checkpoint is not None else None
     del checkpoint  # its tensors: the trainer holds its own copies now
     if resumed_from != CHECKPOINTS[0]:
