@@ -138,7 +138,7 @@ def planned_ws(converted_ws, tmp_path_factory) -> Workspace:
     ws = copy_workspace(converted_ws, tmp_path_factory.mktemp("planned") / "ws")
     with restored_environ():
         configure(ws, 2)
-        result = plan(ws, jobs=2)
+        [result] = plan(ws, jobs=2)
     assert {"2d", "3d_fullres"} <= set(result.configurations) and not result.up_to_date
     return ws
 

@@ -208,10 +208,10 @@ def carried_back(array: np.ndarray, perm: tuple[int, int, int], flips: tuple[int
 
 # ---- nnU-Net folds ----------------------------------------------------------------------------------------------
 
-def fake_fold(ws: Workspace, trainer: str, config: str, fold: int) -> None:
-    folder = ws.results_dataset / f"{trainer}__nnUNetPlans__{config}" / f"fold_{fold}"
-    (folder / "validation").mkdir(parents=True)
+def fake_fold(ws: Workspace, trainer: str, config: str, fold: int, plans: str = "nnUNetPlans") -> None:
     """The files of a finished fold (empty), recorded as trained on the workspace's dataset."""
+    folder = ws.results_dataset / f"{trainer}__{plans}__{config}" / f"fold_{fold}"
+    (folder / "validation").mkdir(parents=True)
     for name in ("checkpoint_final.pth", "validation/summary.json", "validation/IBSR_01.npz"):
         (folder / name).write_bytes(b"")
     provenance.write_provenance(folder, provenance.dataset_fingerprint(ws))  # trained on this workspace's dataset

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ibsr_nnunet.campaign import sbatch
+from ibsr_nnunet.nnunet.presets import PRESET_TABLE
 
 WS = Path("/scratch/ibsr/ws")
 CLI = ["/opt/venv/bin/python", "-m", "ibsr_nnunet"]
@@ -24,6 +25,12 @@ CASES = {
         WS, CLI, GPU_STAGED, configuration="3d_fullres", fold=0, epochs=1000, iterations=250, device="cuda"),
     "nnunet-fold-2d-fold3-cpu.sbatch": lambda: sbatch.render_fold(
         WS, CLI, CPU, configuration="2d", fold=3, epochs=3, iterations=2, device="cpu"),
+    "nnunet-fold-resencl-3d_fullres-gpu.sbatch": lambda: sbatch.render_fold_array(
+        WS, CLI, GPU, configuration="3d_fullres", epochs=1000, iterations=250, device="auto",
+        preset=PRESET_TABLE["resenc-l"]),
+    "nnunet-fold-resencm-2d-fold1-cpu.sbatch": lambda: sbatch.render_fold(
+        WS, CLI, CPU, configuration="2d", fold=1, epochs=3, iterations=2, device="cpu",
+        preset=PRESET_TABLE["resenc-m"]),
     "baseline-unet2d__dice_ce-gpu.sbatch": lambda: sbatch.render_baseline(
         WS, CLI, GPU, model="unet2d", loss="dice_ce", epochs=50, iterations=100, device="cuda"),
     "final-gpu.sbatch": lambda: sbatch.render_final(WS, CLI, GPU, trainer="IbsrTrainer", device="auto"),

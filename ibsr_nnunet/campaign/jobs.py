@@ -1,8 +1,9 @@
 """The campaign's job records, `<workspace>/slurm/jobs.json`: the one module that reads it, and appends to it under
 its lock, atomically.
 
-    {"jobs": [record, ...]}: one record per submitted job (kind "fold" or "final", name, job_id, folds, array,
-    array_parallel, trainer, epochs, iterations, script, argv, submitted; by_hand for a fold sbatched by hand)"""
+    {"jobs": [record, ...]}: one record per submitted job (kind "fold", "baseline" or "final", name (a fold's
+    configuration), preset (a fold's nnU-Net plans preset; absent: default), job_id, folds, array, array_parallel,
+    trainer, epochs, iterations, script, argv, submitted; by_hand for a fold sbatched by hand)"""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from ..core.atomic import write_json
 from ..core.errors import InputError
 from ..core.jsonfile import read_json_object
 from ..core.locks import Lock, LockedError, lock_path
-from ..core.vocabulary import NNUNET_MODELS
+from ..core.vocabulary import DEFAULT_PRESET, nnunet_model_name
 from ..core.workspace import Workspace
 from ..models.protocol import Progress, TrainingJob
 from ..models.registry import load_model
@@ -69,6 +70,19 @@ def append_job(ws: Workspace, record: dict, *, say: Callable[[str], None] = prin
         lock.release()
 
 
+def record_preset(record: dict) -> str:
+    """The nnU-Net plans preset of a fold record (records written before presets existed are the default's)."""
+    return str(record.get("preset") or DEFAULT_PRESET)
+
+
+def job_label(record: dict) -> str:
+    """A fold job's configuration, with its preset unless it is the default ('2d', 'resenc-m 2d'); a baseline's
+    name."""
+    if record["kind"] != "fold" or record_preset(record) == DEFAULT_PRESET:
+        return record["name"]
+    return f"{record_preset(record)} {record['name']}"
+
+
 def state_key(record: dict, fold: Optional[int]) -> str:
     """The key of a record's job (or of one fold's array task) in `slurm.query_states`' answer."""
     if fold is not None and record.get("array", True):
@@ -78,7 +92,10 @@ def state_key(record: dict, fold: Optional[int]) -> str:
 
 def job_progress(ws: Workspace, record: dict, fold: Optional[int] = None) -> Progress:
     """Where a recorded fold (`fold` of the record's configuration) or baseline job stands, as its model reads it."""
-    name = NNUNET_MODELS[record["name"]] if record["kind"] == "fold" else record["name"]
+    try:
+        name = nnunet_model_name(record["name"], record_preset(record)) if record["kind"] == "fold" else record["name"]
+    except KeyError:
+        name = record["name"]  # an unknown preset: refused below
     model = load_model(ws, name)
     if model is None:
         raise InputError(f"{jobs_file(ws)} records a {record['kind']} job named {record['name']!r}, which names no "
@@ -87,7 +104,8 @@ def job_progress(ws: Workspace, record: dict, fold: Optional[int] = None) -> Pro
 
 
 def register_running_fold(ws: Workspace, configuration: str, fold: int, *, trainer: str, epochs: int,
-                          iterations: int, say: Callable[[str], None] = print) -> Optional[dict]:
+                          iterations: int, preset: str = DEFAULT_PRESET,
+                          say: Callable[[str], None] = print) -> Optional[dict]:
     """Record the running fold job (a script submitted by hand), once per job ID; None when it was already there.
 
     Run by the job itself, first: `submit` then never submits the fold again, and `status` shows it."""
@@ -101,7 +119,8 @@ def register_running_fold(ws: Workspace, configuration: str, fold: int, *, train
         jobs = load_jobs(ws)
         if any(r["kind"] == "fold" and str(r["job_id"]) == job_id and not r.get("array", True) for r in jobs):
             return None  # a requeued run of a job already recorded
-        record = {"kind": "fold", "name": configuration, "job_id": job_id, "folds": [fold], "array": False,
+        record = {"kind": "fold", "name": configuration, "preset": preset, "job_id": job_id, "folds": [fold],
+                  "array": False,
                   "array_parallel": None, "trainer": trainer, "epochs": epochs, "iterations": iterations,
                   "script": "(sbatch by hand)", "argv": [], "by_hand": True,
                   "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")}

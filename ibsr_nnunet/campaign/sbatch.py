@@ -26,6 +26,7 @@ from baselines.registry import baseline_name
 from ..core.errors import InputError
 from ..core.exitcodes import EXIT_LOCKED, EXIT_REQUEUE, EXIT_STALLED
 from ..core.tracking import DEFAULT_PROJECT, MODES, PROJECT, TOOLS, Tracking
+from ..nnunet.presets import DEFAULT, Preset
 
 TEMPLATE_PACKAGE = "ibsr_nnunet.campaign.templates"  # the checkout's slurm/ folder
 PLACEHOLDER = re.compile(r"\{\{([A-Z_]+)\}\}")
@@ -82,6 +83,7 @@ RULES = {
     "local_scratch": (lambda v: isinstance(v, str) and v.startswith("/") and not any(c in v for c in "\n\r\0"),
                       "an absolute folder on each node's local disk, e.g. /local/scratch"),
     "seed": (_whole(0), "a whole number, 0 or more"),
+    "gpu_memory": (_whole(1), "whole GB of memory of each GPU, e.g. 24"),
     "track": (lambda v: v in TOOLS, f"{' or '.join(TOOLS)} (the experiment tracker)"),
     "track_mode": (lambda v: v in MODES, " or ".join(MODES)),
     "track_project": (lambda v: isinstance(v, str) and PROJECT.fullmatch(v) is not None,
@@ -116,6 +118,7 @@ class Resources:
     stage_data: bool = False  # nnU-Net folds copy the preprocessed data to node-local disk first
     local_scratch: Optional[str] = None  # node-local folder for --stage-data; none: $SLURM_TMPDIR, then $TMPDIR
     seed: Optional[int] = None  # nnU-Net folds train seeded (`train --seed`); none: unseeded
+    gpu_memory: Optional[int] = None  # GB of each GPU: presets sized for more are refused; none: not checked
     track: Optional[str] = None  # every training job logs to this tracker (`train --track`); none: untracked
     track_mode: Optional[str] = None  # none: offline
     track_project: Optional[str] = None  # none: core.tracking.DEFAULT_PROJECT
@@ -177,7 +180,7 @@ RESOURCE_KEYS = {f.name for f in fields(Resources)}
 def load_config_file(path: Path) -> dict[str, Any]:
     """Resource settings from a TOML file: top-level keys or a [slurm] table, named like the Resources fields
     (partition, account, time, gpus_per_job, gpu_option, cpus_per_task, mem, signal_grace, extra_sbatch, setup,
-    max_restarts, array_parallel, stage_data, local_scratch, seed, track, track_mode, track_project)."""
+    max_restarts, array_parallel, stage_data, local_scratch, seed, gpu_memory, track, track_mode, track_project)."""
     try:
         data = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as err:
@@ -278,13 +281,17 @@ def _train_options(resources: Resources) -> str:
 
 
 def _fold(workspace: Path, cli: Sequence[str], resources: Resources, configuration: str, *, epochs: int,
-          iterations: int, device: str, fold: Optional[int]) -> str:
+          iterations: int, device: str, fold: Optional[int], preset: Preset) -> str:
     config = _name(configuration, "configuration")
-    values = {**_common(workspace, cli, resources, f"ibsr-nnunet-{config}" + ("" if fold is None else f"-fold{fold}")),
-              **_schedule(epochs, iterations, device), "CONFIG": config, "TRAIN_OPTIONS": _train_options(resources)}
+    tagged = f"{preset.tag}-{config}" if preset.tag else config
+    preset_option = f" --preset {_name(preset.name, '--preset')}" if not preset.is_default else ""
+    values = {**_common(workspace, cli, resources, f"ibsr-nnunet-{tagged}" + ("" if fold is None else f"-fold{fold}")),
+              **_schedule(epochs, iterations, device), "CONFIG": config,
+              "TRAIN_OPTIONS": preset_option + _train_options(resources)}
+    what = config if preset.is_default else f"{config} ({preset.plans})"
     if fold is None:
         values.update({
-            "HEADER": f"# ibsr-nnunet: nnU-Net {config} training, one array task per fold (SLURM_ARRAY_TASK_ID is "
+            "HEADER": f"# ibsr-nnunet: nnU-Net {what} training, one array task per fold (SLURM_ARRAY_TASK_ID is "
                       f"the fold).\n# Rendered by `ibsr-nnunet submit` from slurm/nnunet-fold.sbatch: run submit "
                       f"again rather than editing this file.",
             "FOLD": "${SLURM_ARRAY_TASK_ID:?submit this script as an array job, --array=FOLDS}",
@@ -294,14 +301,14 @@ def _fold(workspace: Path, cli: Sequence[str], resources: Resources, configurati
     if not isinstance(fold, int) or fold < 0:
         raise InputError(f"--fold {fold!r} must be a whole number, 0 or more.")
     values.update({
-        "HEADER": f"# ibsr-nnunet: nnU-Net {config} training of fold {fold}, submitted by hand: sbatch THIS_FILE.\n"
+        "HEADER": f"# ibsr-nnunet: nnU-Net {what} training of fold {fold}, submitted by hand: sbatch THIS_FILE.\n"
                   f"# Its log is sbatch's default, slurm-<job id>.out in the folder sbatch runs from (or sbatch "
                   f"--output=FILE).\n# It records itself in the workspace's slurm/jobs.json when it starts, so "
                   f"`ibsr-nnunet submit` and `status` see it.\n# Rendered by `ibsr-nnunet script` from "
                   f"slurm/nnunet-fold.sbatch: render it again rather than editing this file.",
         "FOLD": str(fold),
         "REGISTER": (f'"${{IBSR_NNUNET[@]}}" --workspace "$WORKSPACE" register-job --config {config} --fold "$FOLD" '
-                     f'--epochs {values["EPOCHS"]} --iterations-per-epoch {values["ITERATIONS"]} \\\n'
+                     f'--epochs {values["EPOCHS"]} --iterations-per-epoch {values["ITERATIONS"]}{preset_option} \\\n'
                      f'  || log "could not record this job in $WORKSPACE/slurm/jobs.json (why: above); training '
                      f'anyway"'),
     })
@@ -309,17 +316,17 @@ def _fold(workspace: Path, cli: Sequence[str], resources: Resources, configurati
 
 
 def render_fold_array(workspace: Path, cli: Sequence[str], resources: Resources, *, configuration: str,
-                      epochs: int, iterations: int, device: str) -> str:
-    """One array job per nnU-Net configuration; the array index is the fold."""
+                      epochs: int, iterations: int, device: str, preset: Preset = DEFAULT) -> str:
+    """One array job per nnU-Net preset and configuration; the array index is the fold."""
     return _fold(workspace, cli, resources, configuration, epochs=epochs, iterations=iterations, device=device,
-                 fold=None)
+                 fold=None, preset=preset)
 
 
 def render_fold(workspace: Path, cli: Sequence[str], resources: Resources, *, configuration: str, fold: int,
-                epochs: int, iterations: int, device: str) -> str:
+                epochs: int, iterations: int, device: str, preset: Preset = DEFAULT) -> str:
     """One fold as a self-contained job to `sbatch` by hand (no array): it records itself in jobs.json first."""
     return _fold(workspace, cli, resources, configuration, epochs=epochs, iterations=iterations, device=device,
-                 fold=fold)
+                 fold=fold, preset=preset)
 
 
 def render_baseline(workspace: Path, cli: Sequence[str], resources: Resources, *, model: str, loss: str,

@@ -14,7 +14,7 @@ from ..core.runlog import STALL_FIX, median, utc
 from ..core.workspace import Workspace
 from ..models.protocol import Progress
 from .eta import History, campaign_eta, final_job_seconds, job_eta, summarize
-from .jobs import job_progress, load_jobs, state_key
+from .jobs import job_label, job_progress, load_jobs, state_key
 from .slurm import JobState, Runner, query_states
 
 STALLED_REASON = (f"stalled: two runs in a row were stopped by the time-limit warning before finishing an epoch "
@@ -24,7 +24,7 @@ STALLED_REASON = (f"stalled: two runs in a row were stopped by the time-limit wa
 @dataclass
 class StatusRow:
     kind: str  # "fold" | "baseline" | "final"
-    name: str
+    name: str  # a fold's configuration, with its preset unless default ("resenc-m 2d"); a baseline's name
     fold: Optional[int]
     job_id: Optional[str]
     state: str
@@ -81,7 +81,7 @@ def _latest_records(jobs: list[dict]) -> list[tuple[tuple[str, str, Optional[int
     for record in jobs:
         if record["kind"] == "fold":
             for fold in record["folds"]:
-                latest[("fold", record["name"], fold)] = record
+                latest[("fold", job_label(record), fold)] = record
         else:
             latest[(record["kind"], record["name"], None)] = record
     order = {"fold": 0, "baseline": 1, "final": 2}

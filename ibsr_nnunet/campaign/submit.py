@@ -35,8 +35,9 @@ from ..nnunet.paths import (
     trainer_name,
 )
 from ..nnunet.plans import read_plans, read_splits
+from ..nnunet.presets import DEFAULT, Preset, refuse_oversized
 from . import sbatch as render
-from .jobs import append_job, job_progress, load_jobs, state_key
+from .jobs import append_job, job_progress, load_jobs, record_preset, state_key
 from .slurm import Cluster, JobState, Runner, query_cluster, query_states, sbatch, scancel
 
 
@@ -46,6 +47,7 @@ class SubmitRequest:
 
     configs: tuple[str, ...] = CONFIGURATIONS
     folds: tuple[int, ...] = tuple(range(N_FOLDS))
+    presets: tuple[Preset, ...] = (DEFAULT,)  # nnU-Net plans presets: each gets one array per configuration
     baselines: tuple[str, ...] = ()  # "model__loss"
     epochs: int = FULL_EPOCHS
     iterations: int = FULL_ITERATIONS
@@ -71,6 +73,12 @@ class Submission:
     text: str
     folds: list[int] = field(default_factory=list)
     job_id: Optional[str] = None
+    preset: Preset = DEFAULT  # a fold array's
+
+    @property
+    def label(self) -> str:
+        """'2d', 'resenc-m 2d', a baseline's name or 'final'."""
+        return self.name if self.kind != "fold" or self.preset.is_default else f"{self.preset.name} {self.name}"
 
 
 @dataclass
@@ -82,19 +90,28 @@ class SubmitResult:
 
 def _check_planned(ws: Workspace, request: SubmitRequest) -> None:
     configs = ",".join(request.configs)
-    plans_json = plans_file(ws)
-    if not plans_json.is_file():
-        raise InputError(f"{plans_json} does not exist: plan first with `ibsr-nnunet --workspace "
-                         f"{shlex.quote(str(ws.root))} plan --configs {configs}`, then submit again.")
-    planned = read_plans(ws)["configurations"]
-    missing = [c for c in request.configs if c not in planned]
-    if missing:
-        raise InputError(f"--configs {','.join(missing)} not in {plans_json.name} (has {', '.join(planned)}); "
-                         f"run `ibsr-nnunet plan --configs {configs}` or drop them from --configs.")
+    for preset in request.presets:
+        presets = preset.option().replace("--preset", "--presets")
+        plans_json = plans_file(ws, preset)
+        if not plans_json.is_file():
+            raise InputError(f"{plans_json} does not exist: plan first with `ibsr-nnunet --workspace "
+                             f"{shlex.quote(str(ws.root))} plan --configs {configs}{presets}`, then submit again.")
+        planned = read_plans(ws, preset)["configurations"]
+        missing = [c for c in request.configs if c not in planned]
+        if missing:
+            raise InputError(f"--configs {','.join(missing)} not in {plans_json.name} (has {', '.join(planned)}); "
+                             f"run `ibsr-nnunet plan --configs {configs}{presets}` or drop them from --configs.")
     n_folds = len(read_splits(ws)) if splits_file(ws).is_file() else N_FOLDS
     wrong = [f for f in request.folds if not 0 <= f < n_folds]
     if wrong:
         raise InputError(f"--folds {','.join(map(str, wrong))} do not exist: the dataset has folds 0..{n_folds - 1}.")
+
+
+def _check_gpu_memory(request: SubmitRequest) -> None:
+    """A preset sized for more GPU memory than --gpu-memory is refused before any job starts (not on CPU jobs)."""
+    resources = request.resources
+    if request.configs and resources.gpus_per_job and request.device != "cpu":
+        refuse_oversized(request.presets, resources.gpu_memory)
 
 
 @dataclass
@@ -127,10 +144,13 @@ class _Campaign:
     def logs(self) -> Path:
         return self.ws.slurm / "logs"
 
-    def active_job(self, kind: str, name: str, fold: Optional[int] = None) -> Optional[str]:
-        """The newest recorded job of this kind and name (and array task) still queued or running."""
+    def active_job(self, kind: str, name: str, fold: Optional[int] = None,
+                   preset: Preset = DEFAULT) -> Optional[str]:
+        """The newest recorded job of this kind and name (and array task, and preset) still queued or running."""
         for record in reversed(self.jobs):
             if record["kind"] != kind or record["name"] != name:
+                continue
+            if kind == "fold" and record_preset(record) != preset.name:
                 continue
             if fold is not None and fold not in record.get("folds", []):
                 continue
@@ -189,8 +209,8 @@ def _handle_stale(c: _Campaign, say: Callable[[str], None]) -> None:
     <workspace>/stale/<time>/ (a dry run only says so) and trained afresh; without it, submit refuses. Stale folds
     beside the requested ones count too (training rewrites the files of their model folder, which `train` refuses);
     a fold goes with copies of those files."""
-    requested = [fold_folder(c.ws, config, fold, trainer=c.trainer)
-                 for config in c.request.configs for fold in c.request.folds]
+    requested = [fold_folder(c.ws, config, fold, trainer=c.trainer, plans=preset.plans)
+                 for preset in c.request.presets for config in c.request.configs for fold in c.request.folds]
     beside = {f for folder in requested for f in folder.parent.glob("fold_*") if f.is_dir()}
     folders = sorted(set(requested) | beside) + [c.ws.baselines / name for name in c.request.baselines]
     stale = [(folder, why) for folder in folders if (why := staleness(folder, c.fingerprint))]
@@ -210,26 +230,29 @@ def _handle_stale(c: _Campaign, say: Callable[[str], None]) -> None:
 
 
 def _fold_arrays(c: _Campaign) -> list[Submission]:
-    """One array per configuration, with the folds that are neither finished nor queued/running."""
+    """One array per preset and configuration, with the folds that are neither finished nor queued/running."""
     submissions = []
-    for config in c.request.configs:
-        todo = []
-        for fold in c.request.folds:
-            folder = fold_folder(c.ws, config, fold, trainer=c.trainer)
-            if fold_finished(folder) and c.current(folder):
-                c.skipped.append(f"{config} fold {fold}: already finished ({c.trainer})")
-            elif (key := c.active_job("fold", config, fold)) is not None:
-                c.skipped.append(f"{config} fold {fold}: job {key} is {c.states[key].state}")
-            else:
-                todo.append(fold)
-        if todo:
-            text = render.render_fold_array(c.ws.root, c.cli, c.request.resources, configuration=config,
-                                            epochs=c.request.epochs, iterations=c.request.iterations,
-                                            device=c.request.device)
-            script = c.scripts / f"nnunet-{config}-{c.stamp}.sbatch"
-            argv = render.sbatch_argv(script, render.log_pattern(c.logs, f"nnunet-{config}_%A_%a.out"),
-                                      c.ws.slurm, array=todo, array_parallel=c.request.resources.array_parallel)
-            submissions.append(Submission("fold", config, script, argv, text, folds=todo))
+    for preset in c.request.presets:
+        for config in c.request.configs:
+            label = config if preset.is_default else f"{preset.name} {config}"
+            todo = []
+            for fold in c.request.folds:
+                folder = fold_folder(c.ws, config, fold, trainer=c.trainer, plans=preset.plans)
+                if fold_finished(folder) and c.current(folder):
+                    c.skipped.append(f"{label} fold {fold}: already finished ({c.trainer})")
+                elif (key := c.active_job("fold", config, fold, preset)) is not None:
+                    c.skipped.append(f"{label} fold {fold}: job {key} is {c.states[key].state}")
+                else:
+                    todo.append(fold)
+            if todo:
+                text = render.render_fold_array(c.ws.root, c.cli, c.request.resources, configuration=config,
+                                                epochs=c.request.epochs, iterations=c.request.iterations,
+                                                device=c.request.device, preset=preset)
+                tagged = f"{preset.tag}-{config}" if preset.tag else config
+                script = c.scripts / f"nnunet-{tagged}-{c.stamp}.sbatch"
+                argv = render.sbatch_argv(script, render.log_pattern(c.logs, f"nnunet-{tagged}_%A_%a.out"),
+                                          c.ws.slurm, array=todo, array_parallel=c.request.resources.array_parallel)
+                submissions.append(Submission("fold", config, script, argv, text, folds=todo, preset=preset))
     return submissions
 
 
@@ -280,7 +303,8 @@ def _final_argv(c: _Campaign, final: Submission, dependencies: list[str]) -> lis
 def _record(c: _Campaign, sub: Submission, say: Callable[[str], None]) -> None:
     throttle = c.request.resources.array_parallel if sub.kind == "fold" else None
     c.jobs = append_job(c.ws, {  # after every sbatch: a crash later never loses a job ID
-        "kind": sub.kind, "name": sub.name, "job_id": sub.job_id, "folds": sub.folds, "array": sub.kind == "fold",
+        "kind": sub.kind, "name": sub.name, **({"preset": sub.preset.name} if sub.kind == "fold" else {}),
+        "job_id": sub.job_id, "folds": sub.folds, "array": sub.kind == "fold",
         "array_parallel": throttle, "trainer": c.trainer, "epochs": c.request.epochs,
         "iterations": c.request.iterations,
         "script": str(sub.script), "argv": sub.argv, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")}, say=say)
@@ -294,6 +318,7 @@ def submit(ws: Workspace, request: SubmitRequest, *, cli: Optional[Sequence[str]
     request.resources.tracking.require()  # the jobs run this installation's command
     if request.configs:
         _check_planned(ws, request)
+    _check_gpu_memory(request)
     states = query_states(runner)
     if states is None and not request.dry_run:
         raise InputError("SLURM does not answer (`scontrol show job` failed): is this a cluster login node with "
@@ -308,7 +333,7 @@ def submit(ws: Workspace, request: SubmitRequest, *, cli: Optional[Sequence[str]
 
     if request.dry_run:
         if final:
-            final.argv = _final_argv(c, final, [f"<{s.kind}:{s.name}>" for s in training])
+            final.argv = _final_argv(c, final, [f"<{s.kind}:{s.label.replace(' ', ':')}>" for s in training])
         return SubmitResult(submitted, c.skipped, dry_run=True)
 
     for job_id in cancel:
@@ -321,7 +346,7 @@ def submit(ws: Workspace, request: SubmitRequest, *, cli: Optional[Sequence[str]
         write_text(sub.script, sub.text)
         sub.job_id = sbatch(runner, sub.argv)
         _record(c, sub, say)
-        say(f"submitted {sub.kind} {sub.name}" + (f" folds {','.join(map(str, sub.folds))}" if sub.folds else "")
+        say(f"submitted {sub.kind} {sub.label}" + (f" folds {','.join(map(str, sub.folds))}" if sub.folds else "")
             + f": job {sub.job_id}")
     return SubmitResult(submitted, c.skipped, dry_run=False)
 
@@ -350,10 +375,13 @@ def _baseline_done(c: _Campaign, name: str) -> bool:
 
 
 def fold_script(ws: Workspace, configuration: str, fold: int, *, epochs: int, iterations: int, device: str,
-                resources: render.Resources, cli: Optional[Sequence[str]] = None) -> str:
-    """One fold's script to `sbatch` by hand, after the same checks as `submit` (planned, the fold exists)."""
+                resources: render.Resources, cli: Optional[Sequence[str]] = None, preset: Preset = DEFAULT) -> str:
+    """One fold's script to `sbatch` by hand, after the same checks as `submit` (planned, the fold exists, the
+    preset fits the GPUs' memory)."""
     resources.tracking.require()
-    _check_planned(ws, SubmitRequest(configs=(configuration,), folds=(fold,), epochs=epochs, iterations=iterations,
-                                  device=device, resources=resources))
+    request = SubmitRequest(configs=(configuration,), folds=(fold,), presets=(preset,), epochs=epochs,
+                            iterations=iterations, device=device, resources=resources)
+    _check_planned(ws, request)
+    _check_gpu_memory(request)
     return render.render_fold(ws.root, list(cli or render.default_cli()), resources, configuration=configuration,
-                              fold=fold, epochs=epochs, iterations=iterations, device=device)
+                              fold=fold, epochs=epochs, iterations=iterations, device=device, preset=preset)

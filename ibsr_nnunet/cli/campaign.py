@@ -13,14 +13,18 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..core.tracking import DEFAULT_PROJECT, EXTRA as TRACKING_EXTRA
-from ..core.vocabulary import CONFIGURATIONS
+from ..core.vocabulary import CONFIGURATIONS, DEFAULT_PRESET
 from ..nnunet.paths import FULL_EPOCHS, FULL_ITERATIONS
+from ..nnunet.presets import preset_named, presets_named
 from .common import (
     ALL_FOLDS,
     ArchiveStaleOption,
     Configuration,
     Device,
     DeviceOption,
+    PresetChoice,
+    PresetOption,
+    PresetsOption,
     baselines_list,
     configs_or_none,
     console,
@@ -60,8 +64,11 @@ LocalScratch = Annotated[Optional[str], typer.Option(
 ConfigFile = Annotated[Optional[Path], typer.Option(
     "--config-file",
     help="TOML with these settings (partition, account, time, gpus_per_job, gpu_option, cpus_per_task, mem, "
-         "signal_grace, extra_sbatch, setup, max_restarts, array_parallel, stage_data, local_scratch, seed, track, "
-         "track_mode, track_project); options win.")]
+         "signal_grace, extra_sbatch, setup, max_restarts, array_parallel, stage_data, local_scratch, seed, "
+         "gpu_memory, track, track_mode, track_project); options win.")]
+GpuMemory = Annotated[Optional[int], typer.Option(
+    "--gpu-memory", min=1, help="GB of memory of each GPU: a preset sized for more (resenc-l 24, resenc-xl 40) is "
+                                "refused before any job starts.")]
 Seed = Annotated[Optional[int], typer.Option(
     "--seed", min=0, help="nnU-Net folds train seeded (`train --seed`; default: unseeded).")]
 Track = Annotated[Optional[str], typer.Option(
@@ -84,6 +91,7 @@ def submit(
                                 help="nnU-Net configurations: one array job each ('' for none)."),
     folds: str = typer.Option(ALL_FOLDS, "--folds", callback=folds_list,
                               help="Folds: the array indices of every configuration."),
+    presets: PresetsOption = DEFAULT_PRESET,
     baselines: str = typer.Option("", "--baselines", callback=baselines_list,
                                   help="Baseline jobs as MODEL__LOSS, comma-separated, e.g. unet2d__dice_ce."),
     epochs: Epochs = FULL_EPOCHS,
@@ -105,6 +113,7 @@ def submit(
     stage_data: StageData = None,
     local_scratch: LocalScratch = None,
     seed: Seed = None,
+    gpu_memory: GpuMemory = None,
     track: Track = None,
     track_mode: TrackMode = None,
     track_project: TrackProject = None,
@@ -123,15 +132,16 @@ def submit(
                                gpus_per_job=gpus_per_job, cpus_per_task=cpus_per_task, mem=mem,
                                signal_grace=signal_grace, extra_sbatch=extra_sbatch, setup=setup,
                                max_restarts=max_restarts, array_parallel=array_parallel, stage_data=stage_data,
-                               local_scratch=local_scratch, seed=seed, track=track, track_mode=track_mode,
-                               track_project=track_project)
+                               local_scratch=local_scratch, seed=seed, gpu_memory=gpu_memory, track=track,
+                               track_mode=track_mode, track_project=track_project)
     request = SubmitRequest(
-        configs=tuple(configs), folds=tuple(int(f) for f in folds), baselines=tuple(baselines), epochs=epochs,
-        iterations=iterations, device=device.value, resources=resources, dry_run=dry_run, archive_stale=archive_stale)
+        configs=tuple(configs), folds=tuple(int(f) for f in folds), presets=presets_named(presets),
+        baselines=tuple(baselines), epochs=epochs, iterations=iterations, device=device.value, resources=resources,
+        dry_run=dry_run, archive_stale=archive_stale)
     result = run_submit(ws, request, say=console.print)
     if dry_run:
         for sub in result.submitted:  # verbatim (no rich wrapping): what would be written and run
-            typer.echo(f"# ===== {sub.kind} {sub.name}: {sub.script} =====")
+            typer.echo(f"# ===== {sub.kind} {sub.label}: {sub.script} =====")
             typer.echo(sub.text, nl=False)
             typer.echo(f"# ===== sbatch command line =====\n{shlex.join(sub.argv)}")
     for line in result.skipped:
@@ -176,6 +186,7 @@ def script(
     ctx: typer.Context,
     fold: Annotated[int, typer.Option("--fold", min=0, help="Cross-validation fold.")],
     config: Annotated[Configuration, typer.Option("--config", help="nnU-Net configuration.")],
+    preset: PresetOption = PresetChoice.default,
     epochs: Epochs = FULL_EPOCHS,
     iterations: Iterations = FULL_ITERATIONS,
     device: DeviceOption = Device.auto,
@@ -192,6 +203,7 @@ def script(
     stage_data: StageData = None,
     local_scratch: LocalScratch = None,
     seed: Seed = None,
+    gpu_memory: GpuMemory = None,
     track: Track = None,
     track_mode: TrackMode = None,
     track_project: TrackProject = None,
@@ -207,9 +219,10 @@ def script(
                                gpus_per_job=gpus_per_job, cpus_per_task=cpus_per_task, mem=mem,
                                signal_grace=signal_grace, extra_sbatch=extra_sbatch, setup=setup,
                                max_restarts=max_restarts, stage_data=stage_data, local_scratch=local_scratch,
-                               seed=seed, track=track, track_mode=track_mode, track_project=track_project)
+                               seed=seed, gpu_memory=gpu_memory, track=track, track_mode=track_mode,
+                               track_project=track_project)
     text = fold_script(ws, config.value, fold, epochs=epochs, iterations=iterations, device=device.value,
-                       resources=resources)
+                       resources=resources, preset=preset_named(preset.value))
     typer.echo(text, nl=False)  # the script alone on stdout; what to know about it on stderr
     typer.echo(f"# {config.value} fold {fold}: `sbatch` this script; its log is slurm-<job id>.out in the folder you "
                f"run sbatch from (or pass sbatch --output=FILE); once it starts it is recorded in {jobs_file(ws)}.",
@@ -224,6 +237,7 @@ def register_job(
     config: Annotated[Configuration, typer.Option("--config")],
     epochs: Epochs = FULL_EPOCHS,
     iterations: Iterations = FULL_ITERATIONS,
+    preset: PresetOption = PresetChoice.default,
 ) -> None:
     """Record the running fold job in slurm/jobs.json (the first step of a script from `ibsr-nnunet script`)."""
     from ..campaign.jobs import jobs_file, register_running_fold
@@ -231,7 +245,7 @@ def register_job(
 
     ws = workspace_of(ctx)
     record = register_running_fold(ws, config.value, fold, trainer=trainer_name(epochs, iterations), epochs=epochs,
-                                   iterations=iterations, say=console.print)
+                                   iterations=iterations, preset=preset.value, say=console.print)
     if record is not None:
         console.print(f"recorded job {record['job_id']} ({config.value} fold {fold}) in {jobs_file(ws)}", markup=False)
 

@@ -20,7 +20,7 @@ from ..core.environment import available_cores
 from ..core.errors import InputError
 from ..core.exitcodes import EXIT_INTERRUPTED
 from ..core.tracking import EXTRA as TRACKING_EXTRA
-from ..core.vocabulary import CONFIGURATIONS, N_FOLDS, PHANTOM_SIZES
+from ..core.vocabulary import CONFIGURATIONS, N_FOLDS, PHANTOM_SIZES, PRESETS
 from ..core.workspace import WORKSPACE_ENV, Workspace
 from ..data.layouts import LAYOUTS
 from ..nnunet.plan import PLANNABLE
@@ -36,6 +36,7 @@ def choice(name: str, values: Iterable[str]) -> type[Enum]:
 
 Device = choice("Device", DEVICES)
 Configuration = choice("Configuration", CONFIGURATIONS)
+PresetChoice = choice("PresetChoice", PRESETS)
 Layout = choice("Layout", LAYOUTS)
 SourceLayout = choice("SourceLayout", ("auto", *LAYOUTS))
 PhantomSize = choice("PhantomSize", PHANTOM_SIZES)
@@ -79,6 +80,12 @@ TrackModeOption = Annotated[str, typer.Option(
     "--track-mode", help="offline (files in the run folder's wandb/, uploaded later with `wandb sync`: compute "
                          "nodes often have no internet) or online.")]
 TrackProjectOption = Annotated[str, typer.Option("--track-project", help="The W&B project.")]
+PresetOption = Annotated[PresetChoice, typer.Option(
+    "--preset", help="nnU-Net's plans: default (nnUNetPlans) or a residual-encoder preset resenc-m|l|xl (plan it "
+                     "first with `plan --presets`).")]
+PresetsOption = Annotated[str, typer.Option(
+    "--presets", help=f"nnU-Net plans presets, comma-separated: {', '.join(PRESETS)} (ResEnc M, L, XL are sized "
+                      f"for 8, 24 and 40 GB of GPU memory).")]
 
 def cores(jobs: int) -> int:
     """--jobs N, or every core this process may use when it is 0."""

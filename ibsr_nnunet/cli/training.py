@@ -9,8 +9,9 @@ import typer
 from rich.table import Table
 
 from ..core.tracking import DEFAULT_PROJECT, Tracking
-from ..core.vocabulary import CONFIGURATIONS
+from ..core.vocabulary import CONFIGURATIONS, DEFAULT_PRESET
 from ..nnunet.paths import FULL_EPOCHS, FULL_ITERATIONS
+from ..nnunet.presets import preset_named, presets_named
 from ..nnunet.train import COMPILE_DEFAULT
 from .common import (
     ArchiveStaleOption,
@@ -18,6 +19,9 @@ from .common import (
     Device,
     DeviceOption,
     JobsOption,
+    PresetChoice,
+    PresetOption,
+    PresetsOption,
     TrackModeOption,
     TrackOption,
     TrackProjectOption,
@@ -38,6 +42,7 @@ def plan(
     ctx: typer.Context,
     configs: Annotated[str, typer.Option(
         "--configs", callback=configs_list, help="Comma-separated nnU-Net configurations.")] = ",".join(CONFIGURATIONS),
+    presets: PresetsOption = DEFAULT_PRESET,
     jobs: JobsOption = 0,
     force: Annotated[bool, typer.Option("--force", help="Plan and preprocess again even when up to date.")] = False,
 ) -> None:
@@ -48,16 +53,21 @@ def plan(
     ws = workspace_of(ctx)
     configure(ws, cores(jobs))
     with console.status("nnU-Net: fingerprint, plans, preprocessing"):
-        result = run_plan(ws, tuple(configs), jobs=cores(jobs), force=force, say=console.print)
-    title = f"{ws.dataset_name}: nnU-Net plans" + (" (up to date, nothing redone)" if result.up_to_date else "")
-    table = Table(title=title)
-    for column in ("configuration", "patch size", "batch size", "spacing (mm)", "stages", "median shape"):
-        table.add_column(column)
-    for name, c in result.configurations.items():
-        table.add_row(name, "×".join(map(str, c["patch_size"])), str(c["batch_size"]),
-                      "×".join(f"{s:g}" for s in c["spacing"]), str(c["stages"]), "×".join(map(str, c["median_shape"])))
-    console.print(table)
-    for name in result.dropped:
+        results = run_plan(ws, tuple(configs), presets=presets_named(presets), jobs=cores(jobs), force=force,
+                           say=console.print)
+    for result in results:
+        spent = "" if result.up_to_date else f" in {result.seconds:.1f} s"
+        networks = ", ".join(sorted({c["network"] for c in result.configurations.values()}))
+        table = Table(title=f"{ws.dataset_name}: nnU-Net plans, preset {result.preset.name} ({result.preset.plans}, "
+                            f"{networks}): {result.done}{spent}")
+        for column in ("configuration", "patch size", "batch size", "spacing (mm)", "stages", "median shape"):
+            table.add_column(column)
+        for name, c in result.configurations.items():
+            table.add_row(name, "×".join(map(str, c["patch_size"])), str(c["batch_size"]),
+                          "×".join(f"{s:g}" for s in c["spacing"]), str(c["stages"]),
+                          "×".join(map(str, c["median_shape"])))
+        console.print(table)
+    for name in results[0].dropped:
         console.print(f"{name}: not planned — nnU-Net drops it when the image is too small to need a "
                       "low-resolution stage.")
 
@@ -68,6 +78,7 @@ def train(
     ctx: typer.Context,
     fold: Annotated[int, typer.Option("--fold", min=0, help="Cross-validation fold.")],
     config: Annotated[Configuration, typer.Option("--config", help="nnU-Net configuration.")],
+    preset: PresetOption = PresetChoice.default,
     epochs: Annotated[int, typer.Option(
         "--epochs", min=1, help="Epochs (a short schedule gets its own trainer name).")] = FULL_EPOCHS,
     iterations: Annotated[int, typer.Option(
@@ -100,13 +111,15 @@ def train(
     result = run_train(ws, config.value, fold, epochs=epochs, iterations=iterations, device=device.value,
                        save_every=save_every, archive_stale=archive_stale, stage_data=stage_data,
                        local_scratch=local_scratch, compile=compile_network, seed=seed,
-                       tracking=Tracking(track, track_mode, track_project), say=console.print)
+                       tracking=Tracking(track, track_mode, track_project), preset=preset_named(preset.value),
+                       say=console.print)
+    what = f"{config.value} fold {fold}" + ("" if preset.value == DEFAULT_PRESET else f" ({preset.value})")
     if result.status == "already finished":
-        console.print(f"{config.value} fold {fold} is already finished: {result.folder}")
+        console.print(f"{what} is already finished: {result.folder}")
         return
     start = (f"resumed from {result.resumed_from} at epoch {result.start_epoch}" if result.resumed_from
              else "from scratch")
-    console.print(f"{config.value} fold {fold} finished ({start}): {result.folder}")
+    console.print(f"{what} finished ({start}): {result.folder}")
 
 
 @app.command()
@@ -116,18 +129,22 @@ def ensemble(
     trainer: Annotated[Optional[str], typer.Option(
         "--trainer",
         help="nnU-Net trainer whose folds to use (default: the one with the most finished folds).")] = None,
+    presets: Annotated[Optional[str], typer.Option(
+        "--presets", help="Search only these plans presets, comma-separated (default: every preset with finished "
+                          "folds).")] = None,
     device: DeviceOption = Device.auto,
     jobs: JobsOption = 0,
 ) -> None:
     # the docstring is the command's help, shown on one line in `ibsr-nnunet --help`: kept whole, hence the noqa
-    """Best configuration over 2d and 3d_fullres, then held-out and test predictions of 2d, 3d_fullres and their ensemble."""  # noqa: E501
+    """Best configuration over every preset's 2d and 3d_fullres, then held-out and test predictions of each and their ensembles."""  # noqa: E501
     from ..models.ensemble import build_ensemble
     from ..nnunet.environment import configure
 
     ws = workspace_of(ctx)
     configure(ws, cores(jobs))
+    chosen = presets_named(presets) if presets is not None else None
     with console.status("nnU-Net: best configuration, predictions, ensemble, postprocessing"):
-        result = build_ensemble(ws, trainer, jobs=cores(jobs), device=device.value, say=console.print)
+        result = build_ensemble(ws, trainer, presets=chosen, jobs=cores(jobs), device=device.value, say=console.print)
     table = Table(title=f"{ws.dataset_name}: {result.selection.trainer}, folds "
                         f"{', '.join(map(str, result.selection.folds))}")
     for column in ("model", "cross-validation Dice", "predictions"):

@@ -11,7 +11,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
 
 from ..core.atomic import atomic_path
-from ..core.vocabulary import NNUNET_MODELS, TISSUES
+from ..core.vocabulary import NNUNET_MODEL_KEYS, TISSUES
 from ..core.workspace import Workspace
 from ..data.volumes import read_volume
 from . import statistics
@@ -19,7 +19,8 @@ from .history import training_curves
 
 TISSUE_COLOURS = {1: "#2f7fd6", 2: "#e8a33d", 3: "#f4f1de"}  # CSF blue, GM orange, WM ivory
 TISSUE_COLOURS_DARK = {"CSF": "#1f5fa8", "GM": "#b8741a", "WM": "#6b6b5a"}  # readable on white, unlike WM's ivory
-ENSEMBLE = NNUNET_MODELS["ensemble"]
+# nnU-Net's ensembles: their curves are their members'
+ENSEMBLES = {name for name, (_, key) in NNUNET_MODEL_KEYS.items() if key == "ensemble"}
 LABEL_MAP = ListedColormap(["none", *TISSUE_COLOURS.values()])
 
 
@@ -181,7 +182,7 @@ def overlays(image: Path, reference: Path, predictions: dict[str, Path], *, targ
 def curves(ws: Workspace, models: list[str], target: Path) -> Path | None:
     """Training and validation loss per epoch for every model with logs; None when no model has any."""
     # the ensemble's curves are its members' (already drawn): skip it
-    found = {m: c for m in models if m != ENSEMBLE and (c := training_curves(ws, m))}
+    found = {m: c for m in models if m not in ENSEMBLES and (c := training_curves(ws, m))}
     if not found:
         return None
     columns = min(3, len(found))

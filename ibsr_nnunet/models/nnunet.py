@@ -1,5 +1,5 @@
-"""nnU-Net's models: each configuration and their ensemble, as `ensemble` recorded them in
-predictions/<name>/model.json (trainer, configurations, folds, postprocessing, training orientation)."""
+"""nnU-Net's models: each preset's configurations and their ensembles, as `ensemble` recorded them in
+predictions/<name>/model.json (trainer, plans and configurations, folds, postprocessing, training orientation)."""
 
 from __future__ import annotations
 
@@ -16,13 +16,14 @@ import pandas as pd
 from ..core.errors import InputError
 from ..core.oriented import Prediction, confidence
 from ..core.runlog import Run, read_runs
-from ..core.vocabulary import CONFIGURATIONS, N_FOLDS, NNUNET_MODELS
+from ..core.vocabulary import CONFIGURATIONS, N_FOLDS, NNUNET_MODEL_KEYS, NNUNET_MODELS
 from ..core.workspace import Workspace
 from ..data.volumes import Volume, read_volume, write_volume
 from ..nnunet.fold import fold_epochs, fold_finished, fold_unready, log_epochs, log_seconds, logs, validation_dice
-from ..nnunet.paths import fold_folder, model_folder, trainer_schedule
+from ..nnunet.paths import MODEL_FOLDER, Member, trainer_schedule
 from ..nnunet.predict import predict_chain
 from ..nnunet.prediction_record import PredictionRecord, prediction_record_path, read_prediction_record
+from ..nnunet.presets import BY_PLANS, PRESET_TABLE
 from ..nnunet.validation import crossval_dice
 from .protocol import RECENT_EPOCHS, PredictSettings, Progress, TrainedModel, TrainingJob, Validation, current_device
 from .registry import register
@@ -33,27 +34,28 @@ CURVE = ("train_loss", "val_loss", "pseudo_dice")
 @register
 @dataclass(frozen=True)
 class NnunetModel(TrainedModel):
-    """nnunet_2d, nnunet_3d_fullres or nnunet_ensemble: the folds of one trainer in one or both configurations,
-    softmax-averaged, postprocessed as nnU-Net chose."""
+    """nnunet_2d, nnunet_3d_fullres or nnunet_ensemble of the default plans, nnunet_resencm_2d and the like of
+    another preset, or nnunet_cross_preset_ensemble: the folds of one trainer in one or two models (plans and
+    configuration), softmax-averaged, postprocessed as nnU-Net chose."""
 
     kind = "nnunet"
 
     @classmethod
     def claims(cls, name: str) -> bool:
-        return name in NNUNET_MODELS.values()
+        return name in NNUNET_MODEL_KEYS
 
     @classmethod
     def examples(cls) -> tuple[str, ...]:
-        return tuple(NNUNET_MODELS.values())
+        return tuple(NNUNET_MODEL_KEYS)
 
     @classmethod
     def refusal_of_name(cls, name: str) -> str:
-        return f"is not an nnU-Net model; pass one of {', '.join(NNUNET_MODELS.values())}"
+        return (f"is not an nnU-Net model; pass one of {', '.join(NNUNET_MODELS.values())} (default plans), or "
+                f"nnunet_<preset>_2d|3d_fullres|ensemble with <preset> resencm, resencl or resencxl")
 
     @classmethod
     def trained_names(cls, ws: Workspace) -> list[str]:
-        return sorted(name for name in NNUNET_MODELS.values()
-                      if prediction_record_path(ws.predictions / name).is_file())
+        return sorted(name for name in NNUNET_MODEL_KEYS if prediction_record_path(ws.predictions / name).is_file())
 
     @property
     def folder(self) -> Path:
@@ -80,17 +82,18 @@ class NnunetModel(TrainedModel):
             info = read_prediction_record(self.folder)
             trainer_schedule(info.trainer)  # one of our trainers' names, so a folder name, never a path
             inside = (info.configurations and set(info.configurations) <= set(CONFIGURATIONS)
+                      and set(info.plans) <= set(BY_PLANS)
                       and info.folds and all(0 <= f < N_FOLDS for f in info.folds)
-                      and all(model_folder(self.ws, c, info.trainer).resolve().is_relative_to(results)
-                              for c in info.configurations)
+                      and all(m.folder(self.ws, info.trainer).resolve().is_relative_to(results)
+                              for m in info.members)
                       and info.postprocessing_file is not None
                       and info.postprocessing_file.resolve().is_relative_to(results))
         except (InputError, KeyError, OSError, ValueError, AttributeError):
             inside = False
         if not inside:
             raise InputError(f"{path} is not a model record of this workspace (it must name our trainer, "
-                             f"configurations {', '.join(CONFIGURATIONS)}, folds 0-{N_FOLDS - 1} and files inside "
-                             f"{results}); run `ibsr-nnunet ensemble` again.")
+                             f"configurations {', '.join(CONFIGURATIONS)}, plans {', '.join(BY_PLANS)}, folds "
+                             f"0-{N_FOLDS - 1} and files inside {results}); run `ibsr-nnunet ensemble` again.")
         return info
 
     @property
@@ -98,8 +101,8 @@ class NnunetModel(TrainedModel):
         return self.record.trainer
 
     @property
-    def configurations(self) -> tuple[str, ...]:
-        return self.record.configurations
+    def members(self) -> tuple[Member, ...]:
+        return self.record.members
 
     @property
     def folds(self) -> tuple[int, ...]:
@@ -110,7 +113,7 @@ class NnunetModel(TrainedModel):
         return self.record.postprocessing_file
 
     def fold_folders(self) -> list[Path]:
-        return [fold_folder(self.ws, c, f, trainer=self.trainer) for c in self.configurations for f in self.folds]
+        return [m.fold(self.ws, self.trainer, f) for m in self.members for f in self.folds]
 
     def weight_files(self) -> list[Path]:
         return [fold / "checkpoint_final.pth" for fold in self.fold_folders()] + [self.postprocessing_file]
@@ -125,13 +128,13 @@ class NnunetModel(TrainedModel):
             self.record
         except InputError as broken:
             return str(broken)
-        for configuration in self.configurations:
+        for member in self.members:
             for fold in self.folds:
-                folder = fold_folder(self.ws, configuration, fold, trainer=self.trainer)
+                folder = member.fold(self.ws, self.trainer, fold)
                 if why := fold_unready(folder):
-                    return (f"model {self.name} uses {configuration} fold {fold} ({folder}), which {why}; let its "
-                            f"`ibsr-nnunet train --fold {fold} --config {configuration}` finish (run it again if it "
-                            f"stopped), then {then}.")
+                    return (f"model {self.name} uses {member.label} fold {fold} ({folder}), which {why}; let its "
+                            f"`ibsr-nnunet train --fold {fold} --config {member.configuration}"
+                            f"{member.preset.option()}` finish (run it again if it stopped), then {then}.")
         return None
 
     @property
@@ -164,11 +167,13 @@ class NnunetModel(TrainedModel):
         def timed(image: Path, spent: float) -> None:
             seconds[keys[image]] += spent
 
-        output = "ensemble" if len(self.configurations) > 1 else self.configurations[0]
-        chained = predict_chain(self.ws, self.trainer, self.configurations, folds=self.folds, images=written(),
+        members = self.members
+        output = self.name if len(members) > 1 else members[0].name
+        chained = predict_chain(self.ws, self.trainer, members, folds=self.folds, images=written(),
                                 scratch=scratch, postprocessing={output: self.postprocessing_file},
                                 device=settings.device, jobs=settings.jobs, log=scratch / "nnunet.log",
-                                on_image=timed, probabilities=settings.probabilities, tta=settings.tta,
+                                ensembles={output: members} if len(members) > 1 else None, on_image=timed,
+                                probabilities=settings.probabilities, tta=settings.tta,
                                 step_size=settings.step_size)[output]
         yield from failed
         for key in keys.values():
@@ -212,8 +217,7 @@ class NnunetModel(TrainedModel):
         found = self._lenient_record()
         if found is None:
             return []
-        return [fold_folder(self.ws, config, fold, trainer=found.trainer)
-                for config in found.configurations for fold in found.folds]
+        return [m.fold(self.ws, found.trainer, fold) for m in found.members for fold in found.folds]
 
     def training_seconds(self) -> float:
         """All its folds' wall time: each run's first to last log line, summed over resumed runs."""
@@ -226,16 +230,18 @@ class NnunetModel(TrainedModel):
         for fold in self._history_folds():
             curve = fold_curve(fold)
             if not curve.empty:
-                curves[f"{fold.parent.name.rsplit('__', 1)[-1]} {fold.name}"] = curve
+                match = MODEL_FOLDER.fullmatch(fold.parent.name)
+                label = Member(match["plans"], match["configuration"]).label if match else fold.parent.name
+                curves[f"{label} {fold.name}"] = curve
         return curves
 
     def progress(self, job: TrainingJob) -> Progress:
         """One fold of one configuration, from nnU-Net's own files (training logs, validation summary) and
         runs.jsonl."""
-        configurations = [c for c, name in NNUNET_MODELS.items() if name == self.name and c in CONFIGURATIONS]
-        if not configurations or job.fold is None or job.trainer is None:
-            return super().progress(job)  # the ensemble: each of its folds is a job of its configuration
-        folder = fold_folder(self.ws, configurations[0], job.fold, trainer=job.trainer)
+        preset, key = NNUNET_MODEL_KEYS[self.name]
+        if key not in CONFIGURATIONS or job.fold is None or job.trainer is None:
+            return super().progress(job)  # an ensemble: each of its folds is a job of its configuration
+        folder = Member(PRESET_TABLE[preset].plans, key).fold(self.ws, job.trainer, job.fold)
         finished, runs = fold_finished(folder), tuple(read_runs(folder))
         curve = fold_curve(folder)
         completed = curve.dropna(subset=["train_loss"])  # an epoch's losses are logged when it ends

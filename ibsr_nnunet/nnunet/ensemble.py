@@ -8,6 +8,7 @@ record of the search, `<workspace>/best_configuration.json`:
     crossval_dice_post_pp  the winner's Dice after its postprocessing
     trainer                the trainer searched, e.g. IbsrTrainer
     configurations         the configurations searched, e.g. ["2d", "3d_fullres"]
+    models                 the models searched, e.g. ["nnunet_2d", "nnunet_3d_fullres", "nnunet_resencm_2d"]
     folds                  the folds searched, e.g. [0, 1, 2, 3, 4]
     warnings               each warning of the fold selection, in words
     predictions            model -> its prediction folder
@@ -34,9 +35,10 @@ from ..core.provenance import (
 from ..core.vocabulary import CONFIGURATIONS, N_FOLDS
 from ..core.workspace import Workspace
 from .fold import fold_finished, fold_unready
-from .paths import MODEL_FOLDER, TRAINER_BASE
+from .paths import MODEL_FOLDER, TRAINER_BASE, Member, member_order
 from .predict import postprocessing_summary
 from .prediction_record import PredictionRecord
+from .presets import Preset
 
 BEST_CONFIGURATION_FILE = "best_configuration.json"
 
@@ -59,69 +61,107 @@ def finished_folds(model: Path, fingerprint: str, stale: list[str], training: li
 
 
 def trained_models(ws: Workspace, fingerprint: str, stale: Optional[list[str]] = None,
-                   training: Optional[list[str]] = None) -> dict[str, dict[str, set[int]]]:
-    """trainer name -> configuration -> finished current folds, for everything under the workspace's nnU-Net
-    results; stale finished folds are named in `stale`, folds a live `train` writes in `training`."""
-    found: dict[str, dict[str, set[int]]] = {}
+                   training: Optional[list[str]] = None) -> dict[str, dict[Member, set[int]]]:
+    """trainer name -> model (preset's plans, configuration) -> finished current folds, for everything under the
+    workspace's nnU-Net results; stale finished folds are named in `stale`, folds a live `train` writes in
+    `training`."""
+    found: dict[str, dict[Member, set[int]]] = {}
     stale = [] if stale is None else stale
     training = [] if training is None else training
     if ws.results_dataset.is_dir():
         for folder in sorted(ws.results_dataset.iterdir()):
             match = MODEL_FOLDER.fullmatch(folder.name)
             if match and (folds := finished_folds(folder, fingerprint, stale, training)):
-                found.setdefault(match["trainer"], {})[match["configuration"]] = folds
+                found.setdefault(match["trainer"], {})[Member(match["plans"], match["configuration"])] = folds
     return found
 
 
 @dataclass
 class Selection:
     trainer: str
-    configurations: tuple[str, ...]
+    members: tuple[Member, ...]  # presets in table order, 2d before 3d_fullres
     folds: tuple[int, ...]
     warnings: list[str] = field(default_factory=list)
 
+    @property
+    def configurations(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(m.configuration for m in self.members))
 
-def select(ws: Workspace, trainer: Optional[str] = None) -> Selection:
-    """Which trainer, configurations and folds to search over: the current folds finished in every configuration
-    that no live `train` writes."""
+    @property
+    def presets(self) -> tuple[Preset, ...]:
+        return tuple(dict.fromkeys(m.preset for m in self.members))
+
+    def described(self) -> str:
+        """'2d, 3d_fullres' or '2d, 3d_fullres, resenc-m 2d'."""
+        return ", ".join(m.label for m in self.members)
+
+
+def select(ws: Workspace, trainer: Optional[str] = None, presets: Optional[tuple[Preset, ...]] = None) -> Selection:
+    """Which trainer, models and folds to search over: the current folds finished in the models of `presets` (None:
+    every preset with a finished fold) that no live `train` writes. The folds are those every configuration of one
+    preset finished (the preset with the most); a model of another preset that lacks some of them is left out, so
+    every model is compared on the same cases."""
     stale: list[str] = []
     training: list[str] = []
     models = trained_models(ws, dataset_fingerprint(ws), stale, training)
+    if presets is not None:
+        models = {t: kept for t, per in models.items()
+                  if (kept := {m: f for m, f in per.items() if m.preset in presets})}
     left_out = (f"; stale folds left out: {', '.join(stale)}, retrain them with `ibsr-nnunet train "
                 f"--archive-stale`" if stale else "")
     left_out += (f"; folds being trained left out: {', '.join(training)}, run `ibsr-nnunet ensemble` again when "
                  f"they finish" if training else "")
+    of_presets = f" of preset {', '.join(p.name for p in presets)}" if presets is not None else ""
     if not models:
-        raise InputError(f"no finished nnU-Net fold made from this dataset under {ws.results_dataset}; "
+        raise InputError(f"no finished nnU-Net fold{of_presets} made from this dataset under {ws.results_dataset}; "
                          f"run `ibsr-nnunet train --fold 0 --config 2d` (and 3d_fullres) first{left_out}.")
     if trainer is None:  # the trainer with the most finished folds; a full schedule wins ties
         trainer = max(models, key=lambda t: (sum(map(len, models[t].values())), t == TRAINER_BASE))
     elif trainer not in models:
-        raise InputError(f"--trainer {trainer} has no finished fold under {ws.results_dataset} "
+        raise InputError(f"--trainer {trainer} has no finished fold{of_presets} under {ws.results_dataset} "
                          f"(finished: {', '.join(sorted(models))}); pick one of those.")
-    per_config = models[trainer]
-    configurations = tuple(c for c in CONFIGURATIONS if c in per_config)
-    folds = tuple(sorted(set.intersection(*(per_config[c] for c in configurations))))
+    per_member = models[trainer]
     warnings = [f"stale folds left out: {', '.join(stale)}"] if stale else []
     if training:
         warnings.append(f"folds being trained left out: {', '.join(training)}; run `ibsr-nnunet ensemble` again "
                         f"when they finish")
-    if len(configurations) > 1 and not folds:
-        raise InputError(f"{trainer}: 2d has folds {sorted(per_config['2d'])} and 3d_fullres has folds "
-                         f"{sorted(per_config['3d_fullres'])} finished, none in common; train a common fold.")
-    missing = [c for c in CONFIGURATIONS if c not in per_config]
-    if missing:
-        warnings.append(f"{', '.join(missing)} has no finished fold of {trainer}: no 2d+3d_fullres ensemble, "
-                        f"only {configurations[0]} is searched and predicted.")
-    for c in configurations:
-        if per_config[c] != set(folds):
-            warnings.append(f"{c} folds {sorted(per_config[c] - set(folds))} are not finished in every "
+    common: dict[Preset, set[int]] = {}
+    ordered = sorted(per_member, key=member_order)
+    for preset in dict.fromkeys(m.preset for m in ordered):
+        own = {m.configuration: f for m, f in per_member.items() if m.preset == preset}
+        common[preset] = set.intersection(*own.values())
+        if len(own) > 1 and not common[preset]:
+            alone = len(common) == 1 and presets is None
+            raise InputError(f"{trainer}{_of(preset)}: 2d has folds {sorted(own['2d'])} and 3d_fullres has folds "
+                             f"{sorted(own['3d_fullres'])} finished, none in common; train a common fold"
+                             f"{'' if alone else ', or leave the preset out with --presets'}.")
+    # the preset with the most common folds sets them; the default plans win a tie
+    base = max(common, key=lambda p: (len(common[p]), p.is_default))
+    folds = tuple(sorted(common[base]))
+    members = tuple(m for m in ordered if set(folds) <= per_member[m])
+    for preset in dict.fromkeys(m.preset for m in members):
+        own = [m.configuration for m in members if m.preset == preset]
+        missing = [c for c in CONFIGURATIONS if c not in own]
+        if missing:
+            warnings.append(f"{', '.join(missing)} has no finished fold of {trainer}{_of(preset)}: no 2d+3d_fullres "
+                            f"ensemble{_of(preset)}, only {own[0]} is searched and predicted.")
+    for m in ordered:
+        if m not in members:
+            warnings.append(f"{m.label} is left out: it has folds {sorted(per_member[m])} finished, not all of "
+                            f"{', '.join(map(str, folds))} ({base.name}'s); train them, or pass --presets "
+                            f"{m.preset.name} to search it on its own folds.")
+        elif per_member[m] != set(folds):
+            warnings.append(f"{m.label} folds {sorted(per_member[m] - set(folds))} are not finished in every "
                             f"configuration and are left out, so both are compared on the same cases.")
     if len(folds) < N_FOLDS:
         warnings.append(f"only folds {', '.join(map(str, folds))} of {N_FOLDS} are finished: the best-configuration "
                         f"search sees {len(folds)}/{N_FOLDS} of the cross-validation and the models average "
                         f"{len(folds)} fold(s); train the rest for the real thing.")
-    return Selection(trainer, configurations, folds, warnings)
+    return Selection(trainer, members, folds, warnings)
+
+
+def _of(preset: Preset) -> str:
+    return "" if preset.is_default else f" ({preset.name})"
 
 
 @dataclass
@@ -135,12 +175,13 @@ class EnsembleResult:
     seconds: float
 
 
-def model_record(model: str, trainer: str, *, configurations: tuple[str, ...], folds: tuple[int, ...],
+def model_record(model: str, trainer: str, *, members: tuple[Member, ...], folds: tuple[int, ...],
                  postprocessing_pkl: Path, crossval_dice: float, axcodes: tuple[str, ...]) -> PredictionRecord:
-    """What `segment` needs to predict like this model did: its folds, configurations, postprocessing, and the
-    orientation (axis codes) of the images it was trained on."""
-    return PredictionRecord(model, trainer, tuple(configurations), tuple(folds), postprocessing_pkl,
-                            tuple(postprocessing_summary(postprocessing_pkl)), crossval_dice, tuple(axcodes))
+    """What `segment` needs to predict like this model did: its folds, members (plans and configuration),
+    postprocessing, and the orientation (axis codes) of the images it was trained on."""
+    return PredictionRecord(model, trainer, tuple(m.configuration for m in members), tuple(folds), postprocessing_pkl,
+                            tuple(postprocessing_summary(postprocessing_pkl)), crossval_dice, tuple(axcodes),
+                            plans=tuple(m.plans for m in members))
 
 
 def best_configuration_file(ws: Workspace) -> Path:
@@ -162,11 +203,12 @@ class BestConfiguration:
     warnings: tuple[str, ...]
     predictions: dict[str, Path]
     dataset_fingerprint: str
+    models: tuple[str, ...] = ()
 
     def as_record(self) -> dict:
         return {"winner": self.winner, "reason": self.reason, "crossval_dice": self.crossval_dice,
                 "crossval_dice_post_pp": self.crossval_dice_post_pp, "trainer": self.trainer,
-                "configurations": list(self.configurations), "folds": list(self.folds),
+                "configurations": list(self.configurations), "models": list(self.models), "folds": list(self.folds),
                 "warnings": list(self.warnings), "predictions": {m: str(p) for m, p in self.predictions.items()},
                 KEY: self.dataset_fingerprint}
 
@@ -202,7 +244,8 @@ def read_best_configuration(ws: Workspace) -> Optional[BestConfiguration]:
             winner=winner, reason=reason, crossval_dice={str(m): float(d) for m, d in dice.items()},
             crossval_dice_post_pp=float(post_pp), trainer=trainer, configurations=tuple(configurations),
             folds=tuple(folds), warnings=tuple(warnings),
-            predictions={str(m): Path(str(p)) for m, p in predictions.items()}, dataset_fingerprint=fingerprint)
+            predictions={str(m): Path(str(p)) for m, p in predictions.items()}, dataset_fingerprint=fingerprint,
+            models=tuple(map(str, saved.get("models") or ())))
     except (KeyError, TypeError) as err:
         raise InputError(f"{path} is not a best-configuration record ({type(err).__name__}: {err}); {fix}.") from None
 

@@ -4,21 +4,23 @@ fold.py reads what a fold folder holds."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.vocabulary import CONFIGURATIONS, NNUNET_MODELS, SPLITS_FILE
+from ..core.vocabulary import CONFIGURATIONS, SPLITS_FILE, nnunet_model_name
 from ..core.workspace import Workspace
+from .presets import BY_PLANS, DEFAULT, Preset
 
 FULL_EPOCHS, FULL_ITERATIONS = 1000, 250  # nnU-Net's default schedule
 TRAINER_BASE = "IbsrTrainer"
 SHORT_TRAINER = re.compile(rf"{TRAINER_BASE}_(\d+)ep_(\d+)it")
-PLANS = "nnUNetPlans"
+PLANS = DEFAULT.plans  # nnUNetPlans
 FINGERPRINT_FILE = "dataset_fingerprint.json"
-PLAN_STAMP_FILE = "ibsr_plan.json"
-MODEL_FOLDER = re.compile(rf"(?P<trainer>.+)__{PLANS}__(?P<configuration>{'|'.join(CONFIGURATIONS)})")
+PLAN_STAMP_FILE = "ibsr_plan.json"  # of the default plans; ibsr_plan_<plans>.json of another preset
+MODEL_FOLDER = re.compile(rf"(?P<trainer>.+)__(?P<plans>{'|'.join(BY_PLANS)})__"
+                          rf"(?P<configuration>{'|'.join(CONFIGURATIONS)})")
 # nnU-Net writes these beside the folds of a model folder, and needs them to use any of its folds
 TRAINER_FILES = ("plans.json", "dataset.json", FINGERPRINT_FILE)
-MODEL_NAMES = NNUNET_MODELS  # "2d" | "3d_fullres" | "ensemble" -> nnunet_2d | nnunet_3d_fullres | nnunet_ensemble
 
 
 def trainer_name(epochs: int = FULL_EPOCHS, iterations: int = FULL_ITERATIONS) -> str:
@@ -38,8 +40,8 @@ def trainer_schedule(name: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-def plans_file(ws: Workspace) -> Path:
-    return ws.preprocessed_dataset / f"{PLANS}.json"
+def plans_file(ws: Workspace, preset: Preset = DEFAULT) -> Path:
+    return ws.preprocessed_dataset / f"{preset.plans}.json"
 
 
 def splits_file(ws: Workspace) -> Path:
@@ -52,14 +54,16 @@ def fingerprint_file(ws: Workspace) -> Path:
     return ws.preprocessed_dataset / FINGERPRINT_FILE
 
 
-def plan_stamp(ws: Workspace) -> Path:
-    """What `plan` did last: the raw dataset's fingerprint and the configurations (so it can tell when to redo)."""
-    return ws.preprocessed_dataset / PLAN_STAMP_FILE
+def plan_stamp(ws: Workspace, preset: Preset = DEFAULT) -> Path:
+    """What `plan` did last for a preset: the raw dataset's fingerprint and the configurations (so it can tell when
+    to redo)."""
+    name = PLAN_STAMP_FILE if preset.is_default else f"ibsr_plan_{preset.plans}.json"
+    return ws.preprocessed_dataset / name
 
 
-def model_folder(ws: Workspace, configuration: str, trainer: str) -> Path:
-    """nnU-Net's results folder of one trainer and configuration (its plans are always nnUNetPlans here)."""
-    return ws.results_dataset / f"{trainer}__{PLANS}__{configuration}"
+def model_folder(ws: Workspace, configuration: str, trainer: str, plans: str = PLANS) -> Path:
+    """nnU-Net's results folder of one trainer, plans and configuration."""
+    return ws.results_dataset / f"{trainer}__{plans}__{configuration}"
 
 
 def trainer_files(model: Path) -> list[Path]:
@@ -67,5 +71,37 @@ def trainer_files(model: Path) -> list[Path]:
     return [model / name for name in TRAINER_FILES if (model / name).is_file()]
 
 
-def fold_folder(ws: Workspace, configuration: str, fold: int, *, trainer: str) -> Path:
-    return model_folder(ws, configuration, trainer) / f"fold_{fold}"
+def fold_folder(ws: Workspace, configuration: str, fold: int, *, trainer: str, plans: str = PLANS) -> Path:
+    return model_folder(ws, configuration, trainer, plans) / f"fold_{fold}"
+
+
+@dataclass(frozen=True)
+class Member:
+    """One nnU-Net model of a trainer: a preset's plans and a configuration (nnunet_2d, nnunet_resencm_3d_fullres)."""
+
+    plans: str
+    configuration: str
+
+    @property
+    def preset(self) -> Preset:
+        return BY_PLANS[self.plans]
+
+    @property
+    def name(self) -> str:
+        return nnunet_model_name(self.configuration, self.preset.name)
+
+    @property
+    def label(self) -> str:
+        """'2d' for the default plans, 'resenc-m 2d' for another preset."""
+        return self.configuration if self.preset.is_default else f"{self.preset.name} {self.configuration}"
+
+    def folder(self, ws: Workspace, trainer: str) -> Path:
+        return model_folder(ws, self.configuration, trainer, self.plans)
+
+    def fold(self, ws: Workspace, trainer: str, fold: int) -> Path:
+        return fold_folder(ws, self.configuration, fold, trainer=trainer, plans=self.plans)
+
+
+def member_order(member: Member) -> tuple[int, int]:
+    """Presets in their table's order, then 2d before 3d_fullres."""
+    return list(BY_PLANS).index(member.plans), CONFIGURATIONS.index(member.configuration)

@@ -1,12 +1,17 @@
 """What `plan` leaves for later steps, read and checked in one sentence: the one module that reads these files.
 
-    nnUNetPlans.json   nnU-Net's plans (written by nnU-Net's planner): {"configurations": {name: {...}}, ...}
+    nnUNetPlans.json   nnU-Net's plans (written by nnU-Net's planner): {"configurations": {name: {...}}, ...};
+                       nnUNetResEncUNet{M,L,XL}Plans.json of the other presets
     splits_final.json  the cross-validation folds, [{"train": [ids], "val": [ids]}, ...]: written by `convert`
                        into the raw dataset and the preprocessed folder (nnU-Net reads it there)
     dataset.json       nnU-Net's copy of the raw dataset's dataset.json in the preprocessed folder
     dataset_fingerprint.json  nnU-Net's fingerprint of the dataset: foreground intensities per channel, spacings
-    ibsr_plan.json     what `plan` did last: {"raw_fingerprint": the manifest's fingerprint, "configurations":
-                       [sorted names], "planned": local time}; written last, so a plan cut short has none"""
+    ibsr_plan.json     what `plan` did last for the default plans (ibsr_plan_<plans>.json for another preset):
+                       {"raw_fingerprint": the manifest's fingerprint, "configurations": [sorted names], "planned":
+                       local time, "data_identifiers": {configuration: nnU-Net's preprocessed data folder},
+                       "preprocessed": [configurations it preprocessed], "reused": [configurations whose data an
+                       earlier plan of the same dataset had preprocessed]}; written last, so a plan cut short has
+                       none"""
 
 from __future__ import annotations
 
@@ -21,16 +26,23 @@ from ..core.jsonfile import read_json, read_json_object
 from ..core.vocabulary import SPLITS_FILE
 from ..core.workspace import Workspace
 from .paths import fingerprint_file, plan_stamp, plans_file, splits_file
+from .presets import DEFAULT, Preset
 
 REPLAN = "run `ibsr-nnunet plan --force` to plan and preprocess again"
 
 
-def read_plans(ws: Workspace) -> dict:
-    """nnU-Net's plans (nnUNetPlans.json); InputError when missing, cut short, or without its configurations."""
-    path = plans_file(ws)
-    plans = read_json(path, REPLAN)
+def replan(preset: Preset = DEFAULT) -> str:
+    return f"run `ibsr-nnunet plan --force{' --presets ' + preset.name if not preset.is_default else ''}` to plan " \
+           f"and preprocess again"
+
+
+def read_plans(ws: Workspace, preset: Preset = DEFAULT) -> dict:
+    """nnU-Net's plans of a preset (nnUNetPlans.json for the default); InputError when missing, cut short, or
+    without its configurations."""
+    path = plans_file(ws, preset)
+    plans = read_json(path, replan(preset))
     if not isinstance(plans, dict) or not isinstance(plans.get("configurations"), dict):
-        raise InputError(f"{path} holds no nnU-Net plans (no \"configurations\" table); {REPLAN}.")
+        raise InputError(f"{path} holds no nnU-Net plans (no \"configurations\" table); {replan(preset)}.")
     return plans
 
 
@@ -65,24 +77,41 @@ def read_dataset_fingerprint(ws: Workspace) -> Optional[dict]:
 
 @dataclass(frozen=True)
 class PlanStamp:
-    """ibsr_plan.json: the dataset and configurations the last finished `plan` planned and preprocessed."""
+    """ibsr_plan[_<plans>].json: the dataset and configurations the last finished `plan` of a preset planned and
+    made ready (preprocessed, or reusing data an earlier plan of the same dataset preprocessed)."""
 
     raw_fingerprint: Optional[str]  # None: not planned by ibsr-nnunet
     configurations: tuple[str, ...]
     planned: str = ""
+    data_identifiers: tuple[tuple[str, str], ...] = ()  # (configuration, nnU-Net's data identifier)
+    preprocessed: tuple[str, ...] = ()
+    reused: tuple[str, ...] = ()
+
+    def data_identifier(self, configuration: str) -> Optional[str]:
+        return dict(self.data_identifiers).get(configuration)
 
 
-def write_plan_stamp(ws: Workspace, fingerprint: str, configurations: tuple[str, ...]) -> None:
-    write_json(plan_stamp(ws), {"raw_fingerprint": fingerprint, "configurations": sorted(configurations),
-                                "planned": time.strftime("%Y-%m-%dT%H:%M:%S")})
+def write_plan_stamp(ws: Workspace, fingerprint: str, configurations: tuple[str, ...], *, preset: Preset = DEFAULT,
+                     data_identifiers: Optional[dict[str, str]] = None, preprocessed: tuple[str, ...] = (),
+                     reused: tuple[str, ...] = ()) -> None:
+    write_json(plan_stamp(ws, preset), {
+        "raw_fingerprint": fingerprint, "configurations": sorted(configurations),
+        "planned": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "data_identifiers": dict(sorted((data_identifiers or {}).items())),
+        "preprocessed": sorted(preprocessed), "reused": sorted(reused)})
 
 
-def read_plan_stamp(ws: Workspace) -> Optional[PlanStamp]:
-    """What the last finished `plan` did; None when no plan finished; InputError when the stamp is cut short."""
-    saved = read_json(plan_stamp(ws), REPLAN, missing_ok=True)
+def read_plan_stamp(ws: Workspace, preset: Preset = DEFAULT) -> Optional[PlanStamp]:
+    """What the last finished `plan` of a preset did; None when none finished; InputError when the stamp is cut
+    short."""
+    saved = read_json(plan_stamp(ws, preset), replan(preset), missing_ok=True)
     if saved is None:
         return None
     saved = saved if isinstance(saved, dict) else {}
     fingerprint = saved.get("raw_fingerprint")
+    identifiers = saved.get("data_identifiers")
+    identifiers = identifiers if isinstance(identifiers, dict) else {}
     return PlanStamp(fingerprint if isinstance(fingerprint, str) else None,
-                     tuple(map(str, saved.get("configurations") or ())), str(saved.get("planned", "")))
+                     tuple(map(str, saved.get("configurations") or ())), str(saved.get("planned", "")),
+                     tuple((str(c), str(d)) for c, d in identifiers.items()),
+                     tuple(map(str, saved.get("preprocessed") or ())), tuple(map(str, saved.get("reused") or ())))

@@ -11,32 +11,60 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional
 
+from ..core.vocabulary import NNUNET_CROSS_ENSEMBLE, nnunet_model_name
 from ..core.workspace import Workspace
 from .environment import quiet_fork_pools, resolve_device
-from .paths import PLANS, model_folder
+from .paths import Member
 
 
-def find_best_configuration(ws: Workspace, name: str, configurations: tuple[str, ...], *, folds: tuple[int, ...],
-                            jobs: int, log: Path) -> dict:
-    """nnU-Net's own search over `configurations` (and their ensemble) on the cross-validation of `folds`.
+@dataclass(frozen=True)
+class Search:
+    """nnU-Net's best-configuration search, in our model names."""
 
-    Also determines each candidate's postprocessing (nnU-Net does it for the winner only), so every model we
-    predict with gets its own. Returns {"results": {candidate: Dice}, "winner": candidate, "post_pp": Dice,
-    "sources": {candidate: cross-validation folder holding postprocessing.pkl}}.
-    """
+    results: dict[str, float]  # model -> cross-validation foreground-mean Dice before postprocessing
+    winner: str  # the model (or ensemble) with the highest
+    post_pp: float  # the winner's Dice after its postprocessing
+    sources: dict[str, Path]  # model -> the cross-validation folder holding its postprocessing.pkl
+    ensembles: dict[str, tuple[Member, Member]]  # each ensemble model -> its two members
+
+
+def find_best_configuration(ws: Workspace, name: str, members: tuple[Member, ...], *, folds: tuple[int, ...],
+                            jobs: int, log: Path) -> Search:
+    """nnU-Net's own search over `members` (of one trainer, any presets) and every two-model ensemble of them, on
+    the cross-validation of `folds`.
+
+    The models kept: every member, each preset's 2d + 3d_fullres ensemble (nnunet_ensemble, nnunet_resencm_ensemble,
+    ...), and the best two-model ensemble when its members come from two presets (nnunet_cross_preset_ensemble).
+    Each gets its own postprocessing (nnU-Net determines it for the winner only)."""
     from nnunetv2.evaluation.find_best_configuration import find_best_configuration as search
     from nnunetv2.postprocessing.remove_connected_components import determine_postprocessing
 
-    models = [{"plans": PLANS, "configuration": c, "trainer": name} for c in configurations]
+    models = [{"plans": m.plans, "configuration": m.configuration, "trainer": name} for m in members]
     folds_tag = "_".join(map(str, folds))
-    sources = {c: model_folder(ws, c, name) / f"crossval_results_folds_{folds_tag}" for c in configurations}
+    by_key = {m.folder(ws, name).name: m.name for m in members}
+    sources = {m.name: m.folder(ws, name) / f"crossval_results_folds_{folds_tag}" for m in members}
+    pairs: dict[str, tuple[Member, Member]] = {}
+    for i, first in enumerate(members):
+        for second in members[i + 1:]:
+            pairs[f"ensemble___{first.folder(ws, name).name}___{second.folder(ws, name).name}___{folds_tag}"] = (
+                first, second)
     with quiet_fork_pools(log):
         info = search(ws.dataset_id, models, allow_ensembling=len(models) > 1, num_processes=max(1, jobs),
                       overwrite=True, folds=folds)
-        if len(configurations) > 1:
-            ensembles = ws.results_dataset / "ensembles"
-            [sources["ensemble"]] = [p for p in ensembles.iterdir() if p.name.endswith(f"___{folds_tag}")
-                                     and all(f"{name}__{PLANS}__{c}" in p.name for c in configurations)]
+        scores = info["all_results"]
+        ensembles: dict[str, tuple[Member, Member]] = {}
+        for key, (first, second) in pairs.items():
+            if first.preset == second.preset and first.configuration != second.configuration:
+                by_key[key] = nnunet_model_name("ensemble", first.preset.name)
+                ensembles[by_key[key]] = (first, second)
+        if pairs:  # the best ensemble of all is kept too, whatever its members
+            best = max(pairs, key=lambda key: scores[key])  # the first of a tie, as nnU-Net
+            if best not in by_key:
+                by_key[best] = NNUNET_CROSS_ENSEMBLE
+                ensembles[NNUNET_CROSS_ENSEMBLE] = pairs[best]
+        for key, model in by_key.items():
+            if key in pairs:
+                sources[model] = ws.results_dataset / "ensembles" / key
         for source in sources.values():
             if not (source / "postprocessing.pkl").is_file():
                 determine_postprocessing(str(source), str(ws.preprocessed_dataset / "gt_segmentations"),
@@ -44,15 +72,12 @@ def find_best_configuration(ws: Workspace, name: str, configurations: tuple[str,
                                          dataset_json_file_or_dict=str(source / "dataset.json"),
                                          num_processes=max(1, jobs), keep_postprocessed_files=False)
     chosen = info["best_model_or_ensemble"]
-    winners = [m["configuration"] for m in chosen["selected_model_or_models"]]
-    results = {}
-    for key, dice in info["all_results"].items():
-        results["ensemble" if key.startswith("ensemble___") else key.rsplit("__", 1)[-1]] = dice
-    return {"results": results, "winner": "ensemble" if len(winners) > 1 else winners[0],
-            "post_pp": chosen["result_on_crossval_post_pp"], "sources": sources}
+    best_key = max(scores, key=lambda key: scores[key])  # nnU-Net's: the first of a tie, single models first
+    return Search({model: float(scores[key]) for key, model in by_key.items()}, by_key[best_key],
+                  float(chosen["result_on_crossval_post_pp"]), sources, ensembles)
 
 
-def predict(ws: Workspace, configuration: str, name: str, *, folds: tuple[int, ...], images: Iterable[Path],
+def predict(ws: Workspace, member: Member, name: str, *, folds: tuple[int, ...], images: Iterable[Path],
             out: Path, device: str, log: Path, on_image: Optional[Callable[[Path, float], None]] = None,
             probabilities: bool = True, tta: bool = True, step_size: float = 0.5) -> None:
     """Predict each image (any file name) into out/<name without _0000 and extension>, with probabilities
@@ -70,7 +95,7 @@ def predict(ws: Workspace, configuration: str, name: str, *, folds: tuple[int, .
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit deprecation inside nnU-Net's network import
         predictor = nnUNetPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=tta,
                                     device=torch_device, verbose=False, allow_tqdm=False)
-        predictor.initialize_from_trained_model_folder(str(model_folder(ws, configuration, name)), use_folds=folds,
+        predictor.initialize_from_trained_model_folder(str(member.folder(ws, name)), use_folds=folds,
                                                        checkpoint_name="checkpoint_final.pth")
         for image in images:
             started = time.perf_counter()
@@ -131,32 +156,34 @@ class Chained:
     probabilities: Path
 
 
-def predict_chain(ws: Workspace, trainer: str, configurations: tuple[str, ...], *, folds: tuple[int, ...],
+def predict_chain(ws: Workspace, trainer: str, members: tuple[Member, ...], *, folds: tuple[int, ...],
                   images: Iterable[Path], scratch: Path, postprocessing: Mapping[str, Path], device: str, jobs: int,
-                  log: Path, on_image: Optional[Callable[[Path, float], None]] = None, probabilities: bool = False,
+                  log: Path, ensembles: Optional[Mapping[str, tuple[Member, ...]]] = None,
+                  on_image: Optional[Callable[[Path, float], None]] = None, probabilities: bool = False,
                   tta: bool = True, step_size: float = 0.5) -> dict[str, Chained]:
-    """nnU-Net's predict -> ensemble -> postprocess: every configuration over `images` (a generator is predicted by
-    the first configuration as it comes), their softmax average when "ensemble" is an output, then each output of
-    `postprocessing` (a configuration or "ensemble" -> its postprocessing.pkl) postprocessed into scratch/<output>.
-    `probabilities` keeps each output's softmax before postprocessing."""
+    """nnU-Net's predict -> ensemble -> postprocess: every member over `images` (a generator is predicted by the
+    first member as it comes), the softmax average of each of `ensembles` (ensemble model -> its members) that is
+    an output, then each output of `postprocessing` (a member's or ensemble's model name -> its postprocessing.pkl)
+    postprocessed into scratch/<output>. `probabilities` keeps each output's softmax before postprocessing."""
     seen: list[Path] = []
+    ensembles = {model: parts for model, parts in (ensembles or {}).items() if model in postprocessing}
 
     def collected() -> Iterable[Path]:
         for image in images:
             seen.append(image)
             yield image
 
-    ensembled = "ensemble" in postprocessing
+    averaged = {m for parts in ensembles.values() for m in parts}
     raw: dict[str, Path] = {}
-    for index, configuration in enumerate(configurations):
-        raw[configuration] = scratch / f"raw-{configuration}"
-        predict(ws, configuration, trainer, folds=folds, images=collected() if index == 0 else list(seen),
-                out=raw[configuration], device=device, log=log, on_image=on_image,
-                probabilities=ensembled or probabilities, tta=tta, step_size=step_size)
-    plans_json = model_folder(ws, configurations[0], trainer) / "plans.json"
-    if ensembled:
-        raw["ensemble"] = scratch / "raw-ensemble"
-        ensemble_folders([raw[c] for c in configurations], raw["ensemble"], plans_json=plans_json, jobs=jobs, log=log,
+    for index, member in enumerate(members):
+        raw[member.name] = scratch / f"raw-{member.name}"
+        predict(ws, member, trainer, folds=folds, images=collected() if index == 0 else list(seen),
+                out=raw[member.name], device=device, log=log, on_image=on_image,
+                probabilities=member in averaged or probabilities, tta=tta, step_size=step_size)
+    plans_json = members[0].folder(ws, trainer) / "plans.json"  # for label handling only: any member's will do
+    for model, parts in ensembles.items():
+        raw[model] = scratch / f"raw-{model}"
+        ensemble_folders([raw[m.name] for m in parts], raw[model], plans_json=plans_json, jobs=jobs, log=log,
                          probabilities=probabilities)
     chained = {}
     for output, pkl in postprocessing.items():

@@ -19,6 +19,7 @@ from .environment import resolve_device, tracked
 from .fold import CHECKPOINTS, epochs_reached, fold_finished, newest_checkpoint
 from .paths import FULL_EPOCHS, FULL_ITERATIONS, fold_folder, plan_stamp, plans_file, trainer_files, trainer_name
 from .plans import read_plan_stamp, read_plans, read_preprocessed_dataset_json, read_splits
+from .presets import DEFAULT, Preset
 from .staging import staged_preprocessed
 from .trainer import trainer_class
 
@@ -26,32 +27,34 @@ from .trainer import trainer_class
 # 38-52 s at the start of every run, requeued ones included, and makes epochs 1.2x (2d) to 1.5x (3d_fullres) faster,
 # paying for itself within 3 minutes of training: on for any realistic slot.
 COMPILE_DEFAULT = True
-def _read_plans(ws: Workspace, configuration: str, fold: int, fingerprint: str) -> dict:
-    """nnU-Net's plans, refused in one sentence while a `plan` writes them (LockedError), or when they are missing,
-    unreadable, left by a `plan` that did not finish, made from another dataset, or lack the configuration (planned
-    and preprocessed) or the fold."""
+def _read_plans(ws: Workspace, preset: Preset, configuration: str, fold: int, fingerprint: str) -> dict:
+    """nnU-Net's plans of the preset, refused in one sentence while a `plan` writes them (LockedError), or when they
+    are missing, unreadable, left by a `plan` that did not finish, made from another dataset, or lack the
+    configuration (planned and preprocessed) or the fold."""
     refuse_while_written(ws.preprocessed_dataset)
-    path = plans_file(ws)
+    path = plans_file(ws, preset)
+    presets = preset.option().replace("--preset", "--presets")
     if not path.is_file():
-        raise InputError(f"{path}: no nnU-Net plans for this workspace; run `ibsr-nnunet plan` first.")
-    recorded = read_plan_stamp(ws)
+        raise InputError(f"{path}: no nnU-Net plans of preset {preset.name} in this workspace; run `ibsr-nnunet "
+                         f"plan{presets}` first.")
+    recorded = read_plan_stamp(ws, preset)
     if recorded is None:
-        raise InputError(f"{ws.preprocessed_dataset} is incomplete: it has no {plan_stamp(ws).name}, so `ibsr-nnunet "
-                         f"plan` did not finish there; run `ibsr-nnunet plan` to plan and preprocess again.")
+        raise InputError(f"{ws.preprocessed_dataset} is incomplete: it has no {plan_stamp(ws, preset).name}, so "
+                         f"`ibsr-nnunet plan{presets}` did not finish there; run it to plan and preprocess again.")
     planned_from = recorded.raw_fingerprint
     if planned_from != fingerprint:
         made = f"planned from dataset {short(planned_from)}" if planned_from else "not planned by ibsr-nnunet"
         raise InputError(f"{path} is stale: {made}, the workspace now holds {short(fingerprint)}; "
-                         f"run `ibsr-nnunet plan` first.")
-    plans = read_plans(ws)
+                         f"run `ibsr-nnunet plan{presets}` first.")
+    plans = read_plans(ws, preset)
     if configuration not in plans["configurations"]:
         raise InputError(f"--config {configuration} is not in {path.name} "
                          f"(has {', '.join(plans['configurations'])}); pick one of those or re-plan.")
     preprocessed = recorded.configurations
     if configuration not in preprocessed:
-        raise InputError(f"--config {configuration} was not preprocessed by the last `ibsr-nnunet plan` (it did "
-                         f"{', '.join(map(str, preprocessed)) or 'none'}); run `ibsr-nnunet plan --configs "
-                         f"{','.join(sorted({*map(str, preprocessed), configuration}))}`.")
+        raise InputError(f"--config {configuration} was not preprocessed by the last `ibsr-nnunet plan{presets}` (it "
+                         f"did {', '.join(map(str, preprocessed)) or 'none'}); run `ibsr-nnunet plan --configs "
+                         f"{','.join(sorted({*map(str, preprocessed), configuration}))}{presets}`.")
     splits = read_splits(ws)
     if not 0 <= fold < len(splits):
         raise InputError(f"--fold {fold} does not exist: splits_final.json has folds 0..{len(splits) - 1}.")
@@ -59,13 +62,14 @@ def _read_plans(ws: Workspace, configuration: str, fold: int, fingerprint: str) 
 
 
 @contextmanager
-def _reading_preprocessed(ws: Workspace, configuration: str, fold: int, fingerprint: str, *, name: str,
-                          command: str, say: Callable[[str], None]) -> Iterator[dict]:
+def _reading_preprocessed(ws: Workspace, preset: Preset, configuration: str, fold: int, fingerprint: str, *,
+                          name: str, command: str, say: Callable[[str], None]) -> Iterator[dict]:
     """Hold this fold's reader lock of the preprocessed dataset, so no `plan` rewrites it under the training (a
     running `plan` refuses us), and yield nnU-Net's plans, read under it."""
-    with reading(ws.preprocessed_dataset, f"{name}__{configuration}__fold_{fold}",
-                 f"{configuration} fold {fold} ({name}) reading {ws.preprocessed_dataset.name}", command, say=say):
-        yield _read_plans(ws, configuration, fold, fingerprint)
+    reader = f"{name}__{preset.plans}__{configuration}__fold_{fold}"
+    with reading(ws.preprocessed_dataset, reader, f"{configuration} fold {fold} ({name}, {preset.plans}) reading "
+                 f"{ws.preprocessed_dataset.name}", command, say=say):
+        yield _read_plans(ws, preset, configuration, fold, fingerprint)
 
 
 @contextmanager
@@ -104,7 +108,7 @@ def _announce(signum: int) -> None:
 def train(ws: Workspace, configuration: str, fold: int, *, epochs: int = FULL_EPOCHS,
           iterations: int = FULL_ITERATIONS, device: str = "auto", save_every: int = 1, archive_stale: bool = False,
           stage_data: bool = False, local_scratch: Optional[Path] = None, compile: Optional[bool] = None,
-          seed: Optional[int] = None, tracking: Tracking = Tracking(),
+          seed: Optional[int] = None, tracking: Tracking = Tracking(), preset: Preset = DEFAULT,
           say: Callable[[str], None] = print) -> TrainOutcome:
     """Train (or resume, or skip) one fold, then write nnU-Net's validation with probabilities (--npz).
 
@@ -113,25 +117,26 @@ def train(ws: Workspace, configuration: str, fold: int, *, epochs: int = FULL_EP
     SIGUSR1 before finishing an epoch; each run that trains is recorded in the fold's runs.jsonl. A fold made from
     another dataset is refused, or archived with `archive_stale`. `compile`: nnU-Net's torch.compile on CUDA (None:
     see _compile_setting). `seed`: seeded, reproducible training (seeding.py); None: nnU-Net's unseeded. `tracking`:
-    nnU-Net's own W&B logging, into one W&B run per fold folder and dataset (core/tracking.py)."""
+    nnU-Net's own W&B logging, into one W&B run per fold folder and dataset (core/tracking.py). `preset`: nnU-Net's
+    plans to train (nnunet/presets.py)."""
     tracking.require()
     name = trainer_name(epochs, iterations)
-    folder = fold_folder(ws, configuration, fold, trainer=name)
-    command = f"ibsr-nnunet train --fold {fold} --config {configuration}"
-    with DurableRun(folder, what=f"{configuration} fold {fold} ({name})", command=command, history="train",
-                    on_signal=_announce, say=say) as run:
+    folder = fold_folder(ws, configuration, fold, trainer=name, plans=preset.plans)
+    command = f"ibsr-nnunet train --fold {fold} --config {configuration}{preset.option()}"
+    what = f"{configuration} fold {fold} ({name}{'' if preset.is_default else ', ' + preset.plans})"
+    with DurableRun(folder, what=what, command=command, history="train", on_signal=_announce, say=say) as run:
         if epochs < 1 or iterations < 1 or save_every < 1:
             raise InputError("--epochs, --iterations-per-epoch and --save-every must be at least 1.")
         fingerprint = dataset_fingerprint(ws)
-        _read_plans(ws, configuration, fold, fingerprint)  # refused before any lock file is made
+        _read_plans(ws, preset, configuration, fold, fingerprint)  # refused before any lock file is made
         run.acquire()
-        plans = run.hold(_reading_preprocessed(ws, configuration, fold, fingerprint, name=name, command=command,
-                                               say=say))
+        plans = run.hold(_reading_preprocessed(ws, preset, configuration, fold, fingerprint, name=name,
+                                               command=command, say=say))
         _ensure_model_current(ws, folder, configuration=configuration, name=name, fingerprint=fingerprint,
                               archive_stale=archive_stale, say=say)
         if fold_finished(folder):
             return TrainOutcome(folder, "already finished", epochs, epochs)
-        run.record_provenance(fingerprint, configuration=configuration, fold=fold, trainer=name)
+        run.record_provenance(fingerprint, configuration=configuration, fold=fold, trainer=name, plans=preset.plans)
         run.open_history()
         torch_device = resolve_device(device)
         tracked_id = tracked_run_id(folder, fingerprint)
@@ -141,7 +146,7 @@ def train(ws: Workspace, configuration: str, fold: int, *, epochs: int = FULL_EP
                 local_scratch=local_scratch, say=say), tracked(tracking, tracked_id):
             return _train_fold(ws, plans, configuration, fold, name=name, torch_device=torch_device,
                                save_every=save_every, seed=seed, run=run, tracking=tracking.record(tracked_id),
-                               say=say)
+                               preset=preset, say=say)
 
 
 def _ensure_model_current(ws: Workspace, folder: Path, *, configuration: str, name: str, fingerprint: str,
@@ -156,7 +161,7 @@ def _ensure_model_current(ws: Workspace, folder: Path, *, configuration: str, na
 
 
 def _train_fold(ws: Workspace, plans: dict, configuration: str, fold: int, *, name: str, torch_device,
-                save_every: int, seed: Optional[int], run: DurableRun, tracking: Optional[dict],
+                save_every: int, seed: Optional[int], run: DurableRun, tracking: Optional[dict], preset: Preset,
                 say: Callable[[str], None]) -> TrainOutcome:
     """Build our trainer, resume from the newest readable checkpoint (loaded once), record the run's start (with
     `tracking`, what the start line says of it), train, validate."""
@@ -171,11 +176,13 @@ def _train_fold(ws: Workspace, plans: dict, configuration: str, fold: int, *, na
     trainer.seed = seed
     if checkpoint is not None:
         trainer.load_checkpoint(checkpoint.state)
-        say(f"resuming {name} {configuration} fold {fold} from {checkpoint.name} at epoch {trainer.current_epoch}")
+        say(f"resuming {name} {configuration} fold {fold}{preset.option()} from {checkpoint.name} at epoch "
+            f"{trainer.current_epoch}")
     start_epoch = trainer.current_epoch
     run.begin(epoch=start_epoch, device=torch_device.type, device_name=device_name(torch_device),
               reached=epochs_reached(folder), compile=trainer._do_i_compile(), log=Path(trainer.log_file).name,
-              seed=seed, **({"tracking": tracking} if tracking else {}))
+              seed=seed, **({"tracking": tracking} if tracking else {}), **({} if preset.is_default else {
+                  "preset": preset.name, "plans": preset.plans}))
     resumed_from = checkpoint.name if checkpoint is not None else None
     del checkpoint  # its tensors: the trainer holds its own copies now
     if resumed_from != CHECKPOINTS[0]:

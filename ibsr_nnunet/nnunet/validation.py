@@ -25,7 +25,6 @@ from ..core.jsonfile import read_json
 from ..core.vocabulary import TISSUES
 from ..core.workspace import Workspace
 from .fold import read_summary, summary_file
-from .paths import fold_folder
 from .prediction_record import PredictionRecord
 
 
@@ -67,10 +66,9 @@ def crossval_dice(ws: Workspace, record: PredictionRecord) -> Optional[CrossVali
             dice = {name: float(means[str(label)]["Dice"]) for label, name in TISSUES.items()}
             return CrossValidation(dice, n, bool(record_pp.get("postprocessing_fns")), chosen)
         return CrossValidation(dice, n, False, source / "summary.json")
-    if len(record.configurations) != 1:
+    if len(record.members) != 1:
         return None
-    summaries = [summary_file(fold_folder(ws, record.configurations[0], fold, trainer=record.trainer))
-                 for fold in record.folds]
+    summaries = [summary_file(record.members[0].fold(ws, record.trainer, fold)) for fold in record.folds]
     if not summaries or not all(s.is_file() for s in summaries):
         return None
     dice, n = pooled_dice(summaries)

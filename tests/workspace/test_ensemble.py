@@ -19,6 +19,7 @@ from ibsr_nnunet.core.locks import Lock, lock_path
 from ibsr_nnunet.core.workspace import Workspace
 from ibsr_nnunet.nnunet.ensemble import select
 from ibsr_nnunet.nnunet.paths import fold_folder
+from ibsr_nnunet.nnunet.presets import PRESET_TABLE
 from ibsr_nnunet.segment import choose_model
 
 
@@ -53,6 +54,38 @@ def test_select_uses_common_folds_and_says_why(converted_copy):
     fake_fold(ws, "IbsrTrainer", "2d", 4)
     with pytest.raises(InputError, match="none in common"):
         select(ws, "IbsrTrainer")
+
+
+def test_select_searches_every_preset_on_the_folds_of_the_one_with_most(converted_copy):
+    ws = converted_copy
+    for config in ("2d", "3d_fullres"):
+        for fold in (0, 1):
+            fake_fold(ws, "IbsrTrainer", config, fold, plans="nnUNetResEncUNetMPlans")
+    fake_fold(ws, "IbsrTrainer", "2d", 0)
+    fake_fold(ws, "IbsrTrainer", "2d", 1, plans="nnUNetResEncUNetLPlans")
+    selection = select(ws)
+    # resenc-m has folds 0 and 1 in both configurations: they are the folds; the others lack one of them
+    assert selection.folds == (0, 1)
+    assert [m.name for m in selection.members] == ["nnunet_resencm_2d", "nnunet_resencm_3d_fullres"]
+    assert [w for w in selection.warnings if "left out:" in w] == [
+        "2d is left out: it has folds [0] finished, not all of 0, 1 (resenc-m's); train them, or pass --presets "
+        "default to search it on its own folds.",
+        "resenc-l 2d is left out: it has folds [1] finished, not all of 0, 1 (resenc-m's); train them, or pass "
+        "--presets resenc-l to search it on its own folds."]
+    alone = select(ws, presets=(PRESET_TABLE["resenc-l"],))
+    assert [m.label for m in alone.members] == ["resenc-l 2d"] and alone.folds == (1,)
+    assert alone.described() == "resenc-l 2d"
+    assert any(w.startswith("3d_fullres has no finished fold of IbsrTrainer (resenc-l): no 2d+3d_fullres ensemble "
+                            "(resenc-l), only 2d") for w in alone.warnings)
+    fake_fold(ws, "IbsrTrainer", "3d_fullres", 0, plans="nnUNetResEncUNetLPlans")
+    with pytest.raises(InputError, match=r"IbsrTrainer \(resenc-l\): 2d has folds \[1\] and 3d_fullres has folds "
+                                         r"\[0\] finished, none in common; train a common fold, or leave the preset "
+                                         r"out with --presets\.$"):
+        select(ws)
+    both = select(ws, presets=(PRESET_TABLE["default"], PRESET_TABLE["resenc-m"]))
+    assert [m.name for m in both.members] == ["nnunet_resencm_2d", "nnunet_resencm_3d_fullres"]
+    with pytest.raises(InputError, match="no finished nnU-Net fold of preset resenc-xl"):
+        select(ws, presets=(PRESET_TABLE["resenc-xl"],))
 
 
 def test_ensemble_leaves_out_a_fold_being_trained(converted_copy):

@@ -15,7 +15,8 @@ from ibsr_nnunet.models.protocol import TrainingJob
 TRAINER = "IbsrTrainer_3ep_10it"
 
 
-def nnunet_set(ws: Workspace, provenance, name="nnunet_ensemble", configurations=("2d", "3d_fullres"), folds=(0, 1)):
+def nnunet_set(ws: Workspace, provenance, name="nnunet_ensemble", configurations=("2d", "3d_fullres"), folds=(0, 1),
+               plans=None):
     folder = ws.predictions / name
     provenance(folder)
     pkl = ws.results_dataset / "ensembles" / "postprocessing.pkl"
@@ -23,10 +24,10 @@ def nnunet_set(ws: Workspace, provenance, name="nnunet_ensemble", configurations
     pkl.write_bytes(b"pkl")
     (folder / "model.json").write_text(json.dumps({
         "model": name, "trainer": TRAINER, "configurations": list(configurations), "folds": list(folds),
-        "postprocessing_file": str(pkl), "axcodes": ["L", "P", "S"]}))
-    for configuration in configurations:
+        "postprocessing_file": str(pkl), "axcodes": ["L", "P", "S"], **({"plans": plans} if plans else {})}))
+    for configuration, plan in zip(configurations, plans or ["nnUNetPlans"] * len(configurations)):
         for fold in folds:
-            fold_dir = ws.results_dataset / f"{TRAINER}__nnUNetPlans__{configuration}" / f"fold_{fold}"
+            fold_dir = ws.results_dataset / f"{TRAINER}__{plan}__{configuration}" / f"fold_{fold}"
             fold_dir.mkdir(parents=True)
             (fold_dir / "checkpoint_final.pth").write_bytes(b"w")
     return load_model(ws, name)
@@ -35,7 +36,8 @@ def nnunet_set(ws: Workspace, provenance, name="nnunet_ensemble", configurations
 def test_an_nnunet_model_is_its_folds_and_postprocessing(ws, provenance):
     model = nnunet_set(ws, provenance)
     assert model.kind == "nnunet" and model.folder == ws.predictions / "nnunet_ensemble"
-    assert model.configurations == ("2d", "3d_fullres") and model.folds == (0, 1)
+    assert [(m.plans, m.configuration) for m in model.members] == [("nnUNetPlans", "2d"), ("nnUNetPlans", "3d_fullres")]
+    assert model.folds == (0, 1)
     assert [p.relative_to(ws.results_dataset).as_posix() for p in model.weight_files()] == [
         f"{TRAINER}__nnUNetPlans__2d/fold_0/checkpoint_final.pth",
         f"{TRAINER}__nnUNetPlans__2d/fold_1/checkpoint_final.pth",
@@ -43,6 +45,25 @@ def test_an_nnunet_model_is_its_folds_and_postprocessing(ws, provenance):
         f"{TRAINER}__nnUNetPlans__3d_fullres/fold_1/checkpoint_final.pth",
         "ensembles/postprocessing.pkl"]
     assert model.axcodes == ("L", "P", "S") and model.refusal() is None and model.remake == "ibsr-nnunet ensemble"
+
+
+def test_a_cross_preset_ensemble_is_the_folds_of_its_two_plans(ws, provenance):
+    model = nnunet_set(ws, provenance, name="nnunet_cross_preset_ensemble", configurations=("2d", "2d"),
+                       plans=["nnUNetPlans", "nnUNetResEncUNetMPlans"], folds=(0,))
+    assert [p.relative_to(ws.results_dataset).as_posix() for p in model.weight_files()] == [
+        f"{TRAINER}__nnUNetPlans__2d/fold_0/checkpoint_final.pth",
+        f"{TRAINER}__nnUNetResEncUNetMPlans__2d/fold_0/checkpoint_final.pth", "ensembles/postprocessing.pkl"]
+    assert [m.name for m in model.members] == ["nnunet_2d", "nnunet_resencm_2d"] and model.refusal() is None
+
+
+@pytest.mark.parametrize("plans", [["nnUNetPlans", "../nnUNetPlans"], ["nnUNetPlans"], ["MyPlans", "nnUNetPlans"]])
+def test_a_record_whose_plans_are_not_a_presets_is_refused(ws, provenance, plans):
+    folder = ws.predictions / "nnunet_ensemble"
+    nnunet_set(ws, provenance)
+    record = json.loads((folder / "model.json").read_text())
+    (folder / "model.json").write_text(json.dumps({**record, "plans": plans}))
+    model = load_model(ws, "nnunet_ensemble")
+    assert "is not" in model.refusal() and "run `ibsr-nnunet ensemble` again" in model.refusal()
 
 
 def test_the_signature_changes_with_the_weights_bytes(ws, provenance):

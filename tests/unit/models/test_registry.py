@@ -124,7 +124,8 @@ def test_a_third_kind_is_gone_when_unregistered(ws, monkeypatch):
 
 @pytest.mark.parametrize("name, refusal", [
     ("nnunet_custom", "--model 'nnunet_custom' is not an nnU-Net model; pass one of nnunet_2d, nnunet_3d_fullres, "
-                      "nnunet_ensemble."),
+                      "nnunet_ensemble (default plans), or nnunet_<preset>_2d|3d_fullres|ensemble with <preset> "
+                      "resencm, resencl or resencxl."),
     ("unet2d__hinge", "--model 'unet2d__hinge' is not MODEL__LOSS with MODEL in unet2d"),
     ("unet2d", "--model 'unet2d' is not MODEL__LOSS with MODEL in unet2d"),
     ("../x", "--model '../x' is not a usable model name"),

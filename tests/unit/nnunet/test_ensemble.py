@@ -48,7 +48,7 @@ def test_a_written_record_reads_back_equal_with_its_keys(ws):
         "winner": "nnunet_ensemble", "reason": "nnunet_ensemble has the highest cross-validation foreground-mean Dice",
         "crossval_dice": {"nnunet_2d": 0.8125, "nnunet_3d_fullres": 0.75, "nnunet_ensemble": 0.875},
         "crossval_dice_post_pp": 0.890625, "trainer": "IbsrTrainer", "configurations": ["2d", "3d_fullres"],
-        "folds": [0, 1, 4], "warnings": ["only folds 0, 1, 4 of 5 are finished"],
+        "models": [], "folds": [0, 1, 4], "warnings": ["only folds 0, 1, 4 of 5 are finished"],
         "predictions": {"nnunet_2d": str(ws.predictions / "nnunet_2d"),
                         "nnunet_ensemble": str(ws.predictions / "nnunet_ensemble")},
         "dataset_fingerprint": FINGERPRINT}

@@ -29,7 +29,22 @@ def test_a_written_record_reads_back_equal(tmp_path):
     assert saved == {"model": "nnunet_ensemble", "trainer": "IbsrTrainer", "configurations": ["2d", "3d_fullres"],
                      "folds": [0, 1, 4], "postprocessing": ["remove_all_but_largest_component_from_segmentation([3])"],
                      "postprocessing_file": "/ws/nnUNet_results/x/postprocessing.pkl", "crossval_dice": 0.8125,
-                     "axcodes": ["R", "A", "S"]}
+                     "axcodes": ["R", "A", "S"], "plans": ["nnUNetPlans", "nnUNetPlans"]}
+
+
+def test_a_cross_preset_record_reads_back_its_members(tmp_path):
+    record = PredictionRecord("nnunet_cross_preset_ensemble", "IbsrTrainer", ("3d_fullres", "2d"), (0,),
+                              Path("/ws/pp.pkl"), plans=("nnUNetPlans", "nnUNetResEncUNetLPlans"))
+    write_prediction_record(tmp_path, record)
+    again = read_prediction_record(tmp_path)
+    assert [(m.plans, m.configuration, m.name) for m in again.members] == [
+        ("nnUNetPlans", "3d_fullres", "nnunet_3d_fullres"), ("nnUNetResEncUNetLPlans", "2d", "nnunet_resencl_2d")]
+
+
+def test_a_record_without_plans_is_the_default_plans(tmp_path):
+    prediction_record_path(tmp_path).write_text(json.dumps({"trainer": "IbsrTrainer", "configurations": ["2d"],
+                                                            "folds": [0]}))
+    assert read_prediction_record(tmp_path).plans == ("nnUNetPlans",)
 
 
 def test_no_record_is_none(tmp_path):
