@@ -316,9 +316,9 @@ def submit(ws: Workspace, request: SubmitRequest, *, cli: Optional[Sequence[str]
     if not request.configs and not request.baselines:
         raise InputError("nothing to submit: give --configs and/or --baselines.")
     request.resources.tracking.require()  # the jobs run this installation's command
+    _check_gpu_memory(request)
     if request.configs:
         _check_planned(ws, request)
-    _check_gpu_memory(request)
     states = query_states(runner)
     if states is None and not request.dry_run:
         raise InputError("SLURM does not answer (`scontrol show job` failed): is this a cluster login node with "
@@ -381,7 +381,7 @@ def fold_script(ws: Workspace, configuration: str, fold: int, *, epochs: int, it
     resources.tracking.require()
     request = SubmitRequest(configs=(configuration,), folds=(fold,), presets=(preset,), epochs=epochs,
                             iterations=iterations, device=device, resources=resources)
-    _check_planned(ws, request)
     _check_gpu_memory(request)
+    _check_planned(ws, request)
     return render.render_fold(ws.root, list(cli or render.default_cli()), resources, configuration=configuration,
                               fold=fold, epochs=epochs, iterations=iterations, device=device, preset=preset)

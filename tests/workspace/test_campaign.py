@@ -224,3 +224,66 @@ def test_cli_script_prints_one_fold_and_refuses_a_fold_that_does_not_exist(plann
     assert grace.exit_code != 0 and "is not less than --time" in grace.output
     unregistered = invoke(planned_copy, "register-job", "--fold", "0", "--config", "2d", env={"SLURM_JOB_ID": ""})
     assert unregistered.exit_code != 0 and "SLURM_JOB_ID is not set" in unregistered.output
+
+
+def test_submit_trains_each_preset_in_its_own_array_and_status_names_it(planned_ws, tmp_path):
+    from helpers import restored_environ
+    from ibsr_nnunet.campaign.status import status
+    from ibsr_nnunet.nnunet.environment import configure
+    from ibsr_nnunet.nnunet.plan import plan
+    from ibsr_nnunet.nnunet.presets import PRESET_TABLE
+
+    ws = planned_workspace(planned_ws, tmp_path)
+    resenc_m, resenc_l = PRESET_TABLE["resenc-m"], PRESET_TABLE["resenc-l"]
+    gpu = sbatch.Resources(gpus_per_job=1, gpu_memory=24)
+    too_big = submit.SubmitRequest(configs=("2d",), folds=(0,), presets=(resenc_m, PRESET_TABLE["resenc-xl"]),
+                                   epochs=3, iterations=2, resources=gpu)
+    slurm = FakeSlurm()
+    with pytest.raises(InputError, match=r"^--gpu-memory 24 GB is less than the GPU memory nnU-Net sizes resenc-xl "
+                                         r"\(40 GB\) for"):
+        submit.submit(ws, too_big, cli=CLI, runner=slurm)
+    with pytest.raises(InputError, match=r"nnUNetResEncUNetLPlans\.json does not exist: plan first with .* plan "
+                                         r"--configs 2d --presets resenc-l`"):
+        submit.submit(ws, submit.SubmitRequest(configs=("2d",), presets=(resenc_l,), resources=gpu), cli=CLI,
+                      runner=slurm)
+    assert slurm.calls == []  # refused before SLURM was asked anything
+    with restored_environ():
+        configure(ws, 1)
+        [planned] = plan(ws, ("2d", "3d_fullres"), presets=(resenc_m,), say=lambda _: None)
+    assert planned.reused == ("2d", "3d_fullres") and planned.preprocessed == ()
+
+    request = submit.SubmitRequest(configs=("2d",), folds=(0, 1), presets=(PRESET_TABLE["default"], resenc_m),
+                                   epochs=3, iterations=2, device="cpu", resources=gpu)
+    first = submit.submit(ws, request, cli=CLI, runner=slurm, say=lambda _: None)
+    assert [(s.kind, s.label, s.job_id) for s in first.submitted] == [
+        ("fold", "2d", "101"), ("fold", "resenc-m 2d", "102"), ("final", "final", "103")]
+    assert first.submitted[1].script.name.startswith("nnunet-resencm-2d-")
+    assert "--device cpu --preset resenc-m" in first.submitted[1].script.read_text()
+    records = json.loads((ws.slurm / "jobs.json").read_text())["jobs"]
+    assert [(r["name"], r.get("preset")) for r in records] == [("2d", "default"), ("2d", "resenc-m"), ("final", None)]
+    again = submit.submit(ws, request, cli=CLI, runner=slurm, say=lambda _: None)
+    assert again.submitted == [] and "resenc-m 2d fold 1: job 102_1 is PENDING" in again.skipped
+
+    # a finished resenc-m fold is its own, not the default's
+    folder = fold_folder(ws, "2d", 0, trainer=trainer_name(3, 2), plans=resenc_m.plans)
+    (folder / "validation").mkdir(parents=True)
+    (folder / "checkpoint_final.pth").write_bytes(b"x")
+    (folder / "validation" / "summary.json").write_text("{}")
+    provenance.write_provenance(folder, provenance.dataset_fingerprint(ws))
+    report = status(ws, runner=slurm)
+    rows = {(r.kind, r.name, r.fold): r for r in report.rows}
+    assert set(rows) == {("fold", "2d", 0), ("fold", "2d", 1), ("fold", "resenc-m 2d", 0),
+                         ("fold", "resenc-m 2d", 1), ("final", "final", None)}
+    assert rows[("fold", "resenc-m 2d", 0)].finished and not rows[("fold", "2d", 0)].finished
+
+
+def test_cli_script_of_a_preset_that_does_not_fit_the_gpus_is_refused(planned_copy):
+    result = invoke(planned_copy, "script", "--fold", "0", "--config", "3d_fullres", "--preset", "resenc-l",
+                    "--gpu-memory", "16")
+    assert result.exit_code == 1
+    assert said(result).startswith("error: --gpu-memory 16 GB is less than the GPU memory nnU-Net sizes resenc-l "
+                                   "(24 GB) for: it would run out of memory; use default, resenc-m instead.")
+    unplanned = invoke(planned_copy, "script", "--fold", "0", "--config", "2d", "--preset", "resenc-m")
+    assert unplanned.exit_code == 1 and "plan --configs 2d --presets resenc-m`" in said(unplanned)
+    unknown = invoke(planned_copy, "script", "--fold", "0", "--config", "2d", "--preset", "resenc-q")
+    assert unknown.exit_code == 2 and "resenc-q" in unknown.output
