@@ -33,7 +33,9 @@ def segment(
         help="T1 scans (.nii, .nii.gz, Analyze .hdr/.img) or folders of them.")],
     output: Annotated[Path, typer.Option("--output", help="Folder for the label maps and volumes.csv.")],
     model: Annotated[Optional[str], typer.Option(
-        "--model", help="A leaderboard model, e.g. nnunet_ensemble or unet2d__dice_ce (default: the best).")] = None,
+        "--model", help="A leaderboard model, e.g. nnunet_ensemble or unet2d__dice_ce (default: the best), or a model "
+                        "bundle from `ibsr-nnunet export` (FILE.zip, or the folder it was unpacked into): then no "
+                        "workspace is needed.")] = None,
     device: DeviceOption = Device.auto,
     jobs: JobsOption = 0,
     tta: Annotated[Optional[bool], typer.Option(
@@ -61,8 +63,13 @@ def segment(
     """Segment new scans into CSF, GM and WM, and report tissue volumes (mL), fractions and BPF."""
     from ..nnunet.environment import configure
     from ..segment import SegmentOptions, segment as run_segment
+    from ..segment.bundle import install_bundle, is_bundle
 
-    ws = workspace_of(ctx)
+    if model is not None and is_bundle(model):  # the bundle is a workspace of its own
+        ws, model, _ = install_bundle(Path(model), say=console.print)
+        ws.export_env()
+    else:
+        ws = workspace_of(ctx)
     configure(ws, cores(jobs))
     with progress_bar() as bar:
         task = bar.add_task("segment", total=None)
@@ -72,7 +79,8 @@ def segment(
             said = (f"held-out mean Dice {scores['mean_dice']:.3f} (CSF {scores['CSF_dice_mean']:.3f}, "
                     f"GM {scores['GM_dice_mean']:.3f}, WM {scores['WM_dice_mean']:.3f}) on {scores['cases']}"
                     if scores else "not on the leaderboard: no held-out scores")
-            console.print(f"model: {chosen.name}{' (the leaderboard best)' if model is None else ''}; {said}")
+            console.print(f"model: {chosen.name}{' (the leaderboard best)' if model is None else ''}; {said}",
+                          markup=False)
             bar.update(task, total=total, description=f"segment with {chosen.name}")
 
         options = SegmentOptions(tta=tta, step_size=step_size, soft_volumes=soft_volumes, qc=qc, qc_sheet=qc_sheet,
@@ -114,3 +122,31 @@ def segment(
         names = ", ".join(scan.input.name for scan in result.failed)
         raise InputError(f"{len(result.failed)} of {len(result.scans)} scans failed: {names} (first: "
                          f"{result.failed[0].error}); each error is in its row of {result.csv}")
+
+
+@app.command("export")
+@refusals
+def export(
+    ctx: typer.Context,
+    model: Annotated[Optional[str], typer.Argument(
+        help="The trained model to export, e.g. nnunet_ensemble or unet2d__dice_ce.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", help="The bundle to write (FILE.zip).")] = None,
+    listing: Annotated[bool, typer.Option("--list", help="Show what this workspace can export, with sizes.")] = False,
+) -> None:
+    """Write one trained model, with what `segment` needs of its workspace, into one .zip (a model bundle)."""
+    from ..segment.bundle import export_model, exportable
+
+    ws = workspace_of(ctx)
+    if listing:
+        table = Table(title=f"{ws.root}: models to export")
+        for column in ("model", "kind", "bundle size"):
+            table.add_column(column, justify="right" if column == "bundle size" else "left")
+        for name, kind, size in exportable(ws):
+            table.add_row(name, kind, f"{size / 2**20:.1f} MB")
+        console.print(table)
+        return
+    if model is None or output is None:
+        raise InputError("export needs a MODEL and --output FILE.zip (or --list to see what can be exported).")
+    done = export_model(ws, model, output, say=console.print)
+    console.print(f"wrote {done.path}: {done.model} ({done.kind}), {done.files} files, {done.bytes / 2**20:.1f} MB; "
+                  f"use it with `ibsr-nnunet segment SCANS --output DIR --model {done.path}`", markup=False)

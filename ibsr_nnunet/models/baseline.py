@@ -11,10 +11,20 @@ from typing import Iterable, Iterator, Optional
 import pandas as pd
 
 from baselines.registry import LOSSES, MODELS, baseline_name, baseline_problem, split_baseline_name
-from baselines.run_folder import EpochRow, best_weights_path, read_log, read_orientation, read_run_record
+from baselines.run_folder import (
+    LOG,
+    ORIENTATION,
+    RUN_RECORD,
+    EpochRow,
+    best_weights_path,
+    read_log,
+    read_orientation,
+    read_run_record,
+)
 
 from ..core.errors import InputError
 from ..core.oriented import Prediction
+from ..core.provenance import PROVENANCE_FILE
 from ..core.runlog import Run, read_runs
 from ..core.workspace import Workspace
 from ..data.volumes import Volume
@@ -71,6 +81,13 @@ class BaselineModel(TrainedModel):
 
     def weight_files(self) -> list[Path]:
         return [best_weights_path(self.folder)]
+
+    def portable_files(self) -> list[Path]:
+        """The best weights and the run's records (not checkpoint.pt: a resume's optimizer state), and the prediction
+        set's provenance, which says which weights its leaderboard scores were made with."""
+        records = [self.folder / name for name in (RUN_RECORD, LOG, ORIENTATION, PROVENANCE_FILE)]
+        scored = self.ws.predictions / self.name / PROVENANCE_FILE
+        return [*self.weight_files(), *(p for p in (*records, scored) if p.is_file())]
 
     def refusal(self, then: str = "segment") -> Optional[str]:
         from baselines.workspace import unfinished  # torch: only when a baseline is about to be used

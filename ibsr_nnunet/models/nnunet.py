@@ -15,12 +15,13 @@ import pandas as pd
 
 from ..core.errors import InputError
 from ..core.oriented import Prediction, confidence
+from ..core.provenance import PROVENANCE_FILE
 from ..core.runlog import Run, read_runs
 from ..core.vocabulary import CONFIGURATIONS, N_FOLDS, NNUNET_MODEL_KEYS, NNUNET_MODELS
 from ..core.workspace import Workspace
 from ..data.volumes import Volume, read_volume, write_volume
 from ..nnunet.fold import fold_epochs, fold_finished, fold_unready, log_epochs, log_seconds, logs, validation_dice
-from ..nnunet.paths import MODEL_FOLDER, Member, trainer_schedule
+from ..nnunet.paths import MODEL_FOLDER, TRAINER_FILES, Member, trainer_schedule
 from ..nnunet.predict import predict_chain
 from ..nnunet.prediction_record import PredictionRecord, prediction_record_path, read_prediction_record
 from ..nnunet.presets import BY_PLANS, PRESET_TABLE
@@ -117,6 +118,13 @@ class NnunetModel(TrainedModel):
 
     def weight_files(self) -> list[Path]:
         return [fold / "checkpoint_final.pth" for fold in self.fold_folders()] + [self.postprocessing_file]
+
+    def portable_files(self) -> list[Path]:
+        """Each member's plans, dataset.json and fingerprint (nnU-Net's predictor reads them), its folds' final
+        checkpoints, the postprocessing, and the prediction set's model.json and provenance."""
+        beside = [m.folder(self.ws, self.trainer) / name for m in self.members for name in TRAINER_FILES]
+        records = [prediction_record_path(self.folder), self.folder / PROVENANCE_FILE]
+        return [*(p for p in beside if p.is_file()), *self.weight_files(), *(p for p in records if p.is_file())]
 
     def refusal(self, then: str = "segment") -> Optional[str]:
         if not self.trained():

@@ -18,7 +18,7 @@ import pandas as pd
 from ..core.errors import InputError
 from ..core.manifest import Manifest, read_manifest
 from ..core.oriented import Prediction
-from ..core.provenance import staleness, weights_signature
+from ..core.provenance import PROVENANCE_FILE, staleness, weights_signature
 from ..core.runlog import Run
 from ..core.workspace import Workspace
 from ..data.preprocess import Preprocessing
@@ -139,6 +139,11 @@ class TrainedModel(ABC):
     @abstractmethod
     def weight_files(self) -> list[Path]:
         """The files that are the model: when their bytes change, its predictions are another model's."""
+
+    def portable_files(self) -> list[Path]:
+        """The files of the workspace this model needs to be used elsewhere (what a bundle carries of it, beside the
+        workspace-wide records): its weights and the records beside them."""
+        return [*self.weight_files(), *(p for p in (self.folder / PROVENANCE_FILE,) if p.is_file())]
 
     @property
     @abstractmethod

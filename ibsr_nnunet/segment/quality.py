@@ -9,7 +9,9 @@ from typing import Optional
 
 import numpy as np
 
+from ..core.jsonfile import read_json_or_none
 from ..core.manifest import Manifest
+from ..core.provenance import KEY
 from ..core.workspace import Workspace
 from ..data.volumes import read_volume
 from .measures import tissue_volumes
@@ -47,8 +49,30 @@ def compared(measure: str, value: float) -> float:
     return math.log1p(max(value, 0.0)) if measure in LOG_SCALE else value
 
 
+TRAINING_VOLUMES_FILE = "training_volumes.json"  # a bundle's copy (models/bundle.py): it carries no labelsTr
+
+
+def saved_training_volumes(ws: Workspace, manifest: Manifest) -> Optional[TrainingVolumes]:
+    """The copy a model bundle carries for its dataset (at the workspace root), or None."""
+    saved = read_json_or_none(ws.root / TRAINING_VOLUMES_FILE)
+    if not isinstance(saved, dict) or saved.get(KEY) != manifest.fingerprint:
+        return None
+    try:
+        return TrainingVolumes({k: float(saved["mean"][k]) for k in COMPARED},
+                               {k: float(saved["sd"][k]) for k in COMPARED}, int(saved["cases"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def training_volumes_record(volumes: TrainingVolumes, manifest: Manifest) -> dict:
+    return {"mean": volumes.mean, "sd": volumes.sd, "cases": volumes.cases, KEY: manifest.fingerprint}
+
+
 def training_volumes(ws: Workspace, manifest: Manifest) -> TrainingVolumes:
-    """From the training cases' label maps (labelsTr), on their own voxel sizes."""
+    """From the training cases' label maps (labelsTr), on their own voxel sizes; in a workspace installed from a
+    model bundle, from the copy it carries."""
+    if (saved := saved_training_volumes(ws, manifest)) is not None:
+        return saved
     rows = []
     for _, _, label in ws.cases("train", manifest):
         volume = read_volume(label)
