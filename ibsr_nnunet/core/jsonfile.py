@@ -34,6 +34,15 @@ def read_json_object(path: Path, fix: str, what: str, *, missing_ok: bool = Fals
     return content
 
 
+def parse_json(text: bytes | str, where: str, fix: str) -> Any:
+    """JSON read from elsewhere than a file of its own (a member of a zip); InputError naming `where` and `fix`
+    when it is not JSON."""
+    try:
+        return json.loads(text)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise InputError(f"{where} is not valid JSON (cut short or edited by hand: {err}); {fix}.") from None
+
+
 def read_json_or_none(path: Path) -> Any:
     """The file's content, or None when it is missing, unreadable or not JSON: for records whose loss only means
     that what they describe is taken as unknown (and redone), never as current."""

@@ -25,7 +25,7 @@ import os
 import shutil
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import Callable, Optional
@@ -35,14 +35,14 @@ import pandas as pd
 from ..core.atomic import atomic_path, write_json
 from ..core.checksums import sha256
 from ..core.errors import InputError
-from ..core.jsonfile import read_json_object
+from ..core.jsonfile import parse_json, read_json_object
 from ..core.manifest import manifest_path, read_manifest
 from ..core.names import check_model_name
 from ..core.workspace import WORKSPACE_FILE, Workspace
 from ..models import checked_name, kind_of, load_model, trained_models
 from ..models.protocol import TrainedModel
 from ..nnunet.paths import fingerprint_file
-from ..nnunet.prediction_record import prediction_record_path
+from ..nnunet.prediction_record import prediction_record_path, read_prediction_record, write_prediction_record
 from .quality import TRAINING_VOLUMES_FILE, training_volumes, training_volumes_record
 
 FORMAT = 1  # bundle.json's "format": a reader refuses a newer one
@@ -144,7 +144,7 @@ def export_model(ws: Workspace, name: str, output: Path, *, say: Callable[[str],
         "dataset": {"name": ws.dataset_name, "id": ws.dataset_id, "fingerprint": manifest.fingerprint,
                     "split": manifest.split.policy, "held_out": list(manifest.split.heldout)},
         "versions": _versions(),
-        "leaderboard": json.loads(row.to_json(orient="records"))[0] if row is not None else None,
+        "leaderboard": row.to_dict(orient="records")[0] if row is not None else None,
         # absolute in the workspace, so rewritten where the bundle is installed
         "postprocessing": _arcname(ws, model.postprocessing_file) if record.is_file() else None,
         "files": dict(sorted(listing.items())),
@@ -219,7 +219,7 @@ def _read_zip(source: Path) -> tuple[dict, Callable[[str, Path], None]]:
     try:
         archive = zipfile.ZipFile(source)
         members = {info.filename for info in archive.infolist() if not info.is_dir()}
-        manifest = _checked_manifest(source, json.loads(archive.read(MANIFEST)))
+        manifest = _checked_manifest(source, parse_json(archive.read(MANIFEST), f"{source}: {MANIFEST}", REEXPORT))
     except FileNotFoundError:
         raise InputError(f"--model {source}: no such file; pass a bundle written by `ibsr-nnunet export`.") from None
     except (zipfile.BadZipFile, KeyError, ValueError, OSError) as err:
@@ -290,10 +290,13 @@ def install_bundle(source: Path, *, say: Callable[[str], None] = print) -> tuple
         ws = Workspace.open(staging, int(manifest["dataset"]["id"]))
         rewritten = {}
         if manifest.get("postprocessing"):  # model.json names it where the model was trained
-            record_file = prediction_record_path(ws.predictions / manifest["model"])
-            record = json.loads(record_file.read_text())
-            record["postprocessing_file"] = str(_target(root, manifest["postprocessing"]))
-            write_json(record_file, record)
+            folder = ws.predictions / manifest["model"]
+            record = read_prediction_record(folder)
+            if record is None:
+                raise _refuse(source, f"it names postprocessing but holds no model record of {manifest['model']}")
+            write_prediction_record(folder, replace(record, postprocessing_file=_target(
+                root, manifest["postprocessing"])))
+            record_file = prediction_record_path(folder)
             rewritten[f"{OURS}/{record_file.relative_to(staging).as_posix()}"] = sha256(record_file)
         write_json(staging / INSTALLED, {"source": str(source.resolve()), "rewritten": rewritten})
         try:

@@ -5,6 +5,7 @@ presets that `leaderboard` ranks and `segment` reproduces."""
 from __future__ import annotations
 
 import json
+import os
 
 import nibabel as nib
 import numpy as np
@@ -146,3 +147,59 @@ def test_segment_with_a_resenc_model_reproduces_its_prediction_set(ensembled, tm
     ours = np.asarray(nib.load(written).dataobj)
     theirs = np.asarray(nib.load(ws.predictions / "nnunet_cross_preset_ensemble" / f"{case}.nii.gz").dataobj)
     assert ours.shape == theirs.shape and np.array_equal(ours, theirs)
+
+
+def test_an_nnunet_bundle_segments_as_in_the_workspace_and_installs_with_nnunets_own_tool(ensembled, tmp_path):
+    import subprocess
+    import zipfile
+
+    from helpers import console_script
+    from ibsr_nnunet.nnunet.environment import EXT_TRAINER_FOLDER
+    from ibsr_nnunet.segment.bundle import CACHE_ENV
+
+    ws, _ = ensembled
+    env = {CACHE_ENV: str(tmp_path / "cache")}
+    sizes = {}
+    for model in ("nnunet_2d", "nnunet_resencm_2d", "nnunet_cross_preset_ensemble"):
+        bundle = tmp_path / f"{model}.zip"
+        done = cli(ws, "export", model, "--output", str(bundle))
+        assert done.returncode == 0, done.stdout + done.stderr
+        sizes[model] = bundle.stat().st_size
+    with zipfile.ZipFile(tmp_path / "nnunet_cross_preset_ensemble.zip") as archive:
+        names = set(archive.namelist())
+    for plans in ("nnUNetPlans", "nnUNetResEncUNetMPlans"):
+        model = f"{ws.dataset_name}/{TRAINER}__{plans}__2d"
+        assert {f"{model}/fold_0/checkpoint_final.pth", f"{model}/plans.json", f"{model}/dataset.json"} <= names
+    assert sizes["nnunet_cross_preset_ensemble"] > sizes["nnunet_resencm_2d"] > sizes["nnunet_2d"]
+
+    image = sorted((ws.raw_dataset / "imagesTs").glob("*_0000.nii.gz"))[0]
+    outputs = {}
+    for where, workspace, model in (("inside", ws, "nnunet_cross_preset_ensemble"),
+                                    ("bundle", tmp_path / "fresh", str(tmp_path / "nnunet_cross_preset_ensemble.zip"))):
+        done = cli(workspace, "segment", str(image), "--output", str(tmp_path / where), "--model", model, "--device",
+                   "cpu", env=env, timeout=900)
+        assert done.returncode == 0, done.stdout + done.stderr
+        [written] = (tmp_path / where).glob("*_tissue.nii.gz")
+        outputs[where] = np.asarray(nib.load(written).dataobj)
+    np.testing.assert_array_equal(outputs["bundle"], outputs["inside"])
+    assert not (tmp_path / "fresh").exists()
+
+    # nnU-Net's own installer takes the bundle into its nnUNet_results, and its predictor runs from there
+    results = tmp_path / "nnUNet_results"
+    nnunet_env = {**os.environ, "nnUNet_results": str(results), "nnUNet_raw": str(tmp_path / "raw"),
+                  "nnUNet_preprocessed": str(tmp_path / "preprocessed"), "nnUNet_extTrainer": str(EXT_TRAINER_FOLDER)}
+    installed = subprocess.run([console_script("nnUNetv2_install_pretrained_model_from_zip"),
+                                str(tmp_path / "nnunet_resencm_2d.zip")], env=nnunet_env, capture_output=True,
+                               text=True, timeout=300)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    folder = results / ws.dataset_name / f"{TRAINER}__nnUNetResEncUNetMPlans__2d"
+    assert (folder / "fold_0" / "checkpoint_final.pth").is_file()
+    predicted = subprocess.run([console_script("nnUNetv2_predict"), "-i", str(image.parent), "-o",
+                                str(tmp_path / "nnunet-out"), "-d", str(ws.dataset_id), "-c", "2d", "-p",
+                                "nnUNetResEncUNetMPlans", "-tr", TRAINER, "-f", "0", "-device", "cpu",
+                                "--disable_tta", "-npp", "1", "-nps", "1"], env=nnunet_env, capture_output=True,
+                               text=True, timeout=600)
+    assert predicted.returncode == 0, predicted.stdout + predicted.stderr
+    labels = np.asarray(nib.load(tmp_path / "nnunet-out" / image.name.replace("_0000", "")).dataobj)
+    assert labels.shape == nib.load(image).shape and set(np.unique(labels)) <= {0, 1, 2, 3}
+    print("bundle bytes:", sizes)
