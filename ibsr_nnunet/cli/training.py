@@ -59,7 +59,7 @@ def plan(
         spent = "" if result.up_to_date else f" in {result.seconds:.1f} s"
         networks = ", ".join(sorted({c["network"] for c in result.configurations.values()}))
         table = Table(title=f"{ws.dataset_name}: nnU-Net plans, preset {result.preset.name} ({result.preset.plans}, "
-                            f"{networks}): {result.done}{spent}")
+                            f"{networks})")
         for column in ("configuration", "patch size", "batch size", "spacing (mm)", "stages", "median shape"):
             table.add_column(column)
         for name, c in result.configurations.items():
@@ -67,6 +67,7 @@ def plan(
                           "×".join(f"{s:g}" for s in c["spacing"]), str(c["stages"]),
                           "×".join(map(str, c["median_shape"])))
         console.print(table)
+        console.print(f"preset {result.preset.name}: {result.done}{spent}")
     for name in results[0].dropped:
         console.print(f"{name}: not planned — nnU-Net drops it when the image is too small to need a "
                       "low-resolution stage.")

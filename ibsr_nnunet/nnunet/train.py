@@ -66,7 +66,8 @@ def _reading_preprocessed(ws: Workspace, preset: Preset, configuration: str, fol
                           name: str, command: str, say: Callable[[str], None]) -> Iterator[dict]:
     """Hold this fold's reader lock of the preprocessed dataset, so no `plan` rewrites it under the training (a
     running `plan` refuses us), and yield nnU-Net's plans, read under it."""
-    reader = f"{name}__{preset.plans}__{configuration}__fold_{fold}"
+    reader = f"{name}__{configuration}__fold_{fold}" if preset.is_default else \
+        f"{name}__{preset.plans}__{configuration}__fold_{fold}"
     with reading(ws.preprocessed_dataset, reader, f"{configuration} fold {fold} ({name}, {preset.plans}) reading "
                  f"{ws.preprocessed_dataset.name}", command, say=say):
         yield _read_plans(ws, preset, configuration, fold, fingerprint)

@@ -165,8 +165,10 @@ def export_model(ws: Workspace, name: str, output: Path, *, say: Callable[[str],
 
 def is_bundle(value: str) -> bool:
     """Whether `segment --model VALUE` names a bundle (a .zip, or a folder one was unpacked into) over a model."""
-    path = Path(value)
-    return value.endswith(".zip") or (path.is_dir() and (path / MANIFEST).is_file())
+    try:
+        return value.endswith(".zip") or (Path(value) / MANIFEST).is_file()
+    except OSError:  # a name longer than a path may be: a model name, refused as one
+        return False
 
 
 def _refuse(source: Path, what: str) -> InputError:
