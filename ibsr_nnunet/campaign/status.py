@@ -39,6 +39,7 @@ class StatusRow:
     stale: bool = False  # made from another dataset than the workspace's: not finished, whatever its files say
     # from the folder's runs.jsonl (core/runlog.py), kept after SLURM has forgotten the job
     end_reasons: list[str] = field(default_factory=list)
+    nodes: list[str] = field(default_factory=list)  # where its runs ran, in order (SLURM's node name, else the host)
     epochs_redone: int = 0
     gpu_hours: float = 0.0
     stalled: bool = False
@@ -93,6 +94,8 @@ def _add_history(row: StatusRow, progress: Progress, state: Optional[JobState], 
     history = summarize(progress.runs, now)
     row.restarts = max(history.restarts, state.restarts if state else 0)
     row.end_reasons, row.epochs_redone = history.end_reasons, history.epochs_redone
+    row.nodes = list(dict.fromkeys(str(node) for run in progress.runs
+                                   if (node := run.start.get("slurm_node") or run.start.get("host"))))
     exited_stalled = state is not None and state.exit_code.split(":")[0] == str(EXIT_STALLED)
     row.gpu_hours = round(history.gpu_hours, 4)
     row.stalled = (history.stalled or exited_stalled) and not row.finished

@@ -193,9 +193,11 @@ def check_resources(resources: render.Resources, cluster: Optional[Cluster], say
              "--gpus-per-job": (resources.gpus_per_job, "gpus", "GPUs"),
              "--mem": (_megabytes(resources.mem) if resources.mem else 0, "memory_mb", "MB of memory")}
     for option, (wanted, attribute, unit) in asked.items():
-        most = max((getattr(node, attribute) for node in nodes), default=0)
+        largest = max(nodes, key=lambda node: getattr(node, attribute), default=None)
+        most = getattr(largest, attribute) if largest is not None else 0
         if wanted and wanted > most:
-            raise InputError(f"{option} asks for {wanted} {unit} but the largest node of partition {name} has "
+            which = f" ({largest.name})" if largest is not None else ""
+            raise InputError(f"{option} asks for {wanted} {unit} but the largest node of partition {name}{which} has "
                              f"{most}: the job would pend forever; ask for {most} or fewer, or pick another "
                              f"--partition.")
     limit = cluster.partitions[name].max_time

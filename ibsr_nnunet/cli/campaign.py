@@ -276,7 +276,7 @@ def status(
     for column in ("job", "fold", "SLURM job", "state", "restarts", "epoch", "pseudo-Dice", "val loss", "finished"):
         table.add_column(column)
     times = Table(title="time (from each run folder's runs.jsonl and training logs)")
-    for column in ("job", "fold", "runs ended by", "redone", "s/epoch", "ETA", "GPU h"):
+    for column in ("job", "fold", "runs ended by", "nodes", "redone", "s/epoch", "ETA", "GPU h"):
         times.add_column(column)
     for r in rows:
         state = r.state + (f" ({r.reason})" if r.reason and r.reason != "None" else "")
@@ -290,7 +290,8 @@ def status(
         table.add_row(name, fold, r.job_id or "-", escape(state), "-" if r.restarts is None else str(r.restarts),
                       epoch, number(r.pseudo_dice), number(r.val_loss), finished)
         if r.kind != "final":
-            times.add_row(name, fold, _ended_by(r.end_reasons), f"{r.epochs_redone} ep", number(r.seconds_per_epoch, 1),
+            times.add_row(name, fold, _ended_by(r.end_reasons), ", ".join(r.nodes) or "-", f"{r.epochs_redone} ep",
+                          number(r.seconds_per_epoch, 1),
                           _eta(r.eta_seconds, r.eta_utc), f"{r.gpu_hours:.2f}")
     console.print(table)
     console.print(times)

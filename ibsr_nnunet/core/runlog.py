@@ -136,7 +136,8 @@ def _slurm() -> dict:
     restarts = os.environ.get("SLURM_RESTART_COUNT", "")
     return {"slurm_job": f"{array}_{task}" if array and task else job, "slurm_job_id": job,
             "slurm_array_task": int(task) if task and task.isdigit() else None,
-            "slurm_restart_count": int(restarts) if restarts.isdigit() else 0}
+            "slurm_restart_count": int(restarts) if restarts.isdigit() else 0,
+            "slurm_node": os.environ.get("SLURMD_NODENAME")}
 
 
 def cpu_name() -> str:

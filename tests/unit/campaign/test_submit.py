@@ -21,9 +21,9 @@ NODES = (
 
 @pytest.mark.parametrize("resources, message", [
     ({"cpus_per_task": 8, "partition": "cpu"}, "--cpus-per-task asks for 8 CPUs but the largest node of partition "
-                                               "cpu has 2"),
-    ({"gpus_per_job": 5}, "--gpus-per-job asks for 5 GPUs but the largest node of partition gpu has 4"),
-    ({"mem": "300G"}, "--mem asks for 307200 MB of memory but the largest node of partition gpu has 256000"),
+                                               "cpu (c1) has 2"),
+    ({"gpus_per_job": 5}, "--gpus-per-job asks for 5 GPUs but the largest node of partition gpu (g1) has 4"),
+    ({"mem": "300G"}, "--mem asks for 307200 MB of memory but the largest node of partition gpu (g1) has 256000"),
     ({"time": "3-00:00:00"}, "--time 3-00:00:00 is above partition gpu's MaxTime 2-00:00:00"),
     ({"partition": "a100"}, "--partition a100: the cluster has no such partition (it has gpu, cpu)"),
 ])
