@@ -28,6 +28,9 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from ibsr_nnunet.core.workspace import Workspace
+from ibsr_nnunet.nnunet.paths import fold_folder
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "slurm" / "local-cluster.sh"
 BASE, PORT = "/tmp/ibsr-slurm-bench", "8817"
@@ -83,7 +86,7 @@ def one_round(planned: Path, work: Path, index: int) -> dict:
         str(ITERATIONS), "--device", "cpu", "--gpus-per-job", "0", "--cpus-per-task", "1", "--signal-grace", "300")
     record = json.loads((ws / "slurm" / "jobs.json").read_text())["jobs"][0]
     task = f"{record['job_id']}_0"
-    folder = next((ws / "nnUNet_results").glob(f"*/{record['trainer']}__nnUNetPlans__2d")) / "fold_0"
+    folder = fold_folder(Workspace.open(ws), "2d", 0, trainer=record["trainer"])
     wait_for(lambda: (folder / "checkpoint_latest.pth").is_file(), 600, "the first checkpoint")
     dead = next(line for line in runs(folder) if line["event"] == "start")["slurm_node"]
     killed = time.time()

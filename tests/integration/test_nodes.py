@@ -114,10 +114,11 @@ def test_array_tasks_spread_over_nodes_and_the_final_job_waits_for_all(nodes, pl
 
 
 def test_a_fold_whose_node_dies_resumes_on_another_node_at_its_last_checkpoint(nodes, planned, tmp_path):
+    """... staging its own copy of the preprocessed data in the new node's scratch, never reading the dead one's."""
     ws = copy_workspace(planned, tmp_path / "loss")
     epochs = 12
     submitted = cli(ws.root, "submit", "--configs", "2d", "--folds", "0", "--epochs", str(epochs),
-                    "--iterations-per-epoch", "4", *CPU_JOBS)
+                    "--iterations-per-epoch", "4", "--stage-data", *CPU_JOBS)
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     jobs = json.loads((ws.slurm / "jobs.json").read_text())["jobs"]
     task = f"{jobs[0]['job_id']}_0"
@@ -147,6 +148,12 @@ def test_a_fold_whose_node_dies_resumes_on_another_node_at_its_last_checkpoint(n
     assert starts[1]["epochs_redone"] <= 1
     log = next(ws.slurm.glob("logs/nnunet-2d_*_0.out")).read_text()
     assert "took over the lock" in log  # the dead run's lock, taken over at once (no heartbeat to age)
+    staged = re.findall(r"staged the preprocessed data \(nnUNetPlans_2d\) on node-local disk at (\S+):", log)
+    new = starts[1]["slurm_node"]
+    assert [Path(p).relative_to(f"{BASE}/scratch").parts[0] for p in staged] == [dead, new], staged
+    rerun = log[log.index(f"{BASE}/scratch/{new}"):]
+    assert f"{BASE}/scratch/{dead}" not in rerun  # the rerun read its own node's copy only
+    assert (folder / "checkpoint_final.pth").is_file()  # the results are in the shared workspace
     row = rows(ws)[("fold", "2d", 0)]
     assert row["restarts"] == 1 and row["nodes"] == [dead, starts[1]["slurm_node"]] and row["finished"]
     print(f"node loss: kill -> running again {requeued_at - killed_at:.0f} s")
@@ -189,3 +196,30 @@ def test_a_partition_with_one_gpu_node_refuses_what_no_node_gives_and_places_gpu
                    if line["event"] == "start"]
         assert start["slurm_node"] == "n1"  # the only node with a GPU
     assert re.search(r"^#SBATCH --gres=gpu:1$", Path(jobs[0]["script"]).read_text(), re.MULTILINE)
+
+
+def test_two_campaigns_on_one_cluster_keep_to_their_own_jobs_and_records(nodes, planned, tmp_path):
+    first, second = (copy_workspace(planned, tmp_path / name) for name in ("first", "second"))
+    for ws in (first, second):
+        done = cli(ws.root, "submit", "--configs", "2d", "--folds", "0", "--epochs", "1", "--iterations-per-epoch",
+                   "2", *CPU_JOBS)
+        assert done.returncode == 0, done.stdout + done.stderr
+    ids = {ws: [r["job_id"] for r in json.loads((ws.slurm / "jobs.json").read_text())["jobs"]]
+           for ws in (first, second)}
+    assert not set(ids[first]) & set(ids[second])
+    again = cli(first.root, "submit", "--configs", "2d", "--folds", "0", "--epochs", "1", "--iterations-per-epoch",
+                "2", *CPU_JOBS)  # nothing new in the first: the second's jobs are not its business
+    assert again.returncode == 0 and "cancelled" not in again.stdout
+    for ws in (first, second):
+        final = ids[ws][-1]
+        wait_for(lambda: job_state(final).get("JobState") in ("COMPLETED", "FAILED", "CANCELLED"), 1200,
+                 f"{ws.root.name}'s final job", poll=2)
+        assert job_state(final)["JobState"] == "COMPLETED", job_state(final)
+        assert ws.leaderboard.is_file()
+        assert {r["job_id"] for r in json.loads((ws.slurm / "jobs.json").read_text())["jobs"]} == set(ids[ws])
+        table = rows(ws)
+        assert {r[2] for r in table} == {0, None} and {r["job_id"] for r in table.values()} <= {
+            f"{ids[ws][0]}_0", ids[ws][-1]}
+        [start] = [line for line in runs_lines(fold_folder(ws, "2d", 0, trainer=trainer_name(1, 2)))
+                   if line["event"] == "start"]
+        assert start["slurm_job_id"] not in {i for other in ids.values() if other is not ids[ws] for i in other}
