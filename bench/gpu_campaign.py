@@ -157,6 +157,7 @@ def main() -> None:
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here: run with --device cpu --smoke, or on a GPU machine")
+    from ibsr_nnunet.core.atomic import write_text
     from ibsr_nnunet.core.runlog import cpu_name
 
     card = torch.cuda.get_device_name(0) if args.device == "cuda" else cpu_name()
@@ -187,11 +188,7 @@ def main() -> None:
         board = root / "ws" / "leaderboard.csv"
         if board.is_file():
             lines += ["", "Leaderboard (held-out cases; nnU-Net fold 0 only):", ""] + leaderboard_table(board)
-        existing = out.read_text() if out.is_file() else ""
-        out.parent.mkdir(parents=True, exist_ok=True)
-        partial = out.with_name(out.name + ".tmp")
-        partial.write_text(merged(existing, "\n".join(lines)))
-        partial.replace(out)
+        write_text(out, merged(out.read_text() if out.is_file() else "", "\n".join(lines)))
 
     campaign(args, root, rows, plan, write)
     write(final=True)

@@ -354,6 +354,7 @@ def main() -> None:
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here: run with --device cpu --smoke, or on a GPU machine")
+    from ibsr_nnunet.core.atomic import write_text
     from ibsr_nnunet.core.runlog import cpu_name
 
     gpu = torch.cuda.get_device_name(0) if args.device == "cuda" else cpu_name()
@@ -375,10 +376,7 @@ def main() -> None:
 
     def write() -> None:
         nonlocal shown
-        out.parent.mkdir(parents=True, exist_ok=True)
-        partial = out.with_name(out.name + ".tmp")
-        partial.write_text(report.markdown())
-        partial.replace(out)
+        write_text(out, report.markdown())
         for row in report.rows[shown:]:
             print(f"{row.step}: {row.result} ({row.seconds:.0f} s)", flush=True)
         shown = len(report.rows)

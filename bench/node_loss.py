@@ -28,6 +28,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from requeue import wait_for
+
 from ibsr_nnunet.core.workspace import Workspace
 from ibsr_nnunet.nnunet.paths import fold_folder
 
@@ -57,15 +59,6 @@ def job(job_id: str) -> dict[str, str]:
 
 def node_state(name: str) -> str:
     return run("sinfo", "-h", "-N", "-n", name, "-o", "%T", check=False).stdout.split("\n")[0].strip()
-
-
-def wait_for(predicate, timeout: float, what: str, poll: float = 0.1):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(poll)
-    sys.exit(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def runs(folder: Path) -> list[dict]:

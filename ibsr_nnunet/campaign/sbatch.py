@@ -283,8 +283,8 @@ def _train_options(resources: Resources) -> str:
 def _fold(workspace: Path, cli: Sequence[str], resources: Resources, configuration: str, *, epochs: int,
           iterations: int, device: str, fold: Optional[int], preset: Preset) -> str:
     config = _name(configuration, "configuration")
-    tagged = f"{preset.tag}-{config}" if preset.tag else config
-    preset_option = f" --preset {_name(preset.name, '--preset')}" if not preset.is_default else ""
+    _name(preset.name, "--preset")
+    tagged, preset_option = preset.tagged(config), preset.option()
     values = {**_common(workspace, cli, resources, f"ibsr-nnunet-{tagged}" + ("" if fold is None else f"-fold{fold}")),
               **_schedule(epochs, iterations, device), "CONFIG": config,
               "TRAIN_OPTIONS": preset_option + _train_options(resources)}

@@ -78,7 +78,7 @@ class Submission:
     @property
     def label(self) -> str:
         """'2d', 'resenc-m 2d', a baseline's name or 'final'."""
-        return self.name if self.kind != "fold" or self.preset.is_default else f"{self.preset.name} {self.name}"
+        return self.preset.label(self.name) if self.kind == "fold" else self.name
 
 
 @dataclass
@@ -91,7 +91,7 @@ class SubmitResult:
 def _check_planned(ws: Workspace, request: SubmitRequest) -> None:
     configs = ",".join(request.configs)
     for preset in request.presets:
-        presets = preset.option().replace("--preset", "--presets")
+        presets = preset.option("--presets")
         plans_json = plans_file(ws, preset)
         if not plans_json.is_file():
             raise InputError(f"{plans_json} does not exist: plan first with `ibsr-nnunet --workspace "
@@ -236,7 +236,7 @@ def _fold_arrays(c: _Campaign) -> list[Submission]:
     submissions = []
     for preset in c.request.presets:
         for config in c.request.configs:
-            label = config if preset.is_default else f"{preset.name} {config}"
+            label = preset.label(config)
             todo = []
             for fold in c.request.folds:
                 folder = fold_folder(c.ws, config, fold, trainer=c.trainer, plans=preset.plans)
@@ -250,7 +250,7 @@ def _fold_arrays(c: _Campaign) -> list[Submission]:
                 text = render.render_fold_array(c.ws.root, c.cli, c.request.resources, configuration=config,
                                                 epochs=c.request.epochs, iterations=c.request.iterations,
                                                 device=c.request.device, preset=preset)
-                tagged = f"{preset.tag}-{config}" if preset.tag else config
+                tagged = preset.tagged(config)
                 script = c.scripts / f"nnunet-{tagged}-{c.stamp}.sbatch"
                 argv = render.sbatch_argv(script, render.log_pattern(c.logs, f"nnunet-{tagged}_%A_%a.out"),
                                           c.ws.slurm, array=todo, array_parallel=c.request.resources.array_parallel)

@@ -93,7 +93,7 @@ class Member:
     @property
     def label(self) -> str:
         """'2d' for the default plans, 'resenc-m 2d' for another preset."""
-        return self.configuration if self.preset.is_default else f"{self.preset.name} {self.configuration}"
+        return self.preset.label(self.configuration)
 
     def folder(self, ws: Workspace, trainer: str) -> Path:
         return model_folder(ws, self.configuration, trainer, self.plans)

@@ -18,7 +18,7 @@ from ..core.vocabulary import CONFIGURATIONS
 from ..core.workspace import Workspace
 from .environment import fork_pools
 from .paths import fingerprint_file, plan_stamp, plans_file, splits_file
-from .plans import read_plan_stamp, read_plans, write_plan_stamp
+from .plans import PlanStamp, read_plan_stamp, read_plans, write_plan_stamp
 from .presets import DEFAULT, PRESET_TABLE, Preset
 
 PLANNABLE = (*CONFIGURATIONS, "3d_lowres")
@@ -84,37 +84,38 @@ def _planned(ws: Workspace, preset: Preset, fingerprint: str, configurations: tu
     return plans if list(recorded.configurations) == sorted(configurations) else None
 
 
-def _ready_data(ws: Workspace, fingerprint: str) -> dict[str, str]:
-    """nnU-Net's data identifier -> the preset whose finished `plan` of this very dataset made it ready: preprocessed
-    data another preset may share."""
-    ready: dict[str, str] = {}
-    for preset in PRESET_TABLE.values():
-        try:
-            recorded = read_plan_stamp(ws, preset)
-            plans = read_plans(ws, preset) if recorded is not None else None
-        except InputError:
-            continue
-        if plans is None or recorded.raw_fingerprint != fingerprint:
-            continue
-        for configuration in recorded.configurations:
-            identifier = plans["configurations"].get(configuration, {}).get("data_identifier")
-            if identifier and (ws.preprocessed_dataset / identifier).is_dir():
-                ready.setdefault(identifier, preset.name)
-    return ready
-
-
-def _fingerprint_current(ws: Workspace, fingerprint: str) -> bool:
-    """nnU-Net's dataset fingerprint was extracted from this very dataset by a finished `plan` of some preset."""
-    if not fingerprint_file(ws).is_file():
-        return False
+def _current_stamps(ws: Workspace, fingerprint: str) -> list[tuple[Preset, PlanStamp]]:
+    """Each preset whose last finished `plan` planned this very dataset, with its stamp (unreadable ones skipped)."""
+    found = []
     for preset in PRESET_TABLE.values():
         try:
             recorded = read_plan_stamp(ws, preset)
         except InputError:
             continue
         if recorded is not None and recorded.raw_fingerprint == fingerprint:
-            return True
-    return False
+            found.append((preset, recorded))
+    return found
+
+
+def _ready_data(ws: Workspace, fingerprint: str) -> set[str]:
+    """nnU-Net's data identifiers that a finished `plan` of this very dataset made ready: preprocessed data another
+    preset may share."""
+    ready = set()
+    for preset, recorded in _current_stamps(ws, fingerprint):
+        try:
+            planned = read_plans(ws, preset)["configurations"]
+        except InputError:
+            continue
+        for configuration in recorded.configurations:
+            identifier = planned.get(configuration, {}).get("data_identifier")
+            if identifier and (ws.preprocessed_dataset / identifier).is_dir():
+                ready.add(identifier)
+    return ready
+
+
+def _fingerprint_current(ws: Workspace, fingerprint: str) -> bool:
+    """nnU-Net's dataset fingerprint was extracted from this very dataset by a finished `plan` of some preset."""
+    return fingerprint_file(ws).is_file() and bool(_current_stamps(ws, fingerprint))
 
 
 def _invalidate(ws: Workspace, preset: Preset, *, fingerprints: bool) -> None:
@@ -173,7 +174,7 @@ def plan(ws: Workspace, configurations: tuple[str, ...] = CONFIGURATIONS, *, pre
                     continue
                 started = time.perf_counter()
                 _invalidate(ws, preset, fingerprints=extract)
-                ready = {} if extract else _ready_data(ws, fingerprint)
+                ready = set() if extract else _ready_data(ws, fingerprint)
                 plans, preprocessed, reused = _build(ws, preset, configurations, jobs, extract=extract, ready=ready)
                 extract = False  # once per run, before the first preset
                 identifiers = {c: plans["configurations"][c]["data_identifier"] for c in (*preprocessed, *reused)}
@@ -189,7 +190,7 @@ def plan(ws: Workspace, configurations: tuple[str, ...] = CONFIGURATIONS, *, pre
 
 
 def _build(ws: Workspace, preset: Preset, configurations: tuple[str, ...], jobs: int, *, extract: bool,
-           ready: dict[str, str]) -> tuple[dict, tuple[str, ...], tuple[str, ...]]:
+           ready: set[str]) -> tuple[dict, tuple[str, ...], tuple[str, ...]]:
     """nnU-Net's fingerprint (when `extract`), the preset's plans, and preprocessing of the configurations it keeps
     whose data identifier is not in `ready`; (its plans, configurations preprocessed, configurations reused)."""
     import nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor as fingerprinting

@@ -28,12 +28,12 @@ from ..core.workspace import Workspace
 from .paths import fingerprint_file, plan_stamp, plans_file, splits_file
 from .presets import DEFAULT, Preset
 
-REPLAN = "run `ibsr-nnunet plan --force` to plan and preprocess again"
-
 
 def replan(preset: Preset = DEFAULT) -> str:
-    return f"run `ibsr-nnunet plan --force{' --presets ' + preset.name if not preset.is_default else ''}` to plan " \
-           f"and preprocess again"
+    return f"run `ibsr-nnunet plan --force{preset.option('--presets')}` to plan and preprocess again"
+
+
+REPLAN = replan()
 
 
 def read_plans(ws: Workspace, preset: Preset = DEFAULT) -> dict:
@@ -86,9 +86,6 @@ class PlanStamp:
     data_identifiers: tuple[tuple[str, str], ...] = ()  # (configuration, nnU-Net's data identifier)
     preprocessed: tuple[str, ...] = ()
     reused: tuple[str, ...] = ()
-
-    def data_identifier(self, configuration: str) -> Optional[str]:
-        return dict(self.data_identifiers).get(configuration)
 
 
 def write_plan_stamp(ws: Workspace, fingerprint: str, configurations: tuple[str, ...], *, preset: Preset = DEFAULT,

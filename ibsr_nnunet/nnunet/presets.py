@@ -32,9 +32,18 @@ class Preset:
     def is_default(self) -> bool:
         return self.name == DEFAULT_PRESET
 
-    def option(self) -> str:
-        """The command-line option that names this preset ('' for the default: commands stay as they were)."""
-        return "" if self.is_default else f" --preset {self.name}"
+    def option(self, name: str = "--preset") -> str:
+        """The command-line option that names this preset, ' --preset resenc-m' (or `name`, e.g. --presets); '' for
+        the default: commands stay as they were."""
+        return "" if self.is_default else f" {name} {self.name}"
+
+    def label(self, configuration: str) -> str:
+        """'2d' for the default plans, 'resenc-m 2d' for another preset."""
+        return configuration if self.is_default else f"{self.name} {configuration}"
+
+    def tagged(self, configuration: str) -> str:
+        """'2d' for the default plans, 'resencm-2d' for another preset (job and script names)."""
+        return f"{self.tag}-{configuration}" if self.tag else configuration
 
 
 PRESET_TABLE = {preset.name: preset for preset in (
@@ -61,11 +70,6 @@ def presets_named(text: str, option: str = "--presets") -> tuple[Preset, ...]:
         raise InputError(f"{option} is empty; pass one or more of {', '.join(PRESETS)}, comma-separated.")
     chosen = {preset_named(n, option).name for n in names}
     return tuple(preset for name, preset in PRESET_TABLE.items() if name in chosen)
-
-
-def preset_of_plans(plans: str) -> Preset:
-    """The preset whose plans identifier is `plans`; KeyError for any other."""
-    return BY_PLANS[plans]
 
 
 def refuse_oversized(presets: tuple[Preset, ...], gpu_memory_gb: int | None) -> None:

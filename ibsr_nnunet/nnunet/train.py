@@ -33,7 +33,7 @@ def _read_plans(ws: Workspace, preset: Preset, configuration: str, fold: int, fi
     configuration (planned and preprocessed) or the fold."""
     refuse_while_written(ws.preprocessed_dataset)
     path = plans_file(ws, preset)
-    presets = preset.option().replace("--preset", "--presets")
+    presets = preset.option("--presets")
     if not path.is_file():
         raise InputError(f"{path}: no nnU-Net plans of preset {preset.name} in this workspace; run `ibsr-nnunet "
                          f"plan{presets}` first.")
