@@ -12,9 +12,13 @@ import torch
 import torch.nn.functional as F
 
 from ibsr_nnunet.core.errors import InputError
+from ibsr_nnunet.core.orientation import axcodes
 from ibsr_nnunet.data.volumes import Volume, read_volume, require_same_grid
 
+from .registry import THICKEST
+
 CSF = 1
+VIEW_CODES = {"coronal": "AP", "axial": "SI", "sagittal": "LR"}  # a view slices across the axis of these codes
 
 
 def zscore(image: np.ndarray) -> np.ndarray:
@@ -35,6 +39,19 @@ def slicing_axis(spacing) -> int:
     return int(np.argmax(np.asarray(spacing, dtype=float)))
 
 
+def view_axis(view: str, codes: tuple[str, ...], spacing) -> int:
+    """The axis a 2D model trained on `view` slices across, in an image with axis codes `codes`: the thickest axis
+    (slicing_axis) for the default view, else the one running A-P (coronal), S-I (axial) or L-R (sagittal)."""
+    if view == THICKEST:
+        return slicing_axis(spacing)
+    return next(i for i, code in enumerate(codes) if code in VIEW_CODES[view])
+
+
+def sliced_position(axis: int, first: int) -> int:
+    """Where `axis` of an image lies once axis `first` is moved in front (np.moveaxis(image, first, 0))."""
+    return 0 if axis == first else axis + 1 if axis < first else axis
+
+
 @dataclass
 class Case:
     """One subject: z-scored image and labels with the slicing axis moved first, and the file's geometry."""
@@ -44,10 +61,11 @@ class Case:
     label: np.ndarray | None  # uint8, same shape, None for unlabelled cases
     axis: int
     volume: Volume  # the image as read, for writing predictions on its exact grid
+    left_right: int = 0  # the left-right axis of `image` (after the slicing axis was moved first)
 
 
-def load_case(case_id: str, image_path: Path, label_path: Path | None = None) -> Case:
-    """Read, check and normalise one case."""
+def load_case(case_id: str, image_path: Path, label_path: Path | None = None, view: str = THICKEST) -> Case:
+    """Read, check and normalise one case; 2D models slice it across the axis of `view` (view_axis)."""
     volume = read_volume(image_path)
     label = None
     if label_path is not None:
@@ -57,10 +75,13 @@ def load_case(case_id: str, image_path: Path, label_path: Path | None = None) ->
         if label.min() < 0 or label.max() > 3:
             raise InputError(f"{label_path}: labels span {int(label.min())}..{int(label.max())} but must lie in 0..3 "
                              f"(background, CSF, GM, WM); convert the dataset with `ibsr-nnunet convert`.")
-        label = np.moveaxis(label.astype(np.uint8), slicing_axis(volume.spacing), 0)
-    axis = slicing_axis(volume.spacing)
+    codes = axcodes(volume.affine)
+    axis = view_axis(view, codes, volume.spacing)
+    if label is not None:
+        label = np.ascontiguousarray(np.moveaxis(label.astype(np.uint8), axis, 0))
     image = np.ascontiguousarray(np.moveaxis(zscore(np.asarray(volume.array)), axis, 0))
-    return Case(case_id, image, None if label is None else np.ascontiguousarray(label), axis, volume)
+    left_right = sliced_position(next(i for i, code in enumerate(codes) if code in "LR"), axis)
+    return Case(case_id, image, label, axis, volume, left_right)
 
 
 def crop(array: np.ndarray, start, size) -> np.ndarray:
@@ -208,12 +229,15 @@ class PatchSampler:
 
     patch: patch size, 2 numbers (2D: one slice across the slicing axis) or 3 (3D). csf_fraction: share of patches
     centred on a CSF voxel, the weak class. uniform_fraction: share centred anywhere in the volume (so empty borders
-    are seen too); the rest are centred on a random labelled (brain) voxel. augment: applied to every batch, or None.
-    seed: the sampler's own generator; its state is part of a training checkpoint.
+    are seen too); the rest are centred on a random labelled (brain) voxel. flip: mirror each patch left-right with
+    probability one half (2D patches of slices across the left-right axis have no such axis: left as they are).
+    augment: applied to every batch, or None. seed: the sampler's own generator; its state is part of a training
+    checkpoint.
     """
 
     def __init__(self, cases: list[Case], patch: tuple[int, ...], csf_fraction: float = 0.33,
-                 uniform_fraction: float = 0.1, augment: Optional[BatchTransform] = None, seed: int = 0):
+                 uniform_fraction: float = 0.1, augment: Optional[BatchTransform] = None, seed: int = 0,
+                 flip: bool = False):
         if not cases or any(c.label is None for c in cases):
             raise ValueError("PatchSampler needs at least one case, all of them labelled")
         if len(patch) not in (2, 3) or min(patch) < 1:
@@ -221,7 +245,7 @@ class PatchSampler:
         if not (0 <= csf_fraction and 0 <= uniform_fraction and csf_fraction + uniform_fraction <= 1):
             raise ValueError(f"csf_fraction and uniform_fraction must be >= 0 with a sum <= 1, "
                              f"got {csf_fraction} and {uniform_fraction}")
-        self.cases, self.patch, self.augment = cases, tuple(patch), augment
+        self.cases, self.patch, self.augment, self.flip = cases, tuple(patch), augment, flip
         self.csf_fraction, self.uniform_fraction = csf_fraction, uniform_fraction
         self.rng = np.random.default_rng(seed)
         self._csf = [np.flatnonzero(c.label == CSF) for c in cases]
@@ -247,7 +271,13 @@ class PatchSampler:
             image, label = case.image, case.label
         # jitter the window so the chosen voxel is not always in the middle
         start = [c - p // 2 + int(self.rng.integers(-(p // 4), p // 4 + 1)) for c, p in zip(centre, self.patch)]
-        return crop(image, start, self.patch), crop(label, start, self.patch)
+        image, label = crop(image, start, self.patch), crop(label, start, self.patch)
+        # drawn for every patch, so whether one is mirrored never shifts the next one's draws
+        if self.flip and self.rng.random() < 0.5:
+            axis = case.left_right - (len(self.patch) == 2)  # a 2D patch is one slice: the slicing axis is gone
+            if axis >= 0:
+                image, label = np.flip(image, axis).copy(), np.flip(label, axis).copy()
+        return image, label
 
     def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(images (size, 1, *patch) float32, labels (size, *patch) int64), augmented when an Augment is set."""

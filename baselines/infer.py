@@ -17,13 +17,13 @@ from ibsr_nnunet.core.orientation import axcodes as axcodes_of
 from ibsr_nnunet.core.oriented import Prediction, confidence, predict_oriented
 from ibsr_nnunet.data.volumes import Volume, read_volume, write_volume
 
-from .data import slicing_axis, zscore
+from .data import sliced_position, view_axis, zscore
 from .models import UNet, build_model
 from .options import options_from
 from .precision import autocast
-from .registry import split_baseline_name
+from .registry import THICKEST, train_options_of
 from .run_folder import best_weights_path, read_best_weights, read_orientation
-from .spacing import argmax_on, far_from, to_spacing
+from .spacing import argmax_on, far_from, onto_shape, to_spacing
 from .threads import ThreadTuner
 
 
@@ -62,7 +62,7 @@ class Soft:
 @torch.no_grad()
 def predict_array(model: UNet, image: np.ndarray, window: tuple[int, ...], *, overlap: float = 0.5,
                   batch_size: int = 8, device: torch.device = torch.device("cpu"), amp: bool = True,
-                  tuner: ThreadTuner | None = None, tta: bool = False,
+                  tuner: ThreadTuner | None = None, tta: bool | tuple[int, ...] = False,
                   probabilities: bool = False) -> np.ndarray | tuple[np.ndarray, Soft]:
     """uint8 labels for a z-scored (S, H, W) image; with `probabilities`, also their Soft summary (outside the
     brain's box all probability is background's).
@@ -72,7 +72,8 @@ def predict_array(model: UNet, image: np.ndarray, window: tuple[int, ...], *, ov
     batch_size: windows (2D: slices) per forward pass. Only the bounding box of the nonzero (brain) voxels is
     segmented, the rest is background; a window larger than that box shrinks to it. tuner: runs each forward pass
     (picks CPU threads), or None. tta: average the softmax over every mirroring of the window's spatial axes
-    (4 passes in 2D, 8 in 3D), as nnU-Net's test-time mirroring does.
+    (True: all of them, 4 passes in 2D, 8 in 3D, as nnU-Net's test-time mirroring does; a tuple: those axes of the
+    window only, e.g. (1,) for the left-right axis of a model trained with left-right flips: 2 passes).
     """
     labels = np.zeros(image.shape, np.uint8)
     sums = np.zeros(model.head.out_channels)
@@ -92,7 +93,7 @@ def predict_array(model: UNet, image: np.ndarray, window: tuple[int, ...], *, ov
 @torch.no_grad()
 def predict_probabilities(model: UNet, image: np.ndarray, window: tuple[int, ...], *, overlap: float = 0.5,
                           batch_size: int = 8, device: torch.device = torch.device("cpu"), amp: bool = True,
-                          tuner: ThreadTuner | None = None, tta: bool = False) -> np.ndarray:
+                          tuner: ThreadTuner | None = None, tta: bool | tuple[int, ...] = False) -> np.ndarray:
     """float32 class probabilities (C, S, H, W) of a z-scored (S, H, W) image, as predict_array computes them;
     outside the brain's box all probability is background's."""
     probs = np.zeros((model.head.out_channels, *image.shape), np.float32)
@@ -106,7 +107,7 @@ def predict_probabilities(model: UNet, image: np.ndarray, window: tuple[int, ...
 
 def _brain_probabilities(model: UNet, image: np.ndarray, window: tuple[int, ...], overlap: float, batch_size: int,
                          device: torch.device, amp: bool, tuner: ThreadTuner | None,
-                         tta: bool) -> tuple[tuple[slice, ...], torch.Tensor] | None:
+                         tta: bool | tuple[int, ...]) -> tuple[tuple[slice, ...], torch.Tensor] | None:
     """(the brain's bounding box, its class probabilities), or None when the image has no brain voxel."""
     if len(window) != model.dims:
         raise ValueError(f"a {model.dims}D model needs a {model.dims}-number window, got {window}")
@@ -153,13 +154,13 @@ def _predict_box(model: UNet, image: np.ndarray, window: tuple[int, ...], overla
     return probs / total
 
 
-def _forward(model: UNet, batch: torch.Tensor, device: torch.device, amp: bool, tta: bool = False) -> torch.Tensor:
+def _forward(model: UNet, batch: torch.Tensor, device: torch.device, amp: bool,
+             tta: bool | tuple[int, ...] = False) -> torch.Tensor:
     batch = batch.to(device)
     if model.dims == 2:
         batch = batch.contiguous(memory_format=torch.channels_last)
-    spatial = list(range(2, batch.ndim))
-    mirrorings = [()] if not tta else [tuple(a for bit, a in enumerate(spatial) if mask >> bit & 1)
-                                       for mask in range(2 ** len(spatial))]
+    spatial = list(range(2, batch.ndim)) if tta is True else [axis + 2 for axis in tta or ()]
+    mirrorings = [tuple(a for bit, a in enumerate(spatial) if mask >> bit & 1) for mask in range(2 ** len(spatial))]
     total = None
     for axes in mirrorings:
         with autocast(device, amp):
@@ -176,8 +177,7 @@ def load_model(run: Path, device: torch.device) -> tuple[UNet, dict]:
     if not best.is_file():
         raise InputError(f"no trained model at {best}; run `ibsr-nnunet baseline train` with this model and loss "
                          f"first.")
-    model_name, loss = split_baseline_name(run.name)
-    fix = f"delete {run} and train it again with `ibsr-nnunet baseline train --model {model_name} --loss {loss}`"
+    fix = f"delete {run} and train it again with `ibsr-nnunet baseline train {train_options_of(run.name)}`"
     saved = read_best_weights(run, fix)
     options = options_from(saved.options)
     model = build_model(options.model, options.width, options.depth, dropout=options.dropout)
@@ -194,9 +194,11 @@ def load_model(run: Path, device: torch.device) -> tuple[UNet, dict]:
 
 class Predictor:
     """A trained baseline, loaded once, that segments volumes already in its training orientation
-    (core/oriented.py brings them there and back); 2D models slice across the axis they were trained on. With
-    `resample`, a volume far from the training spacing (spacing.py) is resampled to it (2D models: in the slices'
-    plane) and its probabilities carried back onto its grid before the argmax."""
+    (core/oriented.py brings them there and back); 2D models slice across the axis they were trained on (their
+    view). With `resample`, a volume far from the training spacing (spacing.py) is resampled to it (2D models: in
+    the slices' plane) and its probabilities carried back onto its grid before the argmax. With `tta`, the mirrorings
+    are those the run was trained to be indifferent to: the left-right axis for a run trained with left-right flips
+    only, every axis otherwise."""
 
     def __init__(self, run: Path, *, device: str = "auto", overlap: float = 0.5, batch_size: int = 8,
                  threads: int = 0, tta: bool = False, resample: bool = True):
@@ -207,6 +209,8 @@ class Predictor:
         self.window = (saved.get("infer_window") or saved["patch_size"],) * self.model.dims
         self.amp = saved.get("amp", True)
         self.overlap, self.batch_size, self.tta = overlap, batch_size, tta
+        self.left_right_only = bool(saved.get("flip")) and not saved.get("augment")
+        self.view = saved.get("view", THICKEST)
         self.orientation = read_orientation(run)
         self.resample = resample
 
@@ -224,25 +228,53 @@ class Predictor:
 
     def _axis(self, volume: Volume) -> int:
         axis = self.orientation.slicing_axis if self.orientation else None
-        return slicing_axis(volume.spacing) if axis is None else int(axis)
+        if axis is not None:
+            return int(axis)
+        return view_axis(self.view, axcodes_of(volume.affine), volume.spacing)
+
+    def _mirroring(self, volume: Volume, axis: int) -> bool | tuple[int, ...]:
+        """predict_array's `tta` for `volume`: the window axis that runs left-right, all axes, or none."""
+        if not self.tta or not self.left_right_only:
+            return self.tta
+        codes = axcodes_of(volume.affine)
+        left_right = sliced_position(next(i for i, code in enumerate(codes) if code in "LR"), axis)
+        window_axis = left_right - (self.model.dims == 2)  # a 2D window lies in one slice
+        return (window_axis,) if window_axis >= 0 else ()
+
+    def _settings(self, volume: Volume, axis: int) -> dict:
+        return dict(overlap=self.overlap, batch_size=self.batch_size, device=self.device, amp=self.amp,
+                    tuner=self.tuner, tta=self._mirroring(volume, axis))
 
     def __call__(self, volume: Volume, probabilities: bool = False) -> tuple[np.ndarray, Soft | None]:
         """(uint8 labels on `volume`'s grid, their Soft summary or None) for a volume in the training
         orientation."""
         axis = self._axis(volume)
-        settings = dict(overlap=self.overlap, batch_size=self.batch_size, device=self.device, amp=self.amp,
-                        tuner=self.tuner, tta=self.tta)
         image = np.asarray(volume.array)
         if target := self.target_spacing(volume):
             # moved after resampling, so both grids keep the volume's axis order
             resampled = to_spacing(image, volume.spacing, target)
-            probs = predict_probabilities(self.model, _sliced(zscore(resampled), axis), self.window, **settings)
+            probs = predict_probabilities(self.model, _sliced(zscore(resampled), axis), self.window,
+                                          **self._settings(volume, axis))
             labels, sums, sure = argmax_on(np.moveaxis(probs, 1, axis + 1), image.shape)
             return labels, Soft(sums, sure) if probabilities else None
         found = predict_array(self.model, _sliced(zscore(image), axis), self.window, probabilities=probabilities,
-                              **settings)
+                              **self._settings(volume, axis))
         labels, soft = found if probabilities else (found, None)
         return np.ascontiguousarray(np.moveaxis(labels, 0, axis)), soft
+
+    def probabilities(self, volume: Volume) -> np.ndarray:
+        """float32 class probabilities (C, *grid) on `volume`'s grid, for a volume in the training orientation (what
+        __call__ takes the argmax of; resampled ones carried back onto the grid linearly)."""
+        axis = self._axis(volume)
+        image = np.asarray(volume.array)
+        target = self.target_spacing(volume)
+        source = to_spacing(image, volume.spacing, target) if target else image
+        probs = predict_probabilities(self.model, _sliced(zscore(source), axis), self.window,
+                                      **self._settings(volume, axis))
+        probs = np.moveaxis(probs, 1, axis + 1)
+        if target:
+            probs = np.stack([onto_shape(channel, image.shape) for channel in probs])
+        return np.ascontiguousarray(probs, dtype=np.float32)
 
 
 def _sliced(image: np.ndarray, axis: int) -> np.ndarray:

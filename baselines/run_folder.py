@@ -10,9 +10,10 @@
                       epoch), train_seconds, finished
     log.csv           one row per finished epoch: epoch, train_loss, val_loss, val_dice, lr, seconds (training time
                       summed across resumes at the epoch's end)
-    orientation.json  the axis codes of the training images, the axis 2D models slice across and the training
-                      images' median spacing (mm) in that orientation:
-                      {"axcodes": ["R", "A", "S"], "slicing_axis": 1, "spacing": [0.9375, 1.5, 0.9375]}
+    orientation.json  the axis codes of the training images, the axis 2D models slice across (their view's) and the
+                      training images' median spacing (mm) in that orientation, and the view:
+                      {"axcodes": ["R", "A", "S"], "slicing_axis": 1, "spacing": [0.9375, 1.5, 0.9375],
+                       "view": "thickest"}
 
 Every write is atomic. Reading needs no torch except for the two checkpoints."""
 
@@ -31,7 +32,7 @@ from ibsr_nnunet.core.errors import InputError
 from ibsr_nnunet.core.jsonfile import read_json_object, read_json_or_none
 from ibsr_nnunet.core.workspace import Workspace
 
-from .registry import baseline_name
+from .registry import THICKEST, baseline_name
 
 CHECKPOINT = "checkpoint.pt"
 BEST_WEIGHTS = "best.pt"
@@ -41,9 +42,9 @@ ORIENTATION = "orientation.json"
 LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds")
 
 
-def run_dir(ws: Workspace, model: str, loss: str) -> Path:
-    """The run folder of `model` trained with `loss`."""
-    return ws.baselines / baseline_name(model, loss)
+def run_dir(ws: Workspace, model: str, loss: str, view: str = THICKEST) -> Path:
+    """The run folder of `model` trained with `loss` on slices of `view`."""
+    return ws.baselines / baseline_name(model, loss, view)
 
 
 def best_weights_path(folder: Path) -> Path:
@@ -151,18 +152,21 @@ def read_log(folder: Path) -> tuple[EpochRow, ...]:
 
 @dataclass(frozen=True)
 class TrainingOrientation:
-    """The axis codes of the training images, the axis 2D models slice across in that orientation, and the training
-    images' median spacing (mm) there (None for a run recorded before it was: its scans are never resampled)."""
+    """The axis codes of the training images, the axis 2D models slice across in that orientation, the training
+    images' median spacing (mm) there (None for a run recorded before it was: its scans are never resampled), and
+    the view that axis is."""
 
     axcodes: tuple[str, ...]
     slicing_axis: int
     spacing: Optional[tuple[float, ...]] = None
+    view: str = THICKEST
 
 
 def write_orientation(folder: Path, orientation: TrainingOrientation) -> None:
     record = {"axcodes": list(orientation.axcodes), "slicing_axis": int(orientation.slicing_axis)}
     if orientation.spacing is not None:
         record["spacing"] = [float(s) for s in orientation.spacing]
+    record["view"] = orientation.view
     write_json(Path(folder) / ORIENTATION, record)
 
 
@@ -175,7 +179,8 @@ def read_orientation(folder: Path) -> Optional[TrainingOrientation]:
         spacing = tuple(float(s) for s in spacing) if spacing is not None else None
         if spacing is not None and (len(spacing) != len(saved["axcodes"]) or min(spacing) <= 0):
             spacing = None  # not a spacing this tool wrote: predict at the scan's own, as before it was recorded
-        return TrainingOrientation(tuple(saved["axcodes"]), int(saved["slicing_axis"]), spacing)
+        return TrainingOrientation(tuple(saved["axcodes"]), int(saved["slicing_axis"]), spacing,
+                                   str(saved.get("view", THICKEST)))
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
 

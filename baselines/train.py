@@ -20,7 +20,7 @@ from ibsr_nnunet.core.signals import StopSignals
 from .data import Appearance, Augment, PatchSampler, chained, load_case
 from .losses import build_loss
 from .models import build_model
-from .options import IDENTITY, TrainOptions
+from .options import IDENTITY, LEGACY, TrainOptions
 from .precision import autocast, grad_scaler
 from .run_folder import (
     RunRecord,
@@ -58,10 +58,12 @@ def _optimizer(options: TrainOptions, params) -> torch.optim.Optimizer:
 
 
 def _cosine_lr(options: TrainOptions, iteration: int, seconds: float) -> float:
-    """Warm-up, then cosine decay over whichever budget (epochs or minutes) is nearer its end."""
+    """Warm-up, then cosine decay over whichever budget (iterations, epochs or minutes) is nearer its end."""
     if iteration < options.warmup_iterations:
         return options.lr * (iteration + 1) / options.warmup_iterations
     progress = []
+    if options.iterations:
+        progress.append(iteration / options.iterations)
     if options.epochs:
         progress.append(iteration / (options.epochs * options.iterations_per_epoch))
     if options.minutes:
@@ -80,6 +82,7 @@ def dice_per_class(prediction: torch.Tensor, target: torch.Tensor, classes=(1, 2
 
 
 def _check_same_run(folder: Path, saved: dict, options: TrainOptions) -> None:
+    saved = {**LEGACY, **saved}
     changed = [k for k in IDENTITY if saved.get(k) != getattr(options, k)]
     if changed:
         was = ", ".join(f"{k}={saved.get(k)!r}" for k in changed)
@@ -185,9 +188,21 @@ class _TrainingState:
         """Whether the minutes budget is used up."""
         return self.options.minutes is not None and self.elapsed() >= self.options.minutes * 60
 
+    def steps_done(self) -> int:
+        """Training iterations of the finished epochs (every epoch but the last has iterations_per_epoch)."""
+        return self.epoch * self.options.iterations_per_epoch
+
+    def epoch_iterations(self) -> int:
+        """The next epoch's iterations: iterations_per_epoch, or what is left of the iteration budget."""
+        options = self.options
+        left = options.iterations - self.steps_done() if options.iterations is not None else math.inf
+        return int(min(options.iterations_per_epoch, left))
+
     def budget_spent(self) -> bool:
-        """Whether the epochs or the minutes budget is used up."""
-        return self.options.epochs is not None and self.epoch >= self.options.epochs or self.out_of_time()
+        """Whether the iterations, epochs or minutes budget is used up."""
+        options = self.options
+        return (options.epochs is not None and self.epoch >= options.epochs
+                or options.iterations is not None and self.steps_done() >= options.iterations or self.out_of_time())
 
     def restore(self, state: dict) -> None:
         """Continue from a checkpoint: weights, optimiser, schedule, scaler, random streams and counters."""
@@ -265,10 +280,11 @@ def _start_training(folder: Path, train_files: list[tuple[str, Path, Path]], opt
     tuner = ThreadTuner((options.threads or torch.get_num_threads(),) if fixed else None)
     torch.manual_seed(options.seed)
     train_ids, val_ids = split_validation([c[0] for c in train_files], options.val_cases, options.seed)
-    cases = {cid: load_case(cid, image, label) for cid, image, label in train_files}
+    cases = {cid: load_case(cid, image, label, options.view) for cid, image, label in train_files}
     sampler = PatchSampler([cases[c] for c in train_ids], options.patch, options.csf_fraction,
                            augment=chained(Augment() if options.augment else None,
-                                           Appearance() if options.appearance else None), seed=options.seed)
+                                           Appearance() if options.appearance else None), seed=options.seed,
+                           flip=options.flip)
     # validation: the same un-augmented patches every epoch, so its losses are comparable across epochs
     val_sampler = PatchSampler([cases[c] for c in val_ids], options.patch, options.csf_fraction, seed=options.seed + 1)
     val_data = [val_sampler.batch(options.batch_size) for _ in range(options.val_batches)]
@@ -284,14 +300,15 @@ def _start_training(folder: Path, train_files: list[tuple[str, Path, Path]], opt
 
 
 def _train_epoch(training: _TrainingState, stop: StopSignals, on_iteration: Callable[[], None] | None) -> list[float]:
-    """Up to iterations_per_epoch training steps; fewer when a stop signal comes or the minutes run out."""
+    """Up to iterations_per_epoch training steps (fewer for the last of an iteration budget); fewer when a stop
+    signal comes or the minutes run out."""
     options = training.options
     training.model.train()
     losses = []
-    for _ in range(options.iterations_per_epoch):
+    for _ in range(training.epoch_iterations()):
         if options.schedule == "cosine":
             for group in training.optimizer.param_groups:
-                steps_done = training.epoch * options.iterations_per_epoch + len(losses)
+                steps_done = training.steps_done() + len(losses)
                 group["lr"] = _cosine_lr(options, steps_done, training.elapsed())
         losses.append(training.tuner(training.step))
         if on_iteration:

@@ -21,10 +21,10 @@ from ibsr_nnunet.core.provenance import (
 from ibsr_nnunet.core.tracking import Tracking, tracked_run_id
 from ibsr_nnunet.core.workspace import Workspace
 
-from .data import slicing_axis
+from .data import view_axis
 from .infer import predict_files
 from .options import TrainOptions
-from .registry import split_baseline_name
+from .registry import THICKEST, train_options_of
 from .run_folder import TrainingOrientation, best_weights_path, run_dir, run_finished, write_orientation
 from .tracking import EpochTracker
 from .train import train
@@ -39,18 +39,19 @@ def train_in_workspace(ws: Workspace, options: TrainOptions, *, archive_stale: b
     run (core/durable.py) of the run folder, under its lock, refused while made from another dataset. With
     `tracking`, its epochs go to one W&B run per run folder and dataset (tracking.py), resumed runs included."""
     tracking.require()
-    folder = run_dir(ws, options.model, options.loss)
+    folder = run_dir(ws, options.model, options.loss, options.view)
     with DurableRun(folder, what=f"baseline run {folder.name}", history="baseline train", say=say,
-                    command=f"ibsr-nnunet baseline train --model {options.model} --loss {options.loss}") as run:
+                    command=f"ibsr-nnunet baseline train {train_options_of(folder.name)}") as run:
         manifest = read_manifest(ws)
         fingerprint = manifest.fingerprint
         run.acquire()
         ensure_current(ws, folder, what=f"baseline run {folder.name}", fingerprint=fingerprint,
                        archive_stale=archive_stale, say=say)
-        run.record_provenance(fingerprint, model=options.model, loss=options.loss)
-        write_orientation(folder, training_orientation(manifest))
+        run.record_provenance(fingerprint, model=options.model, loss=options.loss, view=options.view)
+        write_orientation(folder, training_orientation(manifest, options.view))
         run_id = tracked_run_id(folder, fingerprint)
         with EpochTracker(tracking, folder, run_id, {"model": options.model, "loss": options.loss,
+                                                     "view": options.view,
                                                      "dataset_fingerprint": fingerprint}) as tracker:
 
             def logged(row: dict) -> None:
@@ -62,11 +63,13 @@ def train_in_workspace(ws: Workspace, options: TrainOptions, *, archive_stale: b
                          on_start=on_start, durable=run, tracked=tracking.record(run_id))
 
 
-def training_orientation(manifest: Manifest) -> TrainingOrientation:
-    """The axis codes of the dataset's training images, the axis 2D models slice across in that orientation (the
-    one with the largest spacing: IBSR's 1.5 mm coronal axis), and their median spacing there."""
+def training_orientation(manifest: Manifest, view: str = THICKEST) -> TrainingOrientation:
+    """The axis codes of the dataset's training images, the axis 2D models of `view` slice across in that
+    orientation (by default the one with the largest spacing: IBSR's 1.5 mm coronal axis), and their median
+    spacing there."""
     spacing = manifest.training_spacing
-    return TrainingOrientation(manifest.training_axcodes, slicing_axis(spacing), spacing)
+    return TrainingOrientation(manifest.training_axcodes, view_axis(view, manifest.training_axcodes, spacing),
+                               spacing, view)
 
 
 def unfinished(run: Path) -> Optional[str]:
@@ -76,26 +79,25 @@ def unfinished(run: Path) -> Optional[str]:
     if holder is not None:
         return f"is being trained right now by {holder.describe()}: wait for it to finish"
     if not run_finished(run):
-        model, loss = split_baseline_name(run.name)
         return (f"has not finished training (its run.json does not say finished): run `ibsr-nnunet baseline train "
-                f"--model {model} --loss {loss}` with the options it was started with to finish it")
+                f"{train_options_of(run.name)}` with the options it was started with to finish it")
     return None
 
 
-def predict_in_workspace(ws: Workspace, model: str, loss: str, *, device: str = "auto", overlap: float = 0.5,
+def predict_in_workspace(ws: Workspace, name: str, *, device: str = "auto", overlap: float = 0.5,
                          on_case: Optional[Callable[[str, bool], None]] = None,
                          say: Callable[[str], None] = print) -> Path:
-    """Predict every held-out and test case into <workspace>/predictions/<model>__<loss>/ with a run the model
+    """Predict every held-out and test case into <workspace>/predictions/<name>/ with the run `name` the model
     interface says is ready (models/baseline.py `refusal`: trained, on this dataset, finished, nobody training it);
     predictions made from another dataset are moved to the archive and redone, those made with other weights are
     redone. The set records the signature of the weights (best.pt) it came from."""
     manifest = read_manifest(ws)
     fingerprint = manifest.fingerprint
-    run = run_dir(ws, model, loss)
+    run = ws.baselines / name
     out = ws.predictions / run.name
     cases = [(case.id, case.image) for role in ("heldout", "test") for case in ws.cases(role, manifest)]
-    with Lock(lock_path(out), f"prediction set {out.name}", f"ibsr-nnunet baseline predict --model {model} "
-              f"--loss {loss}", say=say):
+    with Lock(lock_path(out), f"prediction set {out.name}", f"ibsr-nnunet baseline predict {train_options_of(name)}",
+              say=say):
         stale = staleness(out, fingerprint)
         if stale:  # moved aside, never overwritten: every case is predicted again
             archive_stale_outputs(ws, [out], what=f"prediction set {out.name}", why=stale, say=say)

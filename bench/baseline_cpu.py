@@ -1,118 +1,171 @@
-"""CPU time-to-accuracy bench: unet2d + dice_ce with the CPU defaults on the real IBSR18 Training_Set.
+"""CPU accuracy of the baselines and their ensembles on the real IBSR18 Training_Set, through the CLI.
 
-Trains for --minutes (12) on 8 of the 10 labelled subjects (the trainer keeps one of those 8, IBSR_16, for its
-internal validation), holding out 2 subjects chosen by seed 0 (IBSR_08, IBSR_09), then predicts those 2 with the
-same train() and predict_files() the CLI uses and prints per-class Dice, training iterations per second and
-inference seconds per volume.
+Converts the shared Training_Set + Test_Set into a workspace (held out: IBSR_01 and IBSR_08, the workspace's own
+split: the tree has no Validation_Set), then with the CPU defaults (iteration budgets, seed 0):
+  - trains and predicts unet2d on each view (thickest = coronal on IBSR, axial, sagittal) and unet3d, all with
+    dice_ce, and unet2d on the coronal view without left-right flips (the flip comparison);
+  - fuses the three views, and the three views with unet3d, by mean probability and by majority vote
+    (`baseline ensemble`);
+  - ranks everything with `leaderboard` and measures test-time mirroring of the flipped and the unflipped unet2d;
+  - prints one table (mean and per-tissue Dice, HD95, training minutes) and, with --write, puts it into
+    bench/README.md between its baseline_cpu markers.
 
-    python bench/baseline_cpu.py [--minutes 12] [--out DIR] [--set width=24 --set augment=true ...]
+    python bench/baseline_cpu.py [--out DIR] [--phase all|train|score] [--write]
 
-Measured 2026-11-28 on this machine's 2 shared Xeon cores (AMX bf16), 12 minutes, unet2d + dice_ce, width 16
-(1.94 M parameters), 128×128 patches, batch 8, Adam 3e-3 with 100 warm-up iterations and time-aware cosine decay,
-a third of the patches centred on CSF, whole-plane inference windows on the brain's bounding box:
-    no augmentation (the CPU default):  CSF 0.9412  GM 0.9357  WM 0.9471  mean 0.9413
-        (IBSR_08 0.9240/0.9285/0.9438, IBSR_09 0.9583/0.9428/0.9505); 3233 iterations, 4.49 it/s; 1.2 s/volume
-    with augmentation (--set augment=true):  CSF 0.9092  GM 0.9173  WM 0.9223  mean 0.9163;
-        2592 iterations, 3.60 it/s (other jobs were loading the cores); 1.4 s/volume
-Two earlier runs with torch fixed at 2 threads reached 0.14 it/s while other jobs shared the cores (OpenMP threads
-spin waiting for a preempted sibling): hence baselines.threads.ThreadTuner, which picks 1 or 2 threads as it goes.
-Iterations per second count data loading and validation; the cores are shared, so expect ±50 % between runs.
+A phase can be rerun: training resumes or says it is finished, predictions newer than their weights are kept.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import csv
 import json
-import tempfile
+import os
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from baselines.data import slicing_axis
-from baselines.infer import predict_files
-from baselines.options import TrainOptions, device_defaults
-from baselines.train import dice_per_class, split_validation, train
-from ibsr_nnunet.core.errors import Requeue, Stalled
-from ibsr_nnunet.core.vocabulary import TISSUES
-from ibsr_nnunet.data.volumes import read_volume
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE = Path(os.environ.get("IBSR_SHARED", ROOT.parent / "shared")) / "data" / "ibsr18"
+README = ROOT / "bench" / "README.md"
+BEGIN, END = "<!-- baseline_cpu: begin -->", "<!-- baseline_cpu: end -->"
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-TRAINING_SET = SHARED / "data" / "ibsr18" / "Training_Set"
+VIEWS = ("unet2d__dice_ce", "unet2d_axial__dice_ce", "unet2d_sagittal__dice_ce")
+RUNS = {  # name -> `baseline train` options beyond the CPU defaults
+    "unet2d__dice_ce": ["--model", "unet2d"],
+    "unet2d_axial__dice_ce": ["--model", "unet2d", "--view", "axial"],
+    "unet2d_sagittal__dice_ce": ["--model", "unet2d", "--view", "sagittal"],
+    "unet3d__dice_ce": ["--model", "unet3d"],
+    "unet2d_coronal__dice_ce": ["--model", "unet2d", "--view", "coronal", "--no-flip"],  # the flip comparison
+}
+ENSEMBLES = {  # name -> (members, vote)
+    "baseline_ensemble_views": (VIEWS, "mean"),
+    "baseline_ensemble_views_vote": (VIEWS, "majority"),
+    "baseline_ensemble_views_3d": ((*VIEWS, "unet3d__dice_ce"), "mean"),
+    "baseline_ensemble_views_3d_vote": ((*VIEWS, "unet3d__dice_ce"), "majority"),
+}
+ENSEMBLE_BUDGET = ("unet2d__dice_ce", "unet2d_axial__dice_ce", "unet2d_sagittal__dice_ce", "unet3d__dice_ce")
 
 
-def subjects() -> list[tuple[str, Path, Path]]:
-    found = [(d.name, d / f"{d.name}.nii.gz", d / f"{d.name}_seg.nii.gz") for d in sorted(TRAINING_SET.glob("IBSR_*"))]
-    if len(found) != 10:
-        raise SystemExit(f"expected the 10 labelled subjects under {TRAINING_SET}, found {len(found)}")
-    return found
+def ibsr(ws: Path, *args: str) -> float:
+    """Run one ibsr-nnunet command on the workspace, its output shown; its wall seconds."""
+    started = time.perf_counter()
+    print(f"$ ibsr-nnunet {' '.join(args)}", flush=True)
+    done = subprocess.run([sys.executable, "-m", "ibsr_nnunet", "--workspace", str(ws), *args])
+    if done.returncode != 0:
+        sys.exit(f"ibsr-nnunet {' '.join(args)} failed with exit code {done.returncode}")
+    return time.perf_counter() - started
 
 
-def parse_value(field: dataclasses.Field, text: str):
-    kind = {"int": int, "float": float, "bool": lambda s: s.lower() in ("1", "true", "yes")}
-    for name, convert in kind.items():
-        if name in str(field.type):
-            return convert(text)
-    return text
+def train(ws: Path) -> None:
+    if not (ws / "nnUNet_raw").is_dir():
+        ibsr(ws, "convert", str(SOURCE))
+    for name, options in RUNS.items():
+        ibsr(ws, "baseline", "train", *options, "--loss", "dice_ce", "--device", "cpu")
+        view = [options[i + 1] for i, o in enumerate(options) if o == "--view"]
+        ibsr(ws, "baseline", "predict", "--model", options[1], *(["--view", *view] if view else []),
+             "--loss", "dice_ce", "--device", "cpu")
+
+
+def mirroring_dice(run: Path, cases: list[tuple[str, Path, Path]]) -> dict[bool, np.ndarray]:
+    """tta -> per-tissue Dice averaged over `cases` (id, image, label), predicted by the run with and without
+    test-time mirroring, each image turned to the training orientation first, as every command does."""
+    from baselines.infer import Predictor
+    from ibsr_nnunet.core.oriented import Prediction, predict_oriented
+    from ibsr_nnunet.data.volumes import read_volume
+    from ibsr_nnunet.evaluation.metrics import case_metrics
+
+    means = {}
+    for tta in (False, True):
+        predictor = Predictor(run, device="cpu", tta=tta)
+        scores = []
+        for case_id, image, label in cases:
+            [carried] = predict_oriented([(case_id, lambda: read_volume(image))], predictor.orientation.axcodes,
+                                         lambda volumes: (Prediction(k, predictor(v)[0]) for k, v in volumes))
+            reference = read_volume(label)
+            scores.append([row["dice"] for row in case_metrics(reference.array.astype(np.uint8),
+                                                                carried.prediction.labels, reference.spacing)])
+        means[tta] = np.mean(scores, axis=0)
+    return means
+
+
+def score(ws: Path) -> str:
+    """Ensembles, leaderboard and mirroring; the markdown table."""
+    from ibsr_nnunet.core.vocabulary import TISSUES
+    from ibsr_nnunet.core.workspace import Workspace
+
+    seconds = {}
+    for name, (members, vote) in ENSEMBLES.items():
+        seconds[name] = ibsr(ws, "baseline", "ensemble", "--members", ",".join(members), "--name", name,
+                             "--vote", vote, "--device", "cpu")
+    ibsr(ws, "leaderboard")
+    with open(ws / "leaderboard.csv", newline="") as handle:
+        board = {row["model"]: row for row in csv.DictReader(handle)}
+    minutes = {name: json.loads((ws / "baselines" / name / "run.json").read_text())["train_seconds"] / 60
+               for name in RUNS}
+    iterations = {name: json.loads((ws / "baselines" / name / "run.json").read_text())["options"]["iterations"]
+                  for name in RUNS}
+    tissues = list(TISSUES.values())
+    lines = ["| model | mean Dice | " + " | ".join(f"{t} Dice" for t in tissues) + " | "
+             + " | ".join(f"{t} HD95 (mm)" for t in tissues) + " | training |",
+             "|---|---|" + "---|" * (2 * len(tissues)) + "---|"]
+
+    def row(name: str, training: str) -> str:
+        found = board[name]
+        return (f"| {name} | {float(found['mean_dice']):.4f} | "
+                + " | ".join(f"{float(found[f'{t}_dice_mean']):.4f}" for t in tissues) + " | "
+                + " | ".join(f"{float(found[f'{t}_hd95_mean']):.2f}" for t in tissues) + f" | {training} |")
+
+    for name in RUNS:
+        lines.append(row(name, f"{iterations[name]} it, {minutes[name]:.1f} min"))
+    for name, (members, _) in ENSEMBLES.items():
+        total = sum(minutes[m] for m in members)
+        lines.append(row(name, f"{total:.1f} min of its members ({seconds[name]:.0f} s to fuse)"))
+    best_single = max(float(board[name]["mean_dice"]) for name in RUNS)
+    best_ensemble = max(ENSEMBLES, key=lambda name: float(board[name]["mean_dice"]))
+    lines.append("")
+    lines.append(f"Best ensemble {best_ensemble}: {float(board[best_ensemble]['mean_dice']) - best_single:+.4f} mean "
+                 f"Dice over the best single baseline; the four members' training took "
+                 f"{sum(minutes[m] for m in ENSEMBLE_BUDGET):.1f} min in all.")
+    workspace = Workspace(ws)
+    held_out = [(case.id, case.image, case.label) for case in workspace.cases("heldout")]
+    for name, what in (("unet2d__dice_ce", "trained with left-right flips (the CPU default), mirrored left-right"),
+                       ("unet2d_coronal__dice_ce", "trained without flips, mirrored on both in-plane axes")):
+        means = mirroring_dice(ws / "baselines" / name, held_out)
+        lines.append(f"Test-time mirroring, {name} ({what}): mean Dice {means[False].mean():.4f} without, "
+                     f"{means[True].mean():.4f} with ({means[True].mean() - means[False].mean():+.4f}; "
+                     + ", ".join(f"{t} {means[False][i]:.4f} -> {means[True][i]:.4f}" for i, t in enumerate(tissues))
+                     + ").")
+    return "\n".join(lines)
+
+
+def write_section(text: str) -> None:
+    readme = README.read_text()
+    section = f"{BEGIN}\n{text}\n{END}"
+    if BEGIN in readme:
+        readme = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: section, readme, flags=re.S)
+    else:
+        readme = readme.rstrip("\n") + "\n\n" + section + "\n"
+    README.write_text(readme)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=12.0, help="training budget in wall-clock minutes")
-    parser.add_argument("--out", type=Path, default=None, help="folder for the run and predictions (default: temp)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one TrainOptions field, e.g. width=24 (repeatable)")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/ibsr-baseline-cpu"), help="the workspace")
+    parser.add_argument("--phase", choices=("all", "train", "score"), default="all")
+    parser.add_argument("--write", action="store_true", help="put the table into bench/README.md")
     args = parser.parse_args()
-    torch.set_num_threads(2)
-    overrides = {}
-    known = {f.name: f for f in dataclasses.fields(TrainOptions)}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        if key not in known:
-            raise SystemExit(f"--set {item}: TrainOptions has no field {key!r}")
-        overrides[key] = parse_value(known[key], value)
-    options = TrainOptions(**{**device_defaults("cpu"), "model": "unet2d", "loss": "dice_ce", "epochs": None,
-                              "minutes": args.minutes, "device": "cpu", "threads": 0, "seed": 0, "val_cases": 1,
-                              **overrides})
-    everything = subjects()
-    train_ids, test_ids = split_validation([s[0] for s in everything], 2, seed=0)
-    out = args.out or Path(tempfile.mkdtemp(prefix="baseline_cpu_"))
-    iterations = 0
-
-    def count() -> None:
-        nonlocal iterations
-        iterations += 1
-
-    def report(row: dict) -> None:
-        print(f"epoch {row['epoch']}: train {row['train_loss']:.4f} val {row['val_loss']:.4f} "
-              f"dice {row['val_dice']:.4f} lr {row['lr']} at {row['seconds']:.0f}s", flush=True)
-
-    print(f"options: {json.dumps(dataclasses.asdict(options))}\ntrain {train_ids}, held out {test_ids}, out {out}",
-          flush=True)
-    started = time.perf_counter()
-    try:
-        result = train(out / "run", [s for s in everything if s[0] in train_ids], options, on_epoch=report,
-                       on_iteration=count)
-    except (Requeue, Stalled):
-        raise SystemExit(f"interrupted after saving {out / 'run'}; run again with --out {out} to resume") from None
-    train_wall = time.perf_counter() - started
-    started = time.perf_counter()
-    held_out = [s for s in everything if s[0] in test_ids]
-    predict_files(out / "run", [(s[0], s[1]) for s in held_out], out / "predictions", device="cpu")
-    per_volume = (time.perf_counter() - started) / len(held_out)
-    scores = []
-    for case_id, _, label_path in held_out:
-        prediction = torch.from_numpy(read_volume(out / "predictions" / f"{case_id}.nii.gz").array.astype(np.int64))
-        label = torch.from_numpy(np.asarray(read_volume(label_path).array).astype(np.int64))
-        scores.append(dice_per_class(prediction, label))
-        print(f"{case_id}: " + ", ".join(f"{c} {d:.4f}" for c, d in zip(TISSUES.values(), scores[-1])))
-    mean = np.mean(scores, axis=0)
-    print(" ".join(f"{c} {d:.4f}" for c, d in zip(TISSUES.values(), mean)) + f" | mean {mean.mean():.4f}")
-    print(f"{iterations} iterations in {train_wall:.0f}s ({iterations / train_wall:.2f} it/s including data loading "
-          f"and validation), {result.epochs_done} epochs, best val loss {result.best_val_loss:.4f}; "
-          f"inference {per_volume:.1f} s/volume; slicing axis {slicing_axis(read_volume(held_out[0][1]).spacing)}")
+    if args.phase in ("all", "train"):
+        train(args.out)
+    if args.phase in ("all", "score"):
+        table = score(args.out)
+        print(table)
+        if args.write:
+            write_section(table)
 
 
 if __name__ == "__main__":

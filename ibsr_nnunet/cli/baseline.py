@@ -19,6 +19,8 @@ from .common import (
     TrackModeOption,
     TrackOption,
     TrackProjectOption,
+    View,
+    Vote,
     console,
     progress_bar,
     refusals,
@@ -29,6 +31,9 @@ from .common import (
 app = stage_app("Hand-built PyTorch baselines: train, then predict the held-out and test cases.")
 ModelOption = Annotated[BaselineModel, typer.Option("--model", help="Baseline network.")]
 LossOption = Annotated[Loss, typer.Option("--loss", help="Training loss.")]
+ViewOption = Annotated[View, typer.Option(
+    "--view", help="What 2D models slice across: thickest (the axis with the largest spacing, coronal on IBSR; the "
+    "default, named MODEL__LOSS) or coronal, axial, sagittal (named MODEL_VIEW__LOSS).")]
 
 
 @app.command("train")
@@ -38,10 +43,16 @@ def train_command(
     model: Annotated[Optional[BaselineModel], typer.Option(
         "--model", help="Baseline network (default unet2d).")] = None,
     loss: Annotated[Optional[Loss], typer.Option("--loss", help="Training loss (default dice_ce).")] = None,
-    minutes: Optional[float] = typer.Option(None, "--minutes", help="Wall-time budget, summed across resumes."),
+    view: ViewOption = View.thickest,
+    iterations: Optional[int] = typer.Option(
+        None, "--iterations", min=1, help="Budget in training iterations, the same model on any machine (default on "
+        "the CPU: 1000 for 2D models, 800 for unet3d; the budgets given replace the default)."),
+    minutes: Optional[float] = typer.Option(
+        None, "--minutes", help="Wall-time budget, summed across resumes (depends on the machine's speed)."),
     epochs: Optional[int] = typer.Option(
-        None, "--epochs", help="Epoch budget (default 100 when --minutes is not given)."),
-    iterations: Optional[int] = typer.Option(None, "--iterations-per-epoch", help="Training iterations per epoch."),
+        None, "--epochs", help="Epoch budget (default 100 on a GPU when no budget is given)."),
+    iterations_per_epoch: Optional[int] = typer.Option(
+        None, "--iterations-per-epoch", help="Training iterations per epoch."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Patches per iteration."),
     optimizer: Optional[Optimizer] = typer.Option(None, "--optimizer", help="Optimiser (default adam)."),
     lr: Optional[float] = typer.Option(
@@ -57,6 +68,9 @@ def train_command(
         help="plateau (ReduceLROnPlateau on validation loss; GPU default) or cosine (CPU default)."),
     augment: Optional[bool] = typer.Option(
         None, "--augment/--no-augment", help="Flips, rotation, scale, shear, intensity jitter (CPU default: off)."),
+    flip: Optional[bool] = typer.Option(
+        None, "--flip/--no-flip", help="Mirror half the patches left-right; test-time mirroring then mirrors that axis "
+        "only (CPU default: on)."),
     appearance: Optional[bool] = typer.Option(
         None, "--appearance/--no-appearance",
         help="Gamma, bias field, noise and lower resolution, for scans from elsewhere (default: on)."),
@@ -86,19 +100,19 @@ def train_command(
     tracking = Tracking(track, track_mode, track_project)
     options = TrainOptions.for_device(
         model=model and model.value, loss=loss and loss.value, optimizer=optimizer and optimizer.value,
-        device=device and device.value, schedule=schedule and schedule.value, minutes=minutes, epochs=epochs,
-        iterations_per_epoch=iterations, batch_size=batch_size, lr=lr, width=width, depth=depth, dropout=dropout,
-        patch_size=patch_size, augment=augment, appearance=appearance, patience=patience, seed=seed,
-        threads=threads)
-    model, loss = options.model, options.loss
-    folder = run_dir(ws, model, loss)
+        device=device and device.value, schedule=schedule and schedule.value, view=view.value, minutes=minutes,
+        epochs=epochs, iterations=iterations, iterations_per_epoch=iterations_per_epoch, batch_size=batch_size, lr=lr,
+        width=width, depth=depth, dropout=dropout, patch_size=patch_size, augment=augment, flip=flip,
+        appearance=appearance, patience=patience, seed=seed, threads=threads)
+    folder = run_dir(ws, options.model, options.loss, options.view)
+    name = folder.name
     with progress_bar() as bar:
-        task = bar.add_task(f"{model} + {loss}", total=None)
+        task = bar.add_task(name, total=None)
 
         def start(first_epoch: int, total: Optional[int]) -> None:
-            if total:
-                bar.update(task, total=total * options.iterations_per_epoch,
-                           completed=first_epoch * options.iterations_per_epoch)
+            budget = options.iterations or (total and total * options.iterations_per_epoch)
+            if budget:
+                bar.update(task, total=budget, completed=first_epoch * options.iterations_per_epoch)
             if first_epoch:
                 bar.console.print(f"resuming {folder} at epoch {first_epoch}")
 
@@ -110,9 +124,9 @@ def train_command(
                                     on_iteration=lambda: bar.advance(task), on_start=start, tracking=tracking,
                                     say=bar.console.print)
     if result.status == "already finished":
-        console.print(f"{model} + {loss} is already finished ({result.epochs_done} epochs): {folder}")
+        console.print(f"{name} is already finished ({result.epochs_done} epochs): {folder}")
         return
-    console.print(f"{model} + {loss} finished after {result.epochs_done} epochs "
+    console.print(f"{name} finished after {result.epochs_done} epochs "
                   f"({'resumed at epoch ' + str(result.start_epoch) if result.start_epoch else 'from scratch'}): "
                   f"best validation loss {result.best_val_loss:.4f}, Dice {result.best_val_dice:.4f}, "
                   f"{result.train_seconds:.0f} s in all; {folder}")
@@ -124,35 +138,72 @@ def predict_command(
     ctx: typer.Context,
     model: ModelOption = BaselineModel.unet2d,
     loss: LossOption = Loss.dice_ce,
+    view: ViewOption = View.thickest,
     device: DeviceOption = Device.auto,
     overlap: float = typer.Option(0.5, "--overlap", help="Fraction shared by neighbouring sliding windows."),
 ) -> None:
     """Predict every held-out and test case with a trained baseline into <workspace>/predictions/<model>__<loss>/."""
-    from baselines.registry import baseline_name, check_baseline_name
+    from baselines.registry import baseline_name, check_view
     from baselines.workspace import predict_in_workspace
 
     from ..core.devices import torch_device
     from ..core.errors import InputError
     from ..models import load_model
 
-    model, loss, device = model.value, loss.value, device.value
-    check_baseline_name(baseline_name(model, loss), "--model/--loss")  # it names a workspace folder
+    device = device.value
+    name = baseline_name(model.value, loss.value, check_view(model.value, view.value))
     torch_device(device)
     fraction("--overlap", overlap, with_zero=True)
     ws = workspace_of(ctx)
-    if why := load_model(ws, baseline_name(model, loss)).refusal(then="predict"):
+    if why := load_model(ws, name).refusal(then="predict"):
         raise InputError(why)
     total = sum(len(ws.cases(role)) for role in ("heldout", "test"))
     kept = []
     with progress_bar() as bar:
-        task = bar.add_task(f"predict {model} + {loss}", total=total)
+        task = bar.add_task(f"predict {name}", total=total)
 
         def case_done(case: str, skipped: bool) -> None:
             if skipped:
                 kept.append(case)
             bar.advance(task)
 
-        out = predict_in_workspace(ws, model, loss, device=device, overlap=overlap, on_case=case_done,
+        out = predict_in_workspace(ws, name, device=device, overlap=overlap, on_case=case_done,
                                    say=bar.console.print)
     note = f" ({len(kept)} already up to date)" if kept else ""
     console.print(f"wrote {total} predictions{note} to {out}")
+
+
+@app.command("ensemble")
+@refusals
+def ensemble_command(
+    ctx: typer.Context,
+    members: str = typer.Option(
+        ..., "--members", help="Comma-separated finished baseline runs of this workspace, e.g. "
+        "unet2d__dice_ce,unet2d_axial__dice_ce,unet2d_sagittal__dice_ce,unet3d__dice_ce."),
+    name: Optional[str] = typer.Option(
+        None, "--name", help="The ensemble's model name: baseline_ensemble or baseline_ensemble_SUFFIX (default "
+        "baseline_ensemble, or baseline_ensemble_vote with --vote majority)."),
+    vote: Annotated[Vote, typer.Option(
+        "--vote", help="mean: the class of highest mean probability; majority: each member's labels are one vote, a "
+        "tie going to the class of highest mean probability among those tied.")] = Vote.mean,
+    device: DeviceOption = Device.auto,
+    overlap: float = typer.Option(0.5, "--overlap", help="Fraction shared by neighbouring sliding windows."),
+) -> None:
+    """Fuse baselines: every held-out and test case predicted by each member on its own grid, then the mean of
+    their probabilities (or their majority vote) into <workspace>/predictions/<name>/, a model of its own for
+    `leaderboard`, `segment --model` and `export`."""
+    from baselines.ensemble import Definition, describe
+
+    from ..core.devices import torch_device
+    from ..models.baseline_ensemble import build_baseline_ensemble
+
+    definition = Definition(tuple(m.strip() for m in members.split(",") if m.strip()), vote.value)
+    torch_device(device.value)
+    fraction("--overlap", overlap, with_zero=True)
+    ws = workspace_of(ctx)
+    total = sum(len(ws.cases(role)) for role in ("heldout", "test"))
+    with progress_bar() as bar:
+        task = bar.add_task(f"ensemble: {describe(definition)}", total=total)
+        out = build_baseline_ensemble(ws, definition, name, device=device.value, overlap=overlap,
+                                      on_case=lambda case: bar.advance(task), say=bar.console.print)
+    console.print(f"wrote {total} predictions ({describe(definition)}) to {out}")

@@ -13,7 +13,16 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from baselines.registry import BASELINE_FORM, LOSSES, MODELS, OPTIMIZERS, SCHEDULES, baseline_problem
+from baselines.registry import (
+    BASELINE_FORM,
+    LOSSES,
+    MODELS,
+    OPTIMIZERS,
+    SCHEDULES,
+    VIEW_CHOICES,
+    VOTES,
+    baseline_problem,
+)
 
 from ..core.devices import DEVICES
 from ..core.environment import available_cores
@@ -41,6 +50,8 @@ Layout = choice("Layout", LAYOUTS)
 SourceLayout = choice("SourceLayout", ("auto", *LAYOUTS))
 PhantomSize = choice("PhantomSize", PHANTOM_SIZES)
 BaselineModel = choice("BaselineModel", MODELS)
+View = choice("View", VIEW_CHOICES)
+Vote = choice("Vote", VOTES)
 Loss = choice("Loss", LOSSES)
 Optimizer = choice("Optimizer", OPTIMIZERS)
 Schedule = choice("Schedule", SCHEDULES)

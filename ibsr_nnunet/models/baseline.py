@@ -10,7 +10,7 @@ from typing import Iterable, Iterator, Optional
 
 import pandas as pd
 
-from baselines.registry import LOSSES, MODELS, baseline_name, baseline_problem, split_baseline_name
+from baselines.registry import LOSSES, MODELS, MODELS_2D, VIEWS, baseline_name, baseline_problem, train_options_of
 from baselines.run_folder import (
     LOG,
     ORIENTATION,
@@ -35,7 +35,8 @@ from .registry import register
 @register
 @dataclass(frozen=True)
 class BaselineModel(TrainedModel):
-    """MODEL__LOSS, e.g. unet2d__dice_ce: a 2D or 3D U-Net trained by `baseline train`."""
+    """MODEL__LOSS or MODEL_VIEW__LOSS, e.g. unet2d__dice_ce or unet2d_axial__dice_ce: a 2D or 3D U-Net trained by
+    `baseline train`."""
 
     kind = "baseline"
 
@@ -45,7 +46,8 @@ class BaselineModel(TrainedModel):
 
     @classmethod
     def examples(cls) -> tuple[str, ...]:
-        return (*MODELS, *(baseline_name(model, loss) for model in MODELS for loss in LOSSES))
+        return (*MODELS, *(baseline_name(model, loss) for model in MODELS for loss in LOSSES),
+                *(baseline_name(model, loss, view) for model in MODELS_2D for loss in LOSSES for view in VIEWS))
 
     @classmethod
     def refusal_of_name(cls, name: str) -> str:
@@ -64,8 +66,7 @@ class BaselineModel(TrainedModel):
 
     @property
     def remake(self) -> str:
-        model, loss = split_baseline_name(self.name)
-        return f"ibsr-nnunet baseline predict --model {model} --loss {loss}"
+        return f"ibsr-nnunet baseline predict {train_options_of(self.name)}"
 
     @property
     def retrain(self) -> str:
@@ -73,8 +74,7 @@ class BaselineModel(TrainedModel):
 
     @property
     def _train(self) -> str:
-        model, loss = split_baseline_name(self.name)
-        return f"ibsr-nnunet baseline train --model {model} --loss {loss}"
+        return f"ibsr-nnunet baseline train {train_options_of(self.name)}"
 
     def trained(self) -> bool:
         return best_weights_path(self.folder).is_file()

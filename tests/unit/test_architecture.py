@@ -166,6 +166,7 @@ OWNED_FILES = {
     "checkpoint.pt": {"baselines.run_folder"},
     "best.pt": {"baselines.run_folder"},
     "orientation.json": {"baselines.run_folder"},
+    "ensemble.json": {"baselines.ensemble"},
     "best_configuration.json": {"ibsr_nnunet.nnunet.ensemble"},
     "jobs.json": {"ibsr_nnunet.campaign.jobs"},
     "splits_final.json": {"ibsr_nnunet.core.vocabulary"},
