@@ -33,6 +33,11 @@ CASES = {
         preset=PRESET_TABLE["resenc-m"]),
     "baseline-unet2d__dice_ce-gpu.sbatch": lambda: sbatch.render_baseline(
         WS, CLI, GPU, model="unet2d", loss="dice_ce", epochs=50, iterations=100, device="cuda"),
+    "baseline-unet2d_axial__dice_ce-cpu.sbatch": lambda: sbatch.render_baseline(
+        WS, CLI, CPU, model="unet2d", loss="dice_ce", view="axial", epochs=5, iterations=200, device="cpu"),
+    "final-baseline-ensemble-cpu.sbatch": lambda: sbatch.render_final(
+        WS, CLI, CPU, trainer=None, device="cpu",
+        baseline_ensemble=("unet2d__dice_ce", "unet2d_axial__dice_ce", "unet2d_sagittal__dice_ce", "unet3d__dice_ce")),
     "final-gpu.sbatch": lambda: sbatch.render_final(WS, CLI, GPU, trainer="IbsrTrainer", device="auto"),
     "final-cpu.sbatch": lambda: sbatch.render_final(WS, CLI, CPU, trainer="IbsrTrainer_3ep_2it", device="cpu"),
 }

@@ -21,7 +21,7 @@ from importlib import resources as package_data
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from baselines.registry import baseline_name
+from baselines.registry import THICKEST, baseline_name
 
 from ..core.errors import InputError
 from ..core.exitcodes import EXIT_LOCKED, EXIT_REQUEUE, EXIT_STALLED
@@ -330,22 +330,39 @@ def render_fold(workspace: Path, cli: Sequence[str], resources: Resources, *, co
 
 
 def render_baseline(workspace: Path, cli: Sequence[str], resources: Resources, *, model: str, loss: str,
-                    epochs: int, iterations: int, device: str) -> str:
+                    epochs: int, iterations: int, device: str, view: str = THICKEST) -> str:
+    """One baseline job: train (on `view`'s slices), then predict."""
     return fill(load_template("baseline.sbatch"), {
-        **_common(workspace, cli, resources, f"ibsr-baseline-{baseline_name(model, loss)}"),
+        **_common(workspace, cli, resources, f"ibsr-baseline-{baseline_name(model, loss, view)}"),
         **_schedule(epochs, iterations, device),
         "MODEL": _name(model, "baseline model"),
         "LOSS": _name(loss, "baseline loss"),
+        "VIEW": "" if view == THICKEST else f" --view {_name(view, 'baseline view')}",
         "TRAIN_OPTIONS": _tracking_options(resources),
     })
 
 
-def render_final(workspace: Path, cli: Sequence[str], resources: Resources, *, trainer: str, device: str) -> str:
-    """The final job: ensemble of the nnU-Net trainer's folds, then the leaderboard."""
+def render_final(workspace: Path, cli: Sequence[str], resources: Resources, *, trainer: Optional[str], device: str,
+                 baseline_ensemble: Sequence[str] = ()) -> str:
+    """The final job: ensemble of the nnU-Net trainer's folds (none when `trainer` is None), the ensemble of the
+    baselines `baseline_ensemble` (mean probability; none when empty), then the leaderboard."""
+    device = _name(device, "--device")
+    steps, what = [], []
+    if trainer is not None:
+        trainer = shlex.quote(_name(trainer, "trainer"))
+        what.append("ensemble")
+        steps += [f'log "ensemble of {trainer}"',
+                  f'"${{IBSR_NNUNET[@]}}" --workspace "$WORKSPACE" ensemble --trainer {trainer} --device {device}']
+    if baseline_ensemble:
+        members = ",".join(_name(m, "baseline") for m in baseline_ensemble)
+        what.append("baseline ensemble")
+        steps += [f'log "ensemble of the baselines {members}"',
+                  f'"${{IBSR_NNUNET[@]}}" --workspace "$WORKSPACE" baseline ensemble --members {shlex.quote(members)} '
+                  f'--device {device}']
     return fill(load_template("final.sbatch"), {
         **_common(workspace, cli, resources, "ibsr-final"),
-        "TRAINER": shlex.quote(_name(trainer, "trainer")),
-        "DEVICE": _name(device, "--device"),
+        "WHAT": " and ".join(what) or "nothing to ensemble",
+        "ENSEMBLE_STEPS": "\n".join(steps),
     })
 
 

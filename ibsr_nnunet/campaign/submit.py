@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from baselines.registry import check_baseline_name, split_baseline_name
+from baselines.registry import check_baseline_name, parse_baseline_name
 
 from ..core.atomic import write_text
 from ..core.choices import one_of, positive
@@ -48,7 +48,8 @@ class SubmitRequest:
     configs: tuple[str, ...] = CONFIGURATIONS
     folds: tuple[int, ...] = tuple(range(N_FOLDS))
     presets: tuple[Preset, ...] = (DEFAULT,)  # nnU-Net plans presets: each gets one array per configuration
-    baselines: tuple[str, ...] = ()  # "model__loss"
+    baselines: tuple[str, ...] = ()  # "model__loss" or "model_view__loss"
+    baseline_ensemble: bool = False  # the final job fuses every baseline (mean probability) before the leaderboard
     epochs: int = FULL_EPOCHS
     iterations: int = FULL_ITERATIONS
     device: str = "auto"
@@ -59,6 +60,10 @@ class SubmitRequest:
     def __post_init__(self) -> None:
         for name in self.baselines:
             check_baseline_name(name, "--baselines")
+        if self.baseline_ensemble and len(set(self.baselines)) < 2:
+            raise InputError(f"--baseline-ensemble fuses the baselines of --baselines, which names "
+                             f"{len(set(self.baselines))}; name at least 2, e.g. --baselines "
+                             f"unet2d__dice_ce,unet2d_axial__dice_ce,unet3d__dice_ce.")
         one_of("--device", self.device, DEVICES)
         positive("--epochs", self.epochs)
         positive("--iterations-per-epoch", self.iterations)
@@ -268,8 +273,8 @@ def _baseline_jobs(c: _Campaign) -> list[Submission]:
         if _baseline_done(c, name):
             c.skipped.append(f"baseline {name}: already finished")
             continue
-        model, loss = split_baseline_name(name)
-        text = render.render_baseline(c.ws.root, c.cli, c.request.resources, model=model, loss=loss,
+        model, view, loss = parse_baseline_name(name)
+        text = render.render_baseline(c.ws.root, c.cli, c.request.resources, model=model, loss=loss, view=view,
                                       epochs=c.request.epochs, iterations=c.request.iterations, device=c.request.device)
         script = c.scripts / f"baseline-{name}-{c.stamp}.sbatch"
         argv = render.sbatch_argv(script, render.log_pattern(c.logs, f"baseline-{name}_%j.out"), c.ws.slurm)
@@ -289,11 +294,15 @@ def _final_job(c: _Campaign, training: list[Submission]) -> tuple[Optional[Submi
         c.skipped.append(f"final job {final} is {c.states[final].state}: kept")
     elif _final_completed(c) and c.ws.leaderboard.is_file() and not training:
         c.skipped.append("final job already completed and nothing new was submitted")
-    elif c.request.configs:
-        text = render.render_final(c.ws.root, c.cli, c.request.resources, trainer=c.trainer, device=c.request.device)
+    elif c.request.configs or c.request.baseline_ensemble:
+        text = render.render_final(c.ws.root, c.cli, c.request.resources,
+                                   trainer=c.trainer if c.request.configs else None, device=c.request.device,
+                                   baseline_ensemble=tuple(dict.fromkeys(c.request.baselines))
+                                   if c.request.baseline_ensemble else ())
         return Submission("final", "final", c.scripts / f"final-{c.stamp}.sbatch", [], text), cancel
     else:
-        c.skipped.append("final job: not submitted without nnU-Net configurations (--configs)")
+        c.skipped.append("final job: not submitted without nnU-Net configurations (--configs) or "
+                         "--baseline-ensemble")
     return None, cancel
 
 

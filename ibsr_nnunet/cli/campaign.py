@@ -93,7 +93,11 @@ def submit(
                               help="Folds: the array indices of every configuration."),
     presets: PresetsOption = DEFAULT_PRESET,
     baselines: str = typer.Option("", "--baselines", callback=baselines_list,
-                                  help="Baseline jobs as MODEL__LOSS, comma-separated, e.g. unet2d__dice_ce."),
+                                  help="Baseline jobs as MODEL__LOSS or MODEL_VIEW__LOSS, comma-separated, e.g. "
+                                  "unet2d__dice_ce,unet2d_axial__dice_ce."),
+    baseline_ensemble: bool = typer.Option(
+        False, "--baseline-ensemble", help="The final job also fuses every baseline of --baselines by mean "
+        "probability (`baseline ensemble`, model baseline_ensemble) before the leaderboard."),
     epochs: Epochs = FULL_EPOCHS,
     iterations: Iterations = FULL_ITERATIONS,
     device: DeviceOption = Device.auto,
@@ -136,7 +140,8 @@ def submit(
                                track_mode=track_mode, track_project=track_project)
     request = SubmitRequest(
         configs=tuple(configs), folds=tuple(int(f) for f in folds), presets=presets_named(presets),
-        baselines=tuple(baselines), epochs=epochs, iterations=iterations, device=device.value, resources=resources,
+        baselines=tuple(baselines), baseline_ensemble=baseline_ensemble, epochs=epochs, iterations=iterations,
+        device=device.value, resources=resources,
         dry_run=dry_run, archive_stale=archive_stale)
     result = run_submit(ws, request, say=console.print)
     if dry_run:

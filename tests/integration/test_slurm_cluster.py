@@ -213,3 +213,25 @@ def test_a_fold_script_sbatched_by_hand_registers_requeues_after_usr1_and_finish
     assert "copied" in text and "an identical copy was there" in text
     debug = json.loads((folder / "debug.json").read_text())
     assert debug["preprocessed_dataset_folder"].startswith(str(scratch / "ibsr-nnunet-staged"))
+
+
+def test_a_baseline_campaign_trains_views_and_fuses_them_in_the_final_job(cluster, planned, tmp_path):
+    ws = copy_workspace(planned, tmp_path / "baselines")
+    args = ["submit", "--configs", "", "--baselines", "unet2d__dice_ce,unet2d_axial__dice_ce", "--baseline-ensemble",
+            *[a if a != "4" else "2" for a in TINY]]
+    submitted = cli(ws.root, *args)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    jobs = json.loads((ws.slurm / "jobs.json").read_text())["jobs"]
+    assert [(j["kind"], j["name"]) for j in jobs] == [("baseline", "unet2d__dice_ce"),
+                                                      ("baseline", "unet2d_axial__dice_ce"), ("final", "final")]
+    final = jobs[-1]["job_id"]
+    wait_for(lambda: job_state(final).get("JobState") in ("COMPLETED", "FAILED", "CANCELLED"), 600, "the final job", 2)
+    log = ws.slurm / "logs" / f"final_{final}.out"
+    assert job_state(final)["JobState"] == "COMPLETED", log.read_text() if log.exists() else ""
+    assert "ensemble of the baselines unet2d__dice_ce,unet2d_axial__dice_ce" in log.read_text()
+    orientation = json.loads((ws.baselines / "unet2d_axial__dice_ce" / "orientation.json").read_text())
+    assert (orientation["view"], orientation["slicing_axis"]) == ("axial", 2)
+    ranked = {line.split(",")[1] for line in ws.leaderboard.read_text().splitlines()[1:]}
+    assert ranked == {"unet2d__dice_ce", "unet2d_axial__dice_ce", "baseline_ensemble"}
+    definition = json.loads((ws.baselines / "baseline_ensemble" / "ensemble.json").read_text())
+    assert definition["members"] == ["unet2d__dice_ce", "unet2d_axial__dice_ce"] and definition["vote"] == "mean"

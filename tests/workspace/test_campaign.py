@@ -287,3 +287,23 @@ def test_cli_script_of_a_preset_that_does_not_fit_the_gpus_is_refused(planned_co
     assert unplanned.exit_code == 1 and "plan --configs 2d --presets resenc-m`" in said(unplanned)
     unknown = invoke(planned_copy, "script", "--fold", "0", "--config", "2d", "--preset", "resenc-q")
     assert unknown.exit_code == 2 and "resenc-q" in unknown.output
+
+
+def test_cli_submit_asks_for_views_and_the_baseline_ensemble(converted_copy, tmp_path, monkeypatch):
+    bin_dir = fake_scontrol(tmp_path / "bin", "")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    args = ["submit", "--configs", "", "--baselines", "unet2d__dice_ce,unet2d_sagittal__dice_ce,unet3d__dice_ce",
+            "--epochs", "3", "--iterations-per-epoch", "2", "--device", "cpu", "--gpus-per-job", "0"]
+    result = invoke(converted_copy, *args, "--baseline-ensemble", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "baseline train --model unet2d --loss dice_ce --view sagittal" in result.output
+    assert "baseline predict --model unet2d --loss dice_ce --view sagittal --device cpu" in result.output
+    assert ("baseline ensemble --members unet2d__dice_ce,unet2d_sagittal__dice_ce,unet3d__dice_ce --device cpu"
+            in result.output)
+    assert " ensemble --trainer" not in result.output  # no nnU-Net configuration: no nnU-Net ensemble
+    assert "dry run: 4 job(s) would be submitted; nothing was." in said(result)
+    without = invoke(converted_copy, *args, "--dry-run")
+    assert "dry run: 3 job(s)" in said(without) and "final job: not submitted" in said(without)
+    one = invoke(converted_copy, "submit", "--configs", "", "--baselines", "unet2d__dice_ce", "--baseline-ensemble",
+                 "--device", "cpu", "--gpus-per-job", "0", "--dry-run")
+    assert one.exit_code == 1 and "--baseline-ensemble fuses the baselines of --baselines, which names 1" in said(one)

@@ -215,8 +215,8 @@ def test_soft_volumes_are_probability_sums_times_the_voxel_volume():
     assert volumes == pytest.approx({"CSF_ml_soft": 0.048, "GM_ml_soft": 0.072, "WM_ml_soft": 0.096}, rel=1e-5)
 
 
-@pytest.mark.parametrize("tta, passes", [(False, 1), (True, 4)])
-def test_tta_mirrors_every_in_plane_axis(tta, passes):
+@pytest.mark.parametrize("tta, passes", [(False, 1), (True, 4), ((1,), 2), ((), 1)])
+def test_tta_mirrors_every_in_plane_axis_or_those_given(tta, passes):
     from baselines.infer import predict_array
 
     model = ConstantModel()
