@@ -44,7 +44,16 @@ def view_axis(view: str, codes: tuple[str, ...], spacing) -> int:
     (slicing_axis) for the default view, else the one running A-P (coronal), S-I (axial) or L-R (sagittal)."""
     if view == THICKEST:
         return slicing_axis(spacing)
-    return next(i for i, code in enumerate(codes) if code in VIEW_CODES[view])
+    found = axis_along(codes, VIEW_CODES[view])
+    if found is None:
+        raise InputError(f"an image with axis codes {codes} has no axis running {'-'.join(VIEW_CODES[view])}, so it "
+                         f"has no {view} slices; fix its affine, or train with --view thickest.")
+    return found
+
+
+def axis_along(codes: tuple[str, ...], letters: str) -> int | None:
+    """The axis whose code is one of `letters` (e.g. "LR"), None when no axis has one."""
+    return next((i for i, code in enumerate(codes) if code is not None and code in letters), None)
 
 
 def sliced_position(axis: int, first: int) -> int:
@@ -61,7 +70,7 @@ class Case:
     label: np.ndarray | None  # uint8, same shape, None for unlabelled cases
     axis: int
     volume: Volume  # the image as read, for writing predictions on its exact grid
-    left_right: int = 0  # the left-right axis of `image` (after the slicing axis was moved first)
+    left_right: int | None = None  # the left-right axis of `image` (after the slicing axis was moved first)
 
 
 def load_case(case_id: str, image_path: Path, label_path: Path | None = None, view: str = THICKEST) -> Case:
@@ -80,8 +89,8 @@ def load_case(case_id: str, image_path: Path, label_path: Path | None = None, vi
     if label is not None:
         label = np.ascontiguousarray(np.moveaxis(label.astype(np.uint8), axis, 0))
     image = np.ascontiguousarray(np.moveaxis(zscore(np.asarray(volume.array)), axis, 0))
-    left_right = sliced_position(next(i for i, code in enumerate(codes) if code in "LR"), axis)
-    return Case(case_id, image, label, axis, volume, left_right)
+    left_right = axis_along(codes, "LR")
+    return Case(case_id, image, label, axis, volume, None if left_right is None else sliced_position(left_right, axis))
 
 
 def crop(array: np.ndarray, start, size) -> np.ndarray:
@@ -273,7 +282,7 @@ class PatchSampler:
         start = [c - p // 2 + int(self.rng.integers(-(p // 4), p // 4 + 1)) for c, p in zip(centre, self.patch)]
         image, label = crop(image, start, self.patch), crop(label, start, self.patch)
         # drawn for every patch, so whether one is mirrored never shifts the next one's draws
-        if self.flip and self.rng.random() < 0.5:
+        if self.flip and self.rng.random() < 0.5 and case.left_right is not None:
             axis = case.left_right - (len(self.patch) == 2)  # a 2D patch is one slice: the slicing axis is gone
             if axis >= 0:
                 image, label = np.flip(image, axis).copy(), np.flip(label, axis).copy()

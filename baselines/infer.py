@@ -17,7 +17,7 @@ from ibsr_nnunet.core.orientation import axcodes as axcodes_of
 from ibsr_nnunet.core.oriented import Prediction, confidence, predict_oriented
 from ibsr_nnunet.data.volumes import Volume, read_volume, write_volume
 
-from .data import sliced_position, view_axis, zscore
+from .data import axis_along, sliced_position, view_axis, zscore
 from .models import UNet, build_model
 from .options import options_from
 from .precision import autocast
@@ -236,9 +236,10 @@ class Predictor:
         """predict_array's `tta` for `volume`: the window axis that runs left-right, all axes, or none."""
         if not self.tta or not self.left_right_only:
             return self.tta
-        codes = axcodes_of(volume.affine)
-        left_right = sliced_position(next(i for i, code in enumerate(codes) if code in "LR"), axis)
-        window_axis = left_right - (self.model.dims == 2)  # a 2D window lies in one slice
+        left_right = axis_along(axcodes_of(volume.affine), "LR")
+        if left_right is None:
+            return ()
+        window_axis = sliced_position(left_right, axis) - (self.model.dims == 2)  # a 2D window lies in one slice
         return (window_axis,) if window_axis >= 0 else ()
 
     def _settings(self, volume: Volume, axis: int) -> dict:

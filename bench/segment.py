@@ -15,8 +15,8 @@ largest connected component of GM and WM), written as nnU-Net's postprocessing.p
 Also in the same run: the baseline's seconds per scan for 1 scan and for 8 scans (one command; the next scan is
 read and preprocessed on a thread while one is predicted); with `--cli`, the same nnU-Net 2d model through
 `nnUNetv2_predict` + `nnUNetv2_apply_postprocessing` (ours / theirs: segment's overhead, target <= 1.05); with
-`--baseline-run DIR` (a run trained by bench/baseline_cpu.py), the Dice difference mirroring makes for that
-baseline on its 2 held-out subjects.
+`--baseline-run DIR` (a run folder of bench/baseline_cpu.py's workspace, e.g. <ws>/baselines/unet2d__dice_ce),
+the Dice difference mirroring makes for that baseline on its workspace's held-out subjects.
 
     python bench/segment.py [--repeats 1] [--baseline-run DIR] [--cli] [--workspace DIR]
 
@@ -79,32 +79,18 @@ def timed(command: list[str], env: dict | None = None) -> float:
 
 
 def tta_dice(run: Path) -> str:
-    """Mean Dice over bench/baseline_cpu.py's held-out subjects of the run it trained, with and without mirroring."""
-    import numpy as np
-
-    from baseline_cpu import subjects  # the same subjects and split as the run was trained with
-    from baselines.infer import Predictor
-    from baselines.train import split_validation
+    """Mean Dice over the held-out cases of the run's workspace (bench/baseline_cpu.py's: <ws>/baselines/<run>),
+    with and without mirroring."""
+    from baseline_cpu import mirroring_dice
     from ibsr_nnunet.core.vocabulary import TISSUES
-    from ibsr_nnunet.data.volumes import read_volume
-    from ibsr_nnunet.evaluation.metrics import case_metrics
+    from ibsr_nnunet.core.workspace import Workspace
 
-    everything = subjects()
-    _, held_out = split_validation([s[0] for s in everything], 2, seed=0)
-    means = {}
-    for tta in (False, True):
-        predictor = Predictor(run, device="cpu", tta=tta)
-        scores = []  # per held-out case: Dice of CSF, GM, WM
-        for case_id, image, label in (s for s in everything if s[0] in held_out):
-            labels, _ = predictor(read_volume(image))
-            reference = read_volume(label)
-            scores.append([row["dice"] for row in case_metrics(reference.array.astype(np.uint8), labels,
-                                                                reference.spacing)])
-        means[tta] = np.mean(scores, axis=0)
+    held_out = [(case.id, case.image, case.label) for case in Workspace(run.parent.parent).cases("heldout")]
+    means = mirroring_dice(run, held_out)
     per_class = ", ".join(f"{c} {means[False][i]:.4f} -> {means[True][i]:.4f}"
                           for i, c in enumerate(TISSUES.values()))
-    return (f"mean Dice over {', '.join(held_out)} {means[False].mean():.4f} without, {means[True].mean():.4f} with "
-            f"({means[True].mean() - means[False].mean():+.4f}; {per_class})")
+    return (f"mean Dice over {', '.join(c[0] for c in held_out)} {means[False].mean():.4f} without, "
+            f"{means[True].mean():.4f} with ({means[True].mean() - means[False].mean():+.4f}; {per_class})")
 
 
 def prepare(ws_root: Path, say) -> tuple[str, Path]:

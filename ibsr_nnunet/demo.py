@@ -47,7 +47,8 @@ SYNTHETIC = Budget(epochs=3, iterations=10, folds=(0,), baseline_epochs=8, basel
 # with 5 to train and 2 to test that makes 12 subjects
 PHANTOM_SUBJECTS = 12
 PHANTOM_HELD_OUT = 5
-REAL = Budget(epochs=20, iterations=50, baseline_minutes=12.0)
+# a real tree: 1000 iterations per baseline, the size of the 2D CPU default: the same models on any machine
+REAL = Budget(epochs=20, iterations=50, baseline_epochs=5, baseline_iterations=200)
 
 
 @dataclass

@@ -27,7 +27,8 @@ def demo(
     iterations: Annotated[Optional[int], typer.Option(
         "--iterations-per-epoch", min=1, help="nnU-Net iterations per epoch (phantom 10, real 50).")] = None,
     baseline_minutes: Annotated[Optional[float], typer.Option(
-        "--baseline-minutes", help="Training budget of each baseline (phantom: 8 short epochs, real: 12 min).")] = None,
+        "--baseline-minutes",
+        help="A wall-time budget per baseline instead of its iterations (phantom: 8 × 20, real: 5 × 200).")] = None,
 ) -> None:
     """The whole pipeline: convert, plan, train 2d + 3d_fullres (phantom: fold 0, real tree: folds 0-1), ensemble,
     baselines, leaderboard."""

@@ -23,4 +23,7 @@ def test_phantom_plan_trains_fold_0_of_each_configuration_and_a_real_tree_folds_
     assert [step.name for step in real if step.name.startswith("train")] == [
         "train 2d fold 0", "train 2d fold 1", "train 3d_fullres fold 0", "train 3d_fullres fold 1"]
     assert real[2].args[5:8] == ["--epochs", "3", "--iterations-per-epoch"]
-    assert real[7].args[-6:] == ["--device", "cuda", "--threads", "4", "--minutes", "12.0"]
+    assert real[7].args[-8:] == ["--device", "cuda", "--threads", "4", "--epochs", "5", "--iterations-per-epoch",
+                                 "200"]  # 1000 iterations, whatever the machine
+    timed = steps(Path("src"), budget_for(Path("src"), baseline_minutes=12.0), device="cuda", jobs=4)
+    assert timed[7].args[-4:] == ["--minutes", "12.0", "--iterations-per-epoch", "200"]

@@ -197,9 +197,19 @@ def test_ensembles_are_predicted_ranked_and_segment_like_their_prediction_set(vi
                  "--no-qc", "--output", str(out))
     assert seg.exit_code == 0, seg.output
     [written] = out.glob("*_tissue.nii.gz")
-    np.testing.assert_array_equal(
-        read_volume(written).array, read_volume(views_ws.predictions / "baseline_ensemble_views_3d"
-                                                / f"{case.id}.nii.gz").array)
+    predicted = read_volume(views_ws.predictions / "baseline_ensemble_views_3d" / f"{case.id}.nii.gz").array
+    np.testing.assert_array_equal(read_volume(written).array, predicted)
+
+    # a bundle carries the definition and every member: segment from it alone gives the same labels
+    bundle = tmp_path / "ensemble.zip"
+    exported = invoke(views_ws, "export", "baseline_ensemble_views_3d", "--output", str(bundle))
+    assert exported.exit_code == 0, exported.output
+    elsewhere = tmp_path / "bundled"
+    seg = invoke(None, "segment", str(case.image), "--model", str(bundle), "--device", "cpu", "--no-qc", "--output",
+                 str(elsewhere), env={"IBSR_NNUNET_BUNDLES": str(tmp_path / "cache")})
+    assert seg.exit_code == 0, seg.output
+    [written] = elsewhere.glob("*_tissue.nii.gz")
+    np.testing.assert_array_equal(read_volume(written).array, predicted)
 
 
 def test_a_member_retrained_makes_the_ensemble_stale_on_the_leaderboard(views_ws, tmp_path):
