@@ -217,11 +217,13 @@ def _target(root: Path, arc: str) -> Path:
 
 
 def _read_zip(source: Path) -> tuple[dict, Callable[[str, Path], None]]:
-    """The zip's checked manifest, and a function that copies one of its files out."""
+    """The zip's checked manifest, and a function that copies one of its files out (each copy opens the zip and
+    closes it again: no archive stays open)."""
     try:
-        archive = zipfile.ZipFile(source)
-        members = {info.filename for info in archive.infolist() if not info.is_dir()}
-        manifest = _checked_manifest(source, parse_json(archive.read(MANIFEST), f"{source}: {MANIFEST}", REEXPORT))
+        with zipfile.ZipFile(source) as archive:
+            members = {info.filename for info in archive.infolist() if not info.is_dir()}
+            manifest = _checked_manifest(source, parse_json(archive.read(MANIFEST), f"{source}: {MANIFEST}",
+                                                            REEXPORT))
     except FileNotFoundError:
         raise InputError(f"--model {source}: no such file; pass a bundle written by `ibsr-nnunet export`.") from None
     except (zipfile.BadZipFile, KeyError, ValueError, OSError) as err:
@@ -233,7 +235,7 @@ def _read_zip(source: Path) -> tuple[dict, Callable[[str, Path], None]]:
 
     def copy(arc: str, target: Path) -> None:
         try:
-            with archive.open(arc) as src, open(target, "wb") as dst:
+            with zipfile.ZipFile(source) as archive, archive.open(arc) as src, open(target, "wb") as dst:
                 shutil.copyfileobj(src, dst)
         except KeyError:
             raise _refuse(source, f"{arc} is listed but missing (cut short?)") from None
